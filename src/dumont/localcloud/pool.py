@@ -1,0 +1,164 @@
+"""The pool of local hosts behind the local cloud: create, start, stop, kill, partition, heal, destroy, list.
+
+The pool is the only owner of its hosts' processes. It is used in-process by tests and by the local cloud daemon
+(which puts the Vast and GCP API emulators in front of it); the CLI reaches it through the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+from dumont.errors import LocalCloudError
+from dumont.localcloud import hosts as hostlib
+from dumont.localcloud import procs
+from dumont.localcloud.hosts import HostState, LocalHost
+from dumont.transport.keys import write_private
+
+
+class HostPool:
+    """Every local host under ``<state_dir>/hosts``, and the sshd processes this pool started."""
+
+    def __init__(self, state_dir: Path, cloud_id: str | None = None) -> None:
+        self.state_dir = state_dir
+        self.hosts_dir = state_dir / "hosts"
+        self.hosts_dir.mkdir(parents=True, exist_ok=True)
+        id_file = state_dir / "cloud_id"
+        if cloud_id is None:
+            cloud_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(6)
+        id_file.write_text(cloud_id + "\n")
+        self.cloud_id = cloud_id
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._hosts: dict[str, LocalHost] = {}
+        for record in sorted(self.hosts_dir.glob("*/host.json")):
+            host = hostlib.load(record)
+            self._hosts[host.name] = host
+
+    # ------------------------------------------------------------------ lookup
+
+    def hosts(self) -> list[LocalHost]:
+        """Every host, in name order."""
+        return [self._hosts[n] for n in sorted(self._hosts)]
+
+    def get(self, name_or_id: str) -> LocalHost:
+        """A host by its name or by the instance id a provider API reported for it."""
+        host = self._hosts.get(name_or_id)
+        if host is None:
+            host = next((h for h in self._hosts.values() if h.instance_id == name_or_id), None)
+        if host is None:
+            known = ", ".join(sorted(self._hosts)) or "none"
+            raise LocalCloudError(f"no local host {name_or_id!r}", hint=f"known hosts: {known}")
+        return host
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def create(
+        self,
+        name: str,
+        *,
+        authorized_keys: list[str],
+        role: str = "",
+        provider: str = "local",
+        instance_id: str | None = None,
+        start: bool = True,
+    ) -> LocalHost:
+        """Create a host (its own directory, host key and authorized keys) and start it."""
+        if name in self._hosts:
+            raise LocalCloudError(f"local host {name} already exists", hint="pick another name")
+        host = hostlib.create_files(self.hosts_dir / name, name, f"{self.cloud_id}/{name}", authorized_keys)
+        host.role, host.provider, host.instance_id = role, provider, instance_id
+        hostlib.save(host)
+        self._hosts[name] = host
+        if start:
+            await self.start(name)
+        return host
+
+    async def start(self, name: str) -> LocalHost:
+        """Start a stopped or killed host (its files are as they were); a running host is left alone."""
+        host = self.get(name)
+        if host.state == HostState.RUNNING and host.pid and procs.is_alive(host.pid):
+            return host
+        if host.state == HostState.PARTITIONED:
+            raise LocalCloudError(f"{name} is partitioned, not stopped", hint=f"heal it: dumont local heal {name}")
+        self._procs[name] = await hostlib.start_sshd(host)
+        return host
+
+    async def stop(self, name: str) -> LocalHost:
+        """Stop a host gracefully (SIGTERM, then SIGKILL after a grace period); its files stay."""
+        return await self._down(name, graceful=True, state=HostState.STOPPED)
+
+    async def kill(self, name: str) -> LocalHost:
+        """Hard-stop a host: every process of it dies at once, as when the machine loses power."""
+        return await self._down(name, graceful=False, state=HostState.KILLED)
+
+    async def partition(self, name: str) -> LocalHost:
+        """Make a host stop answering without dying: connections hang, nothing is lost."""
+        host = self.get(name)
+        if host.state != HostState.RUNNING:
+            raise LocalCloudError(f"{name} is {host.state}, not running", hint="only a running host can be partitioned")
+        procs.freeze(host.mark, [host.pid] if host.pid else [])
+        host.state = HostState.PARTITIONED
+        hostlib.save(host)
+        return host
+
+    async def heal(self, name: str) -> LocalHost:
+        """Let a partitioned host answer again."""
+        host = self.get(name)
+        if host.state != HostState.PARTITIONED:
+            raise LocalCloudError(f"{name} is {host.state}, not partitioned", hint="nothing to heal")
+        procs.thaw(host.mark, [host.pid] if host.pid else [])
+        host.state = HostState.RUNNING
+        hostlib.save(host)
+        return host
+
+    async def destroy(self, name: str, *, keep_files: bool = False) -> None:
+        """Kill a host and forget it; its directory is removed unless ``keep_files``."""
+        host = self.get(name)
+        await self._down(name, graceful=False, state=HostState.KILLED)
+        del self._hosts[name]
+        if keep_files:
+            (host.base / "host.json").rename(host.base / "host.json.destroyed")
+        else:
+            shutil.rmtree(host.base, ignore_errors=True)
+
+    async def shutdown(self) -> set[int]:
+        """Kill every host's processes (files stay); return the pids that were still alive."""
+        killed: set[int] = set()
+        for host in self.hosts():
+            if host.state != HostState.KILLED or host.processes():
+                killed |= await hostlib.stop_processes(host, graceful=False)
+                host.state, host.pid = HostState.KILLED, None
+                hostlib.save(host)
+        for proc in self._procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        self._procs.clear()
+        killed |= procs.kill_marked(self.cloud_id)
+        return killed
+
+    def leftover_processes(self) -> set[int]:
+        """Live processes that carry this cloud's mark (empty after a clean shutdown)."""
+        return procs.marked_processes(self.cloud_id)
+
+    # ------------------------------------------------------------------ keys
+
+    def authorize(self, name: str, public_key: str) -> None:
+        """Let ``public_key`` log in to the host (as a provider does when it is given a key)."""
+        host = self.get(name)
+        current = host.authorized_keys.read_text() if host.authorized_keys.exists() else ""
+        if public_key.strip() not in current.splitlines():
+            write_private(host.authorized_keys, current + public_key.strip() + "\n")
+
+    async def _down(self, name: str, *, graceful: bool, state: HostState) -> LocalHost:
+        host = self.get(name)
+        await hostlib.stop_processes(host, graceful=graceful)
+        proc = self._procs.pop(name, None)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)  # reap sshd so it does not linger as a zombie
+        host.state, host.pid = state, None
+        hostlib.save(host)
+        return host

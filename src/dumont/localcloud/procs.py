@@ -1,0 +1,146 @@
+"""Finding and signalling every process that belongs to one local host.
+
+A local host is an ``sshd`` plus whatever its sessions started, some of which may have daemonized away from the
+sshd's process tree. Every one of them carries ``DUMONT_LOCAL_HOST=<cloud>/<host>`` in its environment (sshd is
+started with it and ``SetEnv`` passes it to each session), so a host's processes are its sshd's descendants plus
+anything bearing that mark. Reading ``/proc`` needs no privileges for our own processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+MARK = "DUMONT_LOCAL_HOST"
+PROC = Path("/proc")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = (PROC / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name may contain spaces and parentheses; everything after the last ')' is fixed-format.
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def is_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def is_stopped(pid: int) -> bool:
+    """True when ``pid`` is stopped by a signal (SIGSTOP)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] == "T"
+
+
+def _all_pids() -> list[int]:
+    return [int(p.name) for p in PROC.iterdir() if p.name.isdigit()]
+
+
+def _parent(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
+def _has_mark(pid: int, mark: bytes) -> bool:
+    try:
+        environ = (PROC / str(pid) / "environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return mark in environ.split(b"\0")
+
+
+def host_processes(mark: str, roots: Iterable[int] = ()) -> set[int]:
+    """Every live process that descends from ``roots`` or carries ``DUMONT_LOCAL_HOST=mark``."""
+    marker = f"{MARK}={mark}".encode()
+    pids = _all_pids()
+    children: dict[int, list[int]] = {}
+    found: set[int] = set()
+    for pid in pids:
+        parent = _parent(pid)
+        if parent is not None:
+            children.setdefault(parent, []).append(pid)
+        if _has_mark(pid, marker):
+            found.add(pid)
+    stack = [r for r in roots if is_alive(r)]
+    while stack:
+        pid = stack.pop()
+        if pid in found and pid not in roots:
+            continue
+        found.add(pid)
+        stack.extend(children.get(pid, []))
+    found.discard(os.getpid())
+    return {p for p in found if is_alive(p)}
+
+
+def signal_all(pids: Iterable[int], sig: signal.Signals) -> None:
+    """Send ``sig`` to each pid, ignoring ones that are already gone."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def freeze(mark: str, roots: Iterable[int] = ()) -> set[int]:
+    """Stop (SIGSTOP) every process of the host until no new one appears; return the frozen set.
+
+    Freezing first means nothing can fork or react while we look, so the following SIGKILL lands on all of them
+    at once, which is how a machine that loses power looks from the outside.
+    """
+    roots = list(roots)
+    frozen: set[int] = set()
+    for _ in range(50):
+        current = host_processes(mark, roots)
+        fresh = current - frozen
+        if not fresh:
+            break
+        signal_all(fresh, signal.SIGSTOP)
+        frozen |= fresh
+    return {p for p in frozen if is_alive(p)}
+
+
+def kill_host(mark: str, roots: Iterable[int] = ()) -> set[int]:
+    """Kill every process of the host at once (freeze, then SIGKILL); return the pids killed."""
+    frozen = freeze(mark, roots)
+    signal_all(frozen, signal.SIGKILL)
+    return frozen
+
+
+def thaw(mark: str, roots: Iterable[int] = ()) -> set[int]:
+    """Resume (SIGCONT) every process of the host."""
+    pids = host_processes(mark, roots)
+    signal_all(pids, signal.SIGCONT)
+    return pids
+
+
+def marked_processes(cloud_id: str) -> set[int]:
+    """Every live process whose mark belongs to the local cloud ``cloud_id`` (any of its hosts)."""
+    prefix = f"{MARK}={cloud_id}/".encode()
+    found = set()
+    for pid in _all_pids():
+        try:
+            environ = (PROC / str(pid) / "environ").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if any(item.startswith(prefix) for item in environ.split(b"\0")) and is_alive(pid):
+            found.add(pid)
+    found.discard(os.getpid())
+    return found
+
+
+def kill_marked(cloud_id: str) -> set[int]:
+    """Freeze and kill every process of the local cloud ``cloud_id``; return the pids killed."""
+    frozen: set[int] = set()
+    for _ in range(50):
+        fresh = marked_processes(cloud_id) - frozen
+        if not fresh:
+            break
+        signal_all(fresh, signal.SIGSTOP)
+        frozen |= fresh
+    signal_all(frozen, signal.SIGKILL)
+    return frozen

@@ -1,0 +1,266 @@
+"""One replication pass, primary workspace -> standby snapshot, that can be killed at any instant.
+
+A pass: scan the primary (hashing only what changed) and read the standby's state; diff against the standby's
+newest snapshot; run the guards; stage a tree of hard links to that snapshot minus what changes; rsync only the
+changed paths into it (``direct``: the primary pushes with the pair key; ``relay``: the controller pulls, then
+pushes); compare what arrived with what was scanned, retrying paths that changed mid-copy and keeping the
+previous version of any that never settle; then let the standby check the whole tree against the expected
+manifest and rename it into place. Until that rename nothing the standby serves has changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dumont.errors import AuthRefused, TransportError
+from dumont.replication.guards import GuardPolicy, check_pass
+from dumont.replication.hostagent import HostAgent, ScanResult, StageResult, StandbyStatus
+from dumont.replication.manifest import (
+    DIRECTORY,
+    FILE,
+    Entry,
+    Manifest,
+    TreeDiff,
+    diff_trees,
+    expected_after_pass,
+    path_key,
+)
+from dumont.transport.rsync import check_exit, parse_stats, rsync_argv, run_rsync
+from dumont.transport.ssh import SshTransport
+
+log = logging.getLogger(__name__)
+
+DIRECT, RELAY = "direct", "relay"
+
+
+@dataclass(frozen=True)
+class ReplicationPolicy:
+    """How passes run: mode, retention, guards, deadlines."""
+
+    mode: str = DIRECT
+    keep_snapshots: int = 3
+    guards: GuardPolicy = field(default_factory=GuardPolicy)
+    min_free_fraction: float = 0.05
+    transfer_timeout: float = 3600.0
+    io_timeout: int = 60
+    settle_retries: int = 2
+
+
+@dataclass(frozen=True)
+class PassReport:
+    """What one completed pass did; every figure is measured."""
+
+    pair: str
+    seq: int
+    epoch: int
+    snapshot_seq: int | None
+    mode: str
+    started_at: float
+    finished_at: float
+    files_scanned: int
+    bytes_scanned: int
+    files_copied: int
+    files_deleted: int
+    bytes_sent: int
+    deferred: tuple[str, ...]
+    copied: bool
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the pass."""
+        return self.finished_at - self.started_at
+
+    def as_record(self) -> dict[str, Any]:
+        """The pass as a JSON-ready dict (paths of deferred files included)."""
+        return {
+            "pair": self.pair, "seq": self.seq, "epoch": self.epoch, "snapshot_seq": self.snapshot_seq,
+            "mode": self.mode, "started_at": self.started_at, "finished_at": self.finished_at,
+            "seconds": round(self.seconds, 4), "files_scanned": self.files_scanned,
+            "bytes_scanned": self.bytes_scanned, "files_copied": self.files_copied,
+            "files_deleted": self.files_deleted, "bytes_sent": self.bytes_sent, "deferred": list(self.deferred),
+            "copied": self.copied,
+        }
+
+
+@dataclass
+class Replicator:
+    """Runs passes from one primary to one standby."""
+
+    pair: str
+    primary: HostAgent
+    standby: HostAgent
+    policy: ReplicationPolicy = field(default_factory=ReplicationPolicy)
+    transport: SshTransport | None = None  # relay mode runs rsync on the controller through it
+    relay_dir: Path | None = None
+    clock: Callable[[], float] = time.time
+    _manifests: dict[tuple[str, int], Manifest] = field(default_factory=dict, init=False, repr=False)
+    _workspace: str | None = field(default=None, init=False, repr=False)
+
+    async def run_pass(self) -> PassReport:
+        """Run one pass; raise a GuardRefused when a guard refuses it, TransportError when a host fails."""
+        started = self.clock()
+        scan, status = await asyncio.gather(self.primary.scan(), self.standby.status())
+        base = await self._base_manifest(status)
+        diff = diff_trees(base, scan.manifest)
+        check_pass(
+            source=scan.manifest, source_name=self.primary.name, source_missing=scan.missing,
+            source_epoch=scan.epoch, base=base, standby_name=self.standby.name, standby_epoch=status.epoch,
+            diff=diff, policy=self.policy.guards,
+        )
+        seq = status.last_seq + 1
+        if diff.is_empty:
+            return await self._record_unchanged(scan, status, diff, seq, started)
+        return await self._copy(scan, status, base, diff, seq, started)
+
+    async def _record_unchanged(
+        self, scan: ScanResult, status: StandbyStatus, diff: TreeDiff, seq: int, started: float
+    ) -> PassReport:
+        latest = status.latest.seq if status.latest else None
+        report = self._report(seq, scan, latest, started, diff, files_copied=0, bytes_sent=0,
+                              deferred=diff.hot, copied=False)
+        await self.standby.record_pass(epoch=scan.epoch, seq=seq, record=report.as_record())
+        return report
+
+    async def _copy(
+        self, scan: ScanResult, status: StandbyStatus, base: Manifest | None, diff: TreeDiff, seq: int,
+        started: float,
+    ) -> PassReport:
+        epoch = scan.epoch
+        expected = expected_after_pass(scan.manifest, base, diff.hot)
+        source = scan.manifest.by_path()
+        stage = await self.standby.stage(
+            epoch=epoch,
+            base_seq=status.latest.seq if status.latest else None,
+            replace=[p for p in diff.changed if not _stays_directory(p, base, source)],
+            delete=list(diff.deleted),
+            needed_bytes=sum(source[p].size for p in diff.changed if source[p].kind == FILE),
+            min_free_fraction=self.policy.min_free_fraction,
+        )
+        to_copy, ignore_times, bytes_sent = list(diff.changed), False, 0
+        unsettled: list[str] = []
+        for attempt in range(self.policy.settle_retries + 1):
+            bytes_sent += await self._transfer(to_copy, stage, ignore_times=ignore_times)
+            received = await self.standby.inspect(epoch)
+            unsettled = _unsettled(expected, received)
+            if not unsettled or attempt == self.policy.settle_retries:
+                break
+            log.info("%s: %d path(s) changed while being copied; copying them again", self.pair, len(unsettled))
+            expected = await self._refresh(expected, base, unsettled)
+            to_copy, ignore_times = [p for p in unsettled if p in expected.by_path()], True
+        if unsettled:
+            await self.standby.revert(epoch, unsettled)
+            expected = expected_after_pass(expected, base, unsettled)
+        deferred = tuple(sorted(set(diff.hot) | set(unsettled), key=path_key))
+        report = self._report(seq, scan, seq, started, diff, files_copied=sum(1 for p in diff.changed if source[p].kind == FILE),
+                              bytes_sent=bytes_sent,
+                              deferred=deferred, copied=True)
+        await self.standby.commit(epoch=epoch, seq=seq, expected=expected, record=report.as_record(),
+                                  keep=self.policy.keep_snapshots)
+        self._manifests[(self.standby.name, seq)] = expected
+        finished = self.clock()
+        return _with_finish(report, finished)
+
+    async def _refresh(self, expected: Manifest, base: Manifest | None, paths: list[str]) -> Manifest:
+        """Re-read entries that did not settle; a file still changing keeps its base version this pass."""
+        fresh = await self.primary.entries(paths)
+        current = expected.by_path()
+        keep_base: list[str] = []
+        for path in paths:
+            entry = fresh.get(path)
+            if entry is None or entry.is_hot:
+                keep_base.append(path)
+                continue
+            old = current.get(path)
+            link = old.link if old is not None else None
+            current[path] = Entry(entry.path, entry.kind, entry.mode, entry.size, entry.mtime_ns, entry.data, link)
+        return expected_after_pass(Manifest.of(current.values()), base, keep_base)
+
+    async def _transfer(self, paths: list[str], stage: StageResult, *, ignore_times: bool) -> int:
+        if not paths:
+            return 0
+        if self.policy.mode == RELAY:
+            return await self._relay(paths, stage, ignore_times=ignore_times)
+        run = await self.primary.push(paths, ignore_times=ignore_times, timeout=self.policy.transfer_timeout,
+                                      io_timeout=self.policy.io_timeout)
+        if "Permission denied" in run.stderr:
+            raise AuthRefused(
+                f"{self.standby.name} refused the pair key from {self.primary.name}: {run.stderr.strip()[-300:]}",
+                hint="the primary is fenced or was never paired; pair the hosts for the current epoch",
+            )
+        check_exit(run.returncode, run.stderr, f"direct push {self.primary.name} -> {self.standby.name}")
+        return parse_stats(run.stdout).bytes_sent
+
+    async def _relay(self, paths: list[str], stage: StageResult, *, ignore_times: bool) -> int:
+        if self.transport is None or self.relay_dir is None:
+            raise TransportError("relay mode needs the controller's SSH transport and a relay directory")
+        cache = self.relay_dir
+        cache.mkdir(parents=True, exist_ok=True)
+        workspace = await self._primary_workspace()
+        rsh, timeout, io = self.transport.rsync_shell(), self.policy.transfer_timeout, self.policy.io_timeout
+        # --force lets a path that became a file replace a stale directory of the same name in the cache.
+        pull = [*rsync_argv(rsh=rsh, io_timeout=io, ignore_times=ignore_times), "--force"]
+        pull += [f"{self.primary.name}:{workspace}/", f"{cache}/"]
+        got = await run_rsync(pull, paths, timeout=timeout, what=f"relay pull from {self.primary.name}")
+        push = rsync_argv(rsh=rsh, io_timeout=io, ignore_times=ignore_times, link_dest=stage.link_dest)
+        push += [f"{cache}/", f"{self.standby.name}:{stage.tree}/"]
+        sent = await run_rsync(push, paths, timeout=timeout, what=f"relay push to {self.standby.name}")
+        return parse_stats(got.text).bytes_received + parse_stats(sent.text).bytes_sent
+
+    async def _primary_workspace(self) -> str:
+        if self._workspace is None:
+            self._workspace = (await self.primary.info()).workspace
+        return self._workspace
+
+    async def _base_manifest(self, status: StandbyStatus) -> Manifest | None:
+        latest = status.latest
+        if latest is None:
+            return None
+        key = (self.standby.name, latest.seq)
+        cached = self._manifests.get(key)
+        if cached is not None and cached.digest() == latest.manifest_digest:
+            return cached
+        manifest = await self.standby.manifest(latest.seq)
+        self._manifests = {key: manifest}
+        return manifest
+
+    def _report(
+        self, seq: int, scan: ScanResult, snapshot: int | None, started: float, diff: TreeDiff, *,
+        files_copied: int, bytes_sent: int, deferred: tuple[str, ...], copied: bool,
+    ) -> PassReport:
+        return PassReport(
+            pair=self.pair, seq=seq, epoch=scan.epoch, snapshot_seq=snapshot, mode=self.policy.mode,
+            started_at=started, finished_at=self.clock(), files_scanned=scan.manifest.file_count,
+            bytes_scanned=scan.manifest.total_bytes, files_copied=files_copied, files_deleted=len(diff.deleted),
+            bytes_sent=bytes_sent, deferred=deferred, copied=copied,
+        )
+
+
+def _with_finish(report: PassReport, finished: float) -> PassReport:
+    return PassReport(**{**report.__dict__, "finished_at": finished})
+
+
+def _stays_directory(path: str, base: Manifest | None, source: dict[str, Entry]) -> bool:
+    """A directory that is a directory on both sides keeps its staged children; only its attributes change."""
+    if base is None:
+        return False
+    old = base.by_path().get(path)
+    return old is not None and old.kind == DIRECTORY and source[path].kind == DIRECTORY
+
+
+def _unsettled(expected: Manifest, received: Manifest) -> list[str]:
+    """Paths whose received state differs from what the scan promised (directory attributes come at commit)."""
+    want, have = expected.by_path(), received.by_path()
+    bad = []
+    for path in set(want) | set(have):
+        a, b = want.get(path), have.get(path)
+        if a is None or b is None or a.kind != b.kind:
+            bad.append(path)
+        elif a.kind != DIRECTORY and a != b:
+            bad.append(path)
+    return sorted(bad, key=path_key)

@@ -1,0 +1,349 @@
+"""The controller's side of the host agent: install it, keep one channel open per host, call it with deadlines.
+
+The agent (``agent.py``) is copied once per host and version; afterwards every call is one JSON line each way on
+a long-lived SSH session, so a no-change pass costs milliseconds, not handshakes. Errors the agent reports are
+translated into our error tree here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dumont.errors import (
+    AgentError,
+    CommandTimeout,
+    DumontError,
+    HostUnreachable,
+    InsufficientSpace,
+    IntegrityError,
+    StaleEpochRefused,
+    TransportError,
+)
+from dumont.replication.manifest import Entry, Manifest
+from dumont.transport.ssh import SSH_FAILED, SshTarget, SshTransport, classify_ssh_failure
+
+log = logging.getLogger(__name__)
+
+AGENT_SOURCE = (Path(__file__).parent / "agent.py").read_bytes()
+AGENT_VERSION = hashlib.sha256(AGENT_SOURCE).hexdigest()[:12]
+
+_INSTALL = (
+    'd="${DUMONT_DATA_DIR:-/var/lib/dumont}"; f="$d/agent/agent-%s.py"; '
+    'if [ -f "$f" ]; then cat >/dev/null; else mkdir -p "$d/agent" && cat >"$f.$$" && mv "$f.$$" "$f"; fi; '
+    'printf "%%s" "$f"'
+) % AGENT_VERSION
+_SERVE = 'exec "${DUMONT_PYTHON:-python3}" -X utf8 "$0" serve'
+
+_ERRORS: dict[str, type[DumontError]] = {
+    "StaleEpochRefused": StaleEpochRefused,
+    "InsufficientSpace": InsufficientSpace,
+    "IntegrityError": IntegrityError,
+    "CommandTimeout": CommandTimeout,
+}
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """What a host's agent says about itself."""
+
+    workspace: str
+    data_dir: str
+    epoch: int
+    python: str
+    rsync: str
+    free_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """A workspace scan: its manifest, the host's epoch and what could not be replicated."""
+
+    manifest: Manifest
+    epoch: int
+    skipped: tuple[str, ...]
+    missing: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One complete snapshot held by a standby."""
+
+    seq: int
+    epoch: int | None
+    files: int | None
+    bytes: int | None
+    finished_at: float | None
+    manifest_digest: str | None
+
+
+@dataclass(frozen=True)
+class StandbyStatus:
+    """A standby's replica store: its epoch, snapshots, last pass and disk."""
+
+    epoch: int
+    snapshots: tuple[SnapshotInfo, ...]
+    last_pass: dict[str, Any] | None
+    free_bytes: int
+    total_bytes: int
+
+    @property
+    def latest(self) -> SnapshotInfo | None:
+        """The newest complete snapshot, if any."""
+        return self.snapshots[-1] if self.snapshots else None
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last recorded pass (0 before the first)."""
+        recorded = int(self.last_pass["seq"]) if self.last_pass else 0
+        return max([recorded, *(s.seq for s in self.snapshots)])
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """Where the standby staged a pass, and the snapshot rsync may use as its delta basis."""
+
+    tree: str
+    link_dest: str | None
+
+
+@dataclass(frozen=True)
+class RsyncRun:
+    """One rsync run on a host."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+@dataclass
+class HostAgent:
+    """One host's agent, reached over one SSH channel that is reopened when it breaks."""
+
+    transport: SshTransport
+    target: SshTarget
+    start_timeout: float = 30.0
+    _proc: asyncio.subprocess.Process | None = field(default=None, init=False, repr=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _next_id: int = field(default=0, init=False, repr=False)
+    _path: str | None = field(default=None, init=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The host's alias."""
+        return self.target.alias
+
+    async def call(self, op: str, args: dict[str, Any] | None = None, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Send one request and wait for its answer at most ``timeout`` seconds.
+
+        :raises CommandTimeout: no answer in time (the channel is closed and reopened next call).
+        :raises TransportError: the host could not be reached or the channel broke.
+        :raises AgentError: (or a more specific ReplicationError) the agent reported a failure.
+        """
+        async with self._lock:
+            proc = await self._ensure_channel()
+            self._next_id += 1
+            line = json.dumps({"id": self._next_id, "op": op, "args": args or {}}, ensure_ascii=True) + "\n"
+            try:
+                async with asyncio.timeout(timeout):
+                    assert proc.stdin is not None and proc.stdout is not None
+                    proc.stdin.write(line.encode())
+                    await proc.stdin.drain()
+                    raw = await proc.stdout.readline()
+            except TimeoutError:
+                await self._drop_channel()
+                raise CommandTimeout(
+                    f"{op} on {self.name} did not answer within {timeout:g} s", hint="retry; the channel was reset"
+                ) from None
+            except (ConnectionError, asyncio.CancelledError):
+                await self._drop_channel()
+                raise
+            if not raw:
+                raise await self._broken_channel(op)
+        return self._unwrap(op, json.loads(raw))
+
+    def _unwrap(self, op: str, response: dict[str, Any]) -> dict[str, Any]:
+        if response.get("ok"):
+            result: dict[str, Any] = response["result"]
+            return result
+        error = response.get("error") or {}
+        kind, message = str(error.get("kind", "AgentError")), str(error.get("message", "no message"))
+        error_type = _ERRORS.get(kind)
+        text = f"{op} on {self.name}: {message}"
+        if error_type is not None:
+            raise error_type(text)
+        raise AgentError(text, kind=kind)
+
+    async def _ensure_channel(self) -> asyncio.subprocess.Process:
+        if self._proc is not None and self._proc.returncode is None:
+            return self._proc
+        if self._path is None:
+            result = await self.transport.run(
+                self.target, ["sh", "-c", _INSTALL], input=AGENT_SOURCE, timeout=self.start_timeout
+            )
+            self._path = result.text.strip()
+        proc = await self.transport.start(self.target, ["sh", "-c", _SERVE, self._path])
+        self._proc = proc
+        try:
+            async with asyncio.timeout(self.start_timeout):
+                assert proc.stdout is not None
+                ready = await proc.stdout.readline()
+        except TimeoutError:
+            await self._drop_channel()
+            raise CommandTimeout(f"the agent on {self.name} did not start within {self.start_timeout:g} s") from None
+        if not ready:
+            self._path = None  # the host may have been replaced: reinstall next time
+            raise await self._broken_channel("starting the agent")
+        return proc
+
+    async def _broken_channel(self, op: str) -> TransportError:
+        proc, self._proc = self._proc, None
+        stderr = b""
+        if proc is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    assert proc.stderr is not None
+                    stderr = await proc.stderr.read()
+                    await proc.wait()
+        text = stderr.decode(errors="replace").strip()
+        if proc is not None and proc.returncode == SSH_FAILED:
+            return classify_ssh_failure(self.name, text)
+        return HostUnreachable(f"the agent channel to {self.name} closed during {op}: {text or 'no message'}")
+
+    async def _drop_channel(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await proc.wait()
+
+    async def close(self) -> None:
+        """Close the channel (the agent exits when its stdin closes)."""
+        async with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is None or proc.returncode is not None:
+                return
+            assert proc.stdin is not None
+            proc.stdin.close()
+            try:
+                async with asyncio.timeout(5):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+    # ------------------------------------------------------------------ typed operations
+
+    async def info(self) -> HostInfo:
+        """Where the host keeps its workspace and data, and its epoch and disk."""
+        r = await self.call("info")
+        return HostInfo(r["workspace"], r["data_dir"], int(r["epoch"]), r["python"], r["rsync"],
+                        int(r["free_bytes"]), int(r["total_bytes"]))
+
+    async def scan(self, *, timeout: float = 600.0) -> ScanResult:
+        """Scan the workspace (hashing only what changed since the last scan)."""
+        r = await self.call("scan", timeout=timeout)
+        return ScanResult(Manifest.from_wire(r["entries"]), int(r["epoch"]), tuple(r["skipped"]),
+                          bool(r["missing"]), float(r.get("scan_seconds", 0.0)))
+
+    async def entries(self, paths: list[str], *, timeout: float = 600.0) -> dict[str, Entry | None]:
+        """Fresh manifest entries of workspace paths (None for a path that no longer exists)."""
+        r = await self.call("entries", {"paths": paths}, timeout=timeout)
+        return {p: Entry.from_wire(e) if e is not None else None for p, e in r["entries"].items()}
+
+    async def status(self) -> StandbyStatus:
+        """The replica store's epoch, snapshots and last pass."""
+        r = await self.call("status")
+        snaps = tuple(
+            SnapshotInfo(int(s["seq"]), s.get("epoch"), s.get("files"), s.get("bytes"), s.get("finished_at"),
+                         s.get("manifest_digest"))
+            for s in r["snapshots"]
+        )
+        return StandbyStatus(int(r["epoch"]), snaps, r.get("last_pass"), int(r["free_bytes"]), int(r["total_bytes"]))
+
+    async def manifest(self, seq: int, *, timeout: float = 120.0) -> Manifest:
+        """The manifest of snapshot ``seq``."""
+        r = await self.call("manifest", {"seq": seq}, timeout=timeout)
+        return Manifest.from_wire(r["entries"])
+
+    async def set_epoch(self, epoch: int, *, force: bool = False) -> int:
+        """Raise the host's epoch to ``epoch`` (``force`` also lowers it; for tests and repair only)."""
+        r = await self.call("set_epoch", {"epoch": epoch, "force": force})
+        return int(r["epoch"])
+
+    async def stage(self, *, epoch: int, base_seq: int | None, replace: list[str], delete: list[str],
+                    needed_bytes: int, min_free_fraction: float, timeout: float = 600.0) -> StageResult:
+        """Prepare the staging tree for a pass."""
+        r = await self.call("stage", {"epoch": epoch, "base_seq": base_seq, "replace": replace, "delete": delete,
+                                      "needed_bytes": needed_bytes, "min_free_fraction": min_free_fraction},
+                            timeout=timeout)
+        return StageResult(r["tree"], r.get("link_dest"))
+
+    async def inspect(self, epoch: int, *, timeout: float = 3600.0) -> Manifest:
+        """The manifest of the staged tree as received."""
+        r = await self.call("inspect", {"epoch": epoch}, timeout=timeout)
+        return Manifest.from_wire(r["entries"])
+
+    async def revert(self, epoch: int, paths: list[str]) -> None:
+        """Give ``paths`` back their base version (or drop them) in the staged tree."""
+        await self.call("revert", {"epoch": epoch, "paths": paths}, timeout=600.0)
+
+    async def commit(self, *, epoch: int, seq: int, expected: Manifest, record: dict[str, Any], keep: int,
+                     timeout: float = 3600.0) -> dict[str, Any]:
+        """Verify the staged tree equals ``expected`` and make it snapshot ``seq``."""
+        return await self.call("commit", {"epoch": epoch, "seq": seq, "entries": expected.to_wire(),
+                                          "record": record, "keep": keep}, timeout=timeout)
+
+    async def record_pass(self, *, epoch: int, seq: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Record a pass that found nothing to copy."""
+        r = await self.call("record_pass", {"epoch": epoch, "seq": seq, "record": record})
+        rec: dict[str, Any] = r["record"]
+        return rec
+
+    async def verify_snapshot(self, seq: int, *, timeout: float = 3600.0) -> list[str]:
+        """Re-hash snapshot ``seq`` fully; return the problems found (empty when it matches its manifest)."""
+        r = await self.call("verify", {"seq": seq}, timeout=timeout)
+        problems: list[str] = r["problems"]
+        return problems
+
+    async def verify_tree(self, manifest: Manifest, root: str | None = None, *, timeout: float = 3600.0) -> list[str]:
+        """Re-hash the workspace (or ``root``) fully against ``manifest``; return the problems found."""
+        r = await self.call("verify", {"entries": manifest.to_wire(), "root": root}, timeout=timeout)
+        problems: list[str] = r["problems"]
+        return problems
+
+    async def authorize_pair(self, *, pair: str, public_key: str, epoch: int) -> None:
+        """Accept the pair key, for pushes into this epoch's staging area only."""
+        await self.call("authorize_pair", {"pair": pair, "public_key": public_key, "epoch": epoch})
+
+    async def revoke_pair(self, *, pair: str, everything: bool = False) -> dict[str, Any]:
+        """Fence: drop the pair key and kill receives from older epochs (or all, with ``everything``)."""
+        return await self.call("revoke_pair", {"pair": pair, "all": everything})
+
+    async def install_pair_client(self, *, private_key: str, standby: SshTarget, standby_host_key: str) -> None:
+        """Give this (primary) host the pair key and the standby's pinned address."""
+        await self.call("install_pair_client", {"private_key": private_key, "host": standby.host,
+                                                "port": standby.port, "user": standby.user,
+                                                "standby_host_key": standby_host_key})
+
+    async def push(self, paths: list[str], *, ignore_times: bool, timeout: float, io_timeout: int) -> RsyncRun:
+        """Direct mode: rsync ``paths`` from this host's workspace into the standby's staging area."""
+        r = await self.call("push", {"paths": paths, "ignore_times": ignore_times, "timeout": timeout,
+                                     "io_timeout": io_timeout}, timeout=timeout + 30)
+        return RsyncRun(int(r["returncode"]), r["stdout"], r["stderr"], float(r["seconds"]))
+
+    async def install_host_key(self, *, private_key: str, public_key: str) -> None:
+        """Make the host's sshd present ``public_key`` from now on."""
+        await self.call("install_host_key", {"private_key": private_key, "public_key": public_key})

@@ -1,0 +1,37 @@
+"""Direct mode's trust: the primary pushes to the standby with the pair key, and only into the staging area.
+
+The standby accepts the pair key through a forced command bound to one epoch (the agent's ``receive``), so a
+former primary can never write anything once the epoch has moved on, even over a connection it still holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dumont.replication.hostagent import HostAgent
+from dumont.transport.keys import read_public_key
+from dumont.transport.ssh import SshTarget
+
+
+async def pair_hosts(
+    *,
+    pair: str,
+    epoch: int,
+    primary: HostAgent,
+    standby: HostAgent,
+    standby_address: SshTarget,
+    standby_host_key: str,
+    pair_key: Path,
+) -> None:
+    """Let ``primary`` push to ``standby`` for ``epoch``: authorize the pair key there, install it here."""
+    await standby.set_epoch(epoch)
+    await standby.authorize_pair(pair=pair, public_key=read_public_key(pair_key), epoch=epoch)
+    await primary.install_pair_client(
+        private_key=pair_key.read_text(), standby=standby_address, standby_host_key=standby_host_key
+    )
+
+
+async def fence_primary(*, pair: str, new_epoch: int, standby: HostAgent) -> dict[str, object]:
+    """Fence the former primary on the standby: move the epoch on, drop the pair key, kill its receives."""
+    await standby.set_epoch(new_epoch)
+    return await standby.revoke_pair(pair=pair)

@@ -1,0 +1,73 @@
+"""rsync as we run it: an explicit list of paths, archive mode, hard links, sparse files, deadlines, stats.
+
+Paths always travel NUL-separated on stdin (``--files-from=- --from0``), so names with spaces, newlines, leading
+dashes or bytes that are not UTF-8 are never parsed by a shell. Exit codes 23 and 24 (some files could not be
+copied, or vanished) are not failures here: every pass is judged by verifying what arrived, not by rsync's word.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dumont.errors import TransportError
+from dumont.transport.ssh import CommandResult, run_local
+
+PARTIAL_OK = frozenset({0, 23, 24})
+_STAT = re.compile(r"^(Total bytes sent|Total bytes received|Literal data|Matched data|"
+                   r"Number of regular files transferred): ([\d,.]+)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class RsyncStats:
+    """What one rsync run reported with ``--stats``."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    literal_bytes: int = 0
+    matched_bytes: int = 0
+    files_transferred: int = 0
+
+
+def parse_stats(text: str) -> RsyncStats:
+    """Read the ``--stats`` block (numbers may carry thousands separators)."""
+    found = {name: int(value.replace(",", "").split(".")[0]) for name, value in _STAT.findall(text)}
+    return RsyncStats(
+        bytes_sent=found.get("Total bytes sent", 0),
+        bytes_received=found.get("Total bytes received", 0),
+        literal_bytes=found.get("Literal data", 0),
+        matched_bytes=found.get("Matched data", 0),
+        files_transferred=found.get("Number of regular files transferred", 0),
+    )
+
+
+def rsync_argv(*, rsh: str, io_timeout: int, ignore_times: bool = False, link_dest: str | None = None) -> list[str]:
+    """The rsync options every pass uses; callers append source and destination."""
+    argv = ["rsync", "-aHS", "--numeric-ids", "--files-from=-", "--from0", "--stats", f"--timeout={io_timeout}",
+            "-e", rsh]
+    if ignore_times:
+        argv.append("--ignore-times")
+    if link_dest:
+        argv.append(f"--link-dest={link_dest}")
+    return argv
+
+
+def path_list(paths: Sequence[str]) -> bytes:
+    """NUL-separated raw path bytes for ``--files-from=- --from0``."""
+    return b"".join(os.fsencode(p) + b"\0" for p in paths)
+
+
+async def run_rsync(argv: Sequence[str], paths: Sequence[str], *, timeout: float, what: str) -> CommandResult:
+    """Run a local rsync over ``paths``; raise :class:`TransportError` unless it exited 0, 23 or 24."""
+    result = await run_local(argv, input=path_list(paths), timeout=timeout, what=what)
+    check_exit(result.returncode, result.stderr.decode(errors="replace"), what)
+    return result
+
+
+def check_exit(returncode: int, stderr: str, what: str) -> None:
+    """Raise when an rsync exit code means the transfer as a whole failed."""
+    if returncode not in PARTIAL_OK:
+        tail = stderr.strip()[-600:] or "no message"
+        raise TransportError(f"{what} failed (rsync exit {returncode}): {tail}", hint="the pass will be retried")

@@ -1,0 +1,278 @@
+"""How Dumont reaches hosts: the OpenSSH client, which is also rsync's transport.
+
+One ``SshTransport`` owns an ssh_config file of its own that names every host by alias, pins each host key under
+that alias (``StrictHostKeyChecking yes``; never ``no``), and shares one multiplexed connection per host
+(``ControlMaster``), so a replication pass does not pay a fresh handshake for every command. Every call has a
+deadline: when it passes, the client process is killed and :class:`CommandTimeout` is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dumont.errors import (
+    AuthRefused,
+    CommandTimeout,
+    HostKeyMismatch,
+    HostUnreachable,
+    RemoteCommandFailed,
+    TransportError,
+)
+from dumont.transport.keys import KnownHosts, check_alias
+
+SSH_FAILED = 255
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """One host as SSH sees it; ``alias`` is the stable name its host key is pinned under."""
+
+    alias: str
+    host: str
+    port: int
+    user: str
+
+    def __post_init__(self) -> None:
+        check_alias(self.alias)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a finished remote command returned."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        """Standard output decoded as UTF-8 (invalid bytes replaced)."""
+        return self.stdout.decode(errors="replace")
+
+
+def quote_remote(argv: Sequence[str]) -> str:
+    """Quote ``argv`` for the remote shell that sshd runs the command with."""
+    return " ".join(shlex.quote(arg) for arg in argv)
+
+
+def _quote_config(value: str) -> str:
+    if any(c in value for c in '"\n'):
+        raise TransportError(f"path {value!r} cannot be written into an ssh_config", hint="use a path without quotes")
+    return f'"{value}"'
+
+
+def classify_ssh_failure(alias: str, stderr: str) -> TransportError:
+    """Translate the ssh client's stderr (exit 255) into the matching error."""
+    text = stderr.strip()
+    lowered = text.lower()
+    if "host key verification failed" in lowered or "remote host identification has changed" in lowered:
+        return HostKeyMismatch(
+            f"{alias} presented a host key other than the one pinned for it",
+            hint="if the host was really replaced, re-pin its key; otherwise treat it as an impostor",
+        )
+    if "permission denied" in lowered:
+        return AuthRefused(
+            f"{alias} refused our SSH key: {text}",
+            hint="the key was revoked or never installed on that host; check the provider's key settings",
+        )
+    unreachable = ("connection refused", "timed out", "no route to host", "connection closed", "reset by peer")
+    if any(word in lowered for word in unreachable):
+        return HostUnreachable(f"{alias} is unreachable: {text}", hint="retry later or check that the host is up")
+    return HostUnreachable(f"ssh to {alias} failed: {text or 'no message'}", hint="retry later")
+
+
+class SshTransport:
+    """Runs commands on hosts through OpenSSH with pinned host keys, multiplexing and deadlines."""
+
+    def __init__(
+        self,
+        *,
+        identity: Path,
+        known_hosts: KnownHosts,
+        connect_timeout: float = 5.0,
+        multiplex: bool = True,
+        control_persist: int = 30,
+    ) -> None:
+        self.identity = identity
+        self.known_hosts = known_hosts
+        self.connect_timeout = connect_timeout
+        self.multiplex = multiplex
+        self.control_persist = control_persist
+        # Unix socket paths are limited to 108 bytes, so the control sockets live in a short private directory.
+        self._runtime = Path(tempfile.mkdtemp(prefix="dumont-ssh-"))
+        self.config_path = self._runtime / "ssh_config"
+        self._targets: dict[str, SshTarget] = {}
+        self._used: set[str] = set()
+        self._write_config()
+
+    def add(self, target: SshTarget) -> None:
+        """Make ``target`` reachable by its alias (replacing an older address under the same alias)."""
+        if self._targets.get(target.alias) == target:
+            return
+        self._targets[target.alias] = target
+        self._write_config()
+
+    def ssh_argv(self, target: SshTarget, remote: Sequence[str] | None = None, *, tty: bool = False) -> list[str]:
+        """Return the full local argv that runs ``remote`` (already split) on ``target``."""
+        self.add(target)
+        argv = ["ssh", "-F", str(self.config_path), "-tt" if tty else "-T", target.alias]
+        if remote:
+            argv += ["--", quote_remote(remote)]
+        return argv
+
+    def rsync_shell(self) -> str:
+        """The value for ``rsync -e``: our ssh with our config (hosts are then named by alias)."""
+        return f"ssh -F '{self.config_path}' -T"
+
+    async def run(
+        self,
+        target: SshTarget,
+        remote: Sequence[str],
+        *,
+        input: bytes | None = None,
+        timeout: float,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run ``remote`` on ``target`` and wait for it, at most ``timeout`` seconds.
+
+        :raises CommandTimeout: the deadline passed (the client was killed).
+        :raises HostUnreachable, HostKeyMismatch, AuthRefused: SSH itself failed.
+        :raises RemoteCommandFailed: the command exited non-zero and ``check`` is true.
+        """
+        argv = self.ssh_argv(target, remote)
+        result = await run_local(argv, input=input, timeout=timeout, what=f"{remote[0]} on {target.alias}")
+        self._used.add(target.alias)
+        if result.returncode == SSH_FAILED:
+            raise classify_ssh_failure(target.alias, result.stderr.decode(errors="replace"))
+        if check and result.returncode != 0:
+            stderr = result.stderr.decode(errors="replace").strip()
+            raise RemoteCommandFailed(
+                f"{remote[0]} on {target.alias} exited {result.returncode}: {stderr[-400:] or 'no message'}",
+                returncode=result.returncode,
+                stderr=stderr,
+            )
+        return result
+
+    async def start(self, target: SshTarget, remote: Sequence[str]) -> asyncio.subprocess.Process:
+        """Start ``remote`` on ``target`` with stdin and stdout as pipes (for long-lived channels)."""
+        argv = self.ssh_argv(target, remote)
+        self._used.add(target.alias)
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            limit=64 * 1024 * 1024,
+        )
+
+    async def check_reachable(self, target: SshTarget, *, timeout: float) -> None:
+        """Do one SSH round trip to ``target`` with a fresh connection (no multiplexing) within ``timeout``."""
+        self.add(target)
+        argv = ["ssh", "-F", str(self.config_path), "-T", "-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        argv += [target.alias, "--", "true"]
+        result = await run_local(argv, timeout=timeout, what=f"ssh round trip to {target.alias}")
+        if result.returncode != 0:
+            raise classify_ssh_failure(target.alias, result.stderr.decode(errors="replace"))
+
+    async def forget_connection(self, target: SshTarget) -> None:
+        """Close the shared connection to ``target`` (after its host key or address changed)."""
+        if not self.multiplex:
+            return
+        argv = ["ssh", "-F", str(self.config_path), "-O", "exit", target.alias]
+        with contextlib.suppress(TransportError):
+            await run_local(argv, timeout=5, what=f"closing the connection to {target.alias}")
+        self._used.discard(target.alias)
+
+    async def close(self) -> None:
+        """Close every shared connection and remove the runtime directory."""
+        for alias in sorted(self._used):
+            target = self._targets.get(alias)
+            if target is not None:
+                await self.forget_connection(target)
+        shutil.rmtree(self._runtime, ignore_errors=True)
+
+    def _write_config(self) -> None:
+        lines: list[str] = []
+        for t in self._targets.values():
+            lines += [
+                f"Host {t.alias}",
+                f"  HostName {t.host}",
+                f"  Port {t.port}",
+                f"  User {t.user}",
+                f"  HostKeyAlias {t.alias}",
+            ]
+        lines += ["Host *", *self._common_options()]
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.config_path)
+
+    def _common_options(self) -> list[str]:
+        options = {
+            "IdentityFile": _quote_config(str(self.identity)),
+            "IdentitiesOnly": "yes",
+            "UserKnownHostsFile": _quote_config(str(self.known_hosts.path)),
+            "GlobalKnownHostsFile": "/dev/null",
+            "StrictHostKeyChecking": "yes",
+            "HostKeyAlgorithms": "ssh-ed25519",
+            "CheckHostIP": "no",
+            "UpdateHostKeys": "no",
+            "BatchMode": "yes",
+            "ConnectTimeout": str(max(1, round(self.connect_timeout))),
+            "ServerAliveInterval": "2",
+            "ServerAliveCountMax": "3",
+            "ForwardAgent": "no",
+            "ForwardX11": "no",
+            "ClearAllForwardings": "yes",
+            "LogLevel": "ERROR",
+        }
+        if self.multiplex:
+            options["ControlMaster"] = "auto"
+            options["ControlPath"] = _quote_config(str(self._runtime / "%C"))
+            options["ControlPersist"] = str(self.control_persist)
+        return [f"  {k} {v}" for k, v in options.items()]
+
+
+async def run_local(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    timeout: float,
+    what: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> CommandResult:
+    """Run a local program and wait for it at most ``timeout`` seconds; kill it when the deadline passes."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            stdout, stderr = await proc.communicate(input)
+    except TimeoutError:
+        await _kill(proc)
+        raise CommandTimeout(f"{what} did not finish within {timeout:g} s", hint="it was stopped; retry") from None
+    except asyncio.CancelledError:
+        await _kill(proc)
+        raise
+    assert proc.returncode is not None
+    return CommandResult(proc.returncode, stdout, stderr)
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(proc.wait(), 5)
