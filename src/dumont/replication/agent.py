@@ -542,8 +542,17 @@ def op_revert(args: dict) -> dict:
     return {"restored": restored, "dropped": dropped}
 
 
-def apply_directory_attributes(tree: bytes, entries: list) -> None:
-    """Set every directory's mode and mtime from the manifest, deepest first (children change parents' mtimes)."""
+def apply_attributes(tree: bytes, entries: list) -> None:
+    """Set directory modes and times, and symlink times, from the manifest (rsync sets neither exactly).
+
+    Directories go deepest first, since filling a child changes its parent's mtime. A symlink whose time already
+    matches is left alone: it may be a hard link shared with an older snapshot.
+    """
+    for entry in entries:
+        if entry[KIND] == "l":
+            full = os.path.join(tree, os.fsencode(entry[PATH]))
+            if os.lstat(full).st_mtime_ns != entry[MTIME]:
+                os.utime(full, ns=(entry[MTIME], entry[MTIME]), follow_symlinks=False)
     dirs = [e for e in entries if e[KIND] == "d"]
     dirs.sort(key=lambda e: os.fsencode(e[PATH]).count(b"/") if e[PATH] != "." else -1, reverse=True)
     for entry in dirs:
@@ -560,7 +569,7 @@ def op_commit(args: dict) -> dict:
     expected = args["entries"]
     incoming = incoming_dir(epoch)
     tree = os.fsencode(os.path.join(incoming, "tree"))
-    apply_directory_attributes(tree, expected)
+    apply_attributes(tree, expected)
     actual, skipped, _ = scan_tree(os.fsdecode(tree), staged_hashes(stage_meta, epoch))
     if skipped or manifest_digest(actual) != manifest_digest(expected):
         problems = diff_entries(expected, actual)[:20]
@@ -740,10 +749,11 @@ def op_push(args: dict) -> dict:
 
 
 def rsync_argv(args: dict, rsh: str) -> list:
-    argv = ["rsync", "-aHS", "--numeric-ids", "--files-from=-", "--from0", "--stats",
+    # --ignore-times: every listed path is known to differ; rsync's quick check only compares whole seconds.
+    argv = ["rsync", "-aHS", "--numeric-ids", "--ignore-times", "--files-from=-", "--from0", "--stats",
             "--timeout=%d" % int(args.get("io_timeout", 60)), "-e", rsh]
-    if args.get("ignore_times"):
-        argv.append("--ignore-times")
+    if args.get("bwlimit"):
+        argv.append("--bwlimit=%d" % int(args["bwlimit"]))
     return argv
 
 
@@ -786,7 +796,7 @@ def receive(epoch: int) -> None:
             next(args, None)  # the standby decides the basis itself
         elif arg.startswith("--link-dest="):
             continue
-        elif arg in ("--numeric-ids", "--stats", "--ignore-times") or arg.startswith("--timeout="):
+        elif arg in ("--numeric-ids", "--stats", "--ignore-times") or arg.startswith(("--timeout=", "--bwlimit=")):
             options.append(arg)
         elif arg.startswith("-") and not arg.startswith("--") and set(arg[1:]) <= RSYNC_FLAGS:
             options.append(arg)

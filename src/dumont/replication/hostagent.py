@@ -338,10 +338,10 @@ class HostAgent:
                                                 "port": standby.port, "user": standby.user,
                                                 "standby_host_key": standby_host_key})
 
-    async def push(self, paths: list[str], *, ignore_times: bool, timeout: float, io_timeout: int) -> RsyncRun:
+    async def push(self, paths: list[str], *, timeout: float, io_timeout: int, bwlimit: int | None = None) -> RsyncRun:
         """Direct mode: rsync ``paths`` from this host's workspace into the standby's staging area."""
-        r = await self.call("push", {"paths": paths, "ignore_times": ignore_times, "timeout": timeout,
-                                     "io_timeout": io_timeout}, timeout=timeout + 30)
+        r = await self.call("push", {"paths": paths, "timeout": timeout,
+                                     "io_timeout": io_timeout, "bwlimit": bwlimit}, timeout=timeout + 30)
         return RsyncRun(int(r["returncode"]), r["stdout"], r["stderr"], float(r["seconds"]))
 
     async def install_host_key(self, *, private_key: str, public_key: str) -> None:

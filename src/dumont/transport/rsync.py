@@ -1,7 +1,9 @@
 """rsync as we run it: an explicit list of paths, archive mode, hard links, sparse files, deadlines, stats.
 
 Paths always travel NUL-separated on stdin (``--files-from=- --from0``), so names with spaces, newlines, leading
-dashes or bytes that are not UTF-8 are never parsed by a shell. Exit codes 23 and 24 (some files could not be
+dashes or bytes that are not UTF-8 are never parsed by a shell. Every listed path is known to differ, so rsync's
+quick check (size and mtime, compared only to the second for a basis in ``--link-dest``) is switched off with
+``--ignore-times``: it would otherwise keep an old version of a file rewritten within the same second. Exit codes 23 and 24 (some files could not be
 copied, or vanished) are not failures here: every pass is judged by verifying what arrived, not by rsync's word.
 """
 
@@ -43,14 +45,16 @@ def parse_stats(text: str) -> RsyncStats:
     )
 
 
-def rsync_argv(*, rsh: str, io_timeout: int, ignore_times: bool = False, link_dest: str | None = None) -> list[str]:
+def rsync_argv(
+    *, rsh: str, io_timeout: int, link_dest: str | None = None, bwlimit: int | None = None
+) -> list[str]:
     """The rsync options every pass uses; callers append source and destination."""
-    argv = ["rsync", "-aHS", "--numeric-ids", "--files-from=-", "--from0", "--stats", f"--timeout={io_timeout}",
-            "-e", rsh]
-    if ignore_times:
-        argv.append("--ignore-times")
+    argv = ["rsync", "-aHS", "--numeric-ids", "--ignore-times", "--files-from=-", "--from0", "--stats",
+            f"--timeout={io_timeout}", "-e", rsh]
     if link_dest:
         argv.append(f"--link-dest={link_dest}")
+    if bwlimit:
+        argv.append(f"--bwlimit={bwlimit}")
     return argv
 
 

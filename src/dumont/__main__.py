@@ -1,0 +1,5 @@
+"""``python -m dumont`` runs the CLI."""
+
+from dumont.cli import main
+
+main()

@@ -1,0 +1,113 @@
+"""``dumont local ...``: the embedded local cloud of real sshd hosts, and its fault controls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dumont.cli.common import emit, json_option
+from dumont.localcloud import control, layout
+
+state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The local cloud's directory (default: $DUMONT_LOCAL_STATE or ~/.local/state/dumont/local).",
+)
+
+
+def resolve_state_dir(state_dir: Path | None) -> Path:
+    """The state dir given, or the default one."""
+    return (state_dir or layout.default_state_dir()).expanduser().resolve()
+
+
+@click.group("local")
+def local_group() -> None:
+    """The local cloud: real OpenSSH hosts on 127.0.0.1 standing in for Vast.ai and GCP machines.
+
+    Nothing here needs an account, root or the internet. Fault controls (kill, stop, partition, heal) act on real
+    processes, so detection and failover can be exercised for real.
+    """
+
+
+@local_group.command("up")
+@state_dir_option
+@json_option
+def up(state_dir: Path | None, as_json: bool) -> None:
+    """Start the local cloud (a second `up` on a running one changes nothing)."""
+    directory = resolve_state_dir(state_dir)
+    ready, was_running = control.start(directory)
+    hosts = control.client(directory).get("/hosts")["hosts"]
+    data = {"state_dir": str(directory), "already_running": was_running, "control_url": ready["control_url"],
+            "pid": ready["pid"], "user_key": str(layout.user_key(directory)), "hosts": hosts}
+
+    def human(d: dict[str, Any]) -> str:
+        head = "local cloud already running" if d["already_running"] else "local cloud started"
+        lines = [f"{head} in {d['state_dir']} (daemon pid {d['pid']})"]
+        lines += [f"  {h['name']:<10} {h['state']:<12} ssh -i {d['user_key']} -p {h['ssh_port']} "
+                  f"{h['user']}@127.0.0.1" for h in d["hosts"]]
+        return "\n".join(lines)
+
+    emit(data, as_json=as_json, human=human)
+
+
+@local_group.command("down")
+@state_dir_option
+@json_option
+def down(state_dir: Path | None, as_json: bool) -> None:
+    """Stop the local cloud and every process of its hosts (their files stay)."""
+    directory = resolve_state_dir(state_dir)
+    killed = control.stop(directory)
+    emit({"state_dir": str(directory), "stopped": True, "killed_pids": sorted(killed)}, as_json=as_json,
+         human=lambda d: f"local cloud in {d['state_dir']} stopped")
+
+
+@local_group.command("hosts")
+@state_dir_option
+@json_option
+def hosts(state_dir: Path | None, as_json: bool) -> None:
+    """List every host: name, role, provider, SSH port, pids, workspace and state."""
+    listing = control.client(resolve_state_dir(state_dir)).get("/hosts")["hosts"]
+
+    def human(rows: list[dict[str, Any]]) -> str:
+        lines = [f"{'NAME':<12}{'ROLE':<6}{'PROVIDER':<10}{'STATE':<13}{'PORT':<7}{'PIDS':<8}WORKSPACE"]
+        lines += [f"{h['name']:<12}{h['role']:<6}{h['provider']:<10}{h['state']:<13}{h['ssh_port']:<7}"
+                  f"{len(h['pids']):<8}{h['workspace']}" for h in rows]
+        return "\n".join(lines)
+
+    emit(listing, as_json=as_json, human=human)
+
+
+@local_group.command("add")
+@click.argument("name")
+@click.option("--role", default="", help="A free-form label shown in listings (gpu, cpu, ...).")
+@state_dir_option
+@json_option
+def add(name: str, role: str, state_dir: Path | None, as_json: bool) -> None:
+    """Create and start a new host that accepts the local user key."""
+    host = control.client(resolve_state_dir(state_dir)).post("/hosts", {"name": name, "role": role})
+    emit(host, as_json=as_json, human=lambda h: f"{h['name']} running on port {h['ssh_port']}")
+
+
+def _fault_command(action: str, summary: str) -> click.Command:
+    @click.command(action, help=summary)
+    @click.argument("host")
+    @state_dir_option
+    @json_option
+    def command(host: str, state_dir: Path | None, as_json: bool) -> None:
+        result = control.client(resolve_state_dir(state_dir)).post(f"/hosts/{host}/{action}")
+        emit(result, as_json=as_json, human=lambda h: f"{h.get('name', host)}: {h.get('state', action)}")
+
+    return command
+
+
+for _action, _summary in (
+    ("kill", "Hard-stop HOST: sshd and every process of it die at once (the machine lost power)."),
+    ("stop", "Stop HOST gracefully (SIGTERM, then SIGKILL); its files stay."),
+    ("start", "Start a stopped or killed HOST again, with its files as they were."),
+    ("partition", "Make HOST stop answering without dying (its processes are frozen)."),
+    ("heal", "Let a partitioned HOST answer again."),
+):
+    local_group.add_command(_fault_command(_action, _summary))

@@ -1,0 +1,174 @@
+"""``dumont sync`` and ``dumont verify`` between hosts of the local cloud."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dumont.cli.common import emit, json_option
+from dumont.cli.local import resolve_state_dir, state_dir_option
+from dumont.errors import IntegrityError, UsageError
+from dumont.localcloud import control, layout
+from dumont.replication.engine import DIRECT, RELAY, PassReport, ReplicationPolicy, Replicator
+from dumont.replication.guards import GuardPolicy, human_bytes
+from dumont.replication.hostagent import HostAgent
+from dumont.replication.pairing import pair_hosts
+from dumont.transport.keys import KnownHosts, ensure_keypair
+from dumont.transport.ssh import SshTarget, SshTransport
+
+
+@dataclass(frozen=True)
+class LocalHostRef:
+    """A local host as the CLI needs it: where to reach it and which key it presents."""
+
+    name: str
+    target: SshTarget
+    host_key: str
+
+
+def local_hosts(state_dir: Path) -> dict[str, LocalHostRef]:
+    """Every host of the running local cloud."""
+    rows = control.client(state_dir).get("/hosts")["hosts"]
+    return {
+        r["name"]: LocalHostRef(r["name"], SshTarget(r["name"], r["ssh_host"], r["ssh_port"], r["user"]),
+                                r["host_public_key"])
+        for r in rows
+    }
+
+
+def pick(hosts: dict[str, LocalHostRef], name: str, option: str) -> LocalHostRef:
+    """The host called ``name``, or a usage error listing the known ones."""
+    if name not in hosts:
+        raise UsageError(f"{option} {name!r}: no such local host", hint=f"known hosts: {', '.join(sorted(hosts))}")
+    return hosts[name]
+
+
+@contextlib.asynccontextmanager
+async def local_transport(state_dir: Path, refs: list[LocalHostRef]) -> AsyncIterator[SshTransport]:
+    """An SSH transport that logs in with the local user key and pins the given hosts' keys."""
+    known = KnownHosts(layout.known_hosts(state_dir))
+    for ref in refs:
+        known.pin(ref.name, ref.host_key)
+    transport = SshTransport(identity=layout.user_key(state_dir), known_hosts=known)
+    try:
+        yield transport
+    finally:
+        await transport.close()
+
+
+def describe_pass(report: PassReport) -> str:
+    """One human paragraph about a pass."""
+    if not report.copied:
+        head = f"pass {report.seq}: no change; snapshot {report.snapshot_seq} is current"
+    else:
+        head = (f"pass {report.seq}: snapshot {report.snapshot_seq} committed, {report.files_copied} file(s) "
+                f"copied, {report.files_deleted} deleted, {human_bytes(report.bytes_sent)} sent")
+    lines = [f"{head} ({report.seconds:.2f} s, epoch {report.epoch}, {report.mode} mode)",
+             f"  scanned {report.files_scanned} files, {human_bytes(report.bytes_scanned)}"]
+    if report.deferred:
+        lines.append(f"  {len(report.deferred)} file(s) were changing and keep their previous version until the "
+                     "next pass")
+    return "\n".join(lines)
+
+
+@click.command("sync")
+@click.option("--from", "source", required=True, metavar="HOST", help="The primary whose workspace is copied.")
+@click.option("--to", "standby", required=True, metavar="HOST", help="The standby that receives the snapshot.")
+@click.option("--mode", type=click.Choice([DIRECT, RELAY]), default=DIRECT, show_default=True,
+              help="direct: the primary pushes with the pair key; relay: this machine pulls, then pushes.")
+@click.option("--pair", default="local", show_default=True, help="The pair's name (names its key).")
+@click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True, help="Snapshots to keep.")
+@click.option("--allow-empty-source", is_flag=True, help="Let an empty source replace a populated standby.")
+@click.option("--allow-mass-delete", is_flag=True, help="Let a pass delete more than half the standby's files.")
+@state_dir_option
+@json_option
+def sync_command(source: str, standby: str, mode: str, pair: str, keep: int, allow_empty_source: bool,
+                 allow_mass_delete: bool, state_dir: Path | None, as_json: bool) -> None:
+    """Run one replication pass from one local host to another, now, without a controller."""
+    directory = resolve_state_dir(state_dir)
+    hosts = local_hosts(directory)
+    primary, target = pick(hosts, source, "--from"), pick(hosts, standby, "--to")
+    if primary.name == target.name:
+        raise UsageError(f"--from and --to are both {source!r}", hint="a host cannot be its own standby")
+    policy = ReplicationPolicy(mode=mode, keep_snapshots=keep, guards=GuardPolicy(
+        allow_empty_source=allow_empty_source, allow_mass_delete=allow_mass_delete))
+    report = asyncio.run(_sync(directory, primary, target, pair, policy))
+    emit(report.as_record(), as_json=as_json, human=lambda _: describe_pass(report))
+
+
+async def _sync(state_dir: Path, primary: LocalHostRef, standby: LocalHostRef, pair: str,
+                policy: ReplicationPolicy) -> PassReport:
+    async with local_transport(state_dir, [primary, standby]) as transport:
+        source, target = HostAgent(transport, primary.target), HostAgent(transport, standby.target)
+        try:
+            epoch = (await source.info()).epoch
+            if epoch == 0:
+                epoch = await source.set_epoch(1)
+            if policy.mode == DIRECT:
+                pair_key = state_dir / "pairs" / pair / "pair_key"
+                ensure_keypair(pair_key, f"dumont-pair-{pair}")
+                await pair_hosts(pair=pair, epoch=epoch, primary=source, standby=target,
+                                 standby_address=standby.target, standby_host_key=standby.host_key,
+                                 pair_key=pair_key)
+            replicator = Replicator(pair, source, target, policy, transport=transport,
+                                    relay_dir=state_dir / "relay" / pair)
+            return await replicator.run_pass()
+        finally:
+            await source.close()
+            await target.close()
+
+
+@click.command("verify")
+@click.argument("host")
+@click.option("--snapshot", "seq", type=int, default=None, help="Snapshot to check (default: the newest).")
+@click.option("--workspace", "check_workspace", is_flag=True,
+              help="Check HOST's workspace instead, against --against's newest snapshot manifest.")
+@click.option("--against", metavar="STANDBY", default=None, help="The standby whose manifest --workspace uses.")
+@state_dir_option
+@json_option
+def verify_command(host: str, seq: int | None, check_workspace: bool, against: str | None,
+                   state_dir: Path | None, as_json: bool) -> None:
+    """Re-hash every file of HOST's snapshot (or workspace) and compare it with the manifest."""
+    directory = resolve_state_dir(state_dir)
+    hosts = local_hosts(directory)
+    checked = pick(hosts, host, "HOST")
+    if check_workspace and against is None:
+        raise UsageError("--workspace needs --against STANDBY", hint="name the standby whose manifest to use")
+    reference = pick(hosts, against, "--against") if against else checked
+    result = asyncio.run(_verify(directory, checked, reference, seq, check_workspace))
+
+    def human(r: dict[str, Any]) -> str:
+        if r["ok"]:
+            return f"{r['what']}: ok, every file matches the manifest"
+        return "\n".join([f"{r['what']}: {len(r['problems'])} problem(s)", *(f"  {p}" for p in r["problems"])])
+
+    emit(result, as_json=as_json, human=human)
+    if not result["ok"]:
+        raise IntegrityError(f"{result['what']} does not match its manifest", result["problems"])
+
+
+async def _verify(state_dir: Path, checked: LocalHostRef, reference: LocalHostRef, seq: int | None,
+                  check_workspace: bool) -> dict[str, Any]:
+    async with local_transport(state_dir, [checked, reference]) as transport:
+        agent, ref_agent = HostAgent(transport, checked.target), HostAgent(transport, reference.target)
+        try:
+            status = await ref_agent.status()
+            chosen = seq if seq is not None else (status.latest.seq if status.latest else None)
+            if chosen is None:
+                raise UsageError(f"{reference.name} holds no snapshot yet", hint="run dumont sync first")
+            if check_workspace:
+                problems = await agent.verify_tree(await ref_agent.manifest(chosen))
+                what = f"{checked.name} workspace vs {reference.name} snapshot {chosen}"
+            else:
+                problems = await agent.verify_snapshot(chosen)
+                what = f"{checked.name} snapshot {chosen}"
+        finally:
+            await agent.close()
+            await ref_agent.close()
+    return {"what": what, "ok": not problems, "problems": problems, "snapshot": chosen}

@@ -1,0 +1,130 @@
+"""Starting, stopping and talking to the local cloud daemon (what ``dumont local ...`` does)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dumont.errors import LocalCloudError
+from dumont.localcloud import layout, procs
+from dumont.localcloud.pool import HostPool
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+def read_ready(state_dir: Path) -> dict[str, Any] | None:
+    """The running daemon's ready record, or None when no daemon is serving this state dir."""
+    path = layout.ready_file(state_dir)
+    try:
+        ready: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return ready if procs.is_alive(int(ready.get("pid", 0))) else None
+
+
+def start(state_dir: Path) -> tuple[dict[str, Any], bool]:
+    """Start the daemon for ``state_dir`` unless one already serves it; return (ready record, was running)."""
+    ready = read_ready(state_dir)
+    if ready is not None:
+        return ready, True
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    layout.ready_file(state_dir).unlink(missing_ok=True)
+    with layout.daemon_log(state_dir).open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dumont.localcloud.daemon", "--state-dir", str(state_dir)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+    (state_dir / "daemon.pid").write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        ready = read_ready(state_dir)
+        if ready is not None and ready.get("pid") == proc.pid:
+            return ready, False
+        if proc.poll() is not None:
+            raise LocalCloudError(f"the local cloud daemon exited with {proc.returncode}: {_log_tail(state_dir)}")
+        time.sleep(0.05)  # waiting for another process to write its ready file; bounded by the deadline
+    proc.kill()
+    raise LocalCloudError(f"the local cloud did not become ready within {START_TIMEOUT:g} s: {_log_tail(state_dir)}")
+
+
+def stop(state_dir: Path) -> set[int]:
+    """Stop the daemon and every host; kill whatever is left of them; return the pids that had to be killed."""
+    ready = read_ready(state_dir)
+    pid = _daemon_pid(state_dir, ready)
+    if ready is not None:
+        try:
+            client(state_dir).post("/shutdown")
+        except LocalCloudError:
+            pass  # unresponsive: it is killed below
+    if pid and procs.is_alive(pid):
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while procs.is_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # bounded wait for the daemon to finish its own shutdown
+        if procs.is_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    killed: set[int] = set()
+    if (state_dir / "cloud_id").exists():
+        killed = asyncio.run(HostPool(state_dir).shutdown())
+    (state_dir / "daemon.pid").unlink(missing_ok=True)
+    layout.ready_file(state_dir).unlink(missing_ok=True)
+    return killed
+
+
+def _daemon_pid(state_dir: Path, ready: dict[str, Any] | None) -> int | None:
+    if ready is not None:
+        return int(ready["pid"])
+    try:
+        return int((state_dir / "daemon.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _log_tail(state_dir: Path) -> str:
+    try:
+        lines = layout.daemon_log(state_dir).read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "no log"
+    return " | ".join(lines[-5:]) or "no log"
+
+
+class ControlClient:
+    """The daemon's control API."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self._http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+    def get(self, path: str) -> Any:
+        """GET ``path`` and return its JSON."""
+        return self._call("GET", path, None)
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """POST ``body`` to ``path`` and return the JSON answer."""
+        return self._call("POST", path, body)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise LocalCloudError(f"the local cloud daemon did not answer: {exc}") from exc
+        data = response.json()
+        if response.status_code >= 400:
+            raise LocalCloudError(str(data.get("error", response.text)))
+        return data
+
+
+def client(state_dir: Path) -> ControlClient:
+    """A client for the daemon serving ``state_dir``."""
+    ready = read_ready(state_dir)
+    if ready is None:
+        raise LocalCloudError(f"no local cloud is running in {state_dir}", hint="start one with: dumont local up")
+    return ControlClient(ready["control_url"], layout.control_token(state_dir).read_text().strip())

@@ -1,0 +1,143 @@
+"""The local cloud's daemon: owns the host pool and serves its control API on 127.0.0.1.
+
+``dumont local up`` starts it in the background; it writes ``<state_dir>/localcloud.json`` once it is ready and
+removes it when it stops. On SIGTERM or SIGINT, or on ``POST /shutdown``, it kills every host and exits, so
+nothing of the local cloud outlives it. Run it in the foreground with
+``python -m dumont.localcloud.daemon --state-dir DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from dumont.errors import DumontError, LocalCloudError
+from dumont.localcloud import layout
+from dumont.localcloud.pool import HostPool
+from dumont.transport.keys import ensure_keypair, write_private
+
+log = logging.getLogger("dumont.localcloud")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON response whose Content-Type is exactly ``application/json`` (no charset suffix)."""
+    return web.Response(body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"})
+
+
+class LocalCloud:
+    """The running local cloud: the pool plus its control API."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.pool = HostPool(state_dir)
+        self.token = secrets.token_urlsafe(24)
+        self.stopping = asyncio.Event()
+
+    async def start_default_hosts(self) -> None:
+        """Create the hosts a fresh local cloud starts with (one GPU stand-in, one CPU stand-in)."""
+        user_key = ensure_keypair(layout.user_key(self.state_dir), "dumont-local-user")
+        for name, role in (("gpu-1", "gpu"), ("cpu-1", "cpu")):
+            if not any(h.name == name for h in self.pool.hosts()):
+                await self.pool.create(name, authorized_keys=[user_key], role=role)
+            else:
+                await self.pool.start(name)
+
+    def app(self) -> web.Application:
+        """The control API."""
+        app = web.Application(middlewares=[self._auth, self._errors])
+        app.router.add_get("/hosts", self._list)
+        app.router.add_post("/hosts", self._create)
+        app.router.add_post("/hosts/{name}/{action}", self._act)
+        app.router.add_post("/shutdown", self._shutdown)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return json_response({"error": "missing or wrong control token"}, status=401)
+        return await handler(request)
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except DumontError as exc:
+            return json_response({"error": str(exc)}, status=409)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        return json_response({"hosts": [h.as_dict() for h in self.pool.hosts()]})
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        keys = list(body.get("authorized_keys") or [])
+        if body.get("user_key", True):
+            keys.append(ensure_keypair(layout.user_key(self.state_dir), "dumont-local-user"))
+        host = await self.pool.create(str(body["name"]), authorized_keys=keys, role=str(body.get("role", "")))
+        return json_response(host.as_dict(), status=201)
+
+    async def _act(self, request: web.Request) -> web.Response:
+        name, action = request.match_info["name"], request.match_info["action"]
+        actions = {"start": self.pool.start, "stop": self.pool.stop, "kill": self.pool.kill,
+                   "partition": self.pool.partition, "heal": self.pool.heal}
+        if action == "destroy":
+            await self.pool.destroy(name)
+            return json_response({"destroyed": name})
+        if action not in actions:
+            raise LocalCloudError(f"unknown action {action!r}", hint=f"one of {', '.join(sorted(actions))}, destroy")
+        host = await actions[action](name)
+        log.info("%s %s", action, name)
+        return json_response(host.as_dict())
+
+    async def _shutdown(self, request: web.Request) -> web.Response:
+        self.stopping.set()
+        return json_response({"stopping": True})
+
+
+async def serve(state_dir: Path) -> None:
+    """Run the local cloud until asked to stop, then kill every host."""
+    cloud = LocalCloud(state_dir)
+    runner = web.AppRunner(cloud.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, cloud.stopping.set)
+    try:
+        await cloud.start_default_hosts()
+        ready = {"pid": os.getpid(), "control_url": f"http://127.0.0.1:{port}", "cloud_id": cloud.pool.cloud_id}
+        write_private(layout.control_token(state_dir), cloud.token)
+        write_private(layout.ready_file(state_dir), json.dumps(ready, indent=2) + "\n")
+        log.info("local cloud ready on port %d", port)
+        await cloud.stopping.wait()
+    finally:
+        layout.ready_file(state_dir).unlink(missing_ok=True)
+        killed = await cloud.pool.shutdown()
+        log.info("local cloud stopped; %d process(es) ended", len(killed))
+        await runner.cleanup()
+
+
+def main() -> None:
+    """Entry point: ``python -m dumont.localcloud.daemon --state-dir DIR``."""
+    parser = argparse.ArgumentParser(description="Run the Dumont local cloud in the foreground.")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve(args.state_dir.resolve()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Replication: primary workspace to standby snapshots, killable at any instant without damage."""

@@ -1,0 +1,1 @@
+"""How Dumont reaches hosts: OpenSSH (with pinned keys and multiplexing) and rsync over it."""
