@@ -5,11 +5,14 @@ A config protecting one pair (every key is optional except inside ``[[pairs]]``)
     health_check_interval = 10          # top-level keys: timing, failover and GPU rental
     gpu_preferred_regions = ["TH", "VN", "JP", "EU"]
 
-    [standby]                           # also [replication] [health] [controller] [vast] [gcp] [notifications]
+    [standby]                           # and [replication] [health] [controller] [notifications]
     machine_type = "e2-medium"
 
     [vast]
     api_key_file = "~/.config/dumont/vast_api_key"     # a 0600 file; never the key itself
+
+    [gcp]
+    project = "my-project"
 
     [[pairs]]                           # zero or more protected workspaces
     name = "train"
@@ -19,11 +22,12 @@ A config protecting one pair (every key is optional except inside ``[[pairs]]``)
     [pairs.standby]
     provider = "gcp"
 
-Each table is a frozen dataclass below whose fields carry their default and the rule that checks them
-(``_setting(default, rule)``), so defaults and accepted forms live in one place. Loading collects every
-problem -- bad values, unknown keys (with the closest known key), secrets written in the text, secret files
-that others can read, broken timing rules -- and raises one ``ConfigError`` that lists them all. Secrets never
-enter the config: only the paths of 0600 files that hold them.
+Each table is a frozen dataclass below. Each field carries its default and, in its metadata, the rule that
+checks it (``field(default=10.0, metadata=_checked_by(_SECONDS))``), so defaults and accepted forms live in
+one place. Loading collects every problem -- bad values, unknown keys (with the closest known key), secrets
+written in the text, secret files that others can read, broken timing rules -- and raises one
+``ConfigError`` that lists them all. Secrets never enter the config, only the paths of the 0600 files that
+hold them.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ REGION_NAMES: Final = frozenset({"EU", "NA", "AS", "SA", "OC", "AF"})
 
 ALL_EVENTS: Final = "*"
 """The ``notifications.events`` entry that means every event."""
+
+
+# --- Showing values in problems -------------------------------------------------------------------------
 
 
 def _show(value: object) -> str:
@@ -87,7 +94,7 @@ class _Rule:
     """How one setting is written: what is expected, and how a raw value becomes a typed one."""
 
     expected: str
-    convert: Callable[[Any, Path], Any]  # (raw TOML value, the config file's folder) -> value; raises _BadValueError
+    convert: Callable[[Any, Path], Any]  # (raw value, the config file's folder) -> value, or _BadValueError
     show_example: bool = True
 
 
@@ -161,15 +168,19 @@ def _is_web_url(raw: Any) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
+def _is_region(item: Any) -> bool:
+    # Country codes and region names are both two capital letters; the Vast provider tells them apart.
+    return isinstance(item, str) and re.fullmatch(r"[A-Z]{2}", item) is not None
+
+
 def _is_regions(raw: Any) -> bool:
-    is_code = functools.partial(re.fullmatch, r"[A-Z]{2}")
-    return _is_list_of(lambda item: isinstance(item, str) and bool(is_code(item)), raw) \
-        and len(raw) > 0 and len(set(raw)) == len(raw)
+    return _is_list_of(_is_region, raw) and len(raw) > 0 and len(set(raw)) == len(raw)
 
 
 def _is_workspace(raw: Any) -> bool:
     # "/" would make every replication pass mirror (and delete) a whole machine.
-    return isinstance(raw, str) and PurePosixPath(raw).is_absolute() and PurePosixPath(raw) != PurePosixPath("/")
+    path = PurePosixPath(raw) if isinstance(raw, str) else PurePosixPath()
+    return path.is_absolute() and path.name != "" and ".." not in path.parts
 
 
 def _local_path(raw: Any, base_dir: Path) -> Path:
@@ -193,6 +204,7 @@ def _secret_file(raw: Any, base_dir: Path) -> Path:
     return path
 
 
+_PAIR_NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _SECONDS = _number("a number of seconds", above=0)
 _FLAG = _when("true or false", lambda raw: isinstance(raw, bool), show_example=False)
 _TEXT = _when("a non-empty string", _is_text)
@@ -204,8 +216,8 @@ _REGIONS = _when("a non-empty list, without repeats and in order of preference, 
 _EVENTS = _when(f'a list of event names ("{ALL_EVENTS}" for every event)',
                 functools.partial(_is_list_of, _is_text), tuple)
 _PAIR_NAME = _when("1 to 40 lowercase letters, digits and dashes, starting with a letter or digit",
-                   lambda raw: isinstance(raw, str) and re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", raw) is not None)
-_WORKSPACE = _when('an absolute path other than "/"', _is_workspace)
+                   lambda raw: isinstance(raw, str) and _PAIR_NAME_PATTERN.fullmatch(raw) is not None)
+_WORKSPACE = _when('an absolute path other than "/", without ".."', _is_workspace)
 _LOCAL_PATH = _Rule("a path (~ and paths relative to the config file's folder work)", _local_path)
 _SECRET_FILE = _Rule("the path of a file only you can read (mode 0600)", _secret_file)
 
@@ -400,7 +412,8 @@ class Config:
     state_dir: Path = field(default_factory=_default_state_dir, metadata=_checked_by(
         _LOCAL_PATH, example="~/.local/state/dumont"))
     standby: StandbyConfig = field(default_factory=StandbyConfig, metadata=_holds(StandbyConfig))
-    replication: ReplicationConfig = field(default_factory=ReplicationConfig, metadata=_holds(ReplicationConfig))
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig,
+                                           metadata=_holds(ReplicationConfig))
     health: HealthConfig = field(default_factory=HealthConfig, metadata=_holds(HealthConfig))
     controller: ControllerConfig = field(default_factory=ControllerConfig, metadata=_holds(ControllerConfig))
     vast: VastConfig = field(default_factory=VastConfig, metadata=_holds(VastConfig))
@@ -545,13 +558,17 @@ def _read_table(cls: type[Any], raw: Mapping[str, Any], prefix: str, reading: _R
     for spec in fields(cls):
         path = prefix + spec.name
         if spec.name in raw:
-            values[spec.name] = _read_value(spec, raw[spec.name], path, reading)
+            value = _read_value(spec, raw[spec.name], path, reading)
         elif _is_required(spec):
             what = f"add a [{_header(path)}] table" if _setting_of(spec).table else _must_be(spec)
             reading.note(f"{path}: missing; {what}")
-            values[spec.name] = _INVALID
-        complete = complete and not (values.get(spec.name) is _INVALID and _is_required(spec))
-    values = {key: value for key, value in values.items() if value is not _INVALID}
+            value = _INVALID
+        else:
+            continue  # the field's default applies
+        if value is not _INVALID:
+            values[spec.name] = value
+        elif _is_required(spec):
+            complete = False
     return cls(**values) if complete else _INVALID
 
 
@@ -619,7 +636,8 @@ def _secret_advice(path: str) -> str:
     if _header(path) + "_file" not in _KNOWN_PATHS:
         return advice + "point a *_file setting at it (e.g. vast.api_key_file)"
     variable = _SECRET_ENVIRONMENT.get(path)
-    return advice + f"set {path}_file" + (f" (or use the {variable} environment variable)" if variable else "")
+    alternative = f" (or use the {variable} environment variable)" if variable else ""
+    return f"{advice}set {path}_file{alternative}"
 
 
 def _refuse_unknown_keys(cls: type[Any], raw: Mapping[str, Any], prefix: str, reading: _Reading) -> None:
@@ -627,8 +645,13 @@ def _refuse_unknown_keys(cls: type[Any], raw: Mapping[str, Any], prefix: str, re
     for key, value in raw.items():
         if key not in known and not _is_secret_name(key):
             # Only numbers and booleans are echoed: an unknown string could be a secret under another name.
-            shown = _show(value) if isinstance(value, int | float) else f"<{type(value).__name__}>"
+            shown = _show(value) if isinstance(value, int | float) else f"<{_kind(value)}>"
             reading.note(f"{prefix}{key} = {shown}: unknown key; {_suggest_key(key, known, prefix)}")
+
+
+def _kind(value: Any) -> str:
+    kinds: dict[type, str] = {str: "a string", dict: "a table", list: "an array"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _suggest_key(key: str, known: list[str], prefix: str) -> str:
@@ -715,7 +738,7 @@ def _check_gcp_project(side: Any, prefix: str, config: Config, reading: _Reading
                      "(e.g. project = 'my-project' under [gcp])")
 
 
-# --- Showing values, and writing them back as TOML --------------------------------------------------------
+# --- Writing a config back: as plain data, and as TOML -----------------------------------------------------
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
