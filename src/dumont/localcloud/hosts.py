@@ -148,6 +148,9 @@ def _setenv(values: dict[str, str]) -> str:
 def sshd_config(host: LocalHost) -> str:
     """The sshd_config of a local host."""
     env = {
+        # Each machine has its own home: sessions must not run the real user's shell start-up files (they may
+        # be slow, and a host killed mid-start-up could leave their locks behind for everyone else).
+        "HOME": str(host.base / "home"),
         "DUMONT_HOST": host.name,
         "DUMONT_WORKSPACE": str(host.workspace),
         "DUMONT_DATA_DIR": str(host.data_dir),
@@ -174,6 +177,7 @@ def sshd_config(host: LocalHost) -> str:
         "UseDNS no",
         "PrintMotd no",
         "PrintLastLog no",
+        "PermitUserRC no",
         "X11Forwarding no",
         "AllowTcpForwarding yes",
         "MaxSessions 64",
@@ -204,7 +208,7 @@ def create_files(root: Path, name: str, mark: str, authorized_keys: list[str]) -
     check_alias(name)
     if root.exists():
         raise LocalCloudError(f"local host {name} already exists at {root}", hint="pick another name")
-    for sub in ("etc", "workspace", "var/lib/dumont", "run", "log"):
+    for sub in ("etc", "home", "workspace", "var/lib/dumont", "run", "log"):
         (root / sub).mkdir(parents=True, mode=0o755)
     host_key = root / "etc" / "ssh_host_ed25519_key"
     public = generate_keypair(host_key, f"dumont-local-{name}")

@@ -4,6 +4,10 @@ One ``SshTransport`` owns an ssh_config file of its own that names every host by
 that alias (``StrictHostKeyChecking yes``; never ``no``), and shares one multiplexed connection per host
 (``ControlMaster``), so a replication pass does not pay a fresh handshake for every command. Every call has a
 deadline: when it passes, the client process is killed and :class:`CommandTimeout` is raised.
+
+The shared connection is opened on its own (``ssh -M -N -f``) before the first command, never by a command that
+happens to come first: a command that becomes the master with ``ControlPersist`` does not pass the end of its
+standard input on, so a remote ``cat`` would wait forever.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class SshTransport:
         self.config_path = self._runtime / "ssh_config"
         self._targets: dict[str, SshTarget] = {}
         self._used: set[str] = set()
+        self._master_locks: dict[str, asyncio.Lock] = {}
         self._write_config()
 
     def add(self, target: SshTarget) -> None:
@@ -147,9 +152,10 @@ class SshTransport:
         :raises HostUnreachable, HostKeyMismatch, AuthRefused: SSH itself failed.
         :raises RemoteCommandFailed: the command exited non-zero and ``check`` is true.
         """
+        async with asyncio.timeout(timeout):
+            await self.prepare(target, timeout=timeout)
         argv = self.ssh_argv(target, remote)
         result = await run_local(argv, input=input, timeout=timeout, what=f"{remote[0]} on {target.alias}")
-        self._used.add(target.alias)
         if result.returncode == SSH_FAILED:
             raise classify_ssh_failure(target.alias, result.stderr.decode(errors="replace"))
         if check and result.returncode != 0:
@@ -163,8 +169,8 @@ class SshTransport:
 
     async def start(self, target: SshTarget, remote: Sequence[str]) -> asyncio.subprocess.Process:
         """Start ``remote`` on ``target`` with stdin and stdout as pipes (for long-lived channels)."""
+        await self.prepare(target, timeout=self.connect_timeout + 10)
         argv = self.ssh_argv(target, remote)
-        self._used.add(target.alias)
         return await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE,
@@ -172,6 +178,37 @@ class SshTransport:
             stderr=asyncio.subprocess.PIPE,
             limit=64 * 1024 * 1024,
         )
+
+    async def prepare(self, target: SshTarget, *, timeout: float) -> None:
+        """Open the shared connection to ``target`` if it is not open yet (rsync callers use this first).
+
+        :raises HostUnreachable, HostKeyMismatch, AuthRefused: the connection could not be made.
+        :raises CommandTimeout: it was not made within ``timeout``.
+        """
+        self.add(target)
+        if not self.multiplex:
+            return
+        lock = self._master_locks.setdefault(target.alias, asyncio.Lock())
+        async with lock:
+            if (self._runtime / target.alias).exists():
+                return
+            log_path = self._runtime / f"{target.alias}.log"
+            argv = ["ssh", "-F", str(self.config_path), "-o", "ControlMaster=yes", "-M", "-N", "-f", target.alias]
+            with log_path.open("wb") as log:
+                # -f forks the master into the background once it is authenticated; its inherited output must not
+                # be one of our pipes, or we would wait for it to end.
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=log
+                )
+                try:
+                    async with asyncio.timeout(timeout):
+                        returncode = await proc.wait()
+                except (TimeoutError, asyncio.CancelledError):
+                    await _kill(proc)
+                    raise
+            if returncode != 0:
+                raise classify_ssh_failure(target.alias, log_path.read_text(errors="replace"))
+            self._used.add(target.alias)
 
     async def check_reachable(self, target: SshTarget, *, timeout: float) -> None:
         """Do one SSH round trip to ``target`` with a fresh connection (no multiplexing) within ``timeout``."""
@@ -234,8 +271,9 @@ class SshTransport:
             "LogLevel": "ERROR",
         }
         if self.multiplex:
-            options["ControlMaster"] = "auto"
-            options["ControlPath"] = _quote_config(str(self._runtime / "%C"))
+            # Commands attach to the master ``prepare`` opened, or connect on their own if it is gone.
+            options["ControlMaster"] = "no"
+            options["ControlPath"] = _quote_config(str(self._runtime / "%n"))
             options["ControlPersist"] = str(self.control_persist)
         return [f"  {k} {v}" for k, v in options.items()]
 

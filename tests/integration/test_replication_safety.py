@@ -1,0 +1,216 @@
+"""Replication under failure: hosts killed mid-pass, files rewritten mid-copy, wrong sources refused."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from dumont.errors import (
+    DumontError,
+    EmptySourceRefused,
+    InsufficientSpace,
+    MassDeletionRefused,
+    StaleEpochRefused,
+)
+from tests.conftest import Pair
+
+pytestmark = pytest.mark.slow
+
+
+def mutate(ws: Path, rng: random.Random, round_no: int) -> None:
+    """Add, change and delete files, and rewrite two large ones (so the pass moves real data)."""
+    small = sorted(p for p in ws.glob("small/*") if p.is_file())
+    for path in rng.sample(small, min(3, len(small))):
+        path.unlink()
+    for i in range(3):
+        (ws / "small" / f"r{round_no}-{i}.txt").write_bytes(os.urandom(rng.randint(1, 4096)))
+    for path in rng.sample(small, min(5, len(small))):
+        if path.exists():
+            path.write_bytes(os.urandom(rng.randint(1, 4096)))
+    for name in rng.sample(["big-0.bin", "big-1.bin", "big-2.bin", "big-3.bin"], 2):
+        (ws / name).write_bytes(os.urandom(6 * 1024 * 1024))
+
+
+async def test_killing_the_primary_mid_pass_never_damages_the_last_snapshot(pair: Pair) -> None:
+    """Given passes that take seconds, when the primary host is killed at 20 random instants, then every time the
+    standby's newest snapshot verifies against its manifest and holds no partial or temporary file."""
+    seed = int(os.environ.get("DUMONT_TEST_SEED", "20261128"))
+    rng = random.Random(seed)
+    ws = pair.primary.workspace
+    (ws / "small").mkdir()
+    for i in range(300):
+        (ws / "small" / f"f{i}.txt").write_bytes(os.urandom(rng.randint(1, 4096)))
+    mutate(ws, rng, 0)
+    replicator = pair.replicator(bandwidth_limit_kbps=10_000)
+    duration = (await replicator.run_pass()).seconds
+    landed, rounds = 0, 0
+    while landed < 20:
+        rounds += 1
+        assert rounds <= 60, f"only {landed} of 20 kills landed mid-pass (seed {seed})"
+        mutate(ws, rng, rounds)
+        task = asyncio.create_task(replicator.run_pass())
+        done, _ = await asyncio.wait({task}, timeout=rng.uniform(0.0, 0.9 * duration))
+        if task in done:
+            duration = task.result().seconds  # finished before the kill instant: not a mid-pass kill
+            continue
+        await pair.cloud.pool.kill(pair.primary.name)
+        with pytest.raises(DumontError):
+            await asyncio.wait_for(task, 60)
+        landed += 1
+        await assert_newest_snapshot_is_whole(pair)
+        await pair.cloud.pool.start(pair.primary.name)
+
+    final = await replicator.run_pass()
+    assert final.copied and await pair.standby_agent.verify_tree(await pair.standby_agent.manifest(final.seq),
+                                                                  root=str(ws)) == []
+
+
+async def assert_newest_snapshot_is_whole(pair: Pair) -> None:
+    """The newest snapshot matches its manifest exactly: no missing, extra, partial or temporary file."""
+    status = await pair.standby_agent.status()
+    assert status.latest is not None
+    assert await pair.standby_agent.verify_snapshot(status.latest.seq) == []
+    tree = pair.snapshot_tree(status.latest.seq)
+    leftovers = [p for p in tree.rglob("*") if p.name.startswith(".") or "~tmp~" in p.name]
+    assert leftovers == []
+
+
+VERSION_SIZE = 2 * 1024 * 1024
+CHUNK = 64 * 1024
+
+
+def version_bytes(version: int) -> bytes:
+    """A self-checking version of a file: header, body, and the SHA-256 of both."""
+    body = version.to_bytes(8, "big") + random.Random(version).randbytes(VERSION_SIZE - 40)
+    return body + hashlib.sha256(body).digest()
+
+
+def version_of(data: bytes) -> int | None:
+    """The version a copy holds, or None when it is torn (its checksum does not match)."""
+    body, digest = data[:-32], data[-32:]
+    if len(data) != VERSION_SIZE or hashlib.sha256(body).digest() != digest:
+        return None
+    return int.from_bytes(body[:8], "big")
+
+
+class RewritingWriter(threading.Thread):
+    """Rewrites one file in place, chunk by chunk with fsync, version after version (a checkpointing job)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.done = threading.Event()
+        self.written = 0
+
+    def run(self) -> None:
+        version = 1
+        while not self.done.is_set():
+            data = version_bytes(version)
+            with open(self.path, "r+b") as handle:
+                for offset in range(0, VERSION_SIZE, CHUNK):
+                    handle.write(data[offset : offset + CHUNK])
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            self.written = version
+            version += 1
+            self.done.wait(0.25)  # workload pacing: a checkpoint, then some compute, then the next one
+
+
+async def test_a_file_rewritten_during_passes_is_only_ever_copied_whole(pair: Pair) -> None:
+    """Given a file rewritten in place continuously, when passes run meanwhile, then every copy of it on the
+    standby is one complete version, and the newest version arrives once the writer stops."""
+    target = pair.primary.workspace / "checkpoint.bin"
+    target.write_bytes(version_bytes(0))
+    replicator = pair.replicator()
+    await replicator.run_pass()
+    writer = RewritingWriter(target)
+    writer.start()
+    seen: set[int] = set()
+    passes = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    try:
+        while writer.written < 12:
+            assert loop.time() < deadline, "the writer stalled"
+            report = await replicator.run_pass()
+            passes += 1
+            assert report.snapshot_seq is not None
+            copy = (pair.snapshot_tree(report.snapshot_seq) / "checkpoint.bin").read_bytes()
+            version = version_of(copy)
+            assert version is not None, f"snapshot {report.snapshot_seq} holds a torn copy"
+            seen.add(version)
+    finally:
+        writer.done.set()
+        writer.join(30)
+    assert passes > 20
+    assert len(seen) > 3, f"passes caught only versions {sorted(seen)} of {writer.written}"
+    final = await replicator.run_pass()
+    assert final.snapshot_seq is not None
+    assert version_of((pair.snapshot_tree(final.snapshot_seq) / "checkpoint.bin").read_bytes()) == writer.written
+
+
+async def test_an_empty_source_never_wipes_a_populated_standby(
+    pair: Pair, fill: Callable[[Path, dict[str, bytes]], None]
+) -> None:
+    """Given a synced standby, when the primary's workspace is emptied (or gone), then the pass is refused."""
+    ws = pair.primary.workspace
+    fill(ws, {f"data/{i}.bin": os.urandom(100) for i in range(30)})
+    replicator = pair.replicator()
+    first = await replicator.run_pass()
+    for path in (ws / "data").iterdir():
+        path.unlink()
+
+    with pytest.raises(EmptySourceRefused, match="holds 0 files.*30 files"):
+        await replicator.run_pass()
+    (ws / "data").rmdir()
+    ws.rmdir()
+    with pytest.raises(EmptySourceRefused, match="does not exist"):
+        await replicator.run_pass()
+
+    status = await pair.standby_agent.status()
+    assert [s.seq for s in status.snapshots] == [first.seq]
+    assert len(list(pair.snapshot_tree(first.seq).glob("data/*"))) == 30
+    ws.mkdir()
+
+
+async def test_a_mass_deletion_is_refused(pair: Pair, fill: Callable[[Path, dict[str, bytes]], None]) -> None:
+    """Given 40 synced files, when 30 disappear at once, then the pass stops before deleting anything."""
+    ws = pair.primary.workspace
+    fill(ws, {f"f{i}": b"x" for i in range(40)})
+    replicator = pair.replicator()
+    first = await replicator.run_pass()
+    for i in range(30):
+        (ws / f"f{i}").unlink()
+    with pytest.raises(MassDeletionRefused, match="delete 30 of the 40 files"):
+        await replicator.run_pass()
+    assert len(list(pair.snapshot_tree(first.seq).iterdir())) == 40
+
+
+async def test_a_source_with_an_older_epoch_is_refused(pair: Pair, fill: Callable[[Path, dict[str, bytes]], None]) -> None:
+    """Given a standby at epoch 5, when a primary at epoch 1 tries to sync, then it is refused as fenced."""
+    fill(pair.primary.workspace, {"a": b"1"})
+    replicator = pair.replicator()
+    first = await replicator.run_pass()
+    await pair.standby_agent.set_epoch(5)
+    (pair.primary.workspace / "a").write_bytes(b"stale write")
+    with pytest.raises(StaleEpochRefused, match="epoch 1 is older than cpu-1's epoch 5"):
+        await replicator.run_pass()
+    assert (pair.snapshot_tree(first.seq) / "a").read_bytes() == b"1"
+
+
+async def test_a_pass_that_would_fill_the_standby_is_refused(
+    pair: Pair, fill: Callable[[Path, dict[str, bytes]], None]
+) -> None:
+    """Given a standby whose free space is below the reserve, then the pass is refused before staging."""
+    fill(pair.primary.workspace, {"a": b"1"})
+    replicator = pair.replicator(min_free_fraction=0.9999)
+    with pytest.raises(InsufficientSpace, match="bytes free"):
+        await replicator.run_pass()
+    assert (await pair.standby_agent.status()).snapshots == ()
