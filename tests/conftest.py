@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,3 +157,22 @@ def fill() -> Iterator[Callable[[Path, dict[str, bytes]], None]]:
             path.write_bytes(data)
 
     yield write
+
+
+async def eventually(
+    check: Callable[[], Awaitable[None]], *, timeout: float, retry_on: tuple[type[BaseException], ...]
+) -> None:
+    """Run ``check`` until it stops raising ``retry_on``, for at most ``timeout`` seconds.
+
+    For conditions that nothing announces (an sshd re-reading its keys): the one polling loop of the test suite.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await check()
+            return
+        except retry_on:
+            if loop.time() > deadline:
+                raise
+        await asyncio.sleep(0.05)

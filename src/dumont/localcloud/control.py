@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from dumont.errors import LocalCloudError
+from dumont.errors import LocalCloudError, UsageError
 from dumont.localcloud import layout, procs
 from dumont.localcloud.pool import HostPool
 
@@ -39,22 +40,42 @@ def start(state_dir: Path) -> tuple[dict[str, Any], bool]:
         return ready, True
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     layout.ready_file(state_dir).unlink(missing_ok=True)
-    with layout.daemon_log(state_dir).open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dumont.localcloud.daemon", "--state-dir", str(state_dir)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )
-    (state_dir / "daemon.pid").write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        ready = read_ready(state_dir)
-        if ready is not None and ready.get("pid") == proc.pid:
-            return ready, False
-        if proc.poll() is not None:
-            raise LocalCloudError(f"the local cloud daemon exited with {proc.returncode}: {_log_tail(state_dir)}")
-        time.sleep(0.05)  # waiting for another process to write its ready file; bounded by the deadline
-    proc.kill()
-    raise LocalCloudError(f"the local cloud did not become ready within {START_TIMEOUT:g} s: {_log_tail(state_dir)}")
+    read_end, write_end = os.pipe()
+    try:
+        with layout.daemon_log(state_dir).open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dumont.localcloud.daemon", "--state-dir", str(state_dir),
+                 "--ready-fd", str(write_end)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, pass_fds=(write_end,),
+            )
+        os.close(write_end)
+        (state_dir / "daemon.pid").write_text(f"{proc.pid}\n")
+        line = _read_line(read_end, START_TIMEOUT)
+    finally:
+        os.close(read_end)
+    if not line:
+        if proc.poll() is None:
+            proc.kill()
+            raise LocalCloudError(f"the local cloud did not become ready within {START_TIMEOUT:g} s: "
+                                  f"{_log_tail(state_dir)}")
+        raise LocalCloudError(f"the local cloud daemon exited with {proc.returncode}: {_log_tail(state_dir)}")
+    ready = json.loads(line)
+    return ready, False
+
+
+def _read_line(fd: int, timeout: float) -> bytes:
+    """Read one line from ``fd`` within ``timeout`` (empty when it closed or the deadline passed)."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return b""
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b""
+        data += chunk
+    return data
 
 
 def stop(state_dir: Path) -> set[int]:
@@ -66,12 +87,8 @@ def stop(state_dir: Path) -> set[int]:
             client(state_dir).post("/shutdown")
         except LocalCloudError:
             pass  # unresponsive: it is killed below
-    if pid and procs.is_alive(pid):
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while procs.is_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)  # bounded wait for the daemon to finish its own shutdown
-        if procs.is_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    if pid and not procs.wait_for_exit(pid, STOP_TIMEOUT):
+        os.kill(pid, signal.SIGKILL)
     killed: set[int] = set()
     if (state_dir / "cloud_id").exists():
         killed = asyncio.run(HostPool(state_dir).shutdown())
@@ -117,6 +134,8 @@ class ControlClient:
         except httpx.HTTPError as exc:
             raise LocalCloudError(f"the local cloud daemon did not answer: {exc}") from exc
         data = response.json()
+        if response.status_code == 400:
+            raise UsageError(str(data.get("error", response.text)))
         if response.status_code >= 400:
             raise LocalCloudError(str(data.get("error", response.text)))
         return data

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dumont.errors import DumontError, LocalCloudError
+from dumont.errors import DumontError, UsageError
 from dumont.localcloud import layout
 from dumont.localcloud.pool import HostPool
 from dumont.transport.keys import ensure_keypair, write_private
@@ -73,6 +73,8 @@ class LocalCloud:
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
+        except UsageError as exc:
+            return json_response({"error": str(exc)}, status=400)
         except DumontError as exc:
             return json_response({"error": str(exc)}, status=409)
 
@@ -95,7 +97,7 @@ class LocalCloud:
             await self.pool.destroy(name)
             return json_response({"destroyed": name})
         if action not in actions:
-            raise LocalCloudError(f"unknown action {action!r}", hint=f"one of {', '.join(sorted(actions))}, destroy")
+            raise UsageError(f"unknown action {action!r}", hint=f"one of {', '.join(sorted(actions))}, destroy")
         host = await actions[action](name)
         log.info("%s %s", action, name)
         return json_response(host.as_dict())
@@ -105,7 +107,7 @@ class LocalCloud:
         return json_response({"stopping": True})
 
 
-async def serve(state_dir: Path) -> None:
+async def serve(state_dir: Path, ready_fd: int | None = None) -> None:
     """Run the local cloud until asked to stop, then kill every host."""
     cloud = LocalCloud(state_dir)
     runner = web.AppRunner(cloud.app(), access_log=None)
@@ -122,6 +124,9 @@ async def serve(state_dir: Path) -> None:
         write_private(layout.control_token(state_dir), cloud.token)
         write_private(layout.ready_file(state_dir), json.dumps(ready, indent=2) + "\n")
         log.info("local cloud ready on port %d", port)
+        if ready_fd is not None:
+            os.write(ready_fd, json.dumps(ready).encode() + b"\n")
+            os.close(ready_fd)
         await cloud.stopping.wait()
     finally:
         layout.ready_file(state_dir).unlink(missing_ok=True)
@@ -134,9 +139,10 @@ def main() -> None:
     """Entry point: ``python -m dumont.localcloud.daemon --state-dir DIR``."""
     parser = argparse.ArgumentParser(description="Run the Dumont local cloud in the foreground.")
     parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--ready-fd", type=int, default=None, help="Write the ready record to this fd, then close it.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(serve(args.state_dir.resolve()))
+    asyncio.run(serve(args.state_dir.resolve(), args.ready_fd))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from dumont.errors import LocalCloudError
+from dumont.errors import LocalCloudError, UsageError
 from dumont.localcloud import hosts as hostlib
 from dumont.localcloud import procs
 from dumont.localcloud.hosts import HostState, LocalHost
@@ -50,7 +50,7 @@ class HostPool:
             host = next((h for h in self._hosts.values() if h.instance_id == name_or_id), None)
         if host is None:
             known = ", ".join(sorted(self._hosts)) or "none"
-            raise LocalCloudError(f"no local host {name_or_id!r}", hint=f"known hosts: {known}")
+            raise UsageError(f"no local host {name_or_id!r}", hint=f"known hosts: {known}")
         return host
 
     # ------------------------------------------------------------------ lifecycle
@@ -136,12 +136,12 @@ class HostPool:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         self._procs.clear()
-        killed |= procs.kill_marked(self.cloud_id)
+        killed |= procs.kill_marked(self.cloud_id, self.hosts_dir)
         return killed
 
     def leftover_processes(self) -> set[int]:
         """Live processes that carry this cloud's mark (empty after a clean shutdown)."""
-        return procs.marked_processes(self.cloud_id)
+        return procs.marked_processes(self.cloud_id, self.hosts_dir)
 
     # ------------------------------------------------------------------ keys
 

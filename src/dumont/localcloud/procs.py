@@ -1,15 +1,16 @@
 """Finding and signalling every process that belongs to one local host.
 
 A local host is an ``sshd`` plus whatever its sessions started, some of which may have daemonized away from the
-sshd's process tree. Every one of them carries ``DUMONT_LOCAL_HOST=<cloud>/<host>`` in its environment (sshd is
-started with it and ``SetEnv`` passes it to each session), so a host's processes are its sshd's descendants plus
-anything bearing that mark. Reading ``/proc`` needs no privileges for our own processes.
+sshd's process tree. Every session process carries ``DUMONT_LOCAL_HOST=<cloud>/<host>`` in its environment
+(``SetEnv`` passes it on), so a host's processes are its sshd's descendants plus anything bearing that mark.
+Reading ``/proc`` needs no privileges for our own processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +32,19 @@ def is_alive(pid: int) -> bool:
     """True when ``pid`` exists and is not a zombie."""
     fields = _stat_fields(pid)
     return fields is not None and fields[0] not in ("Z", "X")
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` exits (any process, not just our children); True if it did within ``timeout``."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    return bool(ready) or not is_alive(pid)
 
 
 def is_stopped(pid: int) -> bool:
@@ -118,26 +132,33 @@ def thaw(mark: str, roots: Iterable[int] = ()) -> set[int]:
     return pids
 
 
-def marked_processes(cloud_id: str) -> set[int]:
-    """Every live process whose mark belongs to the local cloud ``cloud_id`` (any of its hosts)."""
+def marked_processes(cloud_id: str, hosts_dir: Path | None = None) -> set[int]:
+    """Every live process of the local cloud ``cloud_id``: marked ones, and sshd listeners of ``hosts_dir``.
+
+    sshd overwrites its own environment with its process title, so its listener is recognised by the config path
+    in that title instead.
+    """
     prefix = f"{MARK}={cloud_id}/".encode()
+    config_marker = os.fsencode(hosts_dir) + b"/" if hosts_dir is not None else None
     found = set()
     for pid in _all_pids():
         try:
             environ = (PROC / str(pid) / "environ").read_bytes()
+            cmdline = (PROC / str(pid) / "cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if any(item.startswith(prefix) for item in environ.split(b"\0")) and is_alive(pid):
+        marked = any(item.startswith(prefix) for item in environ.split(b"\0"))
+        if (marked or (config_marker is not None and config_marker in cmdline)) and is_alive(pid):
             found.add(pid)
     found.discard(os.getpid())
     return found
 
 
-def kill_marked(cloud_id: str) -> set[int]:
+def kill_marked(cloud_id: str, hosts_dir: Path | None = None) -> set[int]:
     """Freeze and kill every process of the local cloud ``cloud_id``; return the pids killed."""
     frozen: set[int] = set()
     for _ in range(50):
-        fresh = marked_processes(cloud_id) - frozen
+        fresh = marked_processes(cloud_id, hosts_dir) - frozen
         if not fresh:
             break
         signal_all(fresh, signal.SIGSTOP)

@@ -1,0 +1,135 @@
+"""Given the local host pool, its machines behave like real ones: SSH with pinned keys, faults that are real."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dumont.errors import AuthRefused, CommandTimeout, HostKeyMismatch, HostUnreachable
+from dumont.localcloud import procs
+from dumont.localcloud.hosts import HostState
+from dumont.transport.keys import generate_keypair, read_public_key
+from tests.conftest import Cloud, eventually
+
+
+async def test_a_session_sees_its_own_workspace_and_home(cloud: Cloud) -> None:
+    """Given a host, when a command runs over SSH, then it sees that host's workspace and home, not ours."""
+    host = await cloud.host("gpu-1")
+    result = await cloud.transport.run(host.target(), ["sh", "-c", 'printf "%s|%s" "$DUMONT_WORKSPACE" "$HOME"'],
+                                       timeout=20)
+    workspace, home = result.text.split("|")
+    assert workspace == str(host.workspace)
+    assert home == str(host.base / "home")
+
+
+async def test_kill_ends_every_process_of_the_host_at_once(cloud: Cloud) -> None:
+    """Given a host running a daemonized job, when it is killed, then sshd and the job are gone, files stay."""
+    host = await cloud.host("gpu-1")
+    (host.workspace / "keep.txt").write_text("survives")
+    await cloud.transport.run(
+        host.target(), ["sh", "-c", "setsid sleep 600 </dev/null >/dev/null 2>&1 & echo started"], timeout=20
+    )
+    before = host.processes()
+    assert any(b"sleep" in _cmdline(p) for p in before), "the daemonized job should belong to the host"
+
+    await cloud.pool.kill("gpu-1")
+
+    assert host.processes() == set()
+    assert not any(procs.is_alive(p) for p in before)
+    assert cloud.pool.get("gpu-1").state == HostState.KILLED
+    with pytest.raises(HostUnreachable):
+        await cloud.transport.check_reachable(host.target(), timeout=10)
+    await cloud.pool.start("gpu-1")
+    assert (host.workspace / "keep.txt").read_text() == "survives"
+    await cloud.transport.check_reachable(host.target(), timeout=10)
+
+
+async def test_partition_hangs_connections_and_heal_restores_them(cloud: Cloud) -> None:
+    """Given a host, when it is partitioned, then SSH times out without the host dying; heal makes it answer."""
+    host = await cloud.host("gpu-1")
+    await cloud.pool.partition("gpu-1")
+    frozen = host.processes()
+    assert frozen and all(procs.is_stopped(p) for p in frozen)
+
+    with pytest.raises(CommandTimeout):
+        await cloud.transport.check_reachable(host.target(), timeout=2)
+
+    await cloud.pool.heal("gpu-1")
+    assert not any(procs.is_stopped(p) for p in host.processes())
+    await cloud.transport.check_reachable(host.target(), timeout=10)
+
+
+async def test_stop_and_start_keep_the_files(cloud: Cloud) -> None:
+    """Given a host with data, when it is stopped and started, then its files are as they were."""
+    host = await cloud.host("cpu-1")
+    (host.workspace / "data.bin").write_bytes(b"\x00\x01")
+    await cloud.pool.stop("cpu-1")
+    assert host.processes() == set()
+    await cloud.pool.start("cpu-1")
+    result = await cloud.transport.run(host.target(), ["cat", str(host.workspace / "data.bin")], timeout=20)
+    assert result.stdout == b"\x00\x01"
+
+
+async def test_a_host_presenting_another_key_is_refused(cloud: Cloud) -> None:
+    """Given a pinned host key, when the host presents a different one, then we refuse to talk to it."""
+    host = await cloud.host("gpu-1")
+    impostor = generate_keypair(cloud.root / "impostor", "impostor")
+    cloud.known_hosts.pin("gpu-1", impostor)
+    with pytest.raises(HostKeyMismatch, match="gpu-1 presented a host key other than"):
+        await cloud.transport.check_reachable(host.target(), timeout=10)
+
+
+async def test_a_key_the_host_does_not_accept_is_refused(cloud: Cloud) -> None:
+    """Given a host that never received our key, then login fails with a clear authentication error."""
+    host = await cloud.pool.create("lonely", authorized_keys=[])
+    cloud.known_hosts.pin("lonely", host.host_public_key)
+    with pytest.raises(AuthRefused, match="lonely refused our SSH key"):
+        await cloud.transport.check_reachable(host.target(), timeout=10)
+
+
+async def test_a_host_can_be_given_the_pairs_host_key(cloud: Cloud) -> None:
+    """Given a pair host key, when it is installed on a host, then the host presents it from then on."""
+    host = await cloud.host("gpu-1")
+    agent = cloud.agent(host)
+    pair_host_key = cloud.root / "pair_host_key"
+    public = generate_keypair(pair_host_key, "dumont-pair-host")
+    try:
+        await agent.install_host_key(private_key=pair_host_key.read_text(), public_key=public)
+    finally:
+        await agent.close()
+    cloud.known_hosts.pin("gpu-1", read_public_key(pair_host_key))
+
+    async def presents_pair_key() -> None:
+        await cloud.transport.check_reachable(host.target(), timeout=10)
+
+    await eventually(presents_pair_key, timeout=10, retry_on=(HostKeyMismatch,))
+
+
+async def test_shutdown_leaves_no_process_behind(cloud: Cloud) -> None:
+    """Given several hosts with background jobs, when the pool shuts down, then no process of it remains."""
+    for name in ("gpu-1", "cpu-1", "cpu-2"):
+        host = await cloud.host(name)
+        await cloud.transport.run(host.target(), ["sh", "-c", "nohup sleep 600 >/dev/null 2>&1 &"], timeout=20)
+    await cloud.pool.partition("cpu-2")
+    assert len(cloud.pool.leftover_processes()) >= 6
+    await cloud.transport.close()
+    await cloud.pool.shutdown()
+    assert cloud.pool.leftover_processes() == set()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
+def test_processes_are_found_by_mark_even_when_reparented() -> None:
+    """The mark in the environment finds a process whatever its parent is (pure /proc reading, our own pid)."""
+    os.environ[procs.MARK] = "unit-test/self"
+    try:
+        assert os.getpid() not in procs.host_processes("unit-test/self"), "the caller never kills itself"
+    finally:
+        del os.environ[procs.MARK]
