@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,52 +11,10 @@ import click
 from dumont.cli.common import emit, json_option
 from dumont.cli.local import resolve_state_dir, state_dir_option
 from dumont.errors import IntegrityError, UsageError
-from dumont.localcloud import control, layout
-from dumont.replication.engine import DIRECT, RELAY, PassReport, ReplicationPolicy, Replicator
+from dumont.localcloud.access import LocalHostRef, local_hosts, local_transport, pick, sync_once
+from dumont.replication.engine import DIRECT, RELAY, PassReport, ReplicationPolicy
 from dumont.replication.guards import GuardPolicy, human_bytes
 from dumont.replication.hostagent import HostAgent
-from dumont.replication.pairing import pair_hosts
-from dumont.transport.keys import KnownHosts, ensure_keypair
-from dumont.transport.ssh import SshTarget, SshTransport
-
-
-@dataclass(frozen=True)
-class LocalHostRef:
-    """A local host as the CLI needs it: where to reach it and which key it presents."""
-
-    name: str
-    target: SshTarget
-    host_key: str
-
-
-def local_hosts(state_dir: Path) -> dict[str, LocalHostRef]:
-    """Every host of the running local cloud."""
-    rows = control.client(state_dir).get("/hosts")["hosts"]
-    return {
-        r["name"]: LocalHostRef(r["name"], SshTarget(r["name"], r["ssh_host"], r["ssh_port"], r["user"]),
-                                r["host_public_key"])
-        for r in rows
-    }
-
-
-def pick(hosts: dict[str, LocalHostRef], name: str, option: str) -> LocalHostRef:
-    """The host called ``name``, or a usage error listing the known ones."""
-    if name not in hosts:
-        raise UsageError(f"{option} {name!r}: no such local host", hint=f"known hosts: {', '.join(sorted(hosts))}")
-    return hosts[name]
-
-
-@contextlib.asynccontextmanager
-async def local_transport(state_dir: Path, refs: list[LocalHostRef]) -> AsyncIterator[SshTransport]:
-    """An SSH transport that logs in with the local user key and pins the given hosts' keys."""
-    known = KnownHosts(layout.known_hosts(state_dir))
-    for ref in refs:
-        known.pin(ref.name, ref.host_key)
-    transport = SshTransport(identity=layout.user_key(state_dir), known_hosts=known)
-    try:
-        yield transport
-    finally:
-        await transport.close()
 
 
 def describe_pass(report: PassReport) -> str:
@@ -98,30 +53,8 @@ def sync_command(source: str, standby: str, mode: str, pair: str, keep: int, all
         raise UsageError(f"--from and --to are both {source!r}", hint="a host cannot be its own standby")
     policy = ReplicationPolicy(mode=mode, keep_snapshots=keep, guards=GuardPolicy(
         allow_empty_source=allow_empty_source, allow_mass_delete=allow_mass_delete))
-    report = asyncio.run(_sync(directory, primary, target, pair, policy))
+    report = asyncio.run(sync_once(directory, primary, target, pair, policy))
     emit(report.as_record(), as_json=as_json, human=lambda _: describe_pass(report))
-
-
-async def _sync(state_dir: Path, primary: LocalHostRef, standby: LocalHostRef, pair: str,
-                policy: ReplicationPolicy) -> PassReport:
-    async with local_transport(state_dir, [primary, standby]) as transport:
-        source, target = HostAgent(transport, primary.target), HostAgent(transport, standby.target)
-        try:
-            epoch = (await source.info()).epoch
-            if epoch == 0:
-                epoch = await source.set_epoch(1)
-            if policy.mode == DIRECT:
-                pair_key = state_dir / "pairs" / pair / "pair_key"
-                ensure_keypair(pair_key, f"dumont-pair-{pair}")
-                await pair_hosts(pair=pair, epoch=epoch, primary=source, standby=target,
-                                 standby_address=standby.target, standby_host_key=standby.host_key,
-                                 pair_key=pair_key)
-            replicator = Replicator(pair, source, target, policy, transport=transport,
-                                    relay_dir=state_dir / "relay" / pair)
-            return await replicator.run_pass()
-        finally:
-            await source.close()
-            await target.close()
 
 
 @click.command("verify")

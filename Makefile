@@ -1,0 +1,36 @@
+# One command for each everyday job. Every target installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: deps system-deps test lint bench drill clean
+
+system-deps:
+	@scripts/install-system-deps
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@rm -f $(VENV)/.installed-*
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+deps: system-deps $(STAMP)
+
+test: deps
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: deps
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+bench: deps
+	$(PY) bench/sync_cycle.py
+
+drill: deps
+	$(PY) -m dumont.drill.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info
