@@ -213,7 +213,7 @@ def walk(root: bytes):  # type: ignore[no-untyped-def]
                 stack.append(child)
 
 
-def scan_tree(root: str, hashes, cache: dict | None = None, started: float = 0.0):  # type: ignore[no-untyped-def]
+def scan_tree(root: str, hashes, cache: dict | None = None, trust_all: bool = False):  # type: ignore[no-untyped-def]
     """Return (entries, skipped, new_cache) for the tree at ``root``.
 
     ``hashes(rel, st)`` may return a known hash for a file (or None to hash it). Files whose hash could not be
@@ -228,12 +228,13 @@ def scan_tree(root: str, hashes, cache: dict | None = None, started: float = 0.0
     for rel, st in walk(broot):
         name = os.fsdecode(rel)
         digest = None
+        cached = False
         if stat.S_ISREG(st.st_mode):
             digest = hashes(name, st)
             if digest is None and cache is not None:
                 hit = cache.get(name)
                 if hit is not None and tuple(hit[:4]) == stat_key(st):
-                    digest = hit[4]
+                    digest, cached = hit[4], True
             if digest is None and st.st_nlink > 1:
                 digest = seen.get((st.st_dev, *stat_key(st)))  # another name of a file already hashed
         entry = entry_for(name, os.path.join(broot, rel), st, digest)
@@ -242,7 +243,9 @@ def scan_tree(root: str, hashes, cache: dict | None = None, started: float = 0.0
             continue
         entries.append(entry)
         if entry[KIND] == "f":
-            if entry[DATA] is not None and st.st_ctime_ns < (started - CACHE_TRUST_SECONDS) * 1e9:
+            # A hash is reusable only if no write can have landed in the same timestamp tick after we read.
+            trusted = trust_all or cached or st.st_ctime_ns < (time.time() - CACHE_TRUST_SECONDS) * 1e9
+            if entry[DATA] is not None and trusted:
                 new_cache[name] = [*stat_key(st), entry[DATA]]
             if st.st_nlink > 1:
                 inodes.setdefault((st.st_dev, st.st_ino), []).append(entry)
@@ -369,7 +372,7 @@ def op_scan(args: dict) -> dict:
         return {"epoch": read_epoch(), "entries": [], "skipped": [], "missing": True, **summarize([])}
     cache_path = os.path.join(data_dir(), "scan-cache.json")
     cache = read_json(cache_path, {}) if args.get("use_cache", True) else {}
-    entries, skipped, new_cache = scan_tree(root, lambda rel, st: None, cache, started)  # type: ignore[arg-type]
+    entries, skipped, new_cache = scan_tree(root, lambda rel, st: None, cache)  # type: ignore[arg-type]
     if args.get("use_cache", True):
         write_atomic(cache_path, dump_json(new_cache))
     result = {"epoch": read_epoch(), "entries": entries, "skipped": skipped, "missing": False}
@@ -506,7 +509,7 @@ def op_inspect(args: dict) -> dict:
     stage_meta = load_stage(epoch)
     lookup = staged_hashes(stage_meta, epoch)
     tree = os.path.join(incoming_dir(epoch), "tree")
-    entries, skipped, fresh = scan_tree(tree, lookup, {}, time.time() + CACHE_TRUST_SECONDS + 1)
+    entries, skipped, fresh = scan_tree(tree, lookup, {}, trust_all=True)  # nobody else writes the staging tree
     write_atomic(os.path.join(incoming_dir(epoch), "inspected.json"), dump_json(fresh))
     return {"entries": entries, "skipped": skipped, "digest": manifest_digest(entries)}
 
@@ -777,23 +780,20 @@ def run_rsync(argv: list, paths: list, timeout: float) -> dict:
             "stderr": err.decode(errors="replace")[-4000:], "seconds": time.time() - started}
 
 
-def receive(epoch: int) -> None:
-    """Forced command of the pair key: run ``rsync --server`` into this epoch's staging area, nothing else."""
-    original = shlex.split(os.environ.get("SSH_ORIGINAL_COMMAND", ""))
-    if read_epoch() != epoch:
-        sys.stderr.write("dumont: refused: this key belongs to epoch %d, the standby is at %d\n" % (epoch, read_epoch()))
-        sys.exit(3)
-    stage_meta = read_json(os.path.join(incoming_dir(epoch), "stage.json"))
-    if not isinstance(stage_meta, dict) or len(original) < 4 or original[:2] != ["rsync", "--server"]:
-        sys.stderr.write("dumont: refused: only a staged rsync push is allowed with this key\n")
-        sys.exit(3)
+def receive_argv(original: list, epoch: int, base_seq) -> list:  # type: ignore[no-untyped-def]
+    """The ``rsync --server`` command to run for a pair-key push, or Failure if the request is not one.
+
+    The destination and the delta basis are ours to choose: whatever paths the client asked for are ignored.
+    """
+    if len(original) < 4 or original[:2] != ["rsync", "--server"]:
+        raise Failure("Refused", "only a staged rsync push is allowed with this key")
     options = []
     args = iter(original[2:])
     for arg in args:
         if arg == ".":
             break
         if arg == "--link-dest":
-            next(args, None)  # the standby decides the basis itself
+            next(args, None)
         elif arg.startswith("--link-dest="):
             continue
         elif arg in ("--numeric-ids", "--stats", "--ignore-times") or arg.startswith(("--timeout=", "--bwlimit=")):
@@ -801,13 +801,29 @@ def receive(epoch: int) -> None:
         elif arg.startswith("-") and not arg.startswith("--") and set(arg[1:]) <= RSYNC_FLAGS:
             options.append(arg)
         else:
-            sys.stderr.write("dumont: refused rsync option %r\n" % arg)
-            sys.exit(3)
+            raise Failure("Refused", "rsync option %r is not allowed with the pair key" % arg)
+    else:
+        raise Failure("Refused", "the rsync request names no destination")
     argv = ["rsync", "--server", *options]
-    if stage_meta.get("base_seq") is not None:
-        argv.append("--link-dest=" + os.path.join(snapshot_path(int(stage_meta["base_seq"])), "tree"))
-    argv += [".", os.path.join(incoming_dir(epoch), "tree") + "/"]
-    os.environ["DUMONT_RECEIVE_EPOCH"] = str(epoch)
+    if base_seq is not None:
+        argv.append("--link-dest=" + os.path.join(snapshot_path(int(base_seq)), "tree"))
+    return argv + [".", os.path.join(incoming_dir(epoch), "tree") + "/"]
+
+
+def receive(epoch: int) -> None:
+    """Forced command of the pair key: run ``rsync --server`` into this epoch's staging area, nothing else."""
+    try:
+        if read_epoch() != epoch:
+            raise Failure("Refused", "this key belongs to epoch %d, the standby is at %d" % (epoch, read_epoch()))
+        stage_meta = read_json(os.path.join(incoming_dir(epoch), "stage.json"))
+        if not isinstance(stage_meta, dict):
+            raise Failure("Refused", "no pass is staged for epoch %d" % epoch)
+        original = shlex.split(os.environ.get("SSH_ORIGINAL_COMMAND", ""))
+        argv = receive_argv(original, epoch, stage_meta.get("base_seq"))
+    except Failure as failure:
+        sys.stderr.write("dumont: refused: %s\n" % failure.message)
+        sys.exit(3)
+    os.environ["DUMONT_RECEIVE_EPOCH"] = str(epoch)  # lets a fence find and kill this receive
     os.execvp("rsync", argv)
 
 
