@@ -25,6 +25,7 @@ test: deps
 lint: deps
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/vermin --quiet --no-tips --violations -t=3.8- src/dumont/agent
 
 bench: deps
 	$(PY) bench/sync_cycle.py

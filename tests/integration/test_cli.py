@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 def dumont(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the CLI as a separate process, with no standard input, like CI does."""
-    return subprocess.run([sys.executable, "-m", "dumont", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dumont", *args], check=False, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=timeout)
 
 

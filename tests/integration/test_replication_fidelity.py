@@ -15,7 +15,7 @@ ODD_NAMES = {
     "new\nline.txt": b"newline",
     "-leading-dash": b"dash",
     "--also-an-option": b"double dash",
-    "ünïcødé/ファイル.txt": "unicode".encode(),
+    "ünïcødé/ファイル.txt": b"unicode",
     "quote'single\"double": b"quotes",
     "$(touch pwned)": b"not run by any shell",
     "a\tb\\c": b"tab and backslash",

@@ -167,7 +167,7 @@ async def test_an_empty_source_never_wipes_a_populated_standby(
     for path in (ws / "data").iterdir():
         path.unlink()
 
-    with pytest.raises(EmptySourceRefused, match="holds 0 files.*30 files"):
+    with pytest.raises(EmptySourceRefused, match=r"holds 0 files.*30 files"):
         await replicator.run_pass()
     (ws / "data").rmdir()
     ws.rmdir()
@@ -193,7 +193,9 @@ async def test_a_mass_deletion_is_refused(pair: Pair, fill: Callable[[Path, dict
     assert len(list(pair.snapshot_tree(first.seq).iterdir())) == 40
 
 
-async def test_a_source_with_an_older_epoch_is_refused(pair: Pair, fill: Callable[[Path, dict[str, bytes]], None]) -> None:
+async def test_a_source_with_an_older_epoch_is_refused(
+    pair: Pair, fill: Callable[[Path, dict[str, bytes]], None]
+) -> None:
     """Given a standby at epoch 5, when a primary at epoch 1 tries to sync, then it is refused as fenced."""
     fill(pair.primary.workspace, {"a": b"1"})
     replicator = pair.replicator()

@@ -35,6 +35,15 @@ def build_workspace(workspace: Path, size_mb: int) -> None:
         (workspace / "src" / f"module_{i}.py").write_text(f"VALUE = {i}\n")
 
 
+def change_workspace(workspace: Path, size_mb: int) -> None:
+    """Overwrite 1 MB of the model in place, delete a source file, add notes."""
+    with open(workspace / "model.pt", "r+b") as handle:
+        handle.seek(size_mb * 1024 * 1024 // 2)
+        handle.write(os.urandom(1024 * 1024))
+    (workspace / "src" / "module_0.py").unlink()
+    (workspace / "notes.md").write_text("written after the first pass\n")
+
+
 def say(message: str) -> None:
     """Progress on stderr, so stdout stays the report."""
     print(message, file=sys.stderr, flush=True)
@@ -59,11 +68,7 @@ async def run_demo(state_dir: Path, size_mb: int) -> dict[str, Any]:
     say("replicating gpu-1 -> cpu-1")
     await step("first full pass")
     await step("no-change pass")
-    with open(workspace / "model.pt", "r+b") as handle:
-        handle.seek(size_mb * 1024 * 1024 // 2)
-        handle.write(os.urandom(1024 * 1024))
-    (workspace / "src" / "module_0.py").unlink()
-    (workspace / "notes.md").write_text("written after the first pass\n")
+    change_workspace(workspace, size_mb)
     last = await step("pass after changes")
     problems = await verify(state_dir, gpu, cpu, last)
     return {"state_dir": str(state_dir), "passes": steps, "verify_problems": problems, "ok": not problems}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import select
@@ -83,10 +84,8 @@ def stop(state_dir: Path) -> set[int]:
     ready = read_ready(state_dir)
     pid = _daemon_pid(state_dir, ready)
     if ready is not None:
-        try:
+        with contextlib.suppress(LocalCloudError):  # unresponsive: it is killed below
             client(state_dir).post("/shutdown")
-        except LocalCloudError:
-            pass  # unresponsive: it is killed below
     if pid and not procs.wait_for_exit(pid, STOP_TIMEOUT):
         os.kill(pid, signal.SIGKILL)
     killed: set[int] = set()

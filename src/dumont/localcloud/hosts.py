@@ -221,7 +221,7 @@ def create_files(root: Path, name: str, mark: str, authorized_keys: list[str]) -
 async def start_sshd(host: LocalHost, *, reuse_port: bool = True) -> subprocess.Popen[bytes]:
     """Start the host's sshd and wait (bounded) until it greets; pick another port if its port was taken."""
     if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
     last_error = ""
     for attempt in range(5):
         if not (reuse_port and attempt == 0 and host.port):
@@ -294,8 +294,5 @@ async def stop_processes(host: LocalHost, *, graceful: bool) -> set[int]:
     pids = procs.host_processes(host.mark, roots)
     procs.signal_all(pids, signal.SIGCONT)  # a partitioned host must be able to act on SIGTERM
     procs.signal_all(pids, signal.SIGTERM)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + STOP_GRACE
-    while loop.time() < deadline and any(procs.is_alive(p) for p in pids):
-        await asyncio.sleep(0.05)
+    await procs.wait_for_exits(pids, STOP_GRACE)
     return pids | procs.kill_host(host.mark, roots)

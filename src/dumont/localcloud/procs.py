@@ -8,6 +8,7 @@ Reading ``/proc`` needs no privileges for our own processes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import select
@@ -45,6 +46,35 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
     finally:
         os.close(fd)
     return bool(ready) or not is_alive(pid)
+
+
+async def wait_for_exits(pids: Iterable[int], timeout: float) -> set[int]:
+    """Wait (without blocking the event loop) until every pid exits; return those still alive at the deadline."""
+    loop = asyncio.get_running_loop()
+    waiting: dict[int, int] = {}
+    done = asyncio.Event()
+
+    def exited(pid: int) -> None:
+        loop.remove_reader(waiting[pid])
+        os.close(waiting.pop(pid))
+        if not waiting:
+            done.set()
+
+    for pid in pids:
+        try:
+            waiting[pid] = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        loop.add_reader(waiting[pid], exited, pid)
+    if waiting:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await done.wait()
+    still = {p for p in list(waiting) if is_alive(p)}
+    for pid in list(waiting):
+        loop.remove_reader(waiting[pid])
+        os.close(waiting.pop(pid))
+    return still
 
 
 def is_stopped(pid: int) -> bool:

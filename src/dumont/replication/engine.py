@@ -118,7 +118,7 @@ class Replicator:
         seq = status.last_seq + 1
         if diff.is_empty:
             return await self._record_unchanged(scan, status, diff, seq, started)
-        return await self._copy(scan, status, base, diff, seq, started)
+        return await self._copy(scan, status, base=base, diff=diff, seq=seq, started=started)
 
     async def _record_unchanged(
         self, scan: ScanResult, status: StandbyStatus, diff: TreeDiff, seq: int, started: float
@@ -130,7 +130,7 @@ class Replicator:
         return report
 
     async def _copy(
-        self, scan: ScanResult, status: StandbyStatus, base: Manifest | None, diff: TreeDiff, seq: int,
+        self, scan: ScanResult, status: StandbyStatus, *, base: Manifest | None, diff: TreeDiff, seq: int,
         started: float,
     ) -> PassReport:
         epoch = scan.epoch
@@ -159,8 +159,8 @@ class Replicator:
             await self.standby.revert(epoch, unsettled)
             expected = expected_after_pass(expected, base, unsettled)
         deferred = tuple(sorted(set(diff.hot) | set(unsettled), key=path_key))
-        report = self._report(seq, scan, seq, started, diff, files_copied=sum(1 for p in diff.changed if source[p].kind == FILE),
-                              bytes_sent=bytes_sent,
+        files_copied = sum(1 for p in diff.changed if source[p].kind == FILE)
+        report = self._report(seq, scan, seq, started, diff, files_copied=files_copied, bytes_sent=bytes_sent,
                               deferred=deferred, copied=True)
         await self.standby.commit(epoch=epoch, seq=seq, expected=expected, record=report.as_record(),
                                   keep=self.policy.keep_snapshots)
@@ -263,13 +263,13 @@ def _unsettled(expected: Manifest, received: Manifest) -> list[str]:
     here a directory only has to exist and a symlink only has to point at the right target.
     """
     want, have = expected.by_path(), received.by_path()
-    bad = []
-    for path in set(want) | set(have):
-        a, b = want.get(path), have.get(path)
-        if a is None or b is None or a.kind != b.kind:
-            bad.append(path)
-        elif a.kind == SYMLINK and a.data != b.data:
-            bad.append(path)
-        elif a.kind == FILE and a != b:
-            bad.append(path)
+    bad = [path for path in set(want) | set(have) if not _arrived(want.get(path), have.get(path))]
     return sorted(bad, key=path_key)
+
+
+def _arrived(expected: Entry | None, received: Entry | None) -> bool:
+    if expected is None or received is None or expected.kind != received.kind:
+        return False
+    if expected.kind == SYMLINK:
+        return expected.data == received.data
+    return expected.kind == DIRECTORY or expected == received

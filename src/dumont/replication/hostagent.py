@@ -1,21 +1,20 @@
 """The controller's side of the host agent: install it, keep one channel open per host, call it with deadlines.
 
-The agent (``agent.py``) is copied once per host and version; afterwards every call is one JSON line each way on
-a long-lived SSH session, so a no-change pass costs milliseconds, not handshakes. Errors the agent reports are
-translated into our error tree here, at the boundary.
+The agent (``dumont.agent``, shipped as one zip file) is copied once per host and version; afterwards every call
+is one JSON line each way on a long-lived SSH session, so a no-change pass costs milliseconds, not handshakes.
+Errors the agent reports are translated into our error tree here, at the boundary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from dumont.agent.bundle import AGENT_VERSION, AGENT_ZIP
 from dumont.errors import (
     AgentError,
     CommandTimeout,
@@ -31,14 +30,11 @@ from dumont.transport.ssh import SSH_FAILED, SshTarget, SshTransport, classify_s
 
 log = logging.getLogger(__name__)
 
-AGENT_SOURCE = (Path(__file__).parent / "agent.py").read_bytes()
-AGENT_VERSION = hashlib.sha256(AGENT_SOURCE).hexdigest()[:12]
-
 _INSTALL = (
-    'd="${DUMONT_DATA_DIR:-/var/lib/dumont}"; f="$d/agent/agent-%s.py"; '
+    'd="${DUMONT_DATA_DIR:-/var/lib/dumont}"; f="$d/agent/agent-' + AGENT_VERSION + '.pyz"; '
     'if [ -f "$f" ]; then cat >/dev/null; else mkdir -p "$d/agent" && cat >"$f.$$" && mv "$f.$$" "$f"; fi; '
-    'printf "%%s" "$f"'
-) % AGENT_VERSION
+    'printf "%s" "$f"'
+)
 _SERVE = 'exec "${DUMONT_PYTHON:-python3}" -X utf8 "$0" serve'
 
 _ERRORS: dict[str, type[DumontError]] = {
@@ -188,7 +184,7 @@ class HostAgent:
             return self._proc
         if self._path is None:
             result = await self.transport.run(
-                self.target, ["sh", "-c", _INSTALL], input=AGENT_SOURCE, timeout=self.start_timeout
+                self.target, ["sh", "-c", _INSTALL], input=AGENT_ZIP, timeout=self.start_timeout
             )
             self._path = result.text.strip()
         proc = await self.transport.start(self.target, ["sh", "-c", _SERVE, self._path])

@@ -13,6 +13,11 @@ from dumont.transport.keys import read_public_key
 from dumont.transport.ssh import SshTarget
 
 
+def read_pair_key(pair_key: Path) -> tuple[str, str]:
+    """The pair key's public line and private text."""
+    return read_public_key(pair_key), pair_key.read_text()
+
+
 async def pair_hosts(
     *,
     pair: str,
@@ -25,9 +30,10 @@ async def pair_hosts(
 ) -> None:
     """Let ``primary`` push to ``standby`` for ``epoch``: authorize the pair key there, install it here."""
     await standby.set_epoch(epoch)
-    await standby.authorize_pair(pair=pair, public_key=read_public_key(pair_key), epoch=epoch)
+    public_key, private_key = read_pair_key(pair_key)
+    await standby.authorize_pair(pair=pair, public_key=public_key, epoch=epoch)
     await primary.install_pair_client(
-        private_key=pair_key.read_text(), standby=standby_address, standby_host_key=standby_host_key
+        private_key=private_key, standby=standby_address, standby_host_key=standby_host_key
     )
 
 

@@ -3,8 +3,10 @@
 Paths always travel NUL-separated on stdin (``--files-from=- --from0``), so names with spaces, newlines, leading
 dashes or bytes that are not UTF-8 are never parsed by a shell. Every listed path is known to differ, so rsync's
 quick check (size and mtime, compared only to the second for a basis in ``--link-dest``) is switched off with
-``--ignore-times``: it would otherwise keep an old version of a file rewritten within the same second. Exit codes 23 and 24 (some files could not be
-copied, or vanished) are not failures here: every pass is judged by verifying what arrived, not by rsync's word.
+``--ignore-times``: it would otherwise keep an old version of a file rewritten within the same second.
+
+Exit codes 23 and 24 (some files could not be copied, or vanished) are not failures here: every pass is judged
+by verifying what arrived, not by rsync's word.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dumont.replication import agent
+from dumont.agent.scan import manifest_digest as agent_digest
 from dumont.replication.manifest import (
     Entry,
     Manifest,
@@ -94,7 +94,7 @@ def test_mismatches_and_their_description() -> None:
 def test_digest_matches_the_agents_and_survives_odd_bytes() -> None:
     odd = b"caf\xe9\n\xff".decode("utf-8", "surrogateescape")
     manifest = m(f(odd), sym("link", odd))
-    assert manifest.digest() == agent.manifest_digest(manifest.to_wire())
+    assert manifest.digest() == agent_digest(manifest.to_wire())
     assert Manifest.from_wire(manifest.to_wire()) == manifest
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dumont.replication import agent
+from dumont.agent import common, pairing, scan, server, snapshots
 
 
 @pytest.fixture
@@ -38,12 +38,12 @@ def test_scan_lists_every_kind_of_entry_with_raw_names(host: Path) -> None:
     (ws / "a").write_bytes(b"aa")
     os.link(ws / "a", ws / "b")
     os.mkfifo(ws / "fifo")
-    result = agent.op_scan({})
-    paths = {e[agent.PATH]: e for e in result["entries"]}
+    result = server.scan({})
+    paths = {e[common.PATH]: e for e in result["entries"]}
     assert set(paths) == {".", "a", "b", "dir", "dir/link", "\udcffodd"}
-    assert paths["dir/link"][agent.DATA] == "/etc"
-    assert paths["b"][agent.LINK] == "a" and paths["a"][agent.LINK] is None
-    assert paths["a"][agent.DATA] == paths["b"][agent.DATA]
+    assert paths["dir/link"][common.DATA] == "/etc"
+    assert paths["b"][common.LINK] == "a" and paths["a"][common.LINK] is None
+    assert paths["a"][common.DATA] == paths["b"][common.DATA]
     assert result["skipped"] == ["fifo"]
     assert result["files"] == 3
 
@@ -54,24 +54,24 @@ def test_scan_reuses_hashes_only_for_files_older_than_the_racy_window(host: Path
     (ws / "old").write_bytes(b"old")
     (ws / "fresh").write_bytes(b"fresh")
     calls: list[bytes] = []
-    real = agent.hash_file
+    real = scan.hash_file
 
     def counting(path: bytes, before: os.stat_result) -> str | None:
         calls.append(os.path.basename(path))
         return real(path, before)
 
-    monkeypatch.setattr(agent, "hash_file", counting)
-    monkeypatch.setattr(agent, "CACHE_TRUST_SECONDS", 0.0)
-    agent.op_scan({})
+    monkeypatch.setattr(scan, "hash_file", counting)
+    monkeypatch.setattr(scan, "CACHE_TRUST_SECONDS", 0.0)
+    server.scan({})
     assert sorted(calls) == [b"fresh", b"old"]
     calls.clear()
-    agent.op_scan({})
+    server.scan({})
     assert calls == [], "unchanged files are never hashed twice"
-    monkeypatch.setattr(agent, "CACHE_TRUST_SECONDS", 3600.0)
+    monkeypatch.setattr(scan, "CACHE_TRUST_SECONDS", 3600.0)
     (ws / "fresh").write_bytes(b"FRESH")
-    agent.op_scan({})
+    server.scan({})
     calls.clear()
-    agent.op_scan({})
+    server.scan({})
     assert calls == [b"fresh"], "a file changed within the racy window is hashed again"
 
 
@@ -80,22 +80,22 @@ def test_a_file_that_changes_while_being_hashed_has_no_hash(host: Path) -> None:
     path.write_bytes(b"v1")
     before = os.lstat(path)
     path.write_bytes(b"v2-longer")
-    assert agent.hash_file(os.fsencode(path), before) is None
-    assert agent.hash_file(os.fsencode(path), os.lstat(path)) is not None
+    assert scan.hash_file(os.fsencode(path), before) is None
+    assert scan.hash_file(os.fsencode(path), os.lstat(path)) is not None
 
 
 def test_epochs_only_move_forward(host: Path) -> None:
-    assert agent.read_epoch() == 0
-    assert agent.op_set_epoch({"epoch": 3}) == {"epoch": 3}
-    with pytest.raises(agent.Failure, match="epoch 2 is older than this host's epoch 3"):
-        agent.op_set_epoch({"epoch": 2})
-    assert agent.op_set_epoch({"epoch": 1, "force": True}) == {"epoch": 1}
+    assert common.read_epoch() == 0
+    assert server.set_epoch({"epoch": 3}) == {"epoch": 3}
+    with pytest.raises(common.Failure, match="epoch 2 is older than this host's epoch 3"):
+        server.set_epoch({"epoch": 2})
+    assert server.set_epoch({"epoch": 1, "force": True}) == {"epoch": 1}
 
 
 def stage_and_fill(host: Path, epoch: int, base: int | None, replace: list[str]) -> Path:
     """Stage a pass and copy the replaced paths in, as rsync would."""
-    agent.op_stage({"epoch": epoch, "base_seq": base, "replace": replace, "delete": []})
-    tree = Path(agent.incoming_dir(epoch)) / "tree"
+    snapshots.stage({"epoch": epoch, "base_seq": base, "replace": replace, "delete": []})
+    tree = Path(common.incoming_dir(epoch)) / "tree"
     for name in replace:
         src = host / "workspace" / name
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +104,8 @@ def stage_and_fill(host: Path, epoch: int, base: int | None, replace: list[str])
 
 
 def commit(seq: int, epoch: int = 1) -> dict[str, object]:
-    entries = agent.op_scan({"use_cache": False})["entries"]
-    return agent.op_commit({"epoch": epoch, "seq": seq, "entries": entries, "keep": 2, "record": {}})
+    entries = server.scan({"use_cache": False})["entries"]
+    return snapshots.commit({"epoch": epoch, "seq": seq, "entries": entries, "keep": 2, "record": {}})
 
 
 def test_stage_then_commit_makes_an_immutable_snapshot(host: Path) -> None:
@@ -116,12 +116,12 @@ def test_stage_then_commit_makes_an_immutable_snapshot(host: Path) -> None:
     commit(1)
     (ws / "a").write_bytes(b"changed")
     tree = stage_and_fill(host, 1, 1, ["a"])
-    assert os.stat(tree / "b").st_ino == os.stat(Path(agent.snapshot_path(1)) / "tree" / "b").st_ino
+    assert os.stat(tree / "b").st_ino == os.stat(Path(common.snapshot_path(1)) / "tree" / "b").st_ino
     commit(2)
-    assert (Path(agent.snapshot_path(1)) / "tree" / "a").read_bytes() == b"1"
-    assert (Path(agent.snapshot_path(2)) / "tree" / "a").read_bytes() == b"changed"
-    assert agent.op_verify({"seq": 2})["ok"]
-    assert agent.last_pass()["seq"] == 2  # type: ignore[index]
+    assert (Path(common.snapshot_path(1)) / "tree" / "a").read_bytes() == b"1"
+    assert (Path(common.snapshot_path(2)) / "tree" / "a").read_bytes() == b"changed"
+    assert server.verify({"seq": 2})["ok"]
+    assert snapshots.last_pass()["seq"] == 2  # type: ignore[index]
 
 
 def test_commit_refuses_a_tree_that_does_not_match(host: Path) -> None:
@@ -129,9 +129,9 @@ def test_commit_refuses_a_tree_that_does_not_match(host: Path) -> None:
     (ws / "a").write_bytes(b"1")
     tree = stage_and_fill(host, 1, None, ["a"])
     (tree / "a").write_bytes(b"torn")
-    with pytest.raises(agent.Failure, match="'a' differs in size, mtime, content"):
+    with pytest.raises(common.Failure, match="'a' differs in size, mtime, content"):
         commit(1)
-    assert agent.list_snapshots() == []
+    assert snapshots.list_snapshots() == []
 
 
 def test_an_interrupted_pass_leaves_the_snapshot_and_is_discarded_next_time(host: Path) -> None:
@@ -144,33 +144,33 @@ def test_an_interrupted_pass_leaves_the_snapshot_and_is_discarded_next_time(host
     (tree / ".a.XyZ123").write_bytes(b"rsync temp file left by a kill")
     stage_and_fill(host, 1, 1, ["a"])  # the next pass starts over
     assert not (tree / ".a.XyZ123").exists()
-    assert agent.op_verify({"seq": 1})["ok"]
+    assert server.verify({"seq": 1})["ok"]
 
 
 def test_retention_prunes_the_oldest(host: Path) -> None:
     ws = host / "workspace"
     for seq in range(1, 5):
         (ws / "a").write_bytes(str(seq).encode())
-        stage_and_fill(host, 1, agent.list_snapshots()[-1] if agent.list_snapshots() else None, ["a"])
+        stage_and_fill(host, 1, snapshots.list_snapshots()[-1] if snapshots.list_snapshots() else None, ["a"])
         commit(seq)
-    assert agent.list_snapshots() == [3, 4]
+    assert snapshots.list_snapshots() == [3, 4]
 
 
 def test_a_stale_epoch_cannot_stage_or_commit(host: Path) -> None:
     (host / "workspace" / "a").write_bytes(b"1")
     stage_and_fill(host, 1, None, ["a"])
-    agent.op_set_epoch({"epoch": 2})
-    with pytest.raises(agent.Failure, match="no longer this host's epoch"):
+    server.set_epoch({"epoch": 2})
+    with pytest.raises(common.Failure, match="no longer this host's epoch"):
         commit(1)
-    with pytest.raises(agent.Failure, match="older than this host's epoch"):
-        agent.op_stage({"epoch": 1, "base_seq": None, "replace": [], "delete": []})
+    with pytest.raises(common.Failure, match="older than this host's epoch"):
+        snapshots.stage({"epoch": 1, "base_seq": None, "replace": [], "delete": []})
 
 
 def test_the_pass_log_survives_a_torn_last_line(host: Path) -> None:
-    agent.append_pass({"seq": 7})
-    with open(os.path.join(agent.data_dir(), "passes.jsonl"), "ab") as handle:
+    snapshots.append_pass({"seq": 7})
+    with open(os.path.join(common.data_dir(), "passes.jsonl"), "ab") as handle:
         handle.write(b'{"seq": 8, "trunc')
-    assert agent.last_pass() == {"seq": 7}
+    assert snapshots.last_pass() == {"seq": 7}
 
 
 @pytest.mark.parametrize(
@@ -190,33 +190,33 @@ def test_the_pair_key_runs_only_a_receive_into_staging(host: Path, command: str,
     import shlex
 
     if allowed:
-        argv = agent.receive_argv(shlex.split(command), 4, 9)
-        assert argv[-1] == os.path.join(agent.incoming_dir(4), "tree") + "/"
+        argv = pairing.receive_argv(shlex.split(command), 4, 9)
+        assert argv[-1] == os.path.join(common.incoming_dir(4), "tree") + "/"
         assert argv[-2] == "."
-        assert argv[-3] == "--link-dest=" + os.path.join(agent.snapshot_path(9), "tree")
+        assert argv[-3] == "--link-dest=" + os.path.join(common.snapshot_path(9), "tree")
         assert "/x" not in argv
     else:
-        with pytest.raises(agent.Failure):
-            agent.receive_argv(shlex.split(command), 4, 9)
+        with pytest.raises(common.Failure):
+            pairing.receive_argv(shlex.split(command), 4, 9)
 
 
 def test_authorize_and_revoke_the_pair_key(host: Path) -> None:
     keys = host / "authorized_keys"
     keys.write_text("ssh-ed25519 AAAAuser user@laptop\n")
-    agent.op_authorize_pair({"pair": "p1", "public_key": "ssh-ed25519 AAAApair comment", "epoch": 3})
-    agent.op_authorize_pair({"pair": "p1", "public_key": "ssh-ed25519 AAAApair comment", "epoch": 4})
+    pairing.authorize_pair({"pair": "p1", "public_key": "ssh-ed25519 AAAApair comment", "epoch": 3})
+    pairing.authorize_pair({"pair": "p1", "public_key": "ssh-ed25519 AAAApair comment", "epoch": 4})
     lines = keys.read_text().splitlines()
     assert lines[0] == "ssh-ed25519 AAAAuser user@laptop"
     assert len(lines) == 2 and "receive 4" in lines[1] and lines[1].startswith('command="')
     assert ",restrict ssh-ed25519 AAAApair dumont-pair=p1" in lines[1]
     assert oct(keys.stat().st_mode & 0o777) == "0o600"
-    result = agent.op_revoke_pair({"pair": "p1"})
+    result = pairing.revoke_pair({"pair": "p1"})
     assert result["removed"] == 1
     assert keys.read_text().splitlines() == ["ssh-ed25519 AAAAuser user@laptop"]
 
 
 def test_requests_are_answered_as_json_lines(host: Path) -> None:
-    answer = json.loads(agent.handle(b'{"id": 5, "op": "set_epoch", "args": {"epoch": 2}}'))
+    answer = json.loads(server.handle(b'{"id": 5, "op": "set_epoch", "args": {"epoch": 2}}'))
     assert answer == {"id": 5, "ok": True, "result": {"epoch": 2}}
-    bad = json.loads(agent.handle(b'{"id": 6, "op": "format_disk"}'))
+    bad = json.loads(server.handle(b'{"id": 6, "op": "format_disk"}'))
     assert bad["ok"] is False and bad["error"]["kind"] == "UnknownOperation"

@@ -1,0 +1,7 @@
+"""``python -m dumont.agent`` runs the agent from a checkout (hosts run the shipped zip instead)."""
+
+import sys
+
+from .server import main
+
+main(sys.argv)

@@ -1,0 +1,220 @@
+"""The agent's request loop: one JSON request per line in, one answer per line out, until stdin closes."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable
+
+from . import pairing, snapshots
+from .common import (
+    Failure,
+    Json,
+    accept_epoch,
+    data_dir,
+    disk_usage,
+    dump_json,
+    read_epoch,
+    snapshot_path,
+    workspace_dir,
+    write_atomic,
+    write_epoch,
+)
+from .scan import HASH_NAME, diff_entries, entry_for, manifest_digest, no_known_hash, scan_tree, summarize
+
+PROTOCOL = 1
+LOCK_WAIT_SECONDS = 30.0
+
+
+def info(args: Json) -> Json:
+    """Where this host keeps its workspace and data, its epoch, tools and disk."""
+    os.makedirs(data_dir(), exist_ok=True)
+    try:
+        rsync = subprocess.run(["rsync", "--version"], capture_output=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        rsync = b""
+    result = {"protocol": PROTOCOL, "hash": HASH_NAME, "workspace": workspace_dir(), "data_dir": data_dir(),
+              "epoch": read_epoch(), "python": sys.version.split()[0],
+              "rsync": rsync.split(b"\n")[0].decode(errors="replace"),
+              "host": os.environ.get("DUMONT_HOST") or os.uname().nodename}
+    result.update(disk_usage(data_dir()))
+    return result
+
+
+def set_epoch(args: Json) -> Json:
+    """Raise this host's epoch (``force`` also lowers it: for repair and tests only)."""
+    if args.get("force"):
+        write_epoch(int(args["epoch"]))
+    else:
+        accept_epoch(int(args["epoch"]))
+    return {"epoch": read_epoch()}
+
+
+def scan(args: Json) -> Json:
+    """Manifest of the workspace, hashing only files whose stat changed since the last scan."""
+    root = args.get("root") or workspace_dir()
+    started = time.time()
+    if not os.path.isdir(root):
+        return {"epoch": read_epoch(), "entries": [], "skipped": [], "missing": True, **summarize([])}
+    use_cache = args.get("use_cache", True)
+    cache_path = os.path.join(data_dir(), "scan-cache.json")
+    cache = _read_cache(cache_path) if use_cache else {}
+    entries, skipped, new_cache = scan_tree(root, no_known_hash, cache)
+    if use_cache:
+        write_atomic(cache_path, dump_json(new_cache))
+    result = {"epoch": read_epoch(), "entries": entries, "skipped": skipped, "missing": False,
+              "scan_seconds": time.time() - started}
+    result.update(summarize(entries))
+    return result
+
+
+def _read_cache(path: str) -> dict[str, list[object]]:
+    try:
+        with open(path, "rb") as handle:
+            cache = json.loads(handle.read())
+    except (FileNotFoundError, ValueError):
+        return {}  # no cache, or a damaged one: hash everything again
+    return cache if isinstance(cache, dict) else {}
+
+
+def entries(args: Json) -> Json:
+    """Fresh entries for ``paths`` under ``root`` (None for a path that no longer exists)."""
+    root = os.fsencode(args.get("root") or workspace_dir())
+    out = {}
+    for name in args["paths"]:
+        full = os.path.join(root, os.fsencode(name))
+        try:
+            out[name] = entry_for(name, full, os.lstat(full))
+        except OSError:
+            out[name] = None
+    return {"entries": out}
+
+
+def status(args: Json) -> Json:
+    """The replica store: epoch, snapshots, last pass, disk."""
+    os.makedirs(data_dir(), exist_ok=True)
+    result = {"epoch": read_epoch(), "snapshots": [snapshots.snapshot_info(s) for s in snapshots.list_snapshots()],
+              "last_pass": snapshots.last_pass()}
+    result.update(disk_usage(data_dir()))
+    return result
+
+
+def manifest(args: Json) -> Json:
+    """The manifest of one snapshot."""
+    seq = int(args["seq"])
+    found = snapshots.snapshot_manifest(seq)
+    return {"seq": seq, "entries": found, "digest": manifest_digest(found)}
+
+
+def verify(args: Json) -> Json:
+    """Re-hash a snapshot (or any tree) fully and compare it with a manifest."""
+    seq = args.get("seq")
+    if seq is not None:
+        root = os.path.join(snapshot_path(int(seq)), "tree")
+        expected = snapshots.snapshot_manifest(int(seq))
+    else:
+        root, expected = args.get("root") or workspace_dir(), args["entries"]
+    actual, skipped, _ = scan_tree(root, no_known_hash)
+    problems = diff_entries(expected, actual) + [f"{s!r} is a special file" for s in skipped]
+    return {"root": root, "ok": not problems, "problems": problems, "checked": len(actual)}
+
+
+Operation = Callable[[Json], Json]
+OPERATIONS: dict[str, Operation] = {
+    "info": info, "set_epoch": set_epoch, "scan": scan, "entries": entries, "status": status,
+    "manifest": manifest, "verify": verify,
+    "stage": snapshots.stage, "inspect": snapshots.inspect, "revert": snapshots.revert,
+    "commit": snapshots.commit, "record_pass": snapshots.record_pass,
+    "authorize_pair": pairing.authorize_pair, "revoke_pair": pairing.revoke_pair,
+    "install_pair_client": pairing.install_pair_client, "push": pairing.push,
+    "install_host_key": pairing.install_host_key,
+}
+MUTATING = {"set_epoch", "stage", "revert", "commit", "record_pass", "authorize_pair", "revoke_pair",
+            "install_pair_client", "install_host_key"}
+
+
+def run_locked(operation: Operation, args: Json) -> Json:
+    """Run a mutating operation under this host's lock, so two controllers can never interleave a pass."""
+    os.makedirs(data_dir(), exist_ok=True)
+    fd = os.open(os.path.join(data_dir(), "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Failure("Busy", "another controller holds this host's lock") from None
+                time.sleep(0.05)  # flock has no timeout of its own
+        return operation(args)
+    finally:
+        os.close(fd)
+
+
+def handle(line: bytes) -> bytes:
+    """Answer one request line."""
+    request_id = None
+    try:
+        request = json.loads(line)
+        request_id = request.get("id")
+        name = request.get("op")
+        operation = OPERATIONS.get(name)
+        if operation is None:
+            raise Failure("UnknownOperation", f"unknown operation {name!r}")
+        args = request.get("args") or {}
+        result = run_locked(operation, args) if name in MUTATING else operation(args)
+        response = {"id": request_id, "ok": True, "result": result}
+    except Failure as failure:
+        response = {"id": request_id, "ok": False, "error": {"kind": failure.kind, "message": failure.message}}
+    except Exception as exc:
+        response = {"id": request_id, "ok": False,
+                    "error": {"kind": type(exc).__name__, "message": f"{type(exc).__name__}: {exc}"}}
+    return dump_json(response) + b"\n"
+
+
+def serve() -> None:
+    """Answer requests until stdin closes; when the controller goes away, stop any rsync we started."""
+    requests: list[bytes] = []
+    ready = threading.Condition()
+
+    def read_requests() -> None:
+        for raw in sys.stdin.buffer:
+            with ready:
+                requests.append(raw)
+                ready.notify()
+        for child in list(pairing.RUNNING):
+            child.kill()
+        os._exit(0)
+
+    threading.Thread(target=read_requests, daemon=True).start()
+    out = sys.stdout.buffer
+    out.write(dump_json({"ready": True, "protocol": PROTOCOL, "pid": os.getpid()}) + b"\n")
+    out.flush()
+    while True:
+        with ready:
+            while not requests:
+                ready.wait()
+            line = requests.pop(0)
+        out.write(handle(line))
+        out.flush()
+
+
+def main(argv: list[str]) -> None:
+    """``serve`` | ``receive EPOCH`` | ``call OP < args.json``."""
+    os.umask(0o022)
+    if argv[1:2] == ["serve"]:
+        serve()
+    elif argv[1:2] == ["receive"] and len(argv) == 3:
+        pairing.receive(int(argv[2]))
+    elif argv[1:2] == ["call"] and len(argv) == 3:
+        request = {"id": 0, "op": argv[2], "args": json.loads(sys.stdin.read() or "{}")}
+        sys.stdout.buffer.write(handle(dump_json(request)))
+    else:
+        sys.stderr.write("usage: agent.pyz serve | receive EPOCH | call OP < args.json\n")
+        sys.exit(2)
