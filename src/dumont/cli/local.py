@@ -41,7 +41,8 @@ def up(state_dir: Path | None, as_json: bool) -> None:
     ready, was_running = control.start(directory)
     hosts = control.client(directory).get("/hosts")["hosts"]
     data = {"state_dir": str(directory), "already_running": was_running, "control_url": ready["control_url"],
-            "pid": ready["pid"], "user_key": str(layout.user_key(directory)), "hosts": hosts}
+            "pid": ready["pid"], "user_key": str(layout.user_key(directory)), "hosts": hosts,
+            **{k: v for k, v in ready.items() if k.endswith("_url")}}
 
     def human(d: dict[str, Any]) -> str:
         head = "local cloud already running" if d["already_running"] else "local cloud started"

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from dumont.errors import DumontError, UsageError
 from dumont.localcloud import layout
+from dumont.localcloud.emulators import Emulator, create_emulators
 from dumont.localcloud.pool import HostPool
 from dumont.transport.keys import ensure_keypair, write_private
 
@@ -44,6 +45,21 @@ class LocalCloud:
         self.pool = HostPool(state_dir)
         self.token = secrets.token_urlsafe(24)
         self.stopping = asyncio.Event()
+        self.emulators: list[Emulator] = []
+        self.urls: dict[str, str] = {}
+
+    async def start_emulators(self) -> None:
+        """Start every cloud API emulator; remember their URLs (``vast_url``, ``gcp_url``)."""
+        self.emulators = create_emulators(self)
+        for emulator in self.emulators:
+            url = await emulator.start()
+            if url:
+                self.urls[f"{emulator.name}_url"] = url
+
+    async def stop_emulators(self) -> None:
+        """Stop every emulator."""
+        for emulator in self.emulators:
+            await emulator.stop()
 
     async def start_default_hosts(self) -> None:
         """Create the hosts a fresh local cloud starts with (one GPU stand-in, one CPU stand-in)."""
@@ -96,11 +112,16 @@ class LocalCloud:
         if action == "destroy":
             await self.pool.destroy(name)
             return json_response({"destroyed": name})
-        if action not in actions:
-            raise UsageError(f"unknown action {action!r}", hint=f"one of {', '.join(sorted(actions))}, destroy")
-        host = await actions[action](name)
         log.info("%s %s", action, name)
-        return json_response(host.as_dict())
+        if action in actions:
+            return json_response((await actions[action](name)).as_dict())
+        host = self.pool.get(name)
+        owner = next((e for e in self.emulators if e.name == host.provider), None)
+        if owner is None or action not in owner.fault_actions:
+            vendor = sorted(owner.fault_actions) if owner else []
+            raise UsageError(f"{action!r} does not apply to {host.name} (a {host.provider} host)",
+                             hint=f"actions: {', '.join([*sorted(actions), 'destroy', *vendor])}")
+        return json_response(await owner.fault(action, host))
 
     async def _shutdown(self, request: web.Request) -> web.Response:
         self.stopping.set()
@@ -119,8 +140,10 @@ async def serve(state_dir: Path, ready_fd: int | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, cloud.stopping.set)
     try:
+        await cloud.start_emulators()
         await cloud.start_default_hosts()
-        ready = {"pid": os.getpid(), "control_url": f"http://127.0.0.1:{port}", "cloud_id": cloud.pool.cloud_id}
+        ready = {"pid": os.getpid(), "control_url": f"http://127.0.0.1:{port}", "cloud_id": cloud.pool.cloud_id,
+                 **cloud.urls}
         write_private(layout.control_token(state_dir), cloud.token)
         write_private(layout.ready_file(state_dir), json.dumps(ready, indent=2) + "\n")
         log.info("local cloud ready on port %d", port)
@@ -130,6 +153,7 @@ async def serve(state_dir: Path, ready_fd: int | None = None) -> None:
         await cloud.stopping.wait()
     finally:
         layout.ready_file(state_dir).unlink(missing_ok=True)
+        await cloud.stop_emulators()
         killed = await cloud.pool.shutdown()
         log.info("local cloud stopped; %d process(es) ended", len(killed))
         await runner.cleanup()

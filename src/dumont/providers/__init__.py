@@ -1,0 +1,1 @@
+"""Cloud providers as plug-ins: one folder each, all speaking the records of ``providers.base``."""
