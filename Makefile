@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
+VASTAI_VENV := .venv-vastai
+
 .PHONY: deps system-deps test lint bench drill clean
 
 system-deps:
@@ -19,7 +21,12 @@ $(STAMP): pyproject.toml
 
 deps: system-deps $(STAMP)
 
-test: deps
+# The official Vast.ai CLI, in a venv of its own: the compatibility tests drive it against our emulator.
+$(VASTAI_VENV)/bin/vastai:
+	$(PYTHON) -m venv $(VASTAI_VENV)
+	$(VASTAI_VENV)/bin/python -m pip install --quiet --disable-pip-version-check vastai==1.9.1
+
+test: deps $(VASTAI_VENV)/bin/vastai
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: deps
@@ -34,4 +41,4 @@ drill: deps
 	$(PY) -m dumont.drill.demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VASTAI_VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

@@ -110,5 +110,7 @@ for _action, _summary in (
     ("start", "Start a stopped or killed HOST again, with its files as they were."),
     ("partition", "Make HOST stop answering without dying (its processes are frozen)."),
     ("heal", "Let a partitioned HOST answer again."),
+    ("outbid", "Vast.ai: a higher bid takes HOST (an interruptible instance): stopped, data kept."),
+    ("preempt", "GCP: the provider takes back HOST (a spot VM): TERMINATED, disk kept."),
 ):
     local_group.add_command(_fault_command(_action, _summary))
