@@ -1,0 +1,1 @@
+"""Durable controller state (SQLite, embedded)."""
