@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable
 
-from . import pairing, snapshots
+from . import pairing, promotion, snapshots
 from .common import (
     Failure,
     Json,
@@ -124,18 +124,29 @@ def verify(args: Json) -> Json:
     return {"root": root, "ok": not problems, "problems": problems, "checked": len(actual)}
 
 
+def commit(args: Json) -> Json:
+    """Commit the staged pass; then refresh the promotion candidate (a standby) and drop superseded retirements."""
+    result = snapshots.commit(args)
+    if args.get("candidate", True):
+        result["candidate"] = promotion.refresh_candidate(int(result["seq"]))
+    result["dropped_retired"] = promotion.drop_superseded_retirements(int(args["epoch"]))
+    return result
+
+
 Operation = Callable[[Json], Json]
 OPERATIONS: dict[str, Operation] = {
     "info": info, "set_epoch": set_epoch, "scan": scan, "entries": entries, "status": status,
     "manifest": manifest, "verify": verify,
     "stage": snapshots.stage, "inspect": snapshots.inspect, "revert": snapshots.revert,
-    "commit": snapshots.commit, "record_pass": snapshots.record_pass,
+    "commit": commit, "record_pass": snapshots.record_pass,
+    "promote": promotion.promote, "retire_workspace": promotion.retire_workspace,
+    "verify_promoted": promotion.verify_promoted,
     "authorize_pair": pairing.authorize_pair, "revoke_pair": pairing.revoke_pair,
     "install_pair_client": pairing.install_pair_client, "push": pairing.push,
     "install_host_key": pairing.install_host_key,
 }
 MUTATING = {"set_epoch", "stage", "revert", "commit", "record_pass", "authorize_pair", "revoke_pair",
-            "install_pair_client", "install_host_key"}
+            "install_pair_client", "install_host_key", "promote", "retire_workspace"}
 
 
 def run_locked(operation: Operation, args: Json) -> Json:

@@ -51,6 +51,7 @@ class ReplicationPolicy:
     transfer_timeout: float = 3600.0
     io_timeout: int = 60
     settle_retries: int = 2
+    keep_candidate: bool = True  # a standby keeps a promotion-ready copy; a GPU being restored does not need one
     bandwidth_limit_kbps: int | None = None  # rsync --bwlimit, for slow or metered links
 
 
@@ -163,7 +164,7 @@ class Replicator:
         report = self._report(seq, scan, seq, started, diff, files_copied=files_copied, bytes_sent=bytes_sent,
                               deferred=deferred, copied=True)
         await self.standby.commit(epoch=epoch, seq=seq, expected=expected, record=report.as_record(),
-                                  keep=self.policy.keep_snapshots)
+                                  keep=self.policy.keep_snapshots, candidate=self.policy.keep_candidate)
         self._manifests[(self.standby.name, seq)] = expected
         finished = self.clock()
         return _with_finish(report, finished)

@@ -297,10 +297,23 @@ class HostAgent:
         await self.call("revert", {"epoch": epoch, "paths": paths}, timeout=600.0)
 
     async def commit(self, *, epoch: int, seq: int, expected: Manifest, record: dict[str, Any], keep: int,
-                     timeout: float = 3600.0) -> dict[str, Any]:
-        """Verify the staged tree equals ``expected`` and make it snapshot ``seq``."""
+                     candidate: bool = True, timeout: float = 3600.0) -> dict[str, Any]:
+        """Verify the staged tree equals ``expected``, make it snapshot ``seq``, refresh the promotion candidate."""
         return await self.call("commit", {"epoch": epoch, "seq": seq, "entries": expected.to_wire(),
-                                          "record": record, "keep": keep}, timeout=timeout)
+                                          "record": record, "keep": keep, "candidate": candidate}, timeout=timeout)
+
+    async def promote(self, *, epoch: int, mode: str, timeout: float = 600.0) -> dict[str, Any]:
+        """Make the newest snapshot the live workspace (``candidate``: a standby; ``take``: a restored GPU)."""
+        return await self.call("promote", {"epoch": epoch, "mode": mode}, timeout=timeout)
+
+    async def retire_workspace(self, *, epoch: int) -> dict[str, Any]:
+        """Move a former primary's live workspace aside as it becomes a standby."""
+        return await self.call("retire_workspace", {"epoch": epoch})
+
+    async def verify_promoted(self, manifest: Manifest, *, timeout: float = 600.0) -> bool:
+        """Check the promoted workspace against ``manifest`` (stat-level; changed files are re-hashed)."""
+        r = await self.call("verify_promoted", {"entries": manifest.to_wire()}, timeout=timeout)
+        return bool(r["ok"])
 
     async def record_pass(self, *, epoch: int, seq: int, record: dict[str, Any]) -> dict[str, Any]:
         """Record a pass that found nothing to copy."""
