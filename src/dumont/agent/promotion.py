@@ -15,7 +15,6 @@ import os
 import shutil
 import stat
 import time
-from typing import Dict, List
 
 from .common import (
     DATA,
@@ -53,7 +52,7 @@ def refresh_candidate(seq: int) -> Json:
     """Make the candidate an independent copy of snapshot ``seq``, copying only what differs from its last state."""
     started = time.time()
     previous = _candidate_seq()
-    old: Dict[str, Entry] = {}
+    old: dict[str, Entry] = {}
     if previous is not None and previous in list_snapshots():
         old = {e[PATH]: e for e in snapshot_manifest(previous)}
     else:
@@ -161,7 +160,7 @@ def retire_workspace(args: Json) -> Json:
     return {"retired": aside}
 
 
-def drop_superseded_retirements(epoch: int) -> List[str]:
+def drop_superseded_retirements(epoch: int) -> list[str]:
     """Remove workspaces retired before ``epoch`` (a snapshot of this epoch now holds the data)."""
     dropped = []
     for name in os.listdir(data_dir()):
