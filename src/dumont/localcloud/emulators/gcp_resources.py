@@ -1,0 +1,221 @@
+"""The GCP emulator's records and their REST JSON (camelCase, int64 as strings), plus the list-filter language.
+
+Pure apart from the clock reads each record is given: the HTTP side lives in ``gcp.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+PREEMPTED = "compute.instances.preempted"
+HOST_ERROR = "compute.instances.hostError"  # GCE's record of a VM whose host died under it
+SYSTEM_OPERATIONS = frozenset({PREEMPTED, HOST_ERROR})
+SSH_PORT_KEY = "dumont-ssh-port"  # the one addition to a VM's metadata: every local VM shares 127.0.0.1
+NAME_PATTERN = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_PUBLIC_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+")
+
+
+def rfc3339(wall: float) -> str:
+    """A wall-clock time as GCE writes timestamps (milliseconds, with an offset)."""
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+
+
+def numeric_id() -> str:
+    """A resource id: GCE ids are unsigned 64-bit numbers, sent as strings."""
+    return str(10**18 + secrets.randbelow(8 * 10**18))
+
+
+@dataclass
+class Operation:
+    """One zone operation; DONE once its work finished and its configured delay has passed."""
+
+    kind: str  # operationType: insert, stop, start, delete, compute.instances.preempted, ...
+    project: str
+    zone: str
+    target: str  # the VM's name
+    target_id: str
+    ready_at: float  # loop time before which it reports RUNNING
+    name: str = field(default_factory=lambda: f"operation-{int(time.time() * 1000)}-{secrets.token_hex(6)}")
+    id: str = field(default_factory=numeric_id)
+    inserted: float = field(default_factory=time.time)
+    ended: float | None = None
+    error: tuple[int, str, str] | None = None  # HTTP status, GCE error code, message
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finish(self, error: tuple[int, str, str] | None = None) -> None:
+        """Mark the operation's work as done (with its error, if it failed)."""
+        self.error, self.ended = error, time.time()
+        self.finished.set()
+
+    def is_done(self, now: float) -> bool:
+        """Whether it reports DONE at loop time ``now``."""
+        return self.finished.is_set() and now >= self.ready_at
+
+    def as_json(self, base: str, now: float) -> dict[str, Any]:
+        """The Operation resource; ``base`` is ``<url>/compute/v1/projects/P/zones/Z``."""
+        done = self.is_done(now)
+        data: dict[str, Any] = {
+            "kind": "compute#operation", "id": self.id, "name": self.name, "zone": base,
+            "operationType": self.kind, "targetLink": f"{base}/instances/{self.target}", "targetId": self.target_id,
+            "status": "DONE" if done else "RUNNING", "progress": 100 if done else 0,
+            "user": "system" if self.kind in SYSTEM_OPERATIONS else "dumont-local@local",
+            "insertTime": rfc3339(self.inserted), "startTime": rfc3339(self.inserted),
+            "selfLink": f"{base}/operations/{self.name}",
+        }
+        if done:
+            data["endTime"] = rfc3339(max(self.ended or self.inserted, self.inserted))
+            if self.error:
+                status, code, message = self.error
+                data.update(error={"errors": [{"code": code, "message": message}]}, httpErrorStatusCode=status,
+                            httpErrorMessage=message)
+        return data
+
+
+@dataclass
+class Vm:
+    """One VM as the emulator keeps it: what was inserted, its host in the pool, and its last operation."""
+
+    project: str
+    zone: str
+    name: str
+    body: dict[str, Any]  # the Instance as inserted
+    host: str  # the pool host standing in for it
+    id: str = field(default_factory=numeric_id)
+    created: float = field(default_factory=time.time)
+    last_start: float | None = None
+    last_stop: float | None = None
+    current: Operation | None = None  # the latest operation acting on it (its status shows while in flight)
+    deleted: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def is_spot(self) -> bool:
+        """Whether it was created with provisioningModel SPOT."""
+        return bool(self.body.get("scheduling", {}).get("provisioningModel") == "SPOT")
+
+    @property
+    def termination_action(self) -> str:
+        """STOP (default) or DELETE: what a preemption does to it."""
+        return str(self.body.get("scheduling", {}).get("instanceTerminationAction") or "STOP")
+
+    def as_json(self, base: str, status: str, ssh_port: int | None) -> dict[str, Any]:
+        """The Instance resource as ``instances.get`` returns it; the NAT IP only while it has a host up."""
+        body = self.body
+        machine = str(body.get("machineType", "e2-medium")).rsplit("/", 1)[-1]
+        data: dict[str, Any] = {
+            "kind": "compute#instance", "id": self.id, "creationTimestamp": rfc3339(self.created),
+            "name": self.name, "machineType": f"{base}/machineTypes/{machine}", "status": status,
+            "zone": base, "networkInterfaces": _interfaces(body, with_ip=ssh_port is not None),
+            "disks": _disks(body, base, self.name), "metadata": _metadata(body, ssh_port),
+            "labels": dict(body.get("labels") or {}), "scheduling": _scheduling(body),
+            "selfLink": f"{base}/instances/{self.name}", "deletionProtection": False, "startRestricted": False,
+            "fingerprint": secrets.token_urlsafe(8),
+        }
+        if self.last_start is not None:
+            data["lastStartTimestamp"] = rfc3339(self.last_start)
+        if self.last_stop is not None:
+            data["lastStopTimestamp"] = rfc3339(self.last_stop)
+        return data
+
+
+def _interfaces(body: Mapping[str, Any], *, with_ip: bool) -> list[dict[str, Any]]:
+    out = []
+    for index, nic in enumerate(body.get("networkInterfaces") or [{}]):
+        configs = [{**ac, "kind": "compute#accessConfig", **({"natIP": "127.0.0.1"} if with_ip else {})}
+                   for ac in nic.get("accessConfigs") or []]
+        out.append({**nic, "kind": "compute#networkInterface", "name": f"nic{index}", "networkIP": "127.0.0.1",
+                    "accessConfigs": configs})
+    return out
+
+
+def _disks(body: Mapping[str, Any], base: str, name: str) -> list[dict[str, Any]]:
+    out = []
+    for index, disk in enumerate(body.get("disks") or []):
+        size = (disk.get("initializeParams") or {}).get("diskSizeGb", "10")
+        rest = {k: v for k, v in disk.items() if k != "initializeParams"}
+        out.append({**rest, "kind": "compute#attachedDisk", "index": index, "mode": "READ_WRITE",
+                    "deviceName": f"persistent-disk-{index}", "diskSizeGb": str(size),
+                    "source": f"{base}/disks/{name}" + (f"-{index}" if index else "")})
+    return out
+
+
+def _metadata(body: Mapping[str, Any], ssh_port: int | None) -> dict[str, Any]:
+    items = [i for i in (body.get("metadata") or {}).get("items") or [] if i.get("key") != SSH_PORT_KEY]
+    if ssh_port is not None:
+        items.append({"key": SSH_PORT_KEY, "value": str(ssh_port)})
+    return {"kind": "compute#metadata", "fingerprint": secrets.token_urlsafe(8), "items": items}
+
+
+def _scheduling(body: Mapping[str, Any]) -> dict[str, Any]:
+    scheduling = dict(body.get("scheduling") or {})
+    if scheduling.get("provisioningModel") == "SPOT":
+        # GCE fixes these for spot VMs whatever was sent.
+        scheduling.update(automaticRestart=False, onHostMaintenance="TERMINATE", preemptible=False)
+    else:
+        scheduling.setdefault("automaticRestart", True)
+        scheduling.setdefault("onHostMaintenance", "MIGRATE")
+        scheduling.setdefault("provisioningModel", "STANDARD")
+    return scheduling
+
+
+def ssh_keys(body: Mapping[str, Any]) -> list[str]:
+    """The public keys of the ``ssh-keys`` metadata item (``user:key`` lines; other lines are skipped)."""
+    items = (body.get("metadata") or {}).get("items") or []
+    value = next((str(i.get("value", "")) for i in items if i.get("key") == "ssh-keys"), "")
+    keys = []
+    for line in value.splitlines():
+        _user, sep, key = line.strip().partition(":")
+        match = _PUBLIC_KEY.match(key.strip()) if sep else None
+        if match:
+            keys.append(key.strip())
+    return keys
+
+
+def error_body(status: int, reason: str, message: str) -> dict[str, Any]:
+    """An error as the Compute API sends it."""
+    return {"error": {"code": status, "message": message,
+                      "errors": [{"domain": "global", "reason": reason, "message": message}]}}
+
+
+# --- list filters: `field = "value"`, `field != value`, `field:value`, joined by AND or spaces ----------------
+
+_TERM = re.compile(r'\s*\(?\s*([A-Za-z][A-Za-z0-9_.\-]*)\s*(!=|=|:)\s*("(?:[^"\\]|\\.)*"|[^\s()"]+)\s*\)?\s*')
+_AND = re.compile(r"AND\s+")
+
+
+def parse_filter(text: str) -> Callable[[Mapping[str, Any]], bool]:
+    """A predicate for a Compute list ``filter``; raises ValueError on what this emulator does not understand."""
+    terms: list[tuple[str, str, str]] = []
+    pos, text = 0, text.strip()
+    while pos < len(text):
+        match = _TERM.match(text, pos)
+        if match is None:
+            raise ValueError(f"cannot parse the filter at {text[pos:pos + 30]!r}")
+        name, op, value = match.groups()
+        terms.append((name, op, value[1:-1].replace('\\"', '"') if value.startswith('"') else value))
+        pos = match.end()
+        if and_match := _AND.match(text, pos):
+            pos = and_match.end()
+    return lambda resource: all(_matches(resource, *term) for term in terms)
+
+
+def _matches(resource: Mapping[str, Any], name: str, op: str, expected: str) -> bool:
+    actual: Any = resource
+    for part in name.split("."):
+        actual = actual.get(part) if isinstance(actual, Mapping) else None
+    if op == ":":
+        return actual is not None and (expected == "*" or expected in _text(actual))
+    pattern = ".*".join(re.escape(part) for part in expected.split("*"))  # "=" takes * as a wildcard
+    equal = actual is not None and re.fullmatch(pattern, _text(actual)) is not None
+    return equal if op == "=" else not equal
+
+
+def _text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
