@@ -1,31 +1,521 @@
-"""Placeholder until the vast emulator lands (being written in its own issue)."""
+"""The local cloud's Vast.ai API: what the official ``vastai`` CLI 1.9.1 and our provider use, over real hosts.
+
+Served on 127.0.0.1 (its URL is ``vast_url`` in the daemon's ready record). Every answer is JSON with a
+Content-Type of exactly ``application/json``: the CLI refuses search results otherwise (cloud-apis.md §0 #2).
+
+Endpoints (cloud-apis.md §1.3, §1.9)::
+
+    GET    /api/v0/gpu_names/unique/                 no key needed (the CLI calls it at import)
+    GET    /api/v0/users/current                     the CLI's role probe
+    POST   /api/v0/bundles/  PUT /api/v0/search/asks/   search offers (filter body; "q" for the latter)
+    PUT    /api/v0/asks/{offer}/                     rent -> {"success": true, "new_contract": id}
+    GET    /api/v1/instances/  GET /api/v0/instances/   list (v1 pages with next_token)
+    GET    /api/v0/instances/filters/                distinct status/verification/GPU values
+    GET    /api/v0/instances/{id}/                   {"instances": row | null}
+    PUT    /api/v0/instances/{id}/                   {"state": "stopped"|"running"} and/or {"label": ...}
+    DELETE /api/v0/instances/{id}/                   destroy (host and files)
+    POST   /api/v0/instances/{id}/ssh/               attach a public key: it can log in from then on
+    DELETE /api/v0/instances/{id}/ssh/{key}/         detach it
+    PUT    /api/v0/instances/bid_price/{id}/         change bid (an outbid instance resumes when it is high enough)
+    PUT    /api/v0/instances/reboot/{id}/            restart the host
+
+Every other path needs ``Authorization: Bearer <key>`` with the key the emulator keeps in
+``<state_dir>/vast_api_key`` (0600, random, kept across restarts); a wrong or missing key gets 401
+``{"msg": "Invalid user key"}``. New instances accept the account's key (the local cloud's user key, as Vast
+installs an account's keys) and whatever is attached later. Offers of a rented machine leave the search until
+the instance is destroyed.
+
+Fault controls, for drills and tests (same key; each answers the fault state)::
+
+    POST /_dumont/faults/throttle  {"count": N, "retry_after": S | null, "status": 429}
+                                   the next N API requests get that status (with Retry-After when S is given)
+    POST /_dumont/faults/vanish    {"offer_id": N} gone now, or {"next": N}: the next N rents find their offer gone
+    POST /_dumont/faults/outbid    {"instance_id": N}  interruptible only: stopped, data kept, intent unchanged
+    POST /_dumont/faults/offline   {"instance_id": N}  the host is killed: the API says offline
+    POST /_dumont/faults/clear     no more throttling or vanishing
+    GET  /_dumont/faults           the fault state
+
+``dumont local outbid HOST`` and ``dumont local kill HOST`` reach the same faults through the daemon.
+Settings: ``DUMONT_LOCAL_VAST_SEED`` (the offer catalogue; default 20260) and ``DUMONT_LOCAL_VAST_DELAY_SECONDS``
+(how long a new or restarted instance provisions and loads before it is running; default 1, tests use 0).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import json
+import os
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dumont.errors import UsageError
+from aiohttp import web
+
+from dumont.errors import DumontError, LocalCloudError, UsageError
+from dumont.localcloud import layout
+from dumont.localcloud.emulators import vast_instances as records
+from dumont.localcloud.emulators.vast_instances import VastInstance
+from dumont.localcloud.emulators.vast_market import DEFAULT_SEED, MODELS, generate_catalogue, matches, order_rows
+from dumont.localcloud.emulators.vast_market import priced as priced_offer
+from dumont.localcloud.emulators.vast_market import search as search_offers
+from dumont.localcloud.hosts import HostState, LocalHost
+from dumont.transport.keys import write_private
 
 if TYPE_CHECKING:
     from dumont.localcloud.daemon import LocalCloud
-    from dumont.localcloud.hosts import LocalHost
+
+ENV_SEED = "DUMONT_LOCAL_VAST_SEED"
+ENV_DELAY = "DUMONT_LOCAL_VAST_DELAY_SECONDS"
+DEFAULT_DELAY = 1.0
+FIRST_INSTANCE_ID = 30_000_001
+OPEN_PATHS = frozenset({"/api/v0/gpu_names/unique/"})
+PAGE_LIMIT = 25
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class _Placeholder:
+def reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """JSON with a Content-Type of exactly ``application/json`` (``web.json_response`` adds a charset)."""
+    return web.Response(body=json.dumps(data).encode(), status=status,
+                        headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def refuse(status: int, code: str, message: str) -> web.Response:
+    """Vast's usual error body."""
+    return reply({"success": False, "error": code, "msg": message}, status)
+
+
+class _Refused(Exception):
+    """A request the emulator refuses the way Vast would."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Faults:
+    """Faults armed through ``/_dumont/faults``."""
+
+    throttle_left: int = 0
+    throttle_status: int = 429
+    retry_after: float | None = 1.0
+    vanish_next: int = 0
+    vanished: set[int] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        return {**asdict(self), "vanished": sorted(self.vanished)}
+
+
+def _setting(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise LocalCloudError(f"{name}={raw!r} is not a number",
+                              hint=f"unset it or give a number like {default:g}") from None
+    if value < 0:
+        raise LocalCloudError(f"{name}={raw!r} is negative", hint="give 0 or more")
+    return value
+
+
+class VastEmulator:
+    """The Vast.ai API over the local cloud's host pool."""
+
     name = "vast"
-    fault_actions: frozenset[str] = frozenset()
+    fault_actions = frozenset({"outbid", "offline"})
+
+    def __init__(self, cloud: LocalCloud, *, seed: int | None = None, delay: float | None = None) -> None:
+        self.pool = cloud.pool
+        self.state_dir = cloud.state_dir
+        self.seed = seed if seed is not None else int(_setting(ENV_SEED, DEFAULT_SEED))
+        self.delay = delay if delay is not None else _setting(ENV_DELAY, DEFAULT_DELAY)
+        self.catalogue = {int(o["id"]): o for o in generate_catalogue(self.seed)}
+        self.faults = Faults()
+        self.instances: dict[int, VastInstance] = {}
+        self.key = ""
+        self.url = ""
+        self._next_id = FIRST_INSTANCE_ID
+        self._lock = asyncio.Lock()  # one change at a time: a rent must not race a destroy of the same machine
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def records_file(self) -> Path:
+        """Where instance records persist across daemon restarts."""
+        return self.state_dir / "vast" / "instances.json"
+
+    # ------------------------------------------------------------------ Emulator protocol
 
     async def start(self) -> str:
-        return ""
+        """Serve on a free 127.0.0.1 port; return the base URL."""
+        self.key = self._ensure_key()
+        self.instances, self._next_id = records.load(self.records_file, FIRST_INSTANCE_ID)
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
 
     async def stop(self) -> None:
-        return None
+        """Stop serving (the hosts are the pool's to stop)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
     async def fault(self, action: str, host: LocalHost) -> dict[str, Any]:
-        raise UsageError(f"{action} is not available yet")
+        """Outbid (interruptible only: stopped, data kept) or take offline (killed) the instance behind ``host``."""
+        instance = next((i for i in self.instances.values() if i.host == host.name), None)
+        if instance is None:
+            raise UsageError(f"{host.name} is not a Vast instance of this local cloud")
+        async with self._lock:
+            if action == "outbid":
+                await self._outbid(instance)
+            elif action == "offline":
+                await self.pool.kill(host.name)
+            else:
+                raise UsageError(f"{action!r} is not a Vast fault", hint="use outbid or offline")
+            self._save()
+        row = self._row(instance)
+        vendor = {k: row[k] for k in ("id", "actual_status", "intended_status", "cur_state", "status_msg")}
+        return {**self.pool.get(host.name).as_dict(), "vast": vendor}
+
+    async def _outbid(self, instance: VastInstance) -> None:
+        if not instance.is_bid:
+            raise UsageError(f"instance {instance.id} was rented on demand; only interruptible instances are outbid",
+                             hint="rent with a bid price (vastai create instance ... --bid_price P)")
+        instance.outbid = True
+        await self._stop_host(instance)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def app(self) -> web.Application:
+        """The HTTP routes."""
+        app = web.Application(middlewares=[self._guard])
+        add, v0 = app.router, "/api/v0"
+        add.add_get(f"{v0}/gpu_names/unique/", self._gpu_names)
+        add.add_get(f"{v0}/users/current", self._user)
+        add.add_post(f"{v0}/bundles/", self._search)
+        add.add_put(f"{v0}/search/asks/", self._search)
+        add.add_put(f"{v0}/asks/{{id:\\d+}}/", self._rent)
+        add.add_get("/api/v1/instances/", self._list_v1)
+        add.add_get(f"{v0}/instances/", self._list_v0)
+        add.add_get(f"{v0}/instances/filters/", self._filters)
+        add.add_put(f"{v0}/instances/bid_price/{{id:\\d+}}/", self._change_bid)
+        add.add_put(f"{v0}/instances/reboot/{{id:\\d+}}/", self._reboot)
+        add.add_get(f"{v0}/instances/{{id:\\d+}}/", self._show)
+        add.add_put(f"{v0}/instances/{{id:\\d+}}/", self._manage)
+        add.add_delete(f"{v0}/instances/{{id:\\d+}}/", self._destroy)
+        add.add_post(f"{v0}/instances/{{id:\\d+}}/ssh/", self._attach)
+        add.add_delete(f"{v0}/instances/{{id:\\d+}}/ssh/{{key}}/", self._detach)
+        add.add_get("/_dumont/faults", self._fault_state)
+        add.add_post("/_dumont/faults/{action}", self._inject)
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path not in OPEN_PATHS:
+            sent = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {self.key}".encode()):
+                return refuse(401, "invalid_user_key", "Invalid user key")
+            if self.faults.throttle_left > 0 and not path.startswith("/_dumont/"):
+                self.faults.throttle_left -= 1
+                after = self.faults.retry_after
+                return reply({"success": False, "error": "rate_limit_exceeded", "msg": "API requests too frequent"},
+                             self.faults.throttle_status, {"Retry-After": f"{after:g}"} if after is not None else {})
+        try:
+            return await handler(request)
+        except _Refused as exc:
+            return refuse(exc.status, exc.code, exc.message)
+        except web.HTTPException as exc:  # unknown path or method: JSON too
+            return refuse(exc.status, "not_found" if exc.status == 404 else "invalid_request", exc.reason)
+        except DumontError as exc:
+            return refuse(409, "conflict", str(exc))
+
+    def _ensure_key(self) -> str:
+        path = self.state_dir / "vast_api_key"
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        key = secrets.token_hex(32)
+        write_private(path, key + "\n")
+        return key
+
+    def _save(self) -> None:
+        records.save(self.records_file, self.instances, self._next_id)
+
+    def _host(self, instance: VastInstance) -> LocalHost | None:
+        return next((h for h in self.pool.hosts() if h.name == instance.host), None)
+
+    def _row(self, instance: VastInstance) -> dict[str, Any]:
+        return records.row(instance, self._host(instance), time.time(), self.delay)
+
+    def _instance(self, request: web.Request) -> VastInstance:
+        instance_id = int(request.match_info["id"])
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            raise _Refused(404, "no_such_instance", f"Instance {instance_id} not found.")
+        return instance
+
+    def _rented_machines(self) -> set[int]:
+        return {int(i.offer["machine_id"]) for i in self.instances.values()}
+
+    def _account_keys(self) -> list[str]:
+        public = layout.user_key(self.state_dir).with_suffix(".pub")
+        return [public.read_text().strip()] if public.exists() else []
+
+    async def _stop_host(self, instance: VastInstance) -> None:
+        host = self._host(instance)
+        if host is not None and host.state in (HostState.RUNNING, HostState.PARTITIONED):
+            await self.pool.stop(host.name)
+
+    async def _start_host(self, instance: VastInstance) -> None:
+        if self._host(instance) is None:
+            raise _Refused(409, "machine_unavailable", f"The machine of instance {instance.id} is gone.")
+        instance.started_at = time.time()
+        await self.pool.start(instance.host)
+
+    # ------------------------------------------------------------------ offers
+
+    async def _gpu_names(self, request: web.Request) -> web.Response:
+        return reply({"gpu_names": sorted({m.name for m in MODELS})})
+
+    async def _user(self, request: web.Request) -> web.Response:
+        return reply({"id": 1, "username": "dumont-local", "email": "local@dumont.invalid", "credit": 100.0,
+                      "balance": 0.0, "host_agreement_accepted": False, "fullname": "Dumont local cloud"})
+
+    async def _search(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        query = body.get("q", {}) if request.method == "PUT" else body
+        if not isinstance(query, dict):
+            raise _Refused(400, "invalid_args", "q must be an object of filters")
+        rented, gone = self._rented_machines(), self.faults.vanished
+        available = [o for o in self.catalogue.values() if o["id"] not in gone and o["machine_id"] not in rented]
+        return reply({"offers": search_offers(available, query)})
+
+    async def _rent(self, request: web.Request) -> web.Response:
+        offer_id = int(request.match_info["id"])
+        body = await _body(request)
+        async with self._lock:
+            offer = self.catalogue.get(offer_id)
+            if offer is not None and self.faults.vanish_next > 0:
+                self.faults.vanish_next -= 1
+                self.faults.vanished.add(offer_id)
+            if offer is None or offer_id in self.faults.vanished or offer["machine_id"] in self._rented_machines():
+                raise _Refused(404, "no_such_ask", f"Instance type {offer_id} is not available.")
+            instance = _new_instance(self._next_id, offer, body)
+            self._next_id += 1
+            self.instances[instance.id] = instance
+            try:
+                await self.pool.create(instance.host, authorized_keys=self._account_keys(), role="gpu",
+                                       provider="vast", instance_id=str(instance.id), start=not instance.outbid)
+            except DumontError:
+                del self.instances[instance.id]
+                raise
+            finally:
+                self._save()
+        return reply({"success": True, "new_contract": instance.id})
+
+    # ------------------------------------------------------------------ instances
+
+    async def _list_v1(self, request: web.Request) -> web.Response:
+        rows = [self._row(i) for i in sorted(self.instances.values(), key=lambda i: i.id)]
+        rows = [r for r in rows if matches(r, _json_query(request, "select_filters", {}))]
+        order = [[o["col"], str(o.get("dir", "asc"))] for o in _json_query(request, "order_by", [])
+                 if isinstance(o, dict) and "col" in o]
+        rows = order_rows(rows, order)
+        limit = max(1, min(PAGE_LIMIT, int(_number(dict(request.query), "limit") or PAGE_LIMIT)))
+        start = int(_number(dict(request.query), "after_token") or 0)
+        more = start + limit < len(rows)
+        return reply({"instances": rows[start:start + limit], "next_token": str(start + limit) if more else None,
+                      "total_instances": len(rows),
+                      "label_counts": dict(Counter(r["label"] or "" for r in rows))})
+
+    async def _list_v0(self, request: web.Request) -> web.Response:
+        return reply({"instances": [self._row(i) for i in sorted(self.instances.values(), key=lambda i: i.id)]})
+
+    async def _filters(self, request: web.Request) -> web.Response:
+        rows = [self._row(i) for i in self.instances.values()]
+        keys = ("actual_status", "verification", "gpu_name", "label")
+        return reply({"filters": [dict(t) for t in {tuple((k, r.get(k)) for k in keys) for r in rows}]})
+
+    async def _show(self, request: web.Request) -> web.Response:
+        instance = self.instances.get(int(request.match_info["id"]))
+        return reply({"instances": None if instance is None else self._row(instance)})
+
+    async def _manage(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        async with self._lock:
+            instance = self._instance(request)
+            if "label" in body:
+                instance.label = _text(body["label"])
+            state = body.get("state")
+            if state == "stopped":
+                instance.intended, instance.outbid = "stopped", False
+                await self._stop_host(instance)
+            elif state == "running" and instance.outbid:
+                self._save()
+                return reply({"success": False, "msg": f"Instance {instance.id} is outbid; raise its bid "
+                                                      "(change bid) to resume it."})
+            elif state == "running":
+                instance.intended = "running"
+                await self._start_host(instance)
+            elif state is not None:
+                raise _Refused(400, "invalid_args", f"state must be running or stopped, not {state!r}")
+            self._save()
+        return reply({"success": True, "msg": f"Instance {instance.id} updated."})
+
+    async def _destroy(self, request: web.Request) -> web.Response:
+        async with self._lock:
+            instance = self._instance(request)
+            if self._host(instance) is not None:
+                await self.pool.destroy(instance.host)
+            del self.instances[instance.id]
+            self._save()
+        return reply({"success": True, "msg": f"Instance {instance.id} destroyed."})
+
+    async def _attach(self, request: web.Request) -> web.Response:
+        key = _text((await _body(request)).get("ssh_key"))
+        if key is None or not key.startswith("ssh"):
+            raise _Refused(400, "invalid_args", "ssh_key must be an OpenSSH public key (ssh-ed25519 AAAA...)")
+        async with self._lock:
+            instance = self._instance(request)
+            if self._host(instance) is None:
+                raise _Refused(409, "machine_unavailable", f"The machine of instance {instance.id} is gone.")
+            self.pool.authorize(instance.host, key)
+            key_id = str(next((k for k, v in instance.keys.items() if v == key), len(instance.keys) + 1))
+            instance.keys[key_id] = key
+            self._save()
+        return reply({"success": True, "msg": "SSH key attached.", "key_id": key_id})
+
+    async def _detach(self, request: web.Request) -> web.Response:
+        async with self._lock:
+            instance = self._instance(request)
+            key = instance.keys.pop(request.match_info["key"], None)
+            host = self._host(instance)
+            if key is None:
+                raise _Refused(404, "not_found", f"Instance {instance.id} has no key {request.match_info['key']}.")
+            if host is not None:
+                kept = [line for line in host.authorized_keys.read_text().splitlines() if line.strip() != key]
+                write_private(host.authorized_keys, "".join(f"{line}\n" for line in kept))
+            self._save()
+        return reply({"success": True, "msg": "SSH key detached."})
+
+    async def _change_bid(self, request: web.Request) -> web.Response:
+        price = _number(await _body(request), "price")
+        async with self._lock:
+            instance = self._instance(request)
+            if not instance.is_bid or price is None or price <= 0:
+                raise _Refused(400, "invalid_args", f"instance {instance.id} is not interruptible, or price is bad")
+            instance.bid_price = price
+            if instance.outbid and price >= float(instance.offer["min_bid"]) and instance.intended == "running":
+                instance.outbid = False  # the highest bid runs again
+                await self._start_host(instance)
+            self._save()
+        return reply({"success": True, "msg": f"Bid of instance {instance.id} set to {price:g}."})
+
+    async def _reboot(self, request: web.Request) -> web.Response:
+        async with self._lock:
+            instance = self._instance(request)
+            await self._stop_host(instance)
+            await self._start_host(instance)
+        return reply({"success": True, "msg": f"Instance {instance.id} rebooting."})
+
+    # ------------------------------------------------------------------ faults
+
+    async def _fault_state(self, request: web.Request) -> web.Response:
+        return reply(self.faults.as_dict())
+
+    async def _inject(self, request: web.Request) -> web.Response:
+        action, body = request.match_info["action"], await _body(request)
+        if action == "throttle":
+            status = int(_number(body, "status") or 429)
+            if status != 429 and not 500 <= status <= 599:
+                raise _Refused(400, "invalid_args", f"status must be 429 or 5xx, not {status}")
+            self.faults.throttle_left = int(_number(body, "count") or 1)
+            self.faults.throttle_status = status
+            self.faults.retry_after = _number(body, "retry_after") if "retry_after" in body else 1.0
+        elif action == "vanish" and "offer_id" in body:
+            self.faults.vanished.add(int(_number(body, "offer_id") or 0))
+        elif action == "vanish":
+            self.faults.vanish_next = int(_number(body, "next") or 1)
+        elif action in self.fault_actions:
+            instance = self.instances.get(int(_number(body, "instance_id") or 0))
+            if instance is None or self._host(instance) is None:
+                raise _Refused(404, "no_such_instance", f"no running instance {body.get('instance_id')!r}")
+            await self.fault(action, self.pool.get(instance.host))
+        elif action == "clear":
+            self.faults = Faults()
+        else:
+            raise _Refused(404, "not_found", f"no fault {action!r}: throttle, vanish, outbid, offline, clear")
+        return reply(self.faults.as_dict())
 
 
-def create(cloud: LocalCloud) -> _Placeholder:
-    """The vast emulator."""
-    del cloud
-    return _Placeholder()
+def _new_instance(instance_id: int, offer: dict[str, Any], body: dict[str, Any]) -> VastInstance:
+    """The record of a rent of ``offer`` with the CLI's create body (cloud-apis.md §1.5)."""
+    image, price, disk = _text(body.get("image")), _number(body, "price"), _number(body, "disk") or 10.0
+    if image is None:
+        raise _Refused(400, "invalid_args", "image is required")
+    raw_env = body.get("env")
+    env = raw_env if isinstance(raw_env, dict) else {}
+    now = time.time()
+    return VastInstance(
+        id=instance_id, host=f"vast-{instance_id}", image=image, disk=disk,
+        offer=priced_offer(offer, "on-demand" if price is None else "bid", disk),
+        label=_text(body.get("label")), runtype=str(body.get("runtype") or "ssh"), bid_price=price,
+        onstart=_text(body.get("onstart")),
+        # The CLI turns "-p 8080:8080" into a key of its own; only real variables are environment.
+        env={str(k): str(v) for k, v in env.items() if not str(k).startswith("-")},
+        created_at=now, started_at=now,
+        # A bid under the market's minimum loses at once: rented, but outbid until the bid is raised.
+        outbid=price is not None and price < float(offer["min_bid"]))
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _Refused(400, "invalid_args", "the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise _Refused(400, "invalid_args", "the body must be a JSON object")
+    return data
+
+
+def _json_query(request: web.Request, name: str, default: Any) -> Any:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise _Refused(400, "invalid_args", f"{name} is not JSON") from None
+
+
+def _number(data: dict[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _Refused(400, "invalid_args", f"{key} must be a number, not {value!r}") from None
+
+
+def _text(value: object) -> str | None:
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+def create(cloud: LocalCloud) -> VastEmulator:
+    """The Vast emulator for ``cloud``."""
+    return VastEmulator(cloud)

@@ -1,0 +1,124 @@
+"""The Vast emulator's instances: what was rented, and how Vast would describe it right now.
+
+An instance's record holds only what the renter chose and asked for (image, bid, intent, keys) and when. Its
+status is derived on every read from the time and from the real host behind it, never stored, so there is no
+timer to drive and nothing to drift: a host killed with ``dumont local kill`` is reported ``offline`` at once.
+
+=============================================  ===============  ===============  =========
+host / record                                   actual_status    intended_status  cur_state
+=============================================  ===============  ===============  =========
+gone from the pool, or killed                   offline          as asked         running
+outbid (interruptible)                          stopped          running          stopped
+stopped on request                              stopped          stopped          stopped
+stopped behind Vast's back (dumont local stop)  exited           running          running
+running, less than delay/2 since (re)start      null             running          running
+running, less than delay since (re)start        loading          running          running
+running (or partitioned: Vast cannot tell)      running          running          running
+=============================================  ===============  ===============  =========
+
+``delay`` is ``DUMONT_LOCAL_VAST_DELAY_SECONDS`` (tests set it to 0).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dumont.localcloud.hosts import HostState, LocalHost
+from dumont.transport.keys import write_private
+
+
+@dataclass
+class VastInstance:
+    """One rented instance, as the emulator remembers it (persisted across daemon restarts)."""
+
+    id: int
+    host: str  # the pool host standing in for the machine
+    offer: dict[str, Any]  # the offer row as it was rented (priced for its type)
+    image: str
+    disk: float
+    label: str | None
+    runtype: str
+    bid_price: float | None  # None: on demand
+    env: dict[str, str]
+    onstart: str | None
+    created_at: float
+    started_at: float  # the last (re)start: the provisioning delay counts from here
+    intended: str = "running"
+    outbid: bool = False
+    keys: dict[str, str] = field(default_factory=dict)  # attached key id -> public key
+
+    @property
+    def is_bid(self) -> bool:
+        """Rented as an interruptible (bid) instance."""
+        return self.bid_price is not None
+
+
+def status(instance: VastInstance, host: LocalHost | None, now: float, delay: float) -> tuple[str | None, str, str]:
+    """``(actual_status, cur_state, status_msg)`` for the instance now (see the module's table)."""
+    if host is None or host.state == HostState.KILLED:
+        return "offline", "running", "The machine is offline."
+    if instance.outbid:
+        return "stopped", "stopped", "Outbid: a higher bid took this machine; your data is kept."
+    if instance.intended == "stopped":
+        return "stopped", "stopped", "Stopped on request."
+    if host.state == HostState.STOPPED:
+        return "exited", "running", "The container exited."
+    return _starting(instance, now - instance.started_at, delay)
+
+
+def _starting(instance: VastInstance, elapsed: float, delay: float) -> tuple[str | None, str, str]:
+    if elapsed < delay / 2:
+        return None, "running", "Provisioning."
+    if elapsed < delay:
+        return "loading", "running", f"Loading image {instance.image}."
+    return "running", "running", f"success, running {instance.image}"
+
+
+def row(instance: VastInstance, host: LocalHost | None, now: float, delay: float) -> dict[str, Any]:
+    """The instance as ``show instance(s)`` returns it (the fields the CLI and our provider read, and more)."""
+    actual, cur_state, message = status(instance, host, now, delay)
+    offer = instance.offer
+    port = host.port if host is not None else 0
+    dph = (instance.bid_price if instance.is_bid else offer["dph_base"]) or 0.0
+    storage = float(offer["storage_cost"]) * instance.disk / 720.0
+    data = {key: offer.get(key) for key in (
+        "machine_id", "host_id", "gpu_name", "num_gpus", "gpu_ram", "gpu_total_ram", "cpu_name", "cpu_cores",
+        "cpu_cores_effective", "cpu_ram", "inet_up", "inet_down", "reliability2", "geolocation", "cuda_max_good",
+        "driver_version", "min_bid", "dph_base", "storage_cost", "verification", "dlperf", "total_flops")}
+    data.update({
+        "id": instance.id, "bundle_id": offer["id"], "label": instance.label,
+        "actual_status": actual, "intended_status": instance.intended, "cur_state": cur_state,
+        "next_state": instance.intended, "status_msg": message,
+        "image_uuid": instance.image, "image_runtype": instance.runtype, "image_args": [],
+        "onstart": instance.onstart, "extra_env": [[k, v] for k, v in instance.env.items()],
+        "is_bid": instance.is_bid, "dph_total": round(dph + storage, 4), "disk_space": instance.disk,
+        "disk_usage": 0.0, "gpu_util": 0.0, "cpu_util": 0.0, "start_date": instance.created_at,
+        "uptime_mins": round(max(0.0, now - instance.started_at) / 60, 2) if actual == "running" else 0.0,
+        # The host is a real sshd on 127.0.0.1: every way the CLI finds SSH leads to it.
+        "public_ipaddr": "127.0.0.1", "ssh_host": "127.0.0.1", "ssh_port": port, "ssh_idx": "0",
+        "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]} if port else {},  # noqa: S104
+        "direct_port_start": port, "direct_port_end": port, "machine_dir_ssh_port": port,
+        # Not in Vast's payloads (it is always root there); local hosts run as whoever started the cloud.
+        "ssh_user": host.user if host is not None else "root",
+    })
+    return data
+
+
+def save(path: Path, instances: dict[int, VastInstance], next_id: int) -> None:
+    """Persist every instance record (atomically)."""
+    data = {"next_id": next_id, "instances": [asdict(i) for i in instances.values()]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(path, json.dumps(data, indent=1) + "\n")
+
+
+def load(path: Path, first_id: int) -> tuple[dict[int, VastInstance], int]:
+    """The persisted instance records and the next free id (none and ``first_id`` when nothing was saved)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}, first_id
+    instances = {int(i["id"]): VastInstance(**i) for i in data.get("instances", [])}
+    return instances, int(data.get("next_id", first_id))

@@ -1,0 +1,274 @@
+"""The Vast.ai GPU market (:class:`~dumont.providers.base.GpuMarket`) over :class:`VastClient`.
+
+Renting is the one step that costs money, so it is careful: an offer that is gone says so (OfferUnavailable: try
+the next one) and leaves the cache; a rent whose answer was lost is looked up by label and machine before anyone
+rents again; an instance that cannot be given its SSH keys is destroyed at once, never left running and paid for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dumont.config import VastConfig
+from dumont.providers.base import (
+    GpuMarket,
+    Instance,
+    InstanceNotFound,
+    InstanceState,
+    LaunchRequest,
+    Offer,
+    OfferQuery,
+    OfferUnavailable,
+    ProviderError,
+    ProviderRequestError,
+    ProviderUnavailable,
+)
+from dumont.providers.vast.client import Clock, RetryPolicy, VastClient
+from dumont.providers.vast.credentials import load_api_key
+from dumont.providers.vast.offers import parse_offers, rank_offers, search_bodies
+from dumont.providers.vast.states import PROVIDER, instance_from_payload, terminated
+
+log = logging.getLogger("dumont.providers.vast")
+
+LIST_PAGE_SIZE = 25  # what the CLI asks for; the server caps pages anyway
+LIST_MAX_PAGES = 200  # a server that keeps handing out next_token must not keep us paging forever
+SSH_RUNTYPE = "ssh_direc ssh_proxy"  # sic: what `vastai create instance --ssh --direct` sends
+
+
+def create_body(request: LaunchRequest) -> dict[str, Any]:
+    """The body of ``PUT /api/v0/asks/{offer}/`` that rents ``request.offer`` (the CLI's fields, cloud-apis §1.5)."""
+    offer = request.offer
+    bid = None
+    if offer.interruptible:
+        # Without a price Vast rents a bid offer on demand, at the on-demand price (SKILL.md via cloud-apis §1.5).
+        bid = request.bid_price or offer.min_bid or offer.price_per_hour
+    return {
+        "client_id": "me", "image": request.image, "env": {}, "price": bid, "disk": float(request.disk_gb),
+        "label": request.label, "extra": None, "onstart": None, "image_login": None, "python_utf8": False,
+        "lang_utf8": False, "use_jupyter_lab": False, "jupyter_dir": None, "force": False,
+        # A recovery wants a machine that runs now; one that cannot be scheduled must fail, not wait stopped.
+        "cancel_unavail": True, "template_hash_id": None, "user": None, "runtype": SSH_RUNTYPE,
+    }
+
+
+class OfferCache:
+    """The best offers of recent searches, for a short while: the next attempt of a recovery starts from them.
+
+    An offer that proved unrentable is dropped at once; excluded machines are filtered out on the way out.
+    """
+
+    def __init__(self, size: int, ttl_seconds: float, clock: Clock = time.monotonic) -> None:
+        self.size, self.ttl_seconds, self._clock = size, ttl_seconds, clock
+        self._entries: dict[tuple[object, ...], tuple[float, list[Offer], bool]] = {}
+
+    @staticmethod
+    def _key(query: OfferQuery) -> tuple[object, ...]:
+        return (query.min_gpu_ram_gb, query.max_price_per_hour, query.min_reliability, tuple(query.regions),
+                query.num_gpus, query.gpu_name, query.disk_gb, query.interruptible)
+
+    def get(self, query: OfferQuery) -> list[Offer] | None:
+        """The cached offers for ``query``, or None when there are none fresh enough to answer it."""
+        entry = self._entries.get(self._key(query))
+        if entry is None or self._clock() - entry[0] > self.ttl_seconds:
+            return None
+        _, offers, exhaustive = entry
+        if not exhaustive and query.limit > len(offers):
+            return None
+        usable = [o for o in offers if o.machine_id not in query.exclude_machine_ids]
+        return usable[: query.limit] or None
+
+    def put(self, query: OfferQuery, ranked: Sequence[Offer]) -> None:
+        """Remember the best ``size`` offers of a search for ``query``."""
+        if self.size > 0:
+            self._entries[self._key(query)] = (self._clock(), list(ranked[: self.size]), len(ranked) <= self.size)
+
+    def discard(self, offer_id: str) -> None:
+        """Forget an offer that could not be rented."""
+        for key, (at, offers, exhaustive) in list(self._entries.items()):
+            self._entries[key] = (at, [o for o in offers if o.offer_id != offer_id], exhaustive)
+
+
+@dataclass(frozen=True)
+class _Rented:
+    instance_id: str
+
+
+class VastMarket:
+    """Vast.ai as a GpuMarket: search, rent, inspect, stop, start and destroy instances."""
+
+    name = PROVIDER
+
+    def __init__(self, client: VastClient, *, cache: OfferCache | None = None) -> None:
+        self.client = client
+        self.cache = cache or OfferCache(size=8, ttl_seconds=60)
+
+    @classmethod
+    def from_config(cls, vast: VastConfig, environ: Mapping[str, str] | None = None,
+                    *, api_url: str | None = None, retry: RetryPolicy | None = None) -> VastMarket:
+        """A market for the ``[vast]`` settings; the key comes from ``vast.api_key_file`` or ``$VAST_API_KEY``."""
+        key = load_api_key(vast.api_key_file, environ)
+        client = VastClient(api_url or vast.api_url, key, retry=retry)
+        return cls(client, cache=OfferCache(size=vast.offer_cache_size, ttl_seconds=60))
+
+    async def close(self) -> None:
+        """Close the HTTP connections."""
+        await self.client.close()
+
+    async def search_offers(self, query: OfferQuery) -> list[Offer]:
+        """Offers that satisfy ``query``: preferred regions first, then cheapest (recent results reused)."""
+        cached = self.cache.get(query)
+        if cached is not None:
+            return cached
+        found: list[Offer] = []
+        for body in search_bodies(query):
+            answer = await self.client.call("POST", "/api/v0/bundles/", body=body)
+            found += parse_offers(answer.get("offers") if isinstance(answer, dict) else None, query)
+            if len(rank_offers(found, query)) >= query.limit:
+                break  # later preferences cannot outrank a full page of earlier ones
+        ranked = rank_offers(found, query)
+        self.cache.put(query, ranked)
+        return ranked
+
+    async def create(self, request: LaunchRequest) -> Instance:
+        """Rent ``request.offer`` and give it the SSH keys; OfferUnavailable when the offer is gone."""
+        offer = request.offer
+        rented = await self._rent(request)
+        try:
+            for key in request.ssh_public_keys:
+                await self.client.call("POST", f"/api/v0/instances/{rented.instance_id}/ssh/",
+                                       body={"ssh_key": key.strip()})
+        except ProviderError as exc:
+            raise await self._abandon(rented.instance_id, offer, exc) from exc
+        log.info("rented Vast.ai offer %s on machine %s as instance %s (%s)", offer.offer_id, offer.machine_id,
+                 rented.instance_id, request.label)
+        try:
+            return await self.get(rented.instance_id)
+        except ProviderUnavailable:
+            return Instance(provider=PROVIDER, instance_id=rented.instance_id, state=InstanceState.PENDING,
+                            raw_state="just rented", label=request.label, price_per_hour=offer.price_per_hour,
+                            country=offer.country or None, machine_id=offer.machine_id, gpu_name=offer.gpu_name)
+
+    async def _rent(self, request: LaunchRequest) -> _Rented:
+        offer = request.offer
+        try:
+            answer = await self.client.call("PUT", f"/api/v0/asks/{_checked_id(offer.offer_id)}/",
+                                            body=create_body(request), idempotent=False, gone=OfferUnavailable)
+        except OfferUnavailable as exc:
+            self.cache.discard(offer.offer_id)
+            raise OfferUnavailable(f"offer {offer.offer_id} ({offer.gpu_name} on machine {offer.machine_id}) "
+                                   f"can no longer be rented: {exc.message}", hint="try the next offer") from exc
+        except ProviderUnavailable:
+            found = await self._find_rented(request)
+            if found is None:
+                raise
+            log.warning("renting offer %s gave no answer, but instance %s was rented from it", offer.offer_id,
+                        found.instance_id)
+            return found
+        contract = answer.get("new_contract") if isinstance(answer, dict) else None
+        if isinstance(answer, dict) and answer.get("success") is False:
+            self.cache.discard(offer.offer_id)
+            raise OfferUnavailable(f"offer {offer.offer_id} was refused: {answer.get('msg') or 'no reason given'}",
+                                   hint="try the next offer")
+        if not isinstance(contract, int | str) or not str(contract).isdigit():
+            raise ProviderRequestError(f"renting offer {offer.offer_id} answered without an instance id "
+                                       f"(new_contract={contract!r})",
+                                       hint=f"look for an instance labelled {request.label} and destroy it")
+        return _Rented(str(contract))
+
+    async def _find_rented(self, request: LaunchRequest) -> _Rented | None:
+        """After a rent whose answer was lost: the instance it made, if any (same label, same machine)."""
+        try:
+            candidates = await self.list(request.label)
+        except ProviderError:
+            return None
+        matches = [i for i in candidates if i.machine_id == request.offer.machine_id
+                   and i.state is not InstanceState.TERMINATED]
+        return _Rented(matches[-1].instance_id) if matches else None
+
+    async def _abandon(self, instance_id: str, offer: Offer, cause: ProviderError) -> ProviderError:
+        """Destroy an instance that cannot be used; return the error that tells the caller what happened."""
+        what = f"instance {instance_id} (offer {offer.offer_id}) was rented but refused its SSH keys: {cause.message}"
+        try:
+            await self.destroy(instance_id)
+        except ProviderError as exc:
+            return type(cause)(f"{what}; destroying it failed too: {exc.message}",
+                               hint=f"destroy instance {instance_id} by hand: it is being paid for")
+        return type(cause)(f"{what}; it was destroyed", hint=cause.hint)
+
+    async def get(self, instance_id: str) -> Instance:
+        """The instance's record; TERMINATED when Vast no longer knows it."""
+        path = f"/api/v0/instances/{_checked_id(instance_id)}/"
+        try:
+            answer = await self.client.call("GET", path, params={"owner": "me"})
+        except InstanceNotFound as exc:
+            return terminated(instance_id, f"not found ({exc.message})")
+        row = answer.get("instances") if isinstance(answer, dict) else None
+        if not isinstance(row, Mapping):
+            return terminated(instance_id, "not found (instances: null)")
+        return instance_from_payload(row)
+
+    async def list(self, label: str | None = None) -> list[Instance]:
+        """Every instance of the account, or only those labelled ``label``."""
+        filters = {"label": {"eq": label}} if label else {}
+        params: dict[str, str | int] = {"select_filters": json.dumps(filters),
+                                        "order_by": json.dumps([{"col": "id", "dir": "asc"}]),
+                                        "limit": LIST_PAGE_SIZE}
+        rows: list[Mapping[str, Any]] = []
+        for _ in range(LIST_MAX_PAGES):
+            answer = await self.client.call("GET", "/api/v1/instances/", params=params)
+            page = answer.get("instances") if isinstance(answer, dict) else None
+            rows += [row for row in page or [] if isinstance(row, Mapping)]
+            token = answer.get("next_token") if isinstance(answer, dict) else None
+            if not token:
+                break
+            params["after_token"] = str(token)
+        instances = [instance_from_payload(row) for row in rows]
+        return [i for i in instances if label is None or i.label == label]
+
+    async def stop(self, instance_id: str) -> None:
+        """Stop the instance; its disk is kept (and still billed)."""
+        await self._set_state(instance_id, "stopped")
+
+    async def start(self, instance_id: str) -> None:
+        """Start a stopped instance (subject to the machine being free)."""
+        await self._set_state(instance_id, "running")
+
+    async def _set_state(self, instance_id: str, state: str) -> None:
+        answer = await self.client.call("PUT", f"/api/v0/instances/{_checked_id(instance_id)}/",
+                                        body={"state": state})
+        if isinstance(answer, dict) and answer.get("success") is False:
+            raise ProviderUnavailable(f"Vast.ai did not set instance {instance_id} to {state}: "
+                                      f"{answer.get('msg') or 'no reason given'}", hint="try again later")
+
+    async def destroy(self, instance_id: str) -> None:
+        """Destroy the instance and its disk; an instance that is already gone is fine."""
+        try:
+            await self.client.call("DELETE", f"/api/v0/instances/{_checked_id(instance_id)}/", body={})
+        except InstanceNotFound:
+            return
+
+
+def _checked_id(value: str) -> str:
+    """An id goes into a URL path: only digits may."""
+    if not value.isdigit():
+        raise ProviderRequestError(f"Vast.ai ids are numbers, not {value!r}", hint="check the instance or offer id")
+    return value
+
+
+async def rent_first_available(market: GpuMarket, offers: Sequence[Offer],
+                               launch: Callable[[Offer], LaunchRequest], *, max_attempts: int) -> Instance:
+    """Rent the first of ``offers`` that can still be rented; a gone offer moves on, any other error stops."""
+    tried: list[str] = []
+    for offer in offers[:max_attempts]:
+        try:
+            return await market.create(launch(offer))
+        except OfferUnavailable as exc:
+            log.info("%s; trying the next offer", exc.message)
+            tried.append(offer.offer_id)
+    raise OfferUnavailable(f"none of the {len(tried)} offer(s) tried could be rented ({', '.join(tried) or 'none'})",
+                           hint="search again, or widen the price, RAM or region limits")
