@@ -16,6 +16,7 @@ from dumont import __version__
 from dumont.cli.common import run_guarded
 from dumont.cli.config_cmd import config_group
 from dumont.cli.local import local_group
+from dumont.cli.offers import offers_command
 from dumont.cli.replication import sync_command, verify_command
 
 
@@ -38,6 +39,7 @@ cli.add_command(local_group)
 cli.add_command(sync_command)
 cli.add_command(verify_command)
 cli.add_command(config_group)
+cli.add_command(offers_command)
 
 
 def main() -> None:
