@@ -1,0 +1,405 @@
+"""Given the local cloud's Compute emulator, Google's own client and our provider run a real spot VM on it.
+
+Every test here runs under a loopback guard: any connection or name lookup in this process that would leave
+127.0.0.0/8 fails at once, and the test fails if one was even attempted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+import requests
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import compute_v1
+
+from dumont.config import GcpConfig
+from dumont.localcloud.daemon import LocalCloud
+from dumont.localcloud.emulators import gcp
+from dumont.localcloud.hosts import HostState
+from dumont.providers.base import InstanceNotFound, InstanceState, ProviderRequestError, StandbySpec
+from dumont.providers.gcp import GcpStandbyCloud
+from dumont.providers.gcp.provider import standby_resource
+from dumont.transport.keys import KnownHosts, generate_keypair
+from dumont.transport.ssh import SshTarget, SshTransport
+
+T = TypeVar("T")
+PROJECT, ZONE = "dumont-local", "local-a"
+
+
+class NonLoopbackConnection(ConnectionRefusedError):
+    """Raised by the guard instead of letting a connection leave 127.0.0.0/8."""
+
+
+def _is_loopback_v4(host: object) -> bool:
+    text = host.decode() if isinstance(host, bytes) else str(host)
+    parts = text.split(".")
+    return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and int(p) < 256 for p in parts)
+
+
+class LoopbackGuard:
+    """While active, fail every socket connect and name lookup in this process that is not for 127.0.0.0/8."""
+
+    def __init__(self) -> None:
+        self.attempts: list[str] = []
+
+    def __enter__(self) -> LoopbackGuard:
+        self._saved = (socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo)
+        connect, connect_ex, getaddrinfo = self._saved
+        guard = self
+
+        def checked_connect(sock: socket.socket, address: Any) -> None:
+            guard.check(sock.family, address)
+            connect(sock, address)
+
+        def checked_connect_ex(sock: socket.socket, address: Any) -> int:
+            guard.check(sock.family, address)
+            return connect_ex(sock, address)
+
+        def checked_getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+            if host is not None:  # None asks for a local (listening) address
+                guard.check(socket.AF_INET, (host, port))
+            return getaddrinfo(host, port, *args, **kwargs)
+
+        socket.socket.connect = checked_connect  # type: ignore[method-assign]
+        socket.socket.connect_ex = checked_connect_ex  # type: ignore[method-assign]
+        socket.getaddrinfo = checked_getaddrinfo
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = self._saved  # type: ignore[method-assign]
+
+    def check(self, family: int, address: Any) -> None:
+        """Raise (and remember) unless ``address`` is a Unix socket or on 127.0.0.0/8."""
+        if family == getattr(socket, "AF_UNIX", None) or _is_loopback_v4(address[0]):
+            return
+        self.attempts.append(f"{address[0]}:{address[1]}")
+        raise NonLoopbackConnection(f"blocked a connection to {address[0]}:{address[1]} (tests stay on 127.0.0.1)")
+
+
+@pytest.fixture(autouse=True)
+def loopback_only() -> Iterator[LoopbackGuard]:
+    """Every test of this module: nothing in this process may reach beyond 127.0.0.0/8."""
+    with LoopbackGuard() as guard:
+        yield guard
+    assert guard.attempts == [], f"a test tried to leave 127.0.0.1: {guard.attempts}"
+
+
+@dataclass
+class GcpLocal:
+    """A local cloud with only its GCP emulator, Google's clients on it, and SSH that trusts our key."""
+
+    cloud: LocalCloud
+    emulator: gcp.GcpEmulator
+    url: str
+    instances: compute_v1.InstancesClient
+    operations: compute_v1.ZoneOperationsClient
+    provider: GcpStandbyCloud
+    transport: SshTransport
+    known_hosts: KnownHosts
+    public_key: str
+
+    def spec(self, name: str, **changes: Any) -> StandbySpec:
+        """A standby spec whose key is ours and whose login is the local user (local hosts have one account)."""
+        fields: dict[str, Any] = {"name": name, "ssh_user": getpass.getuser(), "ssh_public_keys": [self.public_key],
+                                  "labels": {"dumont-pair": "train"}}
+        return StandbySpec(**{**fields, **changes})
+
+    async def library(self, method: Callable[..., T], /, **kwargs: Any) -> T:
+        """Call Google's synchronous client off the loop (the emulator serves on this same loop)."""
+        return await asyncio.to_thread(method, project=PROJECT, zone=ZONE, **kwargs)
+
+    async def preempted_operations(self, name: str) -> list[compute_v1.Operation]:
+        """The zone's compute.instances.preempted operations for VM ``name``, listed by Google's client."""
+        request = compute_v1.ListZoneOperationsRequest(
+            project=PROJECT, zone=ZONE,
+            filter=f'operationType="compute.instances.preempted" AND targetLink:instances/{name}')
+        return await asyncio.to_thread(lambda: list(self.operations.list(request=request)))
+
+
+@pytest.fixture
+async def gcp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[GcpLocal]:
+    """The emulator with operations DONE at once, started through ``gcp.create`` as the daemon does."""
+    monkeypatch.setenv(gcp.DELAY_ENV, "0")
+    monkeypatch.setenv(gcp.NOTICE_ENV, "0")
+    root = tmp_path / "gcp cloud"
+    root.mkdir()
+    cloud = LocalCloud(root / "state")
+    emulator = gcp.create(cloud)
+    url = await emulator.start()
+    options = {"api_endpoint": url}
+    provider = await GcpStandbyCloud.connect(GcpConfig(project=PROJECT, zone=ZONE,
+                                                       credentials_file=root / "state" / "gcp_credentials.json"))
+    known = KnownHosts(root / "known_hosts")
+    transport = SshTransport(identity=root / "user_key", known_hosts=known)
+    local = GcpLocal(cloud, emulator, url,
+                     compute_v1.InstancesClient(credentials=AnonymousCredentials(), client_options=options),
+                     compute_v1.ZoneOperationsClient(credentials=AnonymousCredentials(), client_options=options),
+                     provider, transport, known, generate_keypair(root / "user_key", "dumont-gcp-test"))
+    try:
+        yield local
+    finally:
+        await transport.close()
+        await emulator.stop()
+        await cloud.pool.shutdown()
+        leftovers = cloud.pool.leftover_processes()
+        assert not leftovers, f"processes of the local cloud survived teardown: {sorted(leftovers)}"
+
+
+async def _ssh_run(local: GcpLocal, host: str, port: int, user: str, host_keys: list[str], command: str) -> str:
+    """Run ``command`` on a VM over real SSH, its host key pinned first."""
+    alias = f"vm-{port}"
+    for key in host_keys:
+        local.known_hosts.pin(alias, key, keep_existing=True)
+    result = await local.transport.run(SshTarget(alias, host, port, user), ["sh", "-c", command], timeout=20)
+    return result.text
+
+
+# --------------------------------------------------------------------------- the guard itself
+
+async def test_the_guard_fails_any_attempt_to_leave_loopback() -> None:
+    """Given the guard, when code connects to a TEST-NET address or looks up Google, then it fails first."""
+    with LoopbackGuard() as guard:
+        with pytest.raises(NonLoopbackConnection):
+            socket.create_connection(("192.0.2.1", 9), timeout=1)
+        with pytest.raises(NonLoopbackConnection), socket.socket() as sock:
+            sock.connect(("192.0.2.1", 80))
+        with pytest.raises(NonLoopbackConnection):
+            socket.getaddrinfo("compute.googleapis.com", 443)
+        with pytest.raises(OSError, match=r"blocked a connection to 192\.0\.2\.1:22"):
+            await asyncio.open_connection("192.0.2.1", 22)
+        with pytest.raises(requests.ConnectionError):  # from another thread too: the guard is process-wide
+            await asyncio.to_thread(requests.get, "https://compute.googleapis.com/compute/v1/projects/p", timeout=1)
+    assert guard.attempts == ["192.0.2.1:9", "192.0.2.1:80", "compute.googleapis.com:443", "192.0.2.1:22",
+                              "compute.googleapis.com:443"]
+
+
+# --------------------------------------------------------------------------- Google's own client
+
+async def test_googles_client_runs_a_spot_vm_reachable_by_ssh_with_the_metadata_key(gcp_local: GcpLocal) -> None:
+    """Given Google's InstancesClient on the emulator, when it inserts, gets, stops, starts and deletes a spot
+    VM, then each step shows the right status, SSH works with the key from metadata, and the disk survives a stop.
+    """
+    local = gcp_local
+    resource = standby_resource(local.spec("standby-1"), ZONE)
+    insert = await local.library(local.instances.insert, instance_resource=resource)
+    await asyncio.to_thread(insert.result, timeout=10)  # DONE at once: the library never polls (§2.4)
+
+    vm = await local.library(local.instances.get, instance="standby-1")
+    assert (vm.status, vm.scheduling.provisioning_model, vm.scheduling.instance_termination_action) == (
+        "RUNNING", "SPOT", "STOP")
+    assert vm.network_interfaces[0].access_configs[0].nat_i_p == "127.0.0.1"
+    assert vm.labels["dumont-pair"] == "train"
+    port = int(next(i.value for i in vm.metadata.items if i.key == "dumont-ssh-port"))
+    host = local.cloud.pool.get("gcp-standby-1")
+    assert (host.provider, host.instance_id, host.role, host.port) == ("gcp", "standby-1", "cpu", port)
+    text = await _ssh_run(local, "127.0.0.1", port, getpass.getuser(), [host.host_public_key],
+                          'echo kept > "$DUMONT_WORKSPACE/file" && echo "$DUMONT_WORKSPACE"')
+    assert text.strip() == str(host.workspace)
+
+    stop = await local.library(local.instances.stop, instance="standby-1")
+    await asyncio.to_thread(stop.result, timeout=10)
+    vm = await local.library(local.instances.get, instance="standby-1")
+    assert vm.status == "TERMINATED"
+    assert not vm.network_interfaces[0].access_configs[0].nat_i_p  # a stopped VM releases its ephemeral IP
+    assert vm.last_stop_timestamp
+    assert local.cloud.pool.get("gcp-standby-1").state == HostState.STOPPED
+
+    start = await local.library(local.instances.start, instance="standby-1")
+    await asyncio.to_thread(start.result, timeout=10)
+    vm = await local.library(local.instances.get, instance="standby-1")
+    assert vm.status == "RUNNING"
+    port = int(next(i.value for i in vm.metadata.items if i.key == "dumont-ssh-port"))
+    assert await _ssh_run(local, "127.0.0.1", port, getpass.getuser(), [host.host_public_key],
+                          'cat "$DUMONT_WORKSPACE/file"') == "kept\n"
+
+    delete = await local.library(local.instances.delete, instance="standby-1")
+    await asyncio.to_thread(delete.result, timeout=10)
+    with pytest.raises(gexc.NotFound, match="standby-1"):
+        await local.library(local.instances.get, instance="standby-1")
+    assert all(h.name != "gcp-standby-1" for h in local.cloud.pool.hosts())
+
+
+async def test_with_slow_operations_the_librarys_own_poller_heads_for_google(gcp_local: GcpLocal) -> None:
+    """Given operations that take a moment, when the library's ExtendedOperation waits, then it polls
+    compute.googleapis.com (cloud-apis.md §2.4) and the guard catches it; our provider waits on the emulator.
+    """
+    local = gcp_local
+    local.emulator.delay = 0.3
+    resource = standby_resource(local.spec("slow"), ZONE)
+    insert = await local.library(local.instances.insert, instance_resource=resource)
+    with LoopbackGuard() as inner, pytest.raises(requests.ConnectionError):
+        await asyncio.to_thread(insert.result, timeout=10)
+    assert inner.attempts == ["compute.googleapis.com:443"]
+
+    await local.provider.stop("slow")
+    assert (await local.provider.get("slow")).raw_state == "TERMINATED"
+    await local.provider.start("slow")
+    assert (await local.provider.get("slow")).state is InstanceState.RUNNING
+    await local.provider.delete("slow")
+    assert (await local.provider.get("slow")).state is InstanceState.TERMINATED
+
+
+async def test_wait_answers_when_done_or_at_its_own_limit(gcp_local: GcpLocal) -> None:
+    """Given a slow operation, then operations.wait returns it DONE once done, and RUNNING at its bound if not."""
+    local = gcp_local
+    local.emulator.delay, local.emulator.wait_limit = 0.2, 30.0
+    resource = standby_resource(local.spec("waited"), ZONE)
+    operation = await local.library(local.instances.insert_unary, instance_resource=resource)
+    assert operation.status == compute_v1.Operation.Status.RUNNING
+    waited = await local.library(local.operations.wait, operation=operation.name)
+    assert (waited.status, waited.operation_type, waited.target_link.rsplit("/", 1)[-1]) == (
+        compute_v1.Operation.Status.DONE, "insert", "waited")
+    assert waited.self_link.startswith(local.url)  # links point back at the emulator, never at Google
+
+    local.emulator.delay, local.emulator.wait_limit = 60.0, 0.1
+    stop = await local.library(local.instances.stop_unary, instance="waited")
+    still = await local.library(local.operations.wait, operation=stop.name)
+    assert still.status == compute_v1.Operation.Status.RUNNING
+    assert (await local.library(local.instances.get, instance="waited")).status == "STOPPING"
+    with pytest.raises(gexc.NotFound):
+        await local.library(local.operations.get, operation="operation-unknown")
+
+
+# --------------------------------------------------------------------------- our provider
+
+async def test_the_provider_creates_a_standby_that_answers_ssh_with_its_published_host_key(
+        gcp_local: GcpLocal) -> None:
+    """Given our provider, when it creates the standby, then the record says how to reach it, the host key comes
+    from the guest attributes, and real SSH with the metadata key works."""
+    local = gcp_local
+    standby = await local.provider.create_standby(local.spec("standby-1"))
+    assert (standby.state, standby.raw_state, standby.instance_id) == (InstanceState.RUNNING, "RUNNING", "standby-1")
+    assert (standby.ssh_host, standby.ssh_user, standby.label) == ("127.0.0.1", getpass.getuser(), "dumont-pair=train")
+    host_keys = await local.provider.ssh_host_keys("standby-1")
+    assert host_keys == [" ".join(local.cloud.pool.get("gcp-standby-1").host_public_key.split()[:2])]
+    assert standby.ssh_host is not None and standby.ssh_port is not None
+    text = await _ssh_run(local, standby.ssh_host, standby.ssh_port, standby.ssh_user, host_keys, "echo hello")
+    assert text == "hello\n"
+
+
+async def test_a_preemption_is_reported_as_such_and_a_user_stop_is_not(gcp_local: GcpLocal) -> None:
+    """Given a running standby, when the user stops it it is STOPPED; when GCE preempts it it is PREEMPTED with its
+    disk kept; once restarted and stopped by the user again, it is STOPPED, not PREEMPTED."""
+    local = gcp_local
+    await local.provider.create_standby(local.spec("standby-1"))
+    workspace = local.cloud.pool.get("gcp-standby-1").workspace
+    (workspace / "model.pt").write_bytes(b"weights")
+
+    await local.provider.stop("standby-1")
+    stopped = await local.provider.get("standby-1")
+    assert (stopped.state, stopped.raw_state) == (InstanceState.STOPPED, "TERMINATED")
+    assert await local.provider.was_preempted("standby-1") is None
+
+    await local.provider.start("standby-1")
+    record = await local.emulator.fault("preempt", local.cloud.pool.get("gcp-standby-1"))
+    assert (record["state"], record["gcp_status"]) == ("stopped", "TERMINATED")
+    preempted = await local.provider.get("standby-1")
+    assert (preempted.state, preempted.raw_state) == (InstanceState.PREEMPTED, "TERMINATED")
+    assert preempted.state.is_lost
+    assert (workspace / "model.pt").read_bytes() == b"weights"  # termination action STOP keeps the disk
+    assert len(await local.preempted_operations("standby-1")) == 1
+    assert await local.provider.was_preempted("standby-1") is not None
+
+    await local.provider.start("standby-1")
+    assert (await local.provider.get("standby-1")).state is InstanceState.RUNNING
+    await local.provider.stop("standby-1")
+    assert (await local.provider.get("standby-1")).state is InstanceState.STOPPED
+
+
+async def test_a_preemption_notice_shows_the_vm_stopping_then_terminated(gcp_local: GcpLocal) -> None:
+    """Given a notice period, then the fault answers at once, the VM is PREEMPTED while STOPPING, and the
+    preempted operation is DONE (waited for through the API, not by sleeping) once the host is stopped."""
+    local = gcp_local
+    local.emulator.preempt_notice = 0.3
+    await local.provider.create_standby(local.spec("noticed"))
+    record = await local.emulator.fault("preempt", local.cloud.pool.get("gcp-noticed"))
+    assert (record["state"], record["gcp_status"], record["notice_seconds"]) == ("running", "STOPPING", 0.3)
+    during = await local.provider.get("noticed")
+    assert (during.state, during.raw_state) == (InstanceState.PREEMPTED, "STOPPING")
+
+    [operation] = await local.preempted_operations("noticed")
+    done = await local.library(local.operations.wait, operation=operation.name)
+    assert done.status == compute_v1.Operation.Status.DONE
+    after = await local.provider.get("noticed")
+    assert (after.state, after.raw_state) == (InstanceState.PREEMPTED, "TERMINATED")
+    assert local.cloud.pool.get("gcp-noticed").state == HostState.STOPPED
+
+
+async def test_a_spot_vm_with_termination_action_delete_is_gone_after_preemption(gcp_local: GcpLocal) -> None:
+    """Given termination action DELETE, when the VM is preempted, then it is TERMINATED and its host is gone."""
+    local = gcp_local
+    await local.provider.create_standby(local.spec("ephemeral", termination_action="DELETE"))
+    await local.emulator.fault("preempt", local.cloud.pool.get("gcp-ephemeral"))
+    gone = await local.provider.get("ephemeral")
+    assert (gone.state, gone.raw_state) == (InstanceState.TERMINATED, "NOT_FOUND")
+    assert "preempted with termination action DELETE" in (gone.status_message or "")
+    assert all(h.name != "gcp-ephemeral" for h in local.cloud.pool.hosts())
+
+
+async def test_a_killed_host_is_terminated_with_a_host_error_operation(gcp_local: GcpLocal) -> None:
+    """Given a standby whose host dies, then GCE's view is TERMINATED (spot VMs never restart) with a hostError."""
+    local = gcp_local
+    await local.provider.create_standby(local.spec("crashed"))
+    await local.cloud.pool.kill("gcp-crashed")
+    crashed = await local.provider.get("crashed")
+    assert (crashed.state, crashed.raw_state) == (InstanceState.STOPPED, "TERMINATED")
+    request = compute_v1.ListZoneOperationsRequest(project=PROJECT, zone=ZONE,
+                                                   filter='operationType = "compute.instances.hostError"')
+    errors = await asyncio.to_thread(lambda: list(local.operations.list(request=request)))
+    assert [op.target_link.rsplit("/", 1)[-1] for op in errors] == ["crashed"]
+    await local.provider.get("crashed")
+    assert len(await asyncio.to_thread(lambda: list(local.operations.list(request=request)))) == 1
+
+
+async def test_missing_and_clashing_vms_give_the_interfaces_errors(gcp_local: GcpLocal) -> None:
+    """Given no VM, get says TERMINATED, stop raises InstanceNotFound and delete succeeds; a name held by a VM
+    without our labels is refused, one with our labels is adopted, and a bad name is a request error."""
+    local = gcp_local
+    assert (await local.provider.get("nothing")).state is InstanceState.TERMINATED
+    with pytest.raises(InstanceNotFound, match="stop of VM nothing"):
+        await local.provider.stop("nothing")
+    await local.provider.delete("nothing")
+
+    first = await local.provider.create_standby(local.spec("standby-1"))
+    assert await local.provider.create_standby(local.spec("standby-1")) == first
+    with pytest.raises(ProviderRequestError, match="without our labels"):
+        await local.provider.create_standby(local.spec("standby-1", labels={"dumont-pair": "other"}))
+    with pytest.raises(ProviderRequestError, match=r"resource\.name"):
+        await local.provider.create_standby(local.spec("Bad_Name"))
+
+
+async def test_dumont_local_preempt_reaches_the_emulator_through_the_daemon(gcp_local: GcpLocal) -> None:
+    """Given the daemon's control API, when `preempt` names the VM by its instance id, then the VM is preempted."""
+    local = gcp_local
+    await local.provider.create_standby(local.spec("standby-1"))
+    local.cloud.emulators = [local.emulator]
+    runner = aiohttp.web.AppRunner(local.cloud.app(), access_log=None)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"http://127.0.0.1:{port}/hosts/standby-1/preempt",
+                headers={"Authorization": f"Bearer {local.cloud.token}"}) as response:
+            assert response.status == 200, await response.text()
+            body = await response.json()
+            assert (body["name"], body["state"], body["gcp_status"]) == ("gcp-standby-1", "stopped", "TERMINATED")
+        async with aiohttp.ClientSession() as session, session.post(
+                f"http://127.0.0.1:{port}/hosts/standby-1/preempt",
+                headers={"Authorization": f"Bearer {local.cloud.token}"}) as response:
+            assert response.status == 400
+            assert "TERMINATED, not RUNNING" in (await response.json())["error"]
+    finally:
+        await runner.cleanup()
+    assert (await local.provider.get("standby-1")).state is InstanceState.PREEMPTED
