@@ -403,3 +403,35 @@ async def test_dumont_local_preempt_reaches_the_emulator_through_the_daemon(gcp_
     finally:
         await runner.cleanup()
     assert (await local.provider.get("standby-1")).state is InstanceState.PREEMPTED
+
+
+async def test_vms_and_their_preemptions_survive_a_restart_of_the_local_cloud(gcp_local: GcpLocal) -> None:
+    """Given a preempted standby, when the local cloud stops and starts again, then the VM is still there,
+    still PREEMPTED, and starts again with its files; its name is not left half-taken."""
+    local = gcp_local
+    await local.provider.create_standby(local.spec("standby-1"))
+    (local.cloud.pool.get("gcp-standby-1").workspace / "kept").write_text("yes")
+    await local.emulator.fault("preempt", local.cloud.pool.get("gcp-standby-1"))
+    await local.emulator.stop()
+    await local.cloud.pool.shutdown()
+
+    cloud = LocalCloud(local.cloud.state_dir)
+    emulator = gcp.create(cloud)
+    await emulator.start()
+    try:
+        provider = await GcpStandbyCloud.connect(GcpConfig(zone=ZONE,
+                                                           credentials_file=cloud.state_dir / "gcp_credentials.json"))
+        again = await provider.get("standby-1")
+        assert (again.state, again.raw_state) == (InstanceState.PREEMPTED, "TERMINATED")
+        await provider.start("standby-1")
+        running = await provider.get("standby-1")
+        assert running.state is InstanceState.RUNNING
+        assert running.ssh_host is not None and running.ssh_port is not None
+        keys = await provider.ssh_host_keys("standby-1")
+        assert await _ssh_run(local, running.ssh_host, running.ssh_port, running.ssh_user, keys,
+                              'cat "$DUMONT_WORKSPACE/kept"') == "yes"
+    finally:
+        await local.transport.close()
+        await emulator.stop()
+        await cloud.pool.shutdown()
+        assert not cloud.pool.leftover_processes()

@@ -40,7 +40,9 @@ from dumont.localcloud.emulators.gcp_resources import (
     Operation,
     Vm,
     error_body,
+    load_record,
     parse_filter,
+    save_record,
     ssh_keys,
 )
 from dumont.localcloud.hosts import HostState
@@ -56,6 +58,7 @@ DELAY_ENV, WAIT_ENV = "DUMONT_LOCAL_GCP_DELAY_SECONDS", "DUMONT_LOCAL_GCP_WAIT_S
 NOTICE_ENV = "DUMONT_LOCAL_GCP_PREEMPT_NOTICE_SECONDS"
 ZONE_PATH = "/compute/v1/projects/{project}/zones/{zone}"
 UP = (HostState.RUNNING, HostState.PARTITIONED)
+RECORD_FILE = "gcp_vm.json"  # in the host's directory, so it goes when the host is destroyed
 
 
 class GcpEmulator:
@@ -75,7 +78,8 @@ class GcpEmulator:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> str:
-        """Serve on 127.0.0.1; write the credentials descriptor; return the base URL."""
+        """Restore the VMs of a previous run; serve on 127.0.0.1; write the credentials descriptor; return the URL."""
+        self._restore()
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -141,6 +145,7 @@ class GcpEmulator:
             else:
                 vm.last_start = time.time()
                 operation.finish()
+                self._save(vm)
         return self._operation_response(operation)
 
     async def _get(self, request: web.Request) -> web.Response:
@@ -191,6 +196,7 @@ class GcpEmulator:
                 operation.finish((503, "RESOURCE_OPERATION_FAILED", f"could not {verb} the local host: {exc}"))
             else:
                 operation.finish()
+            self._save(vm)
         return self._operation_response(operation)
 
     async def _guest_attributes(self, request: web.Request) -> web.Response:
@@ -271,6 +277,27 @@ class GcpEmulator:
                 await self.cloud.pool.stop(vm.host)
             vm.last_stop = time.time()
             operation.finish()
+            self._save(vm)
+
+    # ------------------------------------------------------------------ persistence
+
+    def _restore(self) -> None:
+        # VMs outlive a restart of the local cloud like their hosts do (the hosts come back killed: TERMINATED).
+        for host in self.cloud.pool.hosts():
+            path = host.base / RECORD_FILE
+            if host.provider != "gcp" or not path.exists():
+                continue
+            vm, operations = load_record(json.loads(path.read_text()))
+            self.vms[(vm.project, vm.zone, vm.name)] = vm
+            self.operations.update({(op.project, op.zone, op.name): op for op in operations})
+
+    def _save(self, vm: Vm) -> None:
+        host = next((h for h in self.cloud.pool.hosts() if h.name == vm.host), None)
+        if host is None or vm.deleted:
+            return
+        history = [op for op in self.operations.values()
+                   if (op.project, op.zone, op.target, op.target_id) == (vm.project, vm.zone, vm.name, vm.id)]
+        write_private(host.base / RECORD_FILE, json.dumps(save_record(vm, history)) + "\n", mode=0o644)
 
     # ------------------------------------------------------------------ helpers
 
@@ -293,6 +320,7 @@ class GcpEmulator:
         if host.state == HostState.KILLED and (vm.last_stop or 0) < (vm.last_start or 0):
             vm.last_stop = time.time()
             self._operation(vm, HOST_ERROR).finish()
+            self._save(vm)
         return "TERMINATED"
 
     def _instance_json(self, vm: Vm, status: str) -> dict[str, Any]:

@@ -125,6 +125,29 @@ class Vm:
         return data
 
 
+def save_record(vm: Vm, operations: list[Operation]) -> dict[str, Any]:
+    """What survives a restart of the local cloud: the VM and the history of its operations."""
+    return {"project": vm.project, "zone": vm.zone, "name": vm.name, "id": vm.id, "body": vm.body,
+            "host": vm.host, "created": vm.created, "last_start": vm.last_start, "last_stop": vm.last_stop,
+            "operations": [{"kind": op.kind, "name": op.name, "id": op.id, "inserted": op.inserted,
+                            "ended": op.ended, "error": list(op.error) if op.error else None} for op in operations]}
+
+
+def load_record(data: Mapping[str, Any]) -> tuple[Vm, list[Operation]]:
+    """A VM and its operations (all DONE) from :func:`save_record`'s output."""
+    vm = Vm(data["project"], data["zone"], data["name"], data["body"], data["host"], id=data["id"],
+            created=data["created"], last_start=data["last_start"], last_stop=data["last_stop"])
+    operations = []
+    for raw in data.get("operations", []):
+        error = raw.get("error")
+        operation = Operation(raw["kind"], vm.project, vm.zone, vm.name, vm.id, ready_at=0.0, name=raw["name"],
+                              id=raw["id"], inserted=raw["inserted"])
+        operation.finish(tuple(error) if error else None)
+        operation.ended = raw.get("ended") or operation.inserted
+        operations.append(operation)
+    return vm, operations
+
+
 def _interfaces(body: Mapping[str, Any], *, with_ip: bool) -> list[dict[str, Any]]:
     out = []
     for index, nic in enumerate(body.get("networkInterfaces") or [{}]):

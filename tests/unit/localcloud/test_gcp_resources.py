@@ -1,0 +1,121 @@
+"""The GCP emulator's pure parts: list filters, key parsing, resource JSON, operation timing, settings."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+
+from dumont.errors import UsageError
+from dumont.localcloud.emulators import gcp
+from dumont.localcloud.emulators.gcp_resources import (
+    Operation,
+    Vm,
+    load_record,
+    parse_filter,
+    save_record,
+    ssh_keys,
+)
+
+OP = {"operationType": "compute.instances.preempted", "status": "DONE",
+      "targetLink": "http://127.0.0.1:1/compute/v1/projects/p/zones/z/instances/standby-1",
+      "labels": {"dumont-pair": "train"}, "deletionProtection": False}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('operationType="compute.instances.preempted" AND targetLink:instances/standby-1', True),
+    ('operationType="compute.instances.preempted" AND targetLink:instances/other', False),
+    ("operationType=stop", False),
+    ('operationType != "stop"', True),
+    ('(operationType = "compute.instances.preempted") (status = "DONE")', True),
+    ('status = "DO*"', True),
+    ('status = "D"', False),
+    ("labels.dumont-pair = train", True),
+    ("labels.missing:*", False),
+    ("targetLink:*", True),
+    ("deletionProtection = false", True),
+    ("", True),
+])
+def test_filters_match_like_the_compute_api(text: str, expected: bool) -> None:
+    """Given a filter in the forms the Compute API documents, then it selects what the API would."""
+    assert parse_filter(text)(OP) is expected
+
+
+@pytest.mark.parametrize("text", ["operationType", 'name = "x" OR name = "y" extra ~', "= value"])
+def test_an_unparseable_filter_is_refused(text: str) -> None:
+    """Given a filter this emulator does not understand, then it says so (the server answers 400)."""
+    with pytest.raises(ValueError, match="cannot parse the filter"):
+        parse_filter(text)
+
+
+def test_only_well_formed_keys_of_the_ssh_keys_item_are_installed() -> None:
+    """Given an ssh-keys item with good and bad lines, then only the public keys are taken, users dropped."""
+    body = {"metadata": {"items": [{"key": "startup-script", "value": "echo"}, {"key": "ssh-keys", "value": (
+        "alice:ssh-ed25519 AAAAC3Nz alice@laptop\n\nbob:not-a-key\nno colon ssh-rsa AAAA\n"
+        "carol:ssh-rsa AAAAB3Nz google-ssh {\"userName\":\"carol\"}")}]}}
+    assert ssh_keys(body) == ["ssh-ed25519 AAAAC3Nz alice@laptop",
+                              "ssh-rsa AAAAB3Nz google-ssh {\"userName\":\"carol\"}"]
+    assert ssh_keys({}) == []
+
+
+def test_a_spot_vm_reports_the_scheduling_gce_fixes_and_an_ip_only_when_up() -> None:
+    """Given a spot VM, then GET shows no restart and TERMINATE; the NAT IP and port only while it has a host up."""
+    body: dict[str, Any] = {"name": "s", "machineType": "zones/z/machineTypes/e2-medium",
+                            "scheduling": {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP"},
+                            "networkInterfaces": [{"accessConfigs": [{"name": "External NAT"}]}],
+                            "disks": [{"boot": True, "initializeParams": {"diskSizeGb": "20"}}]}
+    vm = Vm("p", "z", "s", body, host="gcp-s")
+    base = "http://127.0.0.1:1/compute/v1/projects/p/zones/z"
+    up, down = vm.as_json(base, "RUNNING", 2201), vm.as_json(base, "TERMINATED", None)
+    assert up["scheduling"] == {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP",
+                                "automaticRestart": False, "onHostMaintenance": "TERMINATE", "preemptible": False}
+    assert up["networkInterfaces"][0]["accessConfigs"][0]["natIP"] == "127.0.0.1"
+    assert {"key": "dumont-ssh-port", "value": "2201"} in up["metadata"]["items"]
+    assert "natIP" not in down["networkInterfaces"][0]["accessConfigs"][0]
+    assert all(i["key"] != "dumont-ssh-port" for i in down["metadata"]["items"])
+    assert up["disks"][0]["diskSizeGb"] == "20" and "initializeParams" not in up["disks"][0]
+    assert up["machineType"] == f"{base}/machineTypes/e2-medium"
+    assert isinstance(up["id"], str) and up["id"].isdigit()  # uint64 travels as a string
+    assert (vm.is_spot, vm.termination_action) == (True, "STOP")
+
+
+async def test_an_operation_is_done_after_its_work_and_its_delay() -> None:
+    """Given an operation, then it is RUNNING until its work finished and its ready time passed, then DONE."""
+    operation = Operation("stop", "p", "z", "s", "1", ready_at=10.0)
+    base = "http://127.0.0.1:1/compute/v1/projects/p/zones/z"
+    assert operation.as_json(base, now=20.0)["status"] == "RUNNING"  # work not finished
+    operation.finish()
+    assert operation.as_json(base, now=5.0)["status"] == "RUNNING"  # finished, delay not over
+    done = operation.as_json(base, now=10.0)
+    assert (done["status"], done["progress"], done["user"]) == ("DONE", 100, "dumont-local@local")
+    assert done["selfLink"] == f"{base}/operations/{operation.name}"
+    failed = Operation("start", "p", "z", "s", "1", ready_at=0.0)
+    failed.finish((503, "RESOURCE_OPERATION_FAILED", "no"))
+    data = failed.as_json(base, now=0.0)
+    assert (data["httpErrorStatusCode"], data["error"]["errors"][0]["code"]) == (503, "RESOURCE_OPERATION_FAILED")
+
+
+async def test_a_saved_vm_comes_back_with_its_history_done() -> None:
+    """Given a VM with operations, when saved and loaded, then it and its operations are the same, all DONE."""
+    vm = Vm("p", "z", "s", {"name": "s"}, host="gcp-s", last_start=1.0, last_stop=2.0)
+    preempted = Operation("compute.instances.preempted", "p", "z", "s", vm.id, ready_at=99.0)
+    preempted.finish()
+    loaded, [operation] = load_record(save_record(vm, [preempted]))
+    assert (loaded.name, loaded.id, loaded.last_start, loaded.last_stop) == ("s", vm.id, 1.0, 2.0)
+    assert (operation.name, operation.kind, operation.inserted) == (preempted.name, preempted.kind,
+                                                                    preempted.inserted)
+    assert operation.is_done(now=0.0)
+
+
+def test_timings_come_from_the_environment_and_bad_ones_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given the emulator's settings in the environment, then they are used; a bad value names the variable."""
+    monkeypatch.setenv(gcp.DELAY_ENV, "0")
+    monkeypatch.setenv(gcp.NOTICE_ENV, "30")
+    emulator = gcp.create(cast(Any, None))
+    assert (emulator.delay, emulator.preempt_notice, emulator.wait_limit) == (0.0, 30.0, 120.0)
+    monkeypatch.setenv(gcp.WAIT_ENV, "soon")
+    with pytest.raises(UsageError, match="DUMONT_LOCAL_GCP_WAIT_SECONDS='soon' is not a number"):
+        gcp.create(cast(Any, None))
+    monkeypatch.setenv(gcp.WAIT_ENV, "-1")
+    with pytest.raises(UsageError, match="is negative"):
+        gcp.create(cast(Any, None))
