@@ -322,6 +322,9 @@ class ControllerConfig:
     fence_action: FenceAction = field(default="stop", metadata=_checked_by(_choice(FenceAction)))
     salvage_outbid: bool = field(default=False, metadata=_checked_by(_FLAG))
     max_recoveries_per_day: int = field(default=3, metadata=_checked_by(_whole("a whole number", at_least=0)))
+    # Public keys (authorized_keys format) people log in with; every host the controller creates accepts them.
+    user_keys_file: Path | None = field(default=None, metadata=_checked_by(
+        _LOCAL_PATH, example="~/.ssh/id_ed25519.pub"))
 
 
 @dataclass(frozen=True)

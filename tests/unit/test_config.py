@@ -180,6 +180,7 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("controller.fence_action", "kill", "'kill'", "must be one of 'stop', 'destroy'"),
     ("controller.salvage_outbid", 0, "0", "must be true or false"),
     ("controller.max_recoveries_per_day", -1, "-1", "must be a whole number, at least 0 (e.g. 3)"),
+    ("controller.user_keys_file", 7, "7", "must be a path"),
     ("vast.api_url", "ftp://console.vast.ai", "'ftp://console.vast.ai'", "an http:// or https:// URL"),
     ("vast.api_url", "console.vast.ai", "'console.vast.ai'", "(e.g. 'https://console.vast.ai')"),
     ("vast.api_key_file", 5, "5", "must be the path of a file only you can read (mode 0600)"),

@@ -33,19 +33,30 @@ def describe_pass(report: PassReport) -> str:
 
 
 @click.command("sync")
-@click.option("--from", "source", required=True, metavar="HOST", help="The primary whose workspace is copied.")
-@click.option("--to", "standby", required=True, metavar="HOST", help="The standby that receives the snapshot.")
+@click.option("--from", "source", default=None, metavar="HOST",
+              help="With --to: run one pass from this local host now, without a controller.")
+@click.option("--to", "standby", default=None, metavar="HOST", help="The standby that receives the snapshot.")
 @click.option("--mode", type=click.Choice([DIRECT, RELAY]), default=DIRECT, show_default=True,
               help="direct: the primary pushes with the pair key; relay: this machine pulls, then pushes.")
-@click.option("--pair", default="local", show_default=True, help="The pair's name (names its key).")
+@click.option("--pair", default=None, help="The pair (its key, or which controller pair to sync).")
 @click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True, help="Snapshots to keep.")
 @click.option("--allow-empty-source", is_flag=True, help="Let an empty source replace a populated standby.")
 @click.option("--allow-mass-delete", is_flag=True, help="Let a pass delete more than half the standby's files.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Without --from/--to: the running controller's config (default: $DUMONT_CONFIG).")
 @state_dir_option
 @json_option
-def sync_command(source: str, standby: str, mode: str, pair: str, keep: int, allow_empty_source: bool,
-                 allow_mass_delete: bool, state_dir: Path | None, as_json: bool) -> None:
-    """Run one replication pass from one local host to another, now, without a controller."""
+def sync_command(source: str | None, standby: str | None, mode: str, pair: str | None, keep: int,
+                 allow_empty_source: bool, allow_mass_delete: bool, config_path: Path | None, state_dir: Path | None,
+                 as_json: bool) -> None:
+    """Ask the running controller for a pass now, or (--from/--to) run one pass between two local hosts."""
+    if source is None and standby is None:
+        from dumont.cli.controller_cmd import request_sync
+
+        request_sync(config_path, pair, as_json)
+        return
+    if source is None or standby is None:
+        raise UsageError("--from and --to go together", hint="give both, or neither to ask the controller")
     directory = resolve_state_dir(state_dir)
     hosts = local_hosts(directory)
     primary, target = pick(hosts, source, "--from"), pick(hosts, standby, "--to")
@@ -53,7 +64,7 @@ def sync_command(source: str, standby: str, mode: str, pair: str, keep: int, all
         raise UsageError(f"--from and --to are both {source!r}", hint="a host cannot be its own standby")
     policy = ReplicationPolicy(mode=mode, keep_snapshots=keep, guards=GuardPolicy(
         allow_empty_source=allow_empty_source, allow_mass_delete=allow_mass_delete))
-    report = asyncio.run(sync_once(directory, primary, target, pair, policy))
+    report = asyncio.run(sync_once(directory, primary, target, pair or "local", policy))
     emit(report.as_record(), as_json=as_json, human=lambda _: describe_pass(report))
 
 

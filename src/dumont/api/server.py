@@ -1,0 +1,173 @@
+"""The controller's HTTP API (localhost, bearer token): status, events, and intents.
+
+Writes only record intent: ``POST /api/pairs/{pair}/intents/{kind}`` validates, stores the request, wakes the
+loop and answers 202. The loop decides and acts, and the outcome appears in the event log and in the intent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from dumont.core.controller import Controller
+from dumont.core.pair import PairRuntime
+from dumont.errors import DumontError
+
+INTENTS = ("failover", "sync", "recover", "pause", "resume")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Extension = Callable[[web.Application], None]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON response."""
+    return web.Response(body=json.dumps(data, default=str).encode(), status=status,
+                        headers={"Content-Type": "application/json"})
+
+
+def pair_status(controller: Controller, rt: PairRuntime) -> dict[str, Any]:
+    """One pair as ``status --json`` shows it (SPEC §4.7)."""
+    now = controller.ctx.clock()
+    last = controller.ctx.store.last_pass(rt.name)
+    try:
+        host, port = rt.relay.address
+    except DumontError:
+        host, port = "", 0
+    op = rt.operation
+    return {
+        "name": rt.name,
+        "state": str(rt.state),
+        "epoch": rt.epoch,
+        "endpoint": f"{host}:{port}",
+        "primary": rt.primary.as_dict() if rt.primary else None,
+        "standby": rt.standby.as_dict() if rt.standby else None,
+        "last_sync": {"time": last["finished_at"], "epoch": last["epoch"], "seq": last["seq"],
+                      "snapshot_seq": last["snapshot_seq"], "bytes_sent": last["bytes_sent"]} if last else None,
+        "lag_seconds": round(now - rt.sync.last_good_at, 3) if rt.sync.last_good_at else None,
+        "sync_failures": rt.sync.consecutive_failures,
+        "operation": {"kind": op.kind, "step": op.step, "started_at": op.started_at, "finished": op.finished,
+                      "error": op.error} if op else None,
+        "reason": rt.last_reason,
+        "endpoint_switches": [{"at": s.at, "target": list(s.target) if s.target else None, "reason": s.reason}
+                              for s in rt.relay.history],
+    }
+
+
+class ApiServer:
+    """Serves the API for one controller on ``host:port``."""
+
+    def __init__(self, controller: Controller, token: str, host: str, port: int,
+                 extensions: tuple[Extension, ...] = ()) -> None:
+        self.controller = controller
+        self.token = token
+        self.host, self.port = host, port
+        self._runner: web.AppRunner | None = None
+        self._new_event = asyncio.Condition()
+        self.extensions = extensions
+        controller.ctx.listeners.append(self._on_event)
+
+    @property
+    def url(self) -> str:
+        """The API's base URL."""
+        return f"http://{self.host}:{self.port}"
+
+    def app(self) -> web.Application:
+        """The aiohttp application."""
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/healthz", self._health)
+        app.router.add_get("/api/status", self._status)
+        app.router.add_get("/api/events", self._events)
+        app.router.add_post("/api/pairs/{pair}/intents/{kind}", self._intent)
+        app.router.add_get("/api/intents/{id}", self._intent_state)
+        for extend in self.extensions:
+            extend(app)
+        return app
+
+    async def start(self) -> None:
+        """Start serving (port 0 picks a free port)."""
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _on_event(self, pair: str | None, kind: str, reason: str, data: dict[str, Any]) -> None:
+        async def notify() -> None:
+            async with self._new_event:
+                self._new_event.notify_all()
+
+        asyncio.get_running_loop().create_task(notify())
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        public = request.path == "/healthz" or getattr(handler, "public", False)
+        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ") or request.query.get("token", "")
+        if not public and not hmac.compare_digest(supplied, self.token):
+            return json_response({"error": "missing or wrong API token",
+                                  "hint": "send Authorization: Bearer <token from the controller's api_token file>"},
+                                 status=401)
+        return await handler(request)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return json_response({"ok": True, "ticks": self.controller.ticks})
+
+    def status(self) -> dict[str, Any]:
+        """The whole controller's status."""
+        return {
+            "api_url": self.url, "metrics_url": f"{self.url}/metrics", "dashboard_url": f"{self.url}/",
+            "pairs": [pair_status(self.controller, rt) for rt in self.controller.pairs.values()],
+        }
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return json_response(self.status())
+
+    async def _events(self, request: web.Request) -> web.Response:
+        store = self.controller.ctx.store
+        try:
+            after = int(request.query.get("after", "0"))
+            wait = min(60.0, float(request.query.get("wait", "0")))
+        except ValueError:
+            return json_response({"error": "after must be an integer and wait a number of seconds"}, status=400)
+        pair = request.query.get("pair")
+        events = store.events(after=after, pair=pair)
+        if not events and wait > 0:
+            try:
+                async with asyncio.timeout(wait), self._new_event:
+                    await self._new_event.wait_for(lambda: bool(store.events(after=after, pair=pair, limit=1)))
+            except TimeoutError:
+                pass
+            events = store.events(after=after, pair=pair)
+        return json_response({"events": [e.as_dict() for e in events], "last_id": store.last_event_id()})
+
+    async def _intent(self, request: web.Request) -> web.Response:
+        pair, kind = request.match_info["pair"], request.match_info["kind"]
+        if pair not in self.controller.pairs:
+            return json_response({"error": f"no pair {pair!r}", "hint": f"pairs: {', '.join(self.controller.pairs)}"},
+                                 status=404)
+        if kind not in INTENTS:
+            return json_response({"error": f"unknown intent {kind!r}", "hint": f"one of {', '.join(INTENTS)}"},
+                                 status=400)
+        intent_id = self.controller.ctx.store.add_intent(pair, kind)
+        self.controller.ctx.event(pair, "intent", f"an operator asked to {kind}", {"intent": intent_id})
+        self.controller.wake()
+        return json_response({"intent": intent_id, "pair": pair, "kind": kind, "accepted": True}, status=202)
+
+    async def _intent_state(self, request: web.Request) -> web.Response:
+        try:
+            row = self.controller.ctx.store.intent(int(request.match_info["id"]))
+        except ValueError:
+            row = None
+        if row is None:
+            return json_response({"error": "no such intent"}, status=404)
+        return json_response({"intent": row.id, "pair": row.pair, "kind": row.kind, "consumed_at": row.consumed_at,
+                              "outcome": row.outcome})

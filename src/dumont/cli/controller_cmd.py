@@ -1,0 +1,184 @@
+"""``dumont run``, ``status``, ``events`` and the intents (``failover``, ``recover``, ``pause``, ``resume``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from dumont.cli.common import emit, json_option
+from dumont.config import Config, load_config, split_host_port
+from dumont.core.layout import ControllerLayout
+from dumont.errors import DumontError, UsageError
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="The controller's config file (default: $DUMONT_CONFIG).",
+)
+pair_option = click.option("--pair", default=None, help="The pair (default: the only one configured).")
+
+
+def resolve_config(config_path: Path | None) -> Config:
+    """The config named by --config or $DUMONT_CONFIG; a usage error if neither is given."""
+    path = config_path or (Path(os.environ["DUMONT_CONFIG"]) if os.environ.get("DUMONT_CONFIG") else None)
+    if path is None:
+        raise UsageError("no config given", hint="pass --config FILE or set DUMONT_CONFIG "
+                                                 "(`dumont local up` writes one for the local cloud)")
+    return load_config(path)
+
+
+class ControllerClient:
+    """The running controller's API, found from its config."""
+
+    def __init__(self, config: Config) -> None:
+        host, port = split_host_port(config.controller.api_listen)
+        token_file = config.controller.api_token_file or ControllerLayout(config.state_dir).api_token
+        if not token_file.exists():
+            raise DumontError(f"no controller has run with this config yet (no token at {token_file})",
+                              hint="start one with: dumont run --config FILE")
+        self.config = config
+        self.url = f"http://{host}:{port}"
+        self._http = httpx.Client(base_url=self.url, timeout=90,
+                                  headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET a JSON document."""
+        return self._call("GET", path, params)
+
+    def post(self, path: str) -> Any:
+        """POST and return the JSON answer."""
+        return self._call("POST", path, {})
+
+    def _call(self, method: str, path: str, params: dict[str, Any]) -> Any:
+        try:
+            response = self._http.request(method, path, params=params)
+        except httpx.HTTPError as exc:
+            raise DumontError(f"the controller at {self.url} did not answer ({type(exc).__name__})",
+                              hint="is `dumont run` running with this config?") from exc
+        data = response.json()
+        if response.status_code in (400, 404):
+            raise UsageError(str(data.get("error")), hint=data.get("hint"))
+        if response.status_code >= 400:
+            raise DumontError(f"the controller refused: {data.get('error', response.text)}")
+        return data
+
+    def pair(self, name: str | None) -> str:
+        """The pair named, or the only configured one."""
+        names = [p.name for p in self.config.pairs]
+        if name is None:
+            if len(names) != 1:
+                raise UsageError("several pairs are configured", hint=f"pick one with --pair ({', '.join(names)})")
+            return names[0]
+        if name not in names:
+            raise UsageError(f"--pair {name!r}: no such pair", hint=f"pairs: {', '.join(names)}")
+        return name
+
+
+@click.command("run")
+@config_option
+def run_command(config_path: Path | None) -> None:
+    """Run the controller in the foreground: protect every configured pair until Ctrl-C."""
+    from dumont.core.service import serve
+
+    config = resolve_config(config_path)
+
+    def ready(api: Any) -> None:
+        click.echo(f"dumont controller protecting {len(config.pairs)} pair(s); API {api.url}; Ctrl-C stops it",
+                   err=True)
+
+    asyncio.run(serve(config, on_ready=ready))
+
+
+@click.command("status")
+@config_option
+@json_option
+def status_command(config_path: Path | None, as_json: bool) -> None:
+    """Show every pair: state, epoch, endpoint, hosts, last sync and lag."""
+    data = ControllerClient(resolve_config(config_path)).get("/api/status")
+    emit(data, as_json=as_json, human=_human_status)
+
+
+def _human_status(data: dict[str, Any]) -> str:
+    lines = [f"API {data['api_url']}  metrics {data['metrics_url']}  dashboard {data['dashboard_url']}"]
+    for p in data["pairs"]:
+        lag = f"{p['lag_seconds']:.0f} s" if p["lag_seconds"] is not None else "no pass yet"
+        lines.append(f"{p['name']}: {p['state']} (epoch {p['epoch']}), endpoint {p['endpoint']}, lag {lag}")
+        for role in ("primary", "standby"):
+            host = p[role]
+            lines.append(f"  {role:<8} " + (f"{host['provider']} {host['instance_id']} {host['ssh_host']}:"
+                                            f"{host['ssh_port']} ({host['role']})" if host else "none"))
+        if p["operation"]:
+            op = p["operation"]
+            lines.append(f"  {op['kind']}: {op['step']}" + (f" ({op['error']})" if op.get("error") else ""))
+        lines.append(f"  {p['reason']}")
+    return "\n".join(lines)
+
+
+@click.command("events")
+@config_option
+@pair_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.option("--after", type=int, default=0, help="Only events after this id.")
+@json_option
+def events_command(config_path: Path | None, pair: str | None, follow: bool, after: int, as_json: bool) -> None:
+    """Print the event log (one reason sentence per event); --json prints one JSON object per line."""
+    client = ControllerClient(resolve_config(config_path))
+    params: dict[str, Any] = {"after": after}
+    if pair is not None:
+        params["pair"] = client.pair(pair)
+    while True:
+        data = client.get("/api/events", **params, wait=30 if follow else 0)
+        for event in data["events"]:
+            click.echo(json.dumps(event) if as_json else _human_event(event))
+            params["after"] = event["id"]
+        if not follow:
+            return
+
+
+def _human_event(event: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
+    return f"{stamp} #{event['id']} {event['pair'] or '-'} {event['kind']}: {event['reason']}"
+
+
+def _intent_command(kind: str, summary: str) -> click.Command:
+    @click.command(kind, help=summary)
+    @config_option
+    @pair_option
+    @click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+                  help="Seconds to wait for the loop to take the request (0: do not wait).")
+    @json_option
+    def command(config_path: Path | None, pair: str | None, wait_seconds: float, as_json: bool) -> None:
+        client = ControllerClient(resolve_config(config_path))
+        answer = client.post(f"/api/pairs/{client.pair(pair)}/intents/{kind}")
+        deadline = time.monotonic() + wait_seconds
+        state = answer
+        while wait_seconds and time.monotonic() < deadline:
+            state = client.get(f"/api/intents/{answer['intent']}")
+            if state.get("consumed_at"):
+                break
+            time.sleep(0.2)  # the loop takes intents on its next tick; bounded by --wait
+        emit({**answer, **state}, as_json=as_json,
+             human=lambda d: f"{kind} requested for {d['pair']}: {d.get('outcome') or 'recorded, not yet taken'}")
+
+    return command
+
+
+INTENT_COMMANDS = [
+    _intent_command("failover", "Ask the controller to fail the pair over to its standby now."),
+    _intent_command("recover", "Ask the controller to rent a new GPU and fail back (after a failover)."),
+    _intent_command("pause", "Pause the pair: no syncs and no failover until resumed."),
+    _intent_command("resume", "Resume a paused pair."),
+]
+
+
+def request_sync(config_path: Path | None, pair: str | None, as_json: bool) -> None:
+    """``dumont sync`` without --from/--to: ask the running controller for a pass now."""
+    client = ControllerClient(resolve_config(config_path))
+    answer = client.post(f"/api/pairs/{client.pair(pair)}/intents/sync")
+    emit(answer, as_json=as_json, human=lambda d: f"sync requested for {d['pair']} (intent {d['intent']})")

@@ -1,0 +1,192 @@
+"""The controller: observe every pair, decide, act; one tick per health-check interval, or sooner when woken.
+
+Each tick gathers one frozen Observation per pair (probes never raise), asks the pure ``decide`` what to do, and
+carries out the actions. Syncs, recoveries and standby replacements run as tracked background tasks so the loop
+keeps ticking (and keeps reporting progress) while they work; a failover runs inline, because the user is waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlparse
+
+from dumont.config import Config, split_host_port
+from dumont.core import probes
+from dumont.core.context import ControllerContext
+from dumont.core.decide import decide
+from dumont.core.failover import fail_over
+from dumont.core.model import (
+    Action,
+    Alert,
+    ConsumeIntent,
+    Decision,
+    FailOver,
+    HostHealth,
+    HostRef,
+    Intent,
+    Observation,
+    OperationStatus,
+    PairState,
+    Policy,
+    ReplaceStandby,
+    RunSync,
+    SetState,
+    StartRecovery,
+)
+from dumont.core.pair import PairRuntime, cancel, run_sync, start_background
+from dumont.core.recovery import recover
+from dumont.core.standby import replace_standby
+from dumont.errors import DumontError
+
+log = logging.getLogger("dumont.controller")
+
+QUIET = (RunSync, ConsumeIntent)  # actions that do not make a tick worth a log line
+
+
+def policy_of(config: Config) -> Policy:
+    """The decision thresholds of the configuration."""
+    return Policy(failover_threshold=config.failover_threshold, standby_threshold=config.failover_threshold,
+                  auto_failover=config.auto_failover, auto_recovery=config.auto_recovery,
+                  sync_interval=config.sync_interval_seconds,
+                  max_recoveries_per_day=config.controller.max_recoveries_per_day)
+
+
+def network_targets(config: Config) -> list[tuple[str, int]]:
+    """Where the controller checks its own network: configured targets, else the provider APIs."""
+    if config.health.network_check_targets:
+        return [split_host_port(t) for t in config.health.network_check_targets]
+    targets = []
+    for url in (config.vast.api_url, config.gcp.api_endpoint):
+        if url:
+            parsed = urlparse(url)
+            if parsed.hostname:
+                targets.append((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)))
+    return targets
+
+
+class Controller:
+    """Protects every configured pair until stopped."""
+
+    def __init__(self, ctx: ControllerContext, pairs: list[PairRuntime]) -> None:
+        self.ctx = ctx
+        self.pairs = {rt.name: rt for rt in pairs}
+        self.policy = policy_of(ctx.config)
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.ticks = 0
+
+    def wake(self) -> None:
+        """Tick now (an intent arrived)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the current tick and return from :meth:`run`."""
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Tick until stopped, then stop background work (a restart resumes it)."""
+        interval = self.ctx.config.health_check_interval
+        try:
+            while not self._stop.is_set():
+                started = self.ctx.clock()
+                await self.tick()
+                left = interval - (self.ctx.clock() - started)
+                self._wake.clear()
+                if left > 0:
+                    try:
+                        async with asyncio.timeout(left):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+        finally:
+            for rt in self.pairs.values():
+                await cancel(rt.sync_task)
+                await cancel(rt.op_task, timeout=30)
+
+    async def tick(self) -> None:
+        """Observe, decide and act once for every pair."""
+        self.ticks += 1
+        network = await probes.network_ok(network_targets(self.ctx.config),
+                                          self.ctx.config.health.probe_timeout_seconds)
+        observations = await asyncio.gather(*(self.observe(rt, network) for rt in self.pairs.values()))
+        for rt, observation in zip(self.pairs.values(), observations, strict=True):
+            decision = decide(observation, rt.memory, self.policy)
+            rt.memory = decision.memory
+            await self.act(rt, decision)
+
+    async def observe(self, rt: PairRuntime, network: bool | None) -> Observation:
+        """One frozen snapshot of a pair: probes of both hosts, sync, operation, pending intents."""
+        ctx, timeout = self.ctx, self.ctx.config.health.probe_timeout_seconds
+        command = ctx.config.health.gpu_check_command
+
+        async def check(ref: HostRef | None) -> HostHealth | None:
+            if ref is None or rt.state == PairState.PAUSED:
+                return None
+            return await probes.probe_host(ref, get_instance=ctx.instance, transport=ctx.transport,
+                                           timeout=timeout, command=command if ref.role == "gpu" else None)
+
+        primary, standby = await asyncio.gather(check(rt.primary), check(rt.standby))
+        now = ctx.clock()
+        intents = tuple(Intent(i.id, i.kind, i.created_at) for i in ctx.store.pending_intents(rt.name))
+        recoveries = ctx.store.operations_since(rt.name, "recovery", now - 86_400)
+        if rt.operation is not None and rt.operation.kind == "recovery" and not rt.operation.finished:
+            recoveries -= 1  # the one running now is not "another"
+        return Observation(now=now, state=rt.state, has_standby=rt.standby is not None, primary=primary,
+                           standby=standby, network_ok=network, sync=rt.sync, operation=rt.operation,
+                           intents=intents, recoveries_today=max(0, recoveries))
+
+    async def act(self, rt: PairRuntime, decision: Decision) -> None:
+        """Carry out a decision's actions, in order."""
+        if any(not isinstance(a, QUIET) for a in decision.actions):
+            rt.last_reason = decision.reason
+            log.info("%s: %s", rt.name, decision.reason)
+        else:
+            log.debug("%s: %s", rt.name, decision.reason)
+        rt.last_reason = decision.reason
+        for action in decision.actions:
+            try:
+                await self._do(rt, action, decision.reason)
+            except DumontError as exc:
+                self.ctx.event(rt.name, "action_failed", f"{type(action).__name__} failed: {exc}")
+
+    async def _do(self, rt: PairRuntime, action: Action, reason: str) -> None:
+        ctx = self.ctx
+        if isinstance(action, ConsumeIntent):
+            ctx.store.consume_intent(action.intent_id, action.outcome)
+        elif isinstance(action, SetState):
+            previous, rt.state = rt.state, action.state
+            ctx.store.save_pair(rt.row())
+            ctx.event(rt.name, "state", reason, {"from": str(previous), "to": str(action.state)})
+        elif isinstance(action, Alert):
+            ctx.event(rt.name, "alert", action.message, {"alert": action.kind})
+        elif isinstance(action, RunSync):
+            if rt.sync_task is None or rt.sync_task.done():
+                rt.sync_task = start_background(rt, "sync", lambda: run_sync(ctx, rt))
+        elif isinstance(action, FailOver):
+            await fail_over(ctx, rt, action.cause)
+        elif isinstance(action, StartRecovery):
+            self._start_operation(rt, "recovery", "searching", reason)
+        elif isinstance(action, ReplaceStandby):
+            self._start_operation(rt, "replace_standby", "creating", reason)
+
+    def resume_operation(self, rt: PairRuntime) -> None:
+        """Restart the background task of an operation left unfinished by a previous controller."""
+        if rt.operation is not None:
+            self._start_operation(rt, rt.operation.kind, rt.operation.step, "resuming after a controller restart")
+
+    def _start_operation(self, rt: PairRuntime, kind: str, step: str, reason: str) -> None:
+        if rt.op_task is not None and not rt.op_task.done():
+            return
+        ctx = self.ctx
+        existing = ctx.store.open_operation(rt.name)
+        op_id = existing.id if existing is not None and existing.kind == kind else ctx.store.start_operation(
+            rt.name, kind, step)
+        row = ctx.store.operation(op_id)
+        assert row is not None
+        rt.operation = OperationStatus(kind, row.step, row.started_at)
+        rt.operation_id = op_id
+        work = recover if kind == "recovery" else replace_standby
+        ctx.event(rt.name, f"{kind}_started" if existing is None else f"{kind}_resumed", reason, {"operation": op_id})
+        rt.op_task = start_background(rt, kind, lambda: work(ctx, rt, op_id))

@@ -1,0 +1,66 @@
+"""Failover (SPEC §4.4): fence the old primary, promote the standby, switch the endpoint; then fence by API.
+
+Order matters. The epoch moves on and the standby stops accepting the old primary *before* anything is promoted,
+so a primary that is only partitioned can never write again. Promotion renames the standby's candidate into
+place (no copy), and the endpoint switch is one assignment, so the user is back within about a second of the
+decision. Stopping or destroying the old instance through its provider happens afterwards, in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from dumont.core.context import ControllerContext
+from dumont.core.model import HostRef, PairState
+from dumont.core.pair import PairRuntime, cancel, start_background
+from dumont.errors import DumontError
+from dumont.replication.pairing import fence_primary
+
+log = logging.getLogger("dumont.controller")
+
+
+async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None:
+    """Move the pair onto its standby; raise DumontError (state unchanged) if the standby cannot take over."""
+    if rt.primary is None or rt.standby is None:
+        raise DumontError(f"{rt.name} has no standby to fail over to", hint="wait for a new standby")
+    decided = ctx.clock()
+    old, standby = rt.primary, rt.standby
+    await cancel(rt.sync_task)
+    new_epoch = rt.epoch + 1
+    agent = ctx.agent(standby)
+    fenced = await fence_primary(pair=rt.name, new_epoch=new_epoch, standby=agent)
+    promoted = await agent.promote(epoch=new_epoch, mode="candidate")
+    rt.relay.point_to((standby.ssh_host, standby.ssh_port), reason=cause)
+    switched = ctx.clock()
+    # Sessions still open to the old primary (a partitioned one may come back) must not keep writing there.
+    closed = rt.relay.close_existing(reason=cause)
+    rt.epoch, rt.primary, rt.standby, rt.state = new_epoch, standby, None, PairState.FAILED_OVER
+    rt.failed.append(old)
+    rt.paired_epoch = None
+    rt.timings.update(decided_at=decided, endpoint_switched_at=switched)
+    ctx.store.save_pair(rt.row())
+    ctx.event(rt.name, "failover", f"failed over to the standby: {cause}", {
+        "epoch": new_epoch, "from": old.as_dict(), "to": standby.as_dict(), "snapshot_seq": promoted["seq"],
+        "decision_to_switch_seconds": round(switched - decided, 4), "receives_killed": fenced.get("killed", 0),
+        "snapshot_files": promoted["files"], "sessions_closed": closed,
+    })
+    start_background(rt, "fence-by-provider", lambda: fence_by_provider(ctx, rt, old))
+
+
+async def fence_by_provider(ctx: ControllerContext, rt: PairRuntime, old: HostRef) -> None:
+    """Stop (or destroy) the old primary through its provider, without making the user wait for it."""
+    action = ctx.config.controller.fence_action
+    try:
+        async with asyncio.timeout(120):
+            if action == "destroy":
+                await ctx.gpu_market.destroy(old.instance_id)
+                ctx.store.release_host(old.provider, old.instance_id, "destroyed at failover")
+            else:
+                await ctx.gpu_market.stop(old.instance_id)
+    except (DumontError, TimeoutError) as exc:
+        ctx.event(rt.name, "fence_failed", f"could not {action} the old GPU {old.instance_id} through its "
+                                           f"provider: {exc}; it is fenced on the standby regardless")
+        return
+    done = "stopped" if action == "stop" else "destroyed"
+    ctx.event(rt.name, "fenced", f"the old GPU {old.instance_id} was {done} through its provider")

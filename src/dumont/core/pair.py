@@ -1,0 +1,139 @@
+"""One protected pair at runtime: its hosts, epoch, endpoint, replication and the long operation in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dumont.config import PairConfig
+from dumont.core.context import ControllerContext, host_from_dict
+from dumont.core.model import HostRef, Memory, OperationStatus, PairState, SyncStatus
+from dumont.endpoint.relay import EndpointRelay
+from dumont.errors import DumontError
+from dumont.replication.engine import PassReport, ReplicationPolicy, Replicator
+from dumont.replication.guards import GuardPolicy
+from dumont.replication.pairing import pair_hosts
+from dumont.store.sqlite import PairRow
+from dumont.transport.ssh import SshTarget
+
+log = logging.getLogger("dumont.controller")
+
+
+@dataclass
+class PairRuntime:
+    """Everything the controller holds for one pair while it runs."""
+
+    config: PairConfig
+    state: PairState
+    epoch: int
+    primary: HostRef | None
+    standby: HostRef | None
+    relay: EndpointRelay
+    memory: Memory = field(default_factory=Memory)
+    sync: SyncStatus = field(default_factory=SyncStatus)
+    operation: OperationStatus | None = None
+    operation_id: int | None = None
+    failed: list[HostRef] = field(default_factory=list)  # former primaries awaiting clean-up
+    paired_epoch: int | None = None  # the epoch direct mode was last set up for
+    last_reason: str = ""
+    sync_task: asyncio.Task[None] | None = None
+    op_task: asyncio.Task[None] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The pair's name."""
+        return self.config.name
+
+    def row(self) -> PairRow:
+        """The durable form of this pair."""
+        return PairRow(self.name, str(self.state), self.epoch, self.primary.as_dict() if self.primary else None,
+                       self.standby.as_dict() if self.standby else None, 0.0)
+
+    @classmethod
+    def from_row(cls, config: PairConfig, row: PairRow, relay: EndpointRelay) -> PairRuntime:
+        """Rebuild a pair from the store (a controller restart)."""
+        return cls(config, PairState(row.state), row.epoch, host_from_dict(row.primary) if row.primary else None,
+                   host_from_dict(row.standby) if row.standby else None, relay)
+
+
+def replication_policy(ctx: ControllerContext, *, keep_candidate: bool = True) -> ReplicationPolicy:
+    """The replication settings of the configuration."""
+    rep = ctx.config.replication
+    return ReplicationPolicy(
+        mode=rep.mode, keep_snapshots=rep.keep_snapshots, min_free_fraction=rep.min_free_fraction,
+        transfer_timeout=rep.transfer_timeout_seconds, io_timeout=rep.io_timeout_seconds,
+        keep_candidate=keep_candidate,
+        guards=GuardPolicy(max_delete_fraction=rep.max_delete_fraction, near_empty_fraction=rep.near_empty_fraction),
+    )
+
+
+async def ensure_paired(ctx: ControllerContext, rt: PairRuntime, source: HostRef, target: HostRef) -> None:
+    """Set direct mode up for ``source`` -> ``target`` at the pair's epoch (idempotent per epoch)."""
+    if ctx.config.replication.mode != "direct" or rt.paired_epoch == rt.epoch:
+        return
+    await ctx.agent(source).set_epoch(rt.epoch)
+    await pair_hosts(pair=rt.name, epoch=rt.epoch, primary=ctx.agent(source), standby=ctx.agent(target),
+                     standby_address=SshTarget("dumont-standby", target.ssh_host, target.ssh_port, target.ssh_user),
+                     standby_host_key=ctx.known_hosts.keys_for(target.alias)[0], pair_key=ctx.layout.pair_key(rt.name))
+    rt.paired_epoch = rt.epoch
+
+
+def replicator(ctx: ControllerContext, rt: PairRuntime, source: HostRef, target: HostRef, *,
+               keep_candidate: bool = True) -> Replicator:
+    """A replicator from ``source`` to ``target`` with the pair's settings."""
+    return Replicator(rt.name, ctx.agent(source), ctx.agent(target), replication_policy(ctx, keep_candidate=keep_candidate),
+                      transport=ctx.transport, relay_dir=ctx.layout.relay_dir(rt.name), clock=ctx.clock)
+
+
+async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None:
+    """One replication pass primary -> standby, with its outcome recorded; never raises (the loop judges)."""
+    if rt.primary is None or rt.standby is None:
+        return None
+    started = ctx.clock()
+    rt.sync = SyncStatus(rt.sync.last_good_at, started, rt.sync.consecutive_failures, True, rt.sync.last_error)
+    try:
+        await ensure_paired(ctx, rt, rt.primary, rt.standby)
+        report = await replicator(ctx, rt, rt.primary, rt.standby).run_pass()
+    except asyncio.CancelledError:
+        rt.sync = SyncStatus(rt.sync.last_good_at, started, rt.sync.consecutive_failures, False, "cancelled")
+        raise
+    except DumontError as exc:
+        failures = rt.sync.consecutive_failures + 1
+        rt.sync = SyncStatus(rt.sync.last_good_at, started, failures, False, exc.message)
+        if failures == 1:
+            ctx.event(rt.name, "sync_failed", f"a sync pass failed: {exc}")
+        return None
+    ctx.store.record_pass(rt.name, report.as_record())
+    if rt.sync.consecutive_failures:
+        ctx.event(rt.name, "sync_recovered", f"sync works again after {rt.sync.consecutive_failures} failed passes")
+    rt.sync = SyncStatus(report.finished_at, started, 0, False, None)
+    return report
+
+
+def start_background(rt: PairRuntime, name: str, work: Callable[[], Awaitable[Any]]) -> asyncio.Task[None]:
+    """Run ``work`` as a tracked task whose unexpected errors are logged, never lost."""
+
+    async def runner() -> None:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: %s crashed; please report it as a bug", rt.name, name)
+
+    return asyncio.create_task(runner(), name=f"{rt.name}:{name}")
+
+
+async def cancel(task: asyncio.Task[None] | None, timeout: float = 10.0) -> None:
+    """Cancel a task and wait for it to finish (bounded)."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        async with asyncio.timeout(timeout):
+            await task

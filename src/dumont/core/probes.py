@@ -1,0 +1,104 @@
+"""Health probes: provider status, TCP connect, an SSH round trip, an optional command; each with a deadline.
+
+A probe never raises: whatever happens becomes data (OK, FAIL, or UNKNOWN with a detail), so one stuck host can
+never stall the loop. All probes of a host run concurrently and finish within the probe timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from dumont.core.model import Health, HostHealth, HostRef, ProbeResult
+from dumont.errors import CommandTimeout, DumontError, HostKeyMismatch
+from dumont.providers.base import Instance, InstanceState
+from dumont.transport.ssh import SshTarget, SshTransport
+
+GetInstance = Callable[[HostRef], Awaitable[Instance]]
+
+
+async def probe_host(
+    ref: HostRef,
+    *,
+    get_instance: GetInstance,
+    transport: SshTransport,
+    timeout: float,
+    command: str | None = None,
+) -> HostHealth:
+    """Probe one host every way at once; return what each probe found."""
+    target = SshTarget(ref.alias, ref.ssh_host, ref.ssh_port, ref.ssh_user)
+    probes: list[Awaitable[ProbeResult]] = [
+        _timed("tcp", tcp_probe(ref.ssh_host, ref.ssh_port, timeout)),
+        _timed("ssh", ssh_probe(transport, target, timeout)),
+    ]
+    if command:
+        probes.append(_timed("command", command_probe(transport, target, command, timeout)))
+    provider_task = asyncio.ensure_future(_provider_state(get_instance, ref, timeout))
+    results = await asyncio.gather(*probes)
+    state, detail = await provider_task
+    return HostHealth(state, detail, tuple(results))
+
+
+async def _timed(name: str, probe: Awaitable[tuple[Health, str]]) -> ProbeResult:
+    started = time.monotonic()
+    health, detail = await probe
+    return ProbeResult(name, health, detail, time.monotonic() - started)
+
+
+async def _provider_state(get_instance: GetInstance, ref: HostRef, timeout: float) -> tuple[InstanceState | None, str]:
+    try:
+        async with asyncio.timeout(timeout):
+            instance = await get_instance(ref)
+    except TimeoutError:
+        return None, f"provider did not answer within {timeout:g} s"
+    except DumontError as exc:
+        return None, f"provider error: {exc.message}"
+    return instance.state, instance.raw_state
+
+
+async def tcp_probe(host: str, port: int, timeout: float) -> tuple[Health, str]:
+    """Can a TCP connection to the SSH port be opened?"""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return Health.FAIL, f"tcp connect timed out after {timeout:g} s"
+    except OSError as exc:
+        return Health.FAIL, exc.strerror or str(exc)
+    writer.close()
+    return Health.OK, ""
+
+
+async def ssh_probe(transport: SshTransport, target: SshTarget, timeout: float) -> tuple[Health, str]:
+    """Does a fresh SSH login with the pinned host key complete in time?"""
+    try:
+        await transport.check_reachable(target, timeout=timeout)
+    except CommandTimeout:
+        return Health.FAIL, f"ssh did not answer within {timeout:g} s"
+    except HostKeyMismatch as exc:
+        return Health.FAIL, exc.message
+    except DumontError as exc:
+        return Health.FAIL, exc.message
+    return Health.OK, ""
+
+
+async def command_probe(transport: SshTransport, target: SshTarget, command: str, timeout: float) -> tuple[Health, str]:
+    """Does the configured check command (e.g. ``nvidia-smi``) succeed on the host?"""
+    try:
+        result = await transport.run(target, ["sh", "-c", command], timeout=timeout, check=False)
+    except CommandTimeout:
+        return Health.FAIL, f"{command!r} did not finish within {timeout:g} s"
+    except DumontError as exc:
+        return Health.UNKNOWN, exc.message  # the ssh probe already judges reachability
+    if result.returncode != 0:
+        return Health.FAIL, f"{command!r} exited {result.returncode}"
+    return Health.OK, ""
+
+
+async def network_ok(targets: Sequence[tuple[str, int]], timeout: float) -> bool | None:
+    """Is the controller's own network up? True if any target answers, False if none does, None if no targets."""
+    if not targets:
+        return None
+    results = await asyncio.gather(*(tcp_probe(host, port, timeout) for host, port in targets))
+    return any(health == Health.OK for health, _ in results)

@@ -1,0 +1,144 @@
+"""Recovery and failback (SPEC §4.5): a new GPU, the CPU's workspace restored onto it, the endpoint moved back.
+
+While the user keeps working on the CPU, the new GPU is made a standby *of the CPU* and filled by ordinary
+replication passes (so a restore is verified, resumable and torn-file safe like any pass). Then new endpoint
+connections are held, existing ones closed so nothing keeps writing to the CPU, one last catch-up pass carries
+every CPU-side write over, the GPU takes its snapshot as its workspace (one rename), and the endpoint points at
+it. The CPU becomes the standby again and the failed GPU is destroyed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dumont.core.context import ControllerContext, present_pair_host_key
+from dumont.core.model import HostRef, OperationStatus, PairState, RecoveryStep
+from dumont.core.pair import PairRuntime, ensure_paired, replicator
+from dumont.core.renting import destroy_quietly, rent_gpu
+from dumont.errors import DumontError, IntegrityError
+from dumont.replication.engine import PassReport
+
+log = logging.getLogger("dumont.controller")
+
+RESTORE_PASSES = 5  # passes before the catch-up: enough for the CPU's writes to slow down to a trickle
+
+
+async def recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
+    """Run a whole recovery; record success or the reason it failed in the operation (the loop decides next)."""
+    try:
+        await _recover(ctx, rt, op_id)
+    except DumontError as exc:
+        ctx.store.finish_operation(op_id, succeeded=False, error=exc.message)
+        _status(ctx, rt, op_id, finished=True, error=exc.message)
+        return
+    ctx.store.finish_operation(op_id, succeeded=True)
+    _status(ctx, rt, op_id, finished=True)
+
+
+def _status(ctx: ControllerContext, rt: PairRuntime, op_id: int, *, finished: bool = False,
+            error: str | None = None) -> None:
+    row = ctx.store.operation(op_id)
+    if row is not None:
+        rt.operation = OperationStatus("recovery", row.step, row.started_at, finished, finished and error is None,
+                                       error)
+
+
+async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
+    cpu = rt.primary
+    if cpu is None:
+        raise DumontError(f"{rt.name} has no primary to restore from")
+
+    def progress(step: RecoveryStep, data: dict[str, Any]) -> None:
+        ctx.store.update_operation(op_id, step=str(step), data=data)
+        _status(ctx, rt, op_id)
+        if step != RecoveryStep.SEARCHING or data:
+            log.info("%s: recovery %s %s", rt.name, step, data)
+
+    op = ctx.store.operation(op_id)
+    known = op.data.get("instance_id") if op else None
+    in_use = frozenset(h.instance_id for h in [*rt.failed, cpu])
+    gpu, instance = await rent_gpu(ctx, rt.name, exclude_machines=await _failed_machines(ctx, rt),
+                                   progress=progress, known_instance=known, in_use=in_use)
+    ctx.event(rt.name, "gpu_rented", f"rented instance {instance.instance_id} ({instance.gpu_name or 'GPU'}, "
+                                     f"${instance.price_per_hour or 0:.2f}/h, {instance.country or '?'}); restoring")
+    progress(RecoveryStep.RESTORING, {"instance_id": instance.instance_id})
+    try:
+        await present_pair_host_key(ctx, gpu, rt.name)
+        last = await _restore(ctx, rt, cpu, gpu, progress)
+        await _catch_up_and_switch(ctx, rt, cpu, gpu, last, progress)
+    except DumontError as exc:
+        # A half-restored GPU is worth nothing and costs money: start clean next time. (Cancellation keeps it:
+        # a restarted controller resumes with the same instance.)
+        await destroy_quietly(ctx, rt.name, gpu.instance_id, f"the restore failed ({exc.message})")
+        await ctx.forget(gpu)
+        raise
+    await _clean_up_failed(ctx, rt)
+
+
+async def _failed_machines(ctx: ControllerContext, rt: PairRuntime) -> frozenset[str]:
+    """Machine ids of the GPUs that failed: a new GPU must not be rented on the machine that just died."""
+    machines = set()
+    for ref in rt.failed:
+        try:
+            instance = await ctx.gpu_market.get(ref.instance_id)
+        except DumontError:
+            continue
+        if instance.machine_id:
+            machines.add(instance.machine_id)
+    return frozenset(machines)
+
+
+async def _restore(ctx: ControllerContext, rt: PairRuntime, cpu: HostRef, gpu: HostRef,
+                   progress: Any) -> PassReport:
+    """Fill the new GPU from the CPU with ordinary passes until one finds (almost) nothing left to copy."""
+    rt.paired_epoch = None
+    await ensure_paired(ctx, rt, cpu, gpu)
+    restore = replicator(ctx, rt, cpu, gpu, keep_candidate=False)
+    report = await restore.run_pass()
+    for _ in range(RESTORE_PASSES - 1):
+        progress(RecoveryStep.RESTORING, {"restored_bytes": report.bytes_scanned, "pass_seq": report.seq})
+        if not report.copied:
+            break
+        report = await restore.run_pass()
+    return report
+
+
+async def _catch_up_and_switch(ctx: ControllerContext, rt: PairRuntime, cpu: HostRef, gpu: HostRef,
+                               last: PassReport, progress: Any) -> None:
+    """Hold the endpoint, carry the last CPU writes over, promote the GPU, point the endpoint at it."""
+    progress(RecoveryStep.CATCHING_UP, {})
+    rt.relay.hold()
+    try:
+        closed = rt.relay.close_existing(reason="failing back to the new GPU")
+        final = await replicator(ctx, rt, cpu, gpu, keep_candidate=False).run_pass()
+        progress(RecoveryStep.SWITCHING_BACK, {"catch_up_files": final.files_copied, "closed_sessions": closed})
+        new_epoch = rt.epoch + 1
+        gpu_agent = ctx.agent(gpu)
+        if final.snapshot_seq is None:
+            raise IntegrityError("the catch-up pass left no snapshot on the new GPU to promote")
+        manifest = await gpu_agent.manifest(final.snapshot_seq)
+        await gpu_agent.promote(epoch=new_epoch, mode="take")
+        if not await gpu_agent.verify_promoted(manifest):
+            raise IntegrityError(f"the new GPU's workspace does not match snapshot {final.snapshot_seq}",
+                                 hint="the endpoint stays on the CPU; the recovery will be retried")
+        rt.relay.point_to((gpu.ssh_host, gpu.ssh_port), reason="failback to the new GPU")
+    finally:
+        rt.relay.release()
+    await ctx.agent(cpu).set_epoch(new_epoch)
+    await ctx.agent(cpu).retire_workspace(epoch=new_epoch)
+    rt.epoch, rt.primary, rt.standby, rt.paired_epoch = new_epoch, gpu, cpu, None
+    rt.state = PairState.SYNCING
+    rt.sync = type(rt.sync)()
+    ctx.store.save_pair(rt.row())
+    ctx.event(rt.name, "recovered", f"failed back to the new GPU {gpu.instance_id}; the CPU is the standby again",
+              {"epoch": new_epoch, "gpu": gpu.as_dict(), "catch_up_files": final.files_copied,
+               "catch_up_seconds": round(final.seconds, 3), "restore_seq": final.seq})
+
+
+async def _clean_up_failed(ctx: ControllerContext, rt: PairRuntime) -> None:
+    """Destroy the failed GPUs (unless an outbid one is kept to salvage files, if so configured)."""
+    for ref in list(rt.failed):
+        await destroy_quietly(ctx, rt.name, ref.instance_id, "it failed and has been replaced")
+        await ctx.forget(ref)
+        rt.failed.remove(ref)

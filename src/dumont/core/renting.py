@@ -1,0 +1,139 @@
+"""Renting a GPU that works (SPEC §4.5 steps 1–2): search, rent, wait for running and SSH, or clean up and move on.
+
+Every instance is recorded in the store the moment the provider returns its id, so a controller that dies
+mid-wait finds it again (by that record, or by the pair's label) instead of renting a second one. A failure at
+any step destroys what was rented before the next offer is tried; backoff between attempts is exponential and
+the number of attempts bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from dumont.core.context import ControllerContext, host_ref, wait_for_ssh
+from dumont.core.model import HostRef, RecoveryStep
+from dumont.errors import DumontError, Recovery
+from dumont.providers.base import Instance, InstanceState, LaunchRequest, Offer, OfferQuery, ProviderError
+
+log = logging.getLogger("dumont.controller")
+
+Progress = Callable[[RecoveryStep, dict[str, object]], None]
+
+
+class RentingFailed(DumontError):
+    """No offer could be rented and reached; the pair stays on the CPU."""
+
+
+def offer_query(ctx: ControllerContext, exclude_machines: frozenset[str]) -> OfferQuery:
+    """The configured limits for a new GPU (SPEC §4.1, §4.5)."""
+    cfg = ctx.config
+    return OfferQuery(
+        min_gpu_ram_gb=cfg.gpu_min_ram_gb, max_price_per_hour=cfg.gpu_max_price,
+        min_reliability=cfg.vast.min_reliability, regions=tuple(cfg.gpu_preferred_regions),
+        num_gpus=cfg.vast.num_gpus, gpu_name=cfg.vast.gpu_name, disk_gb=cfg.gpu_disk_gb,
+        interruptible=cfg.vast.interruptible, exclude_machine_ids=exclude_machines,
+    )
+
+
+async def rent_gpu(ctx: ControllerContext, pair: str, *, exclude_machines: frozenset[str], progress: Progress,
+                   known_instance: str | None, in_use: frozenset[str]) -> tuple[HostRef, Instance]:
+    """A rented GPU that answers over SSH; raise RentingFailed when every attempt failed (nothing left rented).
+
+    ``in_use`` are the pair's own instance ids (current and failed hosts), never adopted as a new GPU.
+    """
+    resumed = await _resume(ctx, pair, known_instance, progress, in_use)
+    if resumed is not None:
+        return resumed
+    progress(RecoveryStep.SEARCHING, {})
+    offers = await ctx.gpu_market.search_offers(offer_query(ctx, exclude_machines))
+    if not offers:
+        raise RentingFailed(f"no offer matches the limits (≤ ${ctx.config.gpu_max_price}/h, ≥ "
+                            f"{ctx.config.gpu_min_ram_gb} GB, regions {list(ctx.config.gpu_preferred_regions)})",
+                            hint="raise gpu_max_price or widen gpu_preferred_regions")
+    progress(RecoveryStep.SEARCHING, {"offers": len(offers), "best_offer": offers[0].offer_id})
+    failures: list[str] = []
+    delay = ctx.config.vast.backoff_initial_seconds
+    for attempt, offer in enumerate(offers[: ctx.config.vast.max_attempts], start=1):
+        try:
+            return await _try_offer(ctx, pair, offer, progress)
+        except (DumontError, TimeoutError) as exc:
+            reason = exc.message if isinstance(exc, DumontError) else "timed out"
+            failures.append(f"offer {offer.offer_id}: {reason}")
+            ctx.event(pair, "offer_failed", f"attempt {attempt}: offer {offer.offer_id} ({offer.gpu_name}, "
+                                            f"${offer.price_per_hour:.2f}/h, {offer.country}) failed: {reason}")
+            if isinstance(exc, ProviderError) and exc.recovery == Recovery.STOP:
+                break
+            await asyncio.sleep(min(delay, ctx.config.vast.backoff_max_seconds))  # backoff between attempts
+            delay *= 2
+    raise RentingFailed(f"every attempt to rent a GPU failed ({'; '.join(failures) or 'no attempt'})",
+                        hint="the pair stays on the CPU; check the limits or try `dumont recover` later")
+
+
+async def _try_offer(ctx: ControllerContext, pair: str, offer: Offer, progress: Progress) -> tuple[HostRef, Instance]:
+    progress(RecoveryStep.RENTING, {"offer_id": offer.offer_id, "price_per_hour": offer.price_per_hour,
+                                    "country": offer.country, "gpu_name": offer.gpu_name})
+    keys = [ctx.controller_public_key(), *ctx.user_public_keys()]
+    request = LaunchRequest(offer=offer, image=ctx.config.gpu_image, disk_gb=ctx.config.gpu_disk_gb,
+                            label=f"dumont-{pair}", ssh_public_keys=keys)
+    instance = await ctx.gpu_market.create(request)
+    ctx.store.record_host(instance.provider, instance.instance_id, pair, "gpu", f"rented from offer {offer.offer_id}")
+    progress(RecoveryStep.RENTING, {"instance_id": instance.instance_id})
+    try:
+        return await _wait_ready(ctx, instance, progress)
+    except (DumontError, TimeoutError):
+        # Cancellation (a controller shutting down) keeps the instance: the restarted controller resumes with it.
+        await destroy_quietly(ctx, pair, instance.instance_id, "it did not become usable")
+        raise
+
+
+async def _wait_ready(ctx: ControllerContext, instance: Instance, progress: Progress) -> tuple[HostRef, Instance]:
+    """Wait (bounded by ssh_wait_timeout) until the provider says running and SSH accepts our key."""
+    progress(RecoveryStep.WAITING_SSH, {"instance_id": instance.instance_id})
+    deadline = ctx.clock() + ctx.config.ssh_wait_timeout
+    while instance.state != InstanceState.RUNNING or not instance.ssh_host:
+        if instance.state in (InstanceState.TERMINATED, InstanceState.OFFLINE, InstanceState.OUTBID):
+            raise RentingFailed(f"instance {instance.instance_id} went {instance.state} ({instance.raw_state})")
+        if ctx.clock() > deadline:
+            raise RentingFailed(f"instance {instance.instance_id} was not running after "
+                                f"{ctx.config.ssh_wait_timeout:g} s (state {instance.raw_state})")
+        await asyncio.sleep(1.0)  # the provider has no push notification; poll, bounded by the deadline
+        instance = await ctx.gpu_market.get(instance.instance_id)
+    ref = host_ref(instance, "gpu")
+    await wait_for_ssh(ctx, ref, deadline=deadline)
+    return ref, instance
+
+
+async def _resume(ctx: ControllerContext, pair: str, known: str | None, progress: Progress,
+                  in_use: frozenset[str]) -> tuple[HostRef, Instance] | None:
+    """An instance rented before a controller restart: the recorded one, or one carrying the pair's label."""
+    candidates = [known] if known else []
+    if not candidates:
+        labelled = await ctx.gpu_market.list(label=f"dumont-{pair}")
+        candidates = [i.instance_id for i in labelled if i.instance_id not in in_use]
+    for instance_id in candidates:
+        instance = await ctx.gpu_market.get(instance_id)
+        if instance.state == InstanceState.TERMINATED:
+            continue
+        ctx.store.record_host(instance.provider, instance.instance_id, pair, "gpu", "resumed after a restart")
+        ctx.event(pair, "recovery_resumed", f"resuming with instance {instance_id}, rented before a restart; "
+                                            "nothing new is rented")
+        try:
+            return await _wait_ready(ctx, instance, progress)
+        except DumontError:
+            await destroy_quietly(ctx, pair, instance_id, "it did not become usable after the restart")
+    return None
+
+
+async def destroy_quietly(ctx: ControllerContext, pair: str, instance_id: str, why: str) -> None:
+    """Destroy a rented instance (never leave a paid instance behind); report, never raise."""
+    try:
+        async with asyncio.timeout(120):
+            await ctx.gpu_market.destroy(instance_id)
+    except (DumontError, TimeoutError) as exc:
+        ctx.event(pair, "cleanup_failed", f"could not destroy instance {instance_id} ({why}): {exc}; "
+                                          "destroy it by hand to stop paying for it")
+        return
+    ctx.store.release_host(ctx.gpu_market.name, instance_id, f"destroyed: {why}")
+    ctx.event(pair, "instance_destroyed", f"destroyed instance {instance_id}: {why}")

@@ -1,0 +1,51 @@
+"""Running the controller as a service: everything up in order, everything down on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from dumont.api.server import ApiServer, Extension
+from dumont.config import Config, split_host_port
+from dumont.core.controller import Controller
+from dumont.core.startup import api_token, controller_context, load_pair, start_endpoint
+from dumont.transport.keys import write_private
+
+log = logging.getLogger("dumont.controller")
+
+
+async def serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None = None,
+                extensions: tuple[Extension, ...] = ()) -> None:
+    """Protect every configured pair until SIGINT or SIGTERM (or until the returned controller is stopped)."""
+    async with controller_context(config) as ctx:
+        pairs = [await load_pair(ctx, pair) for pair in config.pairs]
+        controller = Controller(ctx, pairs)
+        host, port = split_host_port(config.controller.api_listen)
+        api = ApiServer(controller, api_token(config, ctx.layout), host, port, extensions)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, controller.stop)
+        try:
+            for rt in pairs:
+                await start_endpoint(ctx, rt)
+            await api.start()
+            for rt in pairs:
+                if rt.operation is not None and not rt.operation.finished:
+                    controller.resume_operation(rt)
+            write_private(ctx.layout.ready, json.dumps({"pid": os.getpid(), "api_url": api.url}) + "\n")
+            ctx.event(None, "controller_started", f"protecting {len(pairs)} pair(s); API at {api.url}")
+            if on_ready is not None:
+                on_ready(api)
+            await controller.run()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            ctx.layout.ready.unlink(missing_ok=True)
+            await api.stop()
+            for rt in pairs:
+                await rt.relay.stop()
+            ctx.event(None, "controller_stopped", "the controller stopped; a restart resumes every pair")

@@ -1,0 +1,144 @@
+"""Bringing a controller up from its configuration: keys, store, providers, every pair adopted or resumed.
+
+A pair the store already knows is resumed as it was (state, epoch, hosts, unfinished operation). A new pair is
+adopted from the config: its primary instance is looked up through its provider, and its standby too if one is
+named (otherwise the loop creates one). Every host is reached once, its host key pinned, and given the pair's
+host key so the endpoint's identity never changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from dumont.config import Config, PairConfig, split_host_port
+from dumont.core.context import ControllerContext, host_ref, present_pair_host_key, wait_for_ssh
+from dumont.core.layout import ControllerLayout
+from dumont.core.model import HostRef, OperationStatus, PairState
+from dumont.core.pair import PairRuntime
+from dumont.endpoint.relay import EndpointRelay
+from dumont.endpoint.sshconfig import known_hosts_line, render_ssh_config, write_ssh_config
+from dumont.errors import ConfigError, DumontError
+from dumont.providers.gcp.provider import GcpStandbyCloud
+from dumont.providers.vast.provider import VastMarket
+from dumont.store.sqlite import Store
+from dumont.transport.keys import KnownHosts, ensure_keypair, read_public_key, write_private
+from dumont.transport.ssh import SshTransport
+
+log = logging.getLogger("dumont.controller")
+
+
+def prepare_state(config: Config) -> ControllerLayout:
+    """Create the state directory (0700) and every key the controller needs (0600)."""
+    layout = ControllerLayout(config.state_dir)
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_keypair(layout.controller_key, "dumont-controller")
+    for pair in config.pairs:
+        ensure_keypair(layout.pair_key(pair.name), f"dumont-pair-{pair.name}")
+        ensure_keypair(layout.pair_host_key(pair.name), f"dumont-pair-{pair.name}-host")
+    return layout
+
+
+def api_token(config: Config, layout: ControllerLayout) -> str:
+    """The API token: from ``controller.api_token_file``, else one generated into the state dir (0600)."""
+    path = config.controller.api_token_file or layout.api_token
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+@contextlib.asynccontextmanager
+async def controller_context(config: Config) -> AsyncIterator[ControllerContext]:
+    """Everything the controller shares, opened and closed together."""
+    if not config.pairs:
+        raise ConfigError("the configuration protects no pair", hint="add a [[pairs]] table")
+    layout = prepare_state(config)
+    known = KnownHosts(layout.known_hosts)
+    transport = SshTransport(identity=layout.controller_key, known_hosts=known,
+                             connect_timeout=max(1.0, config.health.probe_timeout_seconds))
+    market = VastMarket.from_config(config.vast)
+    cloud = await GcpStandbyCloud.connect(config.gcp)
+    store = Store(layout.database)
+    ctx = ControllerContext(config, layout, store, transport, known, market, cloud)
+    try:
+        yield ctx
+    finally:
+        await ctx.close()
+        await transport.close()
+        await market.close()
+        store.close()
+
+
+async def load_pair(ctx: ControllerContext, pair: PairConfig) -> PairRuntime:
+    """Resume a known pair from the store, or adopt a new one from the config."""
+    # Connections arriving during a failback's catch-up pass wait for it (bounded by the transfer timeout).
+    relay = EndpointRelay(pair.name, split_host_port(pair.endpoint_listen),
+                          hold_timeout=ctx.config.replication.transfer_timeout_seconds)
+    row = ctx.store.get_pair(pair.name)
+    if row is not None:
+        rt = PairRuntime.from_row(pair, row, relay)
+        _resume_operation(ctx, rt)
+        ctx.event(pair.name, "resumed", f"resumed as {rt.state} at epoch {rt.epoch} after a controller restart")
+    else:
+        rt = await _adopt(ctx, pair, relay)
+    for ref in (rt.primary, rt.standby):
+        if ref is not None:
+            await _reach(ctx, rt, ref)
+    return rt
+
+
+async def _adopt(ctx: ControllerContext, pair: PairConfig, relay: EndpointRelay) -> PairRuntime:
+    if pair.primary.provider != "vast" or not pair.primary.instance_id:
+        raise ConfigError(f"pairs.{pair.name}.primary must name a vast instance_id (the GPU to protect)")
+    primary = host_ref(await ctx.gpu_market.get(pair.primary.instance_id), "gpu")
+    ctx.store.record_host(primary.provider, primary.instance_id, pair.name, "gpu", "adopted as the primary")
+    standby = None
+    if pair.standby.instance_id:
+        standby = host_ref(await ctx.standby_cloud.get(pair.standby.instance_id), "cpu")
+        ctx.store.record_host(standby.provider, standby.instance_id, pair.name, "cpu", "adopted as the standby")
+    rt = PairRuntime(pair, PairState.STARTING, 1, primary, standby, relay)
+    ctx.store.save_pair(rt.row())
+    ctx.event(pair.name, "adopted", f"protecting GPU {primary.instance_id}"
+              + (f" with standby {standby.instance_id}" if standby else "; a standby will be created"))
+    return rt
+
+
+def _resume_operation(ctx: ControllerContext, rt: PairRuntime) -> None:
+    row = ctx.store.open_operation(rt.name)
+    if row is not None:
+        rt.operation = OperationStatus(row.kind, row.step, row.started_at)
+        rt.operation_id = row.id
+
+
+async def _reach(ctx: ControllerContext, rt: PairRuntime, ref: HostRef) -> None:
+    """Pin the host's key (first contact) and make it present the pair's host key; a failure is left to probes."""
+    try:
+        await wait_for_ssh(ctx, ref, deadline=ctx.clock() + min(60.0, ctx.config.ssh_wait_timeout))
+        await present_pair_host_key(ctx, ref, rt.name)
+    except DumontError as exc:
+        ctx.event(rt.name, "host_unreachable", f"could not reach {ref.alias} at start-up: {exc}")
+
+
+async def start_endpoint(ctx: ControllerContext, rt: PairRuntime) -> None:
+    """Serve the pair's stable SSH endpoint and write the user's ssh_config snippet."""
+    await rt.relay.start()
+    if rt.primary is not None:
+        rt.relay.point_to((rt.primary.ssh_host, rt.primary.ssh_port), reason=f"serving {rt.primary.alias}")
+    host, port = rt.relay.address
+    folder = ctx.layout.ssh_dir(rt.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    known = folder / "known_hosts"
+    write_ssh_config(known, known_hosts_line(rt.name, read_public_key(ctx.layout.pair_host_key(rt.name))) + "\n")
+    user = rt.primary.ssh_user if rt.primary else "root"
+    write_ssh_config(folder / "config", render_ssh_config(rt.name, host, port, user, _user_identity(ctx), known))
+
+
+def _user_identity(ctx: ControllerContext) -> Path | None:
+    """The private key next to ``user_keys_file`` (``key.pub`` -> ``key``), if there is one."""
+    path = ctx.config.controller.user_keys_file
+    if path is not None and path.suffix == ".pub" and path.with_suffix("").exists():
+        return path.with_suffix("")
+    return None
