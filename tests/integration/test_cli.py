@@ -101,7 +101,7 @@ def test_sync_and_verify_through_the_cli(state_dir: Path) -> None:
         (["sync", "--from", "gpu-1", "--to", "gpu-1"], "--from and --to are both 'gpu-1'"),
         (["sync", "--from", "gpu-1", "--to", "cpu-1", "--mode", "carrier-pigeon"], "'carrier-pigeon' is not one of"),
         (["sync", "--from", "gpu-1", "--to", "cpu-1", "--keep", "0"], "0 is not in the range x>=1"),
-        (["sync", "--to", "cpu-1"], "Missing option '--from'"),
+        (["sync", "--to", "cpu-1"], "--from and --to go together"),
         (["verify", "gpu-1", "--workspace"], "--workspace needs --against"),
         (["local", "kill", "gpu-9"], "no local host 'gpu-9'"),
         (["frobnicate"], "No such command 'frobnicate'"),
