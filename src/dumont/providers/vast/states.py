@@ -10,7 +10,7 @@ vendor words                                           our state
 =====================================================  ======================================================
 cur_state unloaded                                     TERMINATED (the contract is released: destroyed)
 actual offline                                         OFFLINE
-actual stopped, intended running, interruptible        OUTBID (assumption, see below)
+actual stopped/exited, intended running, interruptible OUTBID (assumption, see below)
 actual stopped/exited/frozen (otherwise)               STOPPED
 actual running, intended stopped/frozen                STOPPING
 actual running                                         RUNNING
@@ -22,9 +22,11 @@ actual unknown, or any word not listed here            UNKNOWN
 
 Outbid: Vast documents that an outbid interruptible instance is *stopped* with its disk kept, and that the
 renter's intent is unchanged; it does not document the exact fields. We assume (cloud-apis.md §1.10) that an
-interruptible (``is_bid``) instance whose container is ``stopped`` while ``intended_status`` is still ``running``
-was stopped by the market, not by its renter: that is OUTBID. A container that ``exited`` ended by itself (a
-crash), so it stays STOPPED. The local cloud's emulator reports an outbid instance exactly that way.
+interruptible (``is_bid``) instance whose container is ``stopped`` (or ``exited``, as some third-party clients
+report outbid instances) while ``intended_status`` is still ``running`` was stopped by the market, not by its
+renter: that is OUTBID. A crashed interruptible container looks the same and is reported OUTBID too; both are
+lost with their disk kept, so failover treats them alike. The local cloud's emulator reports an outbid instance
+as stopped/running.
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ _SETTLED = {"offline": InstanceState.OFFLINE, "frozen": InstanceState.STOPPED}
 
 
 def _word(payload: Mapping[str, Any], key: str) -> str | None:
+    """The status word under ``key``: None when absent or null, ``"?"`` when it is not even a string."""
     value = payload.get(key)
-    return value.strip().lower() if isinstance(value, str) else None
+    if value is None:
+        return None
+    return value.strip().lower() if isinstance(value, str) else "?"
 
 
 def instance_state(payload: Mapping[str, Any]) -> InstanceState:
@@ -54,7 +59,7 @@ def instance_state(payload: Mapping[str, Any]) -> InstanceState:
     if _word(payload, "cur_state") == "unloaded":
         return InstanceState.TERMINATED
     if actual in _HALTED:
-        outbid = actual == "stopped" and intended == "running" and payload.get("is_bid") is True
+        outbid = intended == "running" and payload.get("is_bid") is True
         return InstanceState.OUTBID if outbid else InstanceState.STOPPED
     if actual == "running" or actual in _PENDING:
         if intended in _STOP_INTENTS:
