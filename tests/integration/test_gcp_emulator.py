@@ -26,7 +26,13 @@ from dumont.config import GcpConfig
 from dumont.localcloud.daemon import LocalCloud
 from dumont.localcloud.emulators import gcp
 from dumont.localcloud.hosts import HostState
-from dumont.providers.base import InstanceNotFound, InstanceState, ProviderRequestError, StandbySpec
+from dumont.providers.base import (
+    InstanceNotFound,
+    InstanceState,
+    ProviderRequestError,
+    ProviderUnavailable,
+    StandbySpec,
+)
 from dumont.providers.gcp import GcpStandbyCloud
 from dumont.providers.gcp.provider import standby_resource
 from dumont.transport.keys import KnownHosts, generate_keypair
@@ -435,3 +441,17 @@ async def test_vms_and_their_preemptions_survive_a_restart_of_the_local_cloud(gc
         await emulator.stop()
         await cloud.pool.shutdown()
         assert not cloud.pool.leftover_processes()
+
+
+async def test_an_api_that_is_gone_is_unavailable_within_the_deadline(gcp_local: GcpLocal) -> None:
+    """Given the emulator stopped, then calls and operation waits fail as ProviderUnavailable within their deadline."""
+    local = gcp_local
+    slow = compute_v1.Operation(name="operation-x", status="RUNNING")
+    await local.emulator.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ProviderUnavailable, match="could not reach the GCP Compute API for get of VM s"):
+        await local.provider.get("s")
+    with pytest.raises(ProviderUnavailable, match="wait for insert of VM s"):
+        await local.provider.api.wait_done(slow, "insert of VM s", deadline=1.2)
+    assert loop.time() - started < 5

@@ -47,6 +47,7 @@ SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 LOCAL_CREDENTIALS_TYPE = "dumont_local_emulator"  # what the local cloud writes to <state_dir>/gcp_credentials.json
 CALL_TIMEOUT = 30.0  # one HTTP request
 WAIT_CALL_TIMEOUT = 130.0  # operations.wait: the server holds the request for up to about 2 minutes
+RETRY_PAUSE, MAX_RETRY_PAUSE = 0.5, 10.0  # between failed waits
 DONE = compute_v1.Operation.Status.DONE
 # Spot capacity errors a zone operation can end with: not our fault, and gone later.
 CAPACITY_ERRORS = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "STOCKOUT")
@@ -183,9 +184,9 @@ class ComputeApi:
                                       hint="retry later; check the network or gcp.api_endpoint") from exc
 
     async def wait_done(self, operation: compute_v1.Operation, what: str, *, deadline: float) -> None:
-        """Wait (at most ``deadline`` seconds) until ``operation`` is DONE; raise its error if it failed."""
+        """Wait (about ``deadline`` seconds at most) until ``operation`` is DONE; raise its error if it failed."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + deadline
+        end, pause = loop.time() + deadline, RETRY_PAUSE
         while operation.status != DONE:
             remaining = end - loop.time()
             if remaining <= 0:
@@ -196,9 +197,12 @@ class ComputeApi:
                 operation = await self.call(f"wait for {what}", self.operations.wait, operation=operation.name,
                                             timeout=min(remaining, WAIT_CALL_TIMEOUT))
             except ProviderUnavailable:
-                if loop.time() >= end:
+                # A failed wait says nothing about the operation: ask again, backing off so that an API that
+                # refuses at once is not hammered until the deadline.
+                if loop.time() + pause >= end:
                     raise
-                # A wait that timed out or hit a 5xx says nothing about the operation: ask again.
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_RETRY_PAUSE)
         raise_for_operation(operation, what)
 
 
@@ -210,7 +214,7 @@ def translate(exc: gexc.GoogleAPICallError, what: str) -> ProviderError:
     if isinstance(exc, (gexc.Unauthorized, gexc.Forbidden)):  # REST gives these for 401/403
         return ProviderAuthError(f"GCP refused {what} ({exc.code}): {detail}",
                                  hint="check gcp.credentials_file or ADC and the account's Compute roles")
-    if isinstance(exc, (gexc.TooManyRequests, gexc.ServerError, gexc.DeadlineExceeded, gexc.RetryError)) or any(
+    if isinstance(exc, (gexc.TooManyRequests, gexc.ServerError, gexc.DeadlineExceeded)) or any(
             code in detail for code in CAPACITY_ERRORS):
         return ProviderUnavailable(f"GCP could not do {what} now ({exc.code}): {detail}",
                                    hint="retry later; for spot capacity, another gcp.zone may have room")
