@@ -1,0 +1,385 @@
+"""Given the local cloud's Vast emulator over real hosts, the official vastai CLI 1.9.1 and our provider both work.
+
+The emulator runs in this process (its hosts are real sshd processes); the CLI runs as a subprocess with an
+isolated HOME and XDG dirs, pointed at the emulator by VAST_URL and --url. The CLI exits 0 even after an HTTP
+error (cloud-apis.md §0 #4), so every call checks stderr as well.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dumont.errors import AuthRefused, HostUnreachable
+from dumont.localcloud import procs
+from dumont.localcloud.daemon import LocalCloud
+from dumont.localcloud.emulators.vast import VastEmulator
+from dumont.localcloud.emulators.vast_market import search
+from dumont.localcloud.hosts import HostState
+from dumont.providers.base import Instance, InstanceState, LaunchRequest, Offer, OfferQuery, ProviderAuthError
+from dumont.providers.vast import VastClient, VastMarket, load_api_key, rent_first_available
+from dumont.transport.keys import KnownHosts, generate_keypair
+from dumont.transport.ssh import SshTarget, SshTransport
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CLI_TIMEOUT = 60.0
+SEED_QUERY = OfferQuery(min_gpu_ram_gb=8, max_price_per_hour=0.5, min_reliability=0.98,
+                        regions=("TH", "VN", "JP", "EU"), disk_gb=20, interruptible=True, limit=8)
+
+
+def vastai_cli() -> Path:
+    """The official CLI: $DUMONT_VASTAI_CLI, else the venv `make test` builds. Missing is a failure, not a skip."""
+    explicit = os.environ.get("DUMONT_VASTAI_CLI")
+    path = Path(explicit) if explicit else REPO / ".venv-vastai" / "bin" / "vastai"
+    if not path.exists():
+        pytest.fail(f"the official vastai CLI 1.9.1 is not at {path}: run `make .venv-vastai/bin/vastai` "
+                    "(or point DUMONT_VASTAI_CLI at one)")
+    return path
+
+
+@dataclass
+class Cli:
+    """One finished vastai command."""
+
+    stdout: str
+    stderr: str
+    returncode: int
+
+    def json(self) -> Any:
+        assert self.returncode == 0 and not self.stderr.strip(), f"vastai failed: {self.stderr}"
+        return json.loads(self.stdout)
+
+
+@dataclass
+class VastCloud:
+    """An emulator over a fresh local cloud, an SSH key to attach, and a transport that pins host keys."""
+
+    root: Path
+    cloud: LocalCloud
+    emulator: VastEmulator
+    url: str
+    transport: SshTransport
+    known_hosts: KnownHosts
+    attached_key: Path
+    attached_public_key: str
+    markets: list[VastMarket] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return (self.cloud.state_dir / "vast_api_key").read_text().strip()
+
+    async def vastai(self, *args: str, api_key: str | None = None) -> Cli:
+        """Run the official CLI against the emulator, as a user would, with nothing of ours in its HOME."""
+        home = self.root / "home"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "CI": "1",
+               "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache"),
+               "XDG_STATE_HOME": str(home / ".local" / "state"), "VAST_URL": self.url, "LANG": "C.UTF-8"}
+        proc = await asyncio.create_subprocess_exec(
+            str(vastai_cli()), "--url", self.url, "--api-key", api_key or self.key, *args, env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(CLI_TIMEOUT):
+                out, err = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+        return Cli(out.decode(), err.decode(), proc.returncode or 0)
+
+    def market(self, key_file: Path | None = None) -> VastMarket:
+        """Our provider against the emulator, with the emulator's key file unless told otherwise."""
+        key = load_api_key(key_file or self.cloud.state_dir / "vast_api_key")
+        market = VastMarket(VastClient(self.url, key))
+        self.markets.append(market)
+        return market
+
+    async def ssh(self, name: str, host: str, port: int, user: str, command: str) -> str:
+        """Run ``command`` on the instance's host over real SSH, with the attached key and its pinned host key."""
+        self.known_hosts.pin(name, self.cloud.pool.get(name).host_public_key)
+        result = await self.transport.run(SshTarget(name, host, port, user), ["sh", "-c", command], timeout=20)
+        return result.text.strip()
+
+
+@pytest.fixture
+async def vast(tmp_path: Path) -> AsyncIterator[VastCloud]:
+    """A Vast emulator with no provisioning delay; torn down with a check that no host process survives."""
+    root = tmp_path / "vast cloud"
+    root.mkdir()
+    cloud = LocalCloud(root / "state")
+    emulator = VastEmulator(cloud, delay=0)
+    url = await emulator.start()
+    public = generate_keypair(root / "attached_key", "dumont-test-attached")
+    known = KnownHosts(root / "known_hosts")
+    transport = SshTransport(identity=root / "attached_key", known_hosts=known, multiplex=False)
+    setup = VastCloud(root, cloud, emulator, url, transport, known, root / "attached_key", public)
+    try:
+        yield setup
+    finally:
+        for market in setup.markets:
+            await market.close()
+        await transport.close()
+        await emulator.stop()
+        await cloud.pool.shutdown()
+        leftovers = cloud.pool.leftover_processes()
+        assert not leftovers, f"processes of the local cloud survived teardown: {sorted(leftovers)}"
+
+
+# ---------------------------------------------------------------------------------------------- the official CLI
+
+
+async def test_cli_search_returns_only_matching_offers_in_the_order_asked(vast: VastCloud) -> None:
+    """Given a query on gpu_ram, dph, reliability and geolocation, every offer matches and the order holds."""
+    found = (await vast.vastai("search", "offers", "gpu_ram>=8 dph<=0.5 reliability>0.98 geolocation in [TH,VN,JP]",
+                               "-o", "dph_total", "--raw")).json()
+    assert found, "the seed's market must have offers within the default limits"
+    for offer in found:
+        assert offer["gpu_ram"] >= 8000 and offer["dph_total"] <= 0.5 and offer["reliability"] > 0.98
+        assert offer["geolocation"][-2:] in {"TH", "VN", "JP"}
+    prices = [o["dph_total"] for o in found]
+    assert prices == sorted(prices)
+    body = {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True},
+            "gpu_ram": {"gte": 8000.0}, "dph_total": {"lte": "0.5"}, "reliability": {"gt": "0.98"},
+            "geolocation": {"in": ["TH", "VN", "JP"]}, "order": [["dph_total", "asc"]], "type": "on-demand",
+            "allocated_storage": 5.0}
+    expected = search(vast.emulator.catalogue.values(), body)
+    assert [o["id"] for o in found] == [o["id"] for o in expected], "nothing matching is left out"
+
+    best_first = (await vast.vastai("search", "offers", "gpu_name=RTX_4090 num_gpus=1 geolocation in [TH,VN,JP,DE]",
+                                    "-i", "-o", "reliability-", "--limit", "5", "--storage", "50", "--raw")).json()
+    assert 0 < len(best_first) <= 5
+    assert all(o["gpu_name"] == "RTX 4090" and o["num_gpus"] == 1 and o["is_bid"] for o in best_first)
+    assert [o["reliability"] for o in best_first] == sorted((o["reliability"] for o in best_first), reverse=True)
+    assert all(o["dph_total"] >= o["min_bid"] for o in best_first), "a bid search is priced at the minimum bid"
+
+
+async def test_cli_rents_on_demand_reaches_it_by_ssh_and_manages_it(vast: VastCloud) -> None:
+    """Create, attach a key, SSH in, show, stop, start (files kept), destroy -y: each as the CLI reports it."""
+    query = "gpu_ram>=8 dph<=0.5 geolocation in [JP]"
+    offer = (await vast.vastai("search", "offers", query, "-o", "dph_total", "--raw")).json()[0]
+    created = (await vast.vastai("create", "instance", str(offer["id"]), "--image", "pytorch/pytorch", "--disk", "20",
+                                 "--ssh", "--direct", "--label", "dumont-cli", "--raw")).json()
+    assert created["success"] is True
+    instance_id = created["new_contract"]
+    name = f"vast-{instance_id}"
+    after = (await vast.vastai("search", "offers", query, "-o", "dph_total", "--raw")).json()
+    assert offer["id"] not in [o["id"] for o in after], "a rented machine leaves the market"
+
+    attached = await vast.vastai("attach", "ssh", str(instance_id), vast.attached_public_key)
+    assert not attached.stderr and ast.literal_eval(attached.stdout.strip())["success"] is True
+    row = (await vast.vastai("show", "instance", str(instance_id), "--raw")).json()
+    assert (row["id"], row["actual_status"], row["intended_status"]) == (instance_id, "running", "running")
+    assert (row["label"], row["is_bid"], row["machine_id"]) == ("dumont-cli", False, offer["machine_id"])
+    host, port = row["public_ipaddr"], int(row["ports"]["22/tcp"][0]["HostPort"])
+    assert (host, port) == (row["ssh_host"], row["ssh_port"])
+    assert await vast.ssh(name, host, port, row["ssh_user"], 'echo "$DUMONT_HOST" > "$DUMONT_WORKSPACE/who"; '
+                          'cat "$DUMONT_WORKSPACE/who"') == name
+    url = await vast.vastai("ssh-url", str(instance_id))
+    assert url.stdout.strip() == f"ssh://root@127.0.0.1:{port}"
+
+    listed = (await vast.vastai("show", "instances", "--raw")).json()
+    assert [(i["id"], i["label"]) for i in listed] == [(instance_id, "dumont-cli")]
+
+    stopped = await vast.vastai("stop", "instance", str(instance_id), "--raw")
+    assert stopped.stdout.strip() == f"stopping instance {instance_id}." and not stopped.stderr
+    row = (await vast.vastai("show", "instance", str(instance_id), "--raw")).json()
+    assert (row["actual_status"], row["intended_status"], row["cur_state"]) == ("stopped", "stopped", "stopped")
+    assert vast.cloud.pool.get(name).state == HostState.STOPPED
+    with pytest.raises(HostUnreachable):
+        await vast.ssh(name, host, port, row["ssh_user"], "true")
+
+    started = await vast.vastai("start", "instance", str(instance_id), "--raw")
+    assert started.stdout.strip() == f"starting instance {instance_id}." and not started.stderr
+    row = (await vast.vastai("show", "instance", str(instance_id), "--raw")).json()
+    assert row["actual_status"] == "running"
+    assert await vast.ssh(name, row["ssh_host"], row["ssh_port"], row["ssh_user"],
+                          'cat "$DUMONT_WORKSPACE/who"') == name, "a stopped instance keeps its disk"
+
+    destroyed = await vast.vastai("destroy", "instance", str(instance_id), "-y", "--raw")
+    assert (destroyed.stdout, destroyed.stderr, destroyed.returncode) == ("", "", 0)
+    assert (await vast.vastai("show", "instance", str(instance_id), "--raw")).json() == {"instances": None}
+    assert name not in [h.name for h in vast.cloud.pool.hosts()]
+    back = (await vast.vastai("search", "offers", query, "-o", "dph_total", "--raw")).json()
+    assert offer["id"] in [o["id"] for o in back], "a destroyed instance frees its machine"
+
+
+async def test_cli_rents_interruptible_with_a_bid_and_only_the_attached_key_works(vast: VastCloud) -> None:
+    """--bid_price rents an interruptible instance at that price; a key never given to it is refused."""
+    offer = (await vast.vastai("search", "offers", "gpu_ram>=8 dph<=0.5 geolocation in [TH]", "-i",
+                               "-o", "dph_total", "--raw")).json()[0]
+    bid = round(offer["min_bid"] + 0.01, 4)
+    created = (await vast.vastai("create", "instance", str(offer["id"]), "--image", "img", "--disk", "10",
+                                 "--bid_price", str(bid), "--label", "dumont-bid", "--raw")).json()
+    instance_id = created["new_contract"]
+    row = (await vast.vastai("show", "instance", str(instance_id), "--raw")).json()
+    assert row["is_bid"] is True and row["actual_status"] == "running"
+    assert row["dph_total"] == pytest.approx(bid + offer["storage_cost"] * 10 / 720, abs=1e-3)
+
+    name = f"vast-{instance_id}"
+    with pytest.raises(AuthRefused):
+        await vast.ssh(name, row["ssh_host"], row["ssh_port"], row["ssh_user"], "true")
+    await vast.vastai("attach", "ssh", str(instance_id), vast.attached_public_key)
+    assert await vast.ssh(name, row["ssh_host"], row["ssh_port"], row["ssh_user"], 'echo "$DUMONT_HOST"') == name
+
+
+async def test_cli_with_a_wrong_key_gets_401_on_stderr_and_exit_0(vast: VastCloud) -> None:
+    """The emulator refuses a wrong key the way Vast does; the CLI reports it on stderr and still exits 0."""
+    result = await vast.vastai("show", "instances", "--raw", api_key="not-the-key")
+    assert result.returncode == 0 and result.stdout == ""
+    assert json.loads(result.stderr.splitlines()[0]) == {"error": True, "status_code": 401, "msg": "Invalid user key"}
+
+
+# ---------------------------------------------------------------------------------------------- our provider
+
+
+def _launch(vast: VastCloud, offer: Offer) -> LaunchRequest:
+    return LaunchRequest(offer=offer, image="pytorch/pytorch:2.1.0-cuda12.1-cudnn8", disk_gb=20,
+                         label="dumont-train", ssh_public_keys=[vast.attached_public_key])
+
+
+async def _faults(vast: VastCloud, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=vast.url, headers={"Authorization": f"Bearer {vast.key}"},
+                                 timeout=10) as http:
+        response = await http.post(f"/_dumont/faults/{action}", json=body)
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+async def test_provider_retries_a_429_honouring_retry_after(vast: VastCloud) -> None:
+    """Given one 429 with Retry-After: 1, the search waits about a second and then succeeds."""
+    armed = await _faults(vast, "throttle", {"count": 1, "retry_after": 1})
+    assert armed["throttle_left"] == 1
+    started = time.monotonic()
+    offers = await vast.market().search_offers(SEED_QUERY)
+    assert offers and time.monotonic() - started >= 0.9
+    assert vast.emulator.faults.throttle_left == 0, "the 429 was served and retried past"
+    assert [o.region_rank for o in offers] == sorted(o.region_rank for o in offers)
+    assert all(o.price_per_hour <= 0.5 and o.gpu_ram_gb >= 8 and o.reliability >= 0.98 for o in offers)
+
+
+async def test_a_wrong_key_names_where_it_came_from_never_the_key(vast: VastCloud, tmp_path: Path) -> None:
+    """A refused key stops with a message that names its file, and shows neither the key nor the real one."""
+    wrong = tmp_path / "wrong_key"
+    wrong.write_text("wrong-key-0123456789abcdef\n")
+    wrong.chmod(0o600)
+    with pytest.raises(ProviderAuthError) as error:
+        await vast.market(wrong).search_offers(SEED_QUERY)
+    message = str(error.value)
+    assert f"the key in {wrong}" in message and "401" in message
+    assert "wrong-key-0123456789abcdef" not in message and vast.key not in message
+
+
+async def test_a_vanished_offer_moves_on_to_the_next_one(vast: VastCloud) -> None:
+    """Given the best offer vanishing between search and rent, the next one is rented and reachable by SSH."""
+    market = vast.market()
+    offers = await market.search_offers(SEED_QUERY)
+    await _faults(vast, "vanish", {"next": 1})
+    instance = await rent_first_available(market, offers, lambda o: _launch(vast, o), max_attempts=3)
+    assert instance.machine_id == offers[1].machine_id
+    assert instance.state is InstanceState.RUNNING and instance.label == "dumont-train"
+    assert offers[0].offer_id not in [o.offer_id for o in await market.search_offers(SEED_QUERY)]
+    assert await _ssh_to(vast, instance, 'echo "$DUMONT_HOST"') == f"vast-{instance.instance_id}"
+    assert [i.instance_id for i in await market.list("dumont-train")] == [instance.instance_id]
+
+
+async def _ssh_to(vast: VastCloud, instance: Instance, command: str) -> str:
+    assert instance.ssh_host and instance.ssh_port
+    return await vast.ssh(f"vast-{instance.instance_id}", instance.ssh_host, instance.ssh_port, instance.ssh_user,
+                          command)
+
+
+async def test_outbid_and_offline_are_reported_as_such(vast: VastCloud) -> None:
+    """An outbid instance is OUTBID with its files kept; a killed one is OFFLINE; a destroyed one TERMINATED."""
+    market = vast.market()
+    offers = await market.search_offers(SEED_QUERY)
+    first, second = [await market.create(_launch(vast, o)) for o in offers[:2]]
+    await _ssh_to(vast, first, 'echo kept > "$DUMONT_WORKSPACE/model.pt"')
+
+    host = vast.cloud.pool.get(f"vast-{first.instance_id}")
+    record = await vast.emulator.fault("outbid", host)
+    assert record["state"] == "stopped" and record["vast"]["intended_status"] == "running"
+    outbid = await market.get(first.instance_id)
+    assert outbid.state is InstanceState.OUTBID and outbid.state.is_lost
+    assert (host.workspace / "model.pt").read_text() == "kept\n"
+
+    await _faults(vast, "offline", {"instance_id": int(second.instance_id)})
+    assert (await market.get(second.instance_id)).state is InstanceState.OFFLINE
+
+    for instance in (first, second):
+        await market.destroy(instance.instance_id)
+        assert (await market.get(instance.instance_id)).state is InstanceState.TERMINATED
+    await market.destroy(first.instance_id)  # already gone: fine
+    assert [h for h in vast.cloud.pool.hosts() if h.provider == "vast"] == []
+
+
+# ---------------------------------------------------------------------------------------------- through the daemon
+
+
+def dumont(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The dumont CLI as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "dumont", *args], check=False, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120, env=env)
+
+
+@pytest.fixture
+def daemon_env(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A state dir for `dumont local up`, with no provisioning delay; always brought down."""
+    state = tmp_path / "daemon state"
+    env = {**os.environ, "DUMONT_LOCAL_VAST_DELAY_SECONDS": "0"}
+    env.pop("VAST_API_KEY", None)
+    yield state, env
+    dumont("local", "down", "--state-dir", str(state), env=env)
+    if (state / "cloud_id").exists():
+        assert procs.marked_processes((state / "cloud_id").read_text().strip(), state / "hosts") == set()
+
+
+def test_local_up_serves_vast_and_offers_and_outbid_work_from_the_cli(daemon_env: tuple[Path, dict[str, str]]
+                                                                      ) -> None:
+    """`dumont local up --json` gives vast_url; `dumont offers` lists in order; `dumont local outbid` outbids."""
+    state, env = daemon_env
+    up = dumont("local", "up", "--state-dir", str(state), "--json", env=env)
+    assert up.returncode == 0, up.stderr
+    url = json.loads(up.stdout)["vast_url"]
+    key_file = state / "vast_api_key"
+    assert url.startswith("http://127.0.0.1:") and key_file.stat().st_mode & 0o077 == 0
+
+    listed = dumont("offers", "--state-dir", str(state), "--json", "--limit", "6", env=env)
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    offers = data["offers"]
+    assert data["criteria"]["regions"] == ["TH", "VN", "JP", "EU"] and data["criteria"]["max_price_per_hour"] == 0.5
+    assert len(offers) == 6
+    assert offers == sorted(offers, key=lambda o: (o["region_rank"], o["price_per_hour"], -o["reliability"]))
+    assert all(o["price_per_hour"] <= 0.5 and o["reliability"] >= 0.98 for o in offers)
+    human = dumont("offers", "--state-dir", str(state), "--limit", "3", env=env)
+    assert human.returncode == 0 and offers[0]["offer_id"] in human.stdout
+
+    headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
+    body = {"client_id": "me", "image": "img", "disk": 10.0, "price": offers[0]["min_bid"], "label": "dumont-x"}
+    rented = httpx.put(f"{url}/api/v0/asks/{offers[0]['offer_id']}/", json=body, headers=headers, timeout=30)
+    assert rented.headers["Content-Type"] == "application/json"
+    instance_id = rented.json()["new_contract"]
+
+    outbid = dumont("local", "outbid", str(instance_id), "--state-dir", str(state), "--json", env=env)
+    assert outbid.returncode == 0, outbid.stderr
+    assert json.loads(outbid.stdout)["state"] == "stopped"
+    row = httpx.get(f"{url}/api/v0/instances/{instance_id}/", headers=headers, timeout=30).json()["instances"]
+    assert (row["actual_status"], row["intended_status"], row["is_bid"]) == ("stopped", "running", True)
+    on_demand = httpx.put(f"{url}/api/v0/asks/{offers[1]['offer_id']}/", json={**body, "price": None},
+                          headers=headers, timeout=30).json()["new_contract"]
+    refused = dumont("local", "outbid", f"vast-{on_demand}", "--state-dir", str(state), env=env)
+    assert refused.returncode == 2 and "only interruptible instances are outbid" in refused.stderr
