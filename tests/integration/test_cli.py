@@ -43,14 +43,20 @@ def test_local_cloud_lifecycle_leaves_nothing_behind(state_dir: Path) -> None:
     assert again["already_running"] and again["pid"] == up["pid"]
     assert [(h["name"], h["ssh_port"]) for h in again["hosts"]] == [(h["name"], h["ssh_port"]) for h in up["hosts"]]
 
+    assert up["config"] == str(state_dir / "dumont.toml") and (state_dir / "dumont.toml").exists()
+    assert up["vast_url"].startswith("http://127.0.0.1:") and up["gcp_url"].startswith("http://127.0.0.1:")
+    assert dumont("config", "check", up["config"]).returncode == 0
+    assert dumont("local", "add", "cpu-1", "--role", "cpu", "--state-dir", str(state_dir)).returncode == 0
     hosts = json.loads(dumont("local", "hosts", "--state-dir", str(state_dir), "--json").stdout)
-    assert {h["name"] for h in hosts} == {"gpu-1", "cpu-1"}
+    assert {h["provider"] for h in hosts} == {"vast", "local"} and len(hosts) == 2
     for field in ("name", "role", "provider", "ssh_port", "pids", "workspace", "state"):
         assert all(field in h for h in hosts), field
     assert all(h["state"] == "running" and h["pids"] for h in hosts)
     assert (state_dir / "user_key").stat().st_mode & 0o077 == 0
 
-    killed = dumont("local", "kill", "gpu-1", "--state-dir", str(state_dir), "--json")
+    gpu = next(h for h in hosts if h["provider"] == "vast")
+    assert gpu["instance_id"] and gpu["role"] == "gpu"
+    killed = dumont("local", "kill", gpu["instance_id"], "--state-dir", str(state_dir), "--json")
     assert killed.returncode == 0 and json.loads(killed.stdout)["state"] == "killed"
     cloud_id = (state_dir / "cloud_id").read_text().strip()
 
@@ -70,10 +76,17 @@ def test_interrupting_the_daemon_stops_every_host(state_dir: Path) -> None:
     assert procs.marked_processes(cloud_id, state_dir / "hosts") == set()
 
 
+def up_with_plain_hosts(state_dir: Path) -> None:
+    """A local cloud with two plain hosts, gpu-1 and cpu-1, for one-off passes."""
+    dumont("local", "up", "--state-dir", str(state_dir))
+    for name in ("gpu-1", "cpu-1"):
+        dumont("local", "add", name, "--state-dir", str(state_dir))
+
+
 def test_sync_and_verify_through_the_cli(state_dir: Path) -> None:
     """Given a local cloud, when a workspace is synced and verified, then both succeed; an emptied source is
     refused with exit 1 and the standby keeps its files."""
-    dumont("local", "up", "--state-dir", str(state_dir))
+    up_with_plain_hosts(state_dir)
     workspace = state_dir / "hosts" / "gpu-1" / "workspace"
     (workspace / "notes.txt").write_text("hello")
     synced = dumont("sync", "--from", "gpu-1", "--to", "cpu-1", "--state-dir", str(state_dir), "--json")
@@ -109,7 +122,7 @@ def test_sync_and_verify_through_the_cli(state_dir: Path) -> None:
 )
 def test_bad_input_is_refused_with_exit_2_and_changes_nothing(state_dir: Path, args: list[str], message: str) -> None:
     """Given a running local cloud, when the CLI gets bad input, then it names the problem and exits 2."""
-    dumont("local", "up", "--state-dir", str(state_dir))
+    up_with_plain_hosts(state_dir)
     before = sorted(p.name for p in (state_dir / "hosts" / "cpu-1" / "var" / "lib" / "dumont").iterdir())
     result = dumont(*args, "--state-dir", str(state_dir)) if args[0] != "frobnicate" else dumont(*args)
     assert result.returncode == 2, (result.returncode, result.stderr)

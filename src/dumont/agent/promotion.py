@@ -148,12 +148,16 @@ def _clear_workspace() -> str | None:
 
 
 def retire_workspace(args: Json) -> Json:
-    """A former primary becomes a standby: move its live workspace aside until a later snapshot supersedes it."""
+    """A former primary becomes a standby: move its live workspace aside until a later snapshot supersedes it.
+
+    The copy is named for the epoch in which it was live (the one before ``epoch``), so the first snapshot
+    committed in ``epoch`` lets it go.
+    """
     epoch = accept_epoch(int(args["epoch"]))
     workspace = workspace_dir()
     if not os.path.lexists(workspace):
         return {"retired": None}
-    aside = os.path.join(data_dir(), f"retired-{epoch}")
+    aside = os.path.join(data_dir(), f"retired-{epoch - 1}")
     remove_tree(aside)
     os.rename(workspace, aside)
     os.makedirs(workspace)

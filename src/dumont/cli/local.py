@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import click
 
 from dumont.cli.common import emit, json_option
 from dumont.localcloud import control, layout
+from dumont.localcloud.ready import ensure_ready_config
 
 state_dir_option = click.option(
     "--state-dir",
@@ -39,16 +41,18 @@ def up(state_dir: Path | None, as_json: bool) -> None:
     """Start the local cloud (a second `up` on a running one changes nothing)."""
     directory = resolve_state_dir(state_dir)
     ready, was_running = control.start(directory)
+    config = asyncio.run(ensure_ready_config(directory, ready))
     hosts = control.client(directory).get("/hosts")["hosts"]
     data = {"state_dir": str(directory), "already_running": was_running, "control_url": ready["control_url"],
-            "pid": ready["pid"], "user_key": str(layout.user_key(directory)), "hosts": hosts,
+            "pid": ready["pid"], "user_key": str(layout.user_key(directory)), "hosts": hosts, "config": str(config),
             **{k: v for k, v in ready.items() if k.endswith("_url")}}
 
     def human(d: dict[str, Any]) -> str:
         head = "local cloud already running" if d["already_running"] else "local cloud started"
         lines = [f"{head} in {d['state_dir']} (daemon pid {d['pid']})"]
-        lines += [f"  {h['name']:<10} {h['state']:<12} ssh -i {d['user_key']} -p {h['ssh_port']} "
+        lines += [f"  {h['name']:<14} {h['state']:<12} ssh -i {d['user_key']} -p {h['ssh_port']} "
                   f"{h['user']}@127.0.0.1" for h in d["hosts"]]
+        lines.append(f"config protecting one pair: {d['config']}  (run it: dumont run --config {d['config']})")
         return "\n".join(lines)
 
     emit(data, as_json=as_json, human=human)

@@ -51,6 +51,9 @@ def say(message: str) -> None:
 
 async def run_demo(state_dir: Path, size_mb: int) -> dict[str, Any]:
     """Run the demo steps against a running local cloud; return the measured figures."""
+    client = control.client(state_dir)
+    for name, role in (("gpu-1", "gpu"), ("cpu-1", "cpu")):
+        client.post("/hosts", {"name": name, "role": role})
     hosts = local_hosts(state_dir)
     gpu, cpu = hosts["gpu-1"], hosts["cpu-1"]
     workspace = state_dir / "hosts" / "gpu-1" / "workspace"

@@ -61,15 +61,6 @@ class LocalCloud:
         for emulator in self.emulators:
             await emulator.stop()
 
-    async def start_default_hosts(self) -> None:
-        """Create the hosts a fresh local cloud starts with (one GPU stand-in, one CPU stand-in)."""
-        user_key = ensure_keypair(layout.user_key(self.state_dir), "dumont-local-user")
-        for name, role in (("gpu-1", "gpu"), ("cpu-1", "cpu")):
-            if not any(h.name == name for h in self.pool.hosts()):
-                await self.pool.create(name, authorized_keys=[user_key], role=role)
-            else:
-                await self.pool.start(name)
-
     def app(self) -> web.Application:
         """The control API."""
         app = web.Application(middlewares=[self._auth, self._errors])
@@ -140,8 +131,8 @@ async def serve(state_dir: Path, ready_fd: int | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, cloud.stopping.set)
     try:
+        ensure_keypair(layout.user_key(state_dir), "dumont-local-user")
         await cloud.start_emulators()
-        await cloud.start_default_hosts()
         ready = {"pid": os.getpid(), "control_url": f"http://127.0.0.1:{port}", "cloud_id": cloud.pool.cloud_id,
                  **cloud.urls}
         write_private(layout.control_token(state_dir), cloud.token)

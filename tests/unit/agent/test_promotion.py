@@ -100,8 +100,9 @@ def test_retiring_a_workspace_keeps_it_until_a_later_snapshot(host: Path) -> Non
     (host / "workspace" / "a").write_text("cpu-side write")
     retired = promotion.retire_workspace({"epoch": 4})["retired"]
     assert Path(retired, "a").read_text() == "cpu-side write"
-    assert promotion.drop_superseded_retirements(4) == []
-    assert promotion.drop_superseded_retirements(5) == ["retired-4"]
+    assert Path(retired).name == "retired-3"
+    assert promotion.drop_superseded_retirements(3) == []
+    assert promotion.drop_superseded_retirements(4) == ["retired-3"]
 
 
 def test_nothing_to_promote_is_refused(host: Path) -> None:

@@ -79,25 +79,6 @@ PAGE_LIMIT = 25
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """JSON with a Content-Type of exactly ``application/json`` (``web.json_response`` adds a charset)."""
-    return web.Response(body=json.dumps(data).encode(), status=status,
-                        headers={"Content-Type": "application/json", **(headers or {})})
-
-
-def refuse(status: int, code: str, message: str) -> web.Response:
-    """Vast's usual error body."""
-    return reply({"success": False, "error": code, "msg": message}, status)
-
-
-class _Refused(Exception):
-    """A request the emulator refuses the way Vast would."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
 @dataclass
 class Faults:
     """Faults armed through ``/_dumont/faults``."""
@@ -458,62 +439,6 @@ class VastEmulator:
         else:
             raise _Refused(404, "not_found", f"no fault {action!r}: throttle, vanish, outbid, offline, clear")
         return reply(self.faults.as_dict())
-
-
-def _new_instance(instance_id: int, offer: dict[str, Any], body: dict[str, Any]) -> VastInstance:
-    """The record of a rent of ``offer`` with the CLI's create body (cloud-apis.md §1.5)."""
-    image, price, disk = _text(body.get("image")), _number(body, "price"), _number(body, "disk") or 10.0
-    if image is None:
-        raise _Refused(400, "invalid_args", "image is required")
-    raw_env = body.get("env")
-    env = raw_env if isinstance(raw_env, dict) else {}
-    now = time.time()
-    return VastInstance(
-        id=instance_id, host=f"vast-{instance_id}", image=image, disk=disk,
-        offer=priced_offer(offer, "on-demand" if price is None else "bid", disk),
-        label=_text(body.get("label")), runtype=str(body.get("runtype") or "ssh"), bid_price=price,
-        onstart=_text(body.get("onstart")),
-        # The CLI turns "-p 8080:8080" into a key of its own; only real variables are environment.
-        env={str(k): str(v) for k, v in env.items() if not str(k).startswith("-")},
-        created_at=now, started_at=now,
-        # A bid under the market's minimum loses at once: rented, but outbid until the bid is raised.
-        outbid=price is not None and price < float(offer["min_bid"]))
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _Refused(400, "invalid_args", "the body is not JSON") from None
-    if not isinstance(data, dict):
-        raise _Refused(400, "invalid_args", "the body must be a JSON object")
-    return data
-
-
-def _json_query(request: web.Request, name: str, default: Any) -> Any:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        raise _Refused(400, "invalid_args", f"{name} is not JSON") from None
-
-
-def _number(data: dict[str, Any], key: str) -> float | None:
-    value = data.get(key)
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise _Refused(400, "invalid_args", f"{key} must be a number, not {value!r}") from None
-
-
-def _text(value: object) -> str | None:
-    return (value.strip() or None) if isinstance(value, str) else None
 
 
 def create(cloud: LocalCloud) -> VastEmulator:
