@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import os
 import secrets
 import time
@@ -59,9 +58,9 @@ from aiohttp import web
 from dumont.errors import DumontError, LocalCloudError, UsageError
 from dumont.localcloud import layout
 from dumont.localcloud.emulators import vast_instances as records
+from dumont.localcloud.emulators.vast_http import Refused, json_query, number, read_body, refuse, reply, text
 from dumont.localcloud.emulators.vast_instances import VastInstance
 from dumont.localcloud.emulators.vast_market import DEFAULT_SEED, MODELS, generate_catalogue, matches, order_rows
-from dumont.localcloud.emulators.vast_market import priced as priced_offer
 from dumont.localcloud.emulators.vast_market import search as search_offers
 from dumont.localcloud.hosts import HostState, LocalHost
 from dumont.transport.keys import write_private
@@ -216,7 +215,7 @@ class VastEmulator:
                              self.faults.throttle_status, {"Retry-After": f"{after:g}"} if after is not None else {})
         try:
             return await handler(request)
-        except _Refused as exc:
+        except Refused as exc:
             return refuse(exc.status, exc.code, exc.message)
         except web.HTTPException as exc:  # unknown path or method: JSON too
             return refuse(exc.status, "not_found" if exc.status == 404 else "invalid_request", exc.reason)
@@ -244,7 +243,7 @@ class VastEmulator:
         instance_id = int(request.match_info["id"])
         instance = self.instances.get(instance_id)
         if instance is None:
-            raise _Refused(404, "no_such_instance", f"Instance {instance_id} not found.")
+            raise Refused(404, "no_such_instance", f"Instance {instance_id} not found.")
         return instance
 
     def _rented_machines(self) -> set[int]:
@@ -261,7 +260,7 @@ class VastEmulator:
 
     async def _start_host(self, instance: VastInstance) -> None:
         if self._host(instance) is None:
-            raise _Refused(409, "machine_unavailable", f"The machine of instance {instance.id} is gone.")
+            raise Refused(409, "machine_unavailable", f"The machine of instance {instance.id} is gone.")
         instance.started_at = time.time()
         await self.pool.start(instance.host)
 
@@ -275,25 +274,25 @@ class VastEmulator:
                       "balance": 0.0, "host_agreement_accepted": False, "fullname": "Dumont local cloud"})
 
     async def _search(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await read_body(request)
         query = body.get("q", {}) if request.method == "PUT" else body
         if not isinstance(query, dict):
-            raise _Refused(400, "invalid_args", "q must be an object of filters")
+            raise Refused(400, "invalid_args", "q must be an object of filters")
         rented, gone = self._rented_machines(), self.faults.vanished
         available = [o for o in self.catalogue.values() if o["id"] not in gone and o["machine_id"] not in rented]
         return reply({"offers": search_offers(available, query)})
 
     async def _rent(self, request: web.Request) -> web.Response:
         offer_id = int(request.match_info["id"])
-        body = await _body(request)
+        body = await read_body(request)
         async with self._lock:
             offer = self.catalogue.get(offer_id)
             if offer is not None and self.faults.vanish_next > 0:
                 self.faults.vanish_next -= 1
                 self.faults.vanished.add(offer_id)
             if offer is None or offer_id in self.faults.vanished or offer["machine_id"] in self._rented_machines():
-                raise _Refused(404, "no_such_ask", f"Instance type {offer_id} is not available.")
-            instance = _new_instance(self._next_id, offer, body)
+                raise Refused(404, "no_such_ask", f"Instance type {offer_id} is not available.")
+            instance = records.from_create_body(self._next_id, offer, body)
             self._next_id += 1
             self.instances[instance.id] = instance
             try:
@@ -301,6 +300,8 @@ class VastEmulator:
                                        provider="vast", instance_id=str(instance.id), start=not instance.outbid)
             except DumontError:
                 del self.instances[instance.id]
+                if any(h.name == instance.host for h in self.pool.hosts()):
+                    await self.pool.destroy(instance.host)  # a host that never came up is not left behind
                 raise
             finally:
                 self._save()
@@ -310,12 +311,12 @@ class VastEmulator:
 
     async def _list_v1(self, request: web.Request) -> web.Response:
         rows = [self._row(i) for i in sorted(self.instances.values(), key=lambda i: i.id)]
-        rows = [r for r in rows if matches(r, _json_query(request, "select_filters", {}))]
-        order = [[o["col"], str(o.get("dir", "asc"))] for o in _json_query(request, "order_by", [])
+        rows = [r for r in rows if matches(r, json_query(request, "select_filters", {}))]
+        order = [[o["col"], str(o.get("dir", "asc"))] for o in json_query(request, "order_by", [])
                  if isinstance(o, dict) and "col" in o]
         rows = order_rows(rows, order)
-        limit = max(1, min(PAGE_LIMIT, int(_number(dict(request.query), "limit") or PAGE_LIMIT)))
-        start = int(_number(dict(request.query), "after_token") or 0)
+        limit = max(1, min(PAGE_LIMIT, int(number(dict(request.query), "limit") or PAGE_LIMIT)))
+        start = int(number(dict(request.query), "after_token") or 0)
         more = start + limit < len(rows)
         return reply({"instances": rows[start:start + limit], "next_token": str(start + limit) if more else None,
                       "total_instances": len(rows),
@@ -334,11 +335,11 @@ class VastEmulator:
         return reply({"instances": None if instance is None else self._row(instance)})
 
     async def _manage(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await read_body(request)
         async with self._lock:
             instance = self._instance(request)
             if "label" in body:
-                instance.label = _text(body["label"])
+                instance.label = text(body["label"])
             state = body.get("state")
             if state == "stopped":
                 instance.intended, instance.outbid = "stopped", False
@@ -351,7 +352,7 @@ class VastEmulator:
                 instance.intended = "running"
                 await self._start_host(instance)
             elif state is not None:
-                raise _Refused(400, "invalid_args", f"state must be running or stopped, not {state!r}")
+                raise Refused(400, "invalid_args", f"state must be running or stopped, not {state!r}")
             self._save()
         return reply({"success": True, "msg": f"Instance {instance.id} updated."})
 
@@ -365,13 +366,13 @@ class VastEmulator:
         return reply({"success": True, "msg": f"Instance {instance.id} destroyed."})
 
     async def _attach(self, request: web.Request) -> web.Response:
-        key = _text((await _body(request)).get("ssh_key"))
+        key = text((await read_body(request)).get("ssh_key"))
         if key is None or not key.startswith("ssh"):
-            raise _Refused(400, "invalid_args", "ssh_key must be an OpenSSH public key (ssh-ed25519 AAAA...)")
+            raise Refused(400, "invalid_args", "ssh_key must be an OpenSSH public key (ssh-ed25519 AAAA...)")
         async with self._lock:
             instance = self._instance(request)
             if self._host(instance) is None:
-                raise _Refused(409, "machine_unavailable", f"The machine of instance {instance.id} is gone.")
+                raise Refused(409, "machine_unavailable", f"The machine of instance {instance.id} is gone.")
             self.pool.authorize(instance.host, key)
             key_id = str(next((k for k, v in instance.keys.items() if v == key), len(instance.keys) + 1))
             instance.keys[key_id] = key
@@ -384,7 +385,7 @@ class VastEmulator:
             key = instance.keys.pop(request.match_info["key"], None)
             host = self._host(instance)
             if key is None:
-                raise _Refused(404, "not_found", f"Instance {instance.id} has no key {request.match_info['key']}.")
+                raise Refused(404, "not_found", f"Instance {instance.id} has no key {request.match_info['key']}.")
             if host is not None:
                 kept = [line for line in host.authorized_keys.read_text().splitlines() if line.strip() != key]
                 write_private(host.authorized_keys, "".join(f"{line}\n" for line in kept))
@@ -392,11 +393,11 @@ class VastEmulator:
         return reply({"success": True, "msg": "SSH key detached."})
 
     async def _change_bid(self, request: web.Request) -> web.Response:
-        price = _number(await _body(request), "price")
+        price = number(await read_body(request), "price")
         async with self._lock:
             instance = self._instance(request)
             if not instance.is_bid or price is None or price <= 0:
-                raise _Refused(400, "invalid_args", f"instance {instance.id} is not interruptible, or price is bad")
+                raise Refused(400, "invalid_args", f"instance {instance.id} is not interruptible, or price is bad")
             instance.bid_price = price
             if instance.outbid and price >= float(instance.offer["min_bid"]) and instance.intended == "running":
                 instance.outbid = False  # the highest bid runs again
@@ -417,27 +418,27 @@ class VastEmulator:
         return reply(self.faults.as_dict())
 
     async def _inject(self, request: web.Request) -> web.Response:
-        action, body = request.match_info["action"], await _body(request)
+        action, body = request.match_info["action"], await read_body(request)
         if action == "throttle":
-            status = int(_number(body, "status") or 429)
+            status = int(number(body, "status") or 429)
             if status != 429 and not 500 <= status <= 599:
-                raise _Refused(400, "invalid_args", f"status must be 429 or 5xx, not {status}")
-            self.faults.throttle_left = int(_number(body, "count") or 1)
+                raise Refused(400, "invalid_args", f"status must be 429 or 5xx, not {status}")
+            self.faults.throttle_left = int(number(body, "count") or 1)
             self.faults.throttle_status = status
-            self.faults.retry_after = _number(body, "retry_after") if "retry_after" in body else 1.0
+            self.faults.retry_after = number(body, "retry_after") if "retry_after" in body else 1.0
         elif action == "vanish" and "offer_id" in body:
-            self.faults.vanished.add(int(_number(body, "offer_id") or 0))
+            self.faults.vanished.add(int(number(body, "offer_id") or 0))
         elif action == "vanish":
-            self.faults.vanish_next = int(_number(body, "next") or 1)
+            self.faults.vanish_next = int(number(body, "next") or 1)
         elif action in self.fault_actions:
-            instance = self.instances.get(int(_number(body, "instance_id") or 0))
+            instance = self.instances.get(int(number(body, "instance_id") or 0))
             if instance is None or self._host(instance) is None:
-                raise _Refused(404, "no_such_instance", f"no running instance {body.get('instance_id')!r}")
+                raise Refused(404, "no_such_instance", f"no running instance {body.get('instance_id')!r}")
             await self.fault(action, self.pool.get(instance.host))
         elif action == "clear":
             self.faults = Faults()
         else:
-            raise _Refused(404, "not_found", f"no fault {action!r}: throttle, vanish, outbid, offline, clear")
+            raise Refused(404, "not_found", f"no fault {action!r}: throttle, vanish, outbid, offline, clear")
         return reply(self.faults.as_dict())
 
 

@@ -22,10 +22,14 @@ running (or partitioned: Vast cannot tell)      running          running        
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dumont.errors import LocalCloudError
+from dumont.localcloud.emulators.vast_http import Refused, number, text
+from dumont.localcloud.emulators.vast_market import priced
 from dumont.localcloud.hosts import HostState, LocalHost
 from dumont.transport.keys import write_private
 
@@ -54,6 +58,26 @@ class VastInstance:
     def is_bid(self) -> bool:
         """Rented as an interruptible (bid) instance."""
         return self.bid_price is not None
+
+
+def from_create_body(instance_id: int, offer: dict[str, Any], body: dict[str, Any]) -> VastInstance:
+    """The record of a rent of ``offer`` with the CLI's create body (cloud-apis.md §1.5); 400 when it is bad."""
+    image, price, disk = text(body.get("image")), number(body, "price"), number(body, "disk") or 10.0
+    if image is None:
+        raise Refused(400, "invalid_args", "image is required")
+    raw_env = body.get("env")
+    env = raw_env if isinstance(raw_env, dict) else {}
+    now = time.time()
+    return VastInstance(
+        id=instance_id, host=f"vast-{instance_id}", image=image, disk=disk,
+        offer=priced(offer, "on-demand" if price is None else "bid", disk),
+        label=text(body.get("label")), runtype=str(body.get("runtype") or "ssh"), bid_price=price,
+        onstart=text(body.get("onstart")),
+        # The CLI turns "-p 8080:8080" into a key of its own; only real variables are environment.
+        env={str(k): str(v) for k, v in env.items() if not str(k).startswith("-")},
+        created_at=now, started_at=now,
+        # A bid under the market's minimum loses at once: rented, but outbid until the bid is raised.
+        outbid=price is not None and price < float(offer["min_bid"]))
 
 
 def status(instance: VastInstance, host: LocalHost | None, now: float, delay: float) -> tuple[str | None, str, str]:
@@ -118,7 +142,10 @@ def load(path: Path, first_id: int) -> tuple[dict[int, VastInstance], int]:
     """The persisted instance records and the next free id (none and ``first_id`` when nothing was saved)."""
     try:
         data = json.loads(path.read_text())
+        instances = {int(i["id"]): VastInstance(**i) for i in data.get("instances", [])}
+        return instances, int(data.get("next_id", first_id))
     except FileNotFoundError:
         return {}, first_id
-    instances = {int(i["id"]): VastInstance(**i) for i in data.get("instances", [])}
-    return instances, int(data.get("next_id", first_id))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise LocalCloudError(f"the Vast emulator's records in {path} cannot be read ({exc})",
+                              hint="move the file away to start with no Vast instances") from exc
