@@ -166,14 +166,17 @@ class VastClient:
                     f"Vast.ai {what} failed: {problem}; it was not retried because the server may have acted on it",
                     hint="look the instance up by its label before renting again") from cause
             if attempt >= self.retry.max_attempts or delay > left:
-                why = (f"after {attempt} attempt(s) in {self.retry.budget_seconds - left:.1f} s"
-                       if delay <= left else
-                       f"and asked for a wait of {delay:g} s, more than the {max(left, 0):.1f} s left of this "
-                       f"call's {self.retry.budget_seconds:g} s budget")
-                raise ProviderUnavailable(f"Vast.ai {what} failed: {problem} {why}",
+                raise ProviderUnavailable(f"Vast.ai {what} failed: {problem} {self._gave_up(attempt, delay, left)}",
                                           hint="Vast.ai is busy or unreachable; try again later") from cause
             log.info("Vast.ai %s: %s; retry %d in %.1f s", what, problem, attempt, delay)
             await self._sleep(delay)
+
+    def _gave_up(self, attempt: int, delay: float, left: float) -> str:
+        spent = f"after {attempt} attempt(s) in {self.retry.budget_seconds - left:.1f} s"
+        if delay <= left or attempt >= self.retry.max_attempts:
+            return spent
+        return (f"{spent}; the next try was due in {delay:g} s, past the {self.retry.budget_seconds:g} s budget of "
+                f"this call ({max(left, 0):.1f} s left)")
 
     def _json(self, response: httpx.Response, what: str) -> Any:
         try:

@@ -214,7 +214,7 @@ class VastMarket:
 
     async def list(self, label: str | None = None) -> list[Instance]:
         """Every instance of the account, or only those labelled ``label``."""
-        filters = {"label": {"eq": label}} if label else {}
+        filters = {"label": {"in": [label]}} if label else {}  # the form `vastai show instances --label` sends
         params: dict[str, str | int] = {"select_filters": json.dumps(filters),
                                         "order_by": json.dumps([{"col": "id", "dir": "asc"}]),
                                         "limit": LIST_PAGE_SIZE}

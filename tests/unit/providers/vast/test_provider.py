@@ -189,7 +189,7 @@ async def test_a_lost_rent_answer_finds_the_instance_instead_of_renting_twice() 
     assert instance.instance_id == "901"
     assert len(vast.calls("PUT /api/v0/asks/77/")) == 1
     listing = vast.calls("GET /api/v1/instances/")[0]
-    assert json.loads(listing.url.params["select_filters"]) == {"label": {"eq": "dumont-train"}}
+    assert json.loads(listing.url.params["select_filters"]) == {"label": {"in": ["dumont-train"]}}
 
 
 async def test_a_lost_rent_answer_with_nothing_rented_is_reported() -> None:
