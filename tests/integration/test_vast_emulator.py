@@ -32,6 +32,7 @@ from dumont.providers.base import Instance, InstanceState, LaunchRequest, Offer,
 from dumont.providers.vast import VastClient, VastMarket, load_api_key, rent_first_available
 from dumont.transport.keys import KnownHosts, generate_keypair
 from dumont.transport.ssh import SshTarget, SshTransport
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -324,6 +325,20 @@ async def test_outbid_and_offline_are_reported_as_such(vast: VastCloud) -> None:
         assert (await market.get(instance.instance_id)).state is InstanceState.TERMINATED
     await market.destroy(first.instance_id)  # already gone: fine
     assert [h for h in vast.cloud.pool.hosts() if h.provider == "vast"] == []
+
+
+async def test_a_new_instance_provisions_then_loads_then_runs(vast: VastCloud) -> None:
+    """With a provisioning delay, a new instance is PENDING (actual_status null, then loading) before RUNNING."""
+    vast.emulator.delay = 2.0
+    market = vast.market()
+    instance = await market.create(_launch(vast, (await market.search_offers(SEED_QUERY))[0]))
+    assert instance.state is InstanceState.PENDING
+    assert instance.raw_state.split()[0] in ("actual_status=None", "actual_status=loading")
+
+    async def is_running() -> None:
+        assert (await market.get(instance.instance_id)).state is InstanceState.RUNNING
+
+    await eventually(is_running, timeout=10, retry_on=(AssertionError,))
 
 
 # ---------------------------------------------------------------------------------------------- through the daemon
