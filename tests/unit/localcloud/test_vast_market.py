@@ -127,3 +127,31 @@ def test_status_is_derived_from_the_host_and_the_clock(instance: VastInstance, h
     actual, cur_state, message = status(instance, host, now, delay=1.0)
     assert (actual, cur_state) == expected
     assert message
+
+
+# The two search bodies the official CLI 1.9.1 sent in the recorded session (research/vastai-cli-1.9.1-requests).
+RECORDED_BODIES = [
+    {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True}, "gpu_ram": {"gte": 8000.0},
+     "dph_total": {"lte": "0.5"}, "geolocation": {"in": ["TH", "VN", "JP"]}, "order": [["score", "desc"]],
+     "type": "on-demand", "allocated_storage": 5.0},
+    {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True}, "gpu_ram": {"gte": 8000.0},
+     "dph_total": {"lte": "0.5"}, "reliability": {"gt": "0.98"}, "num_gpus": {"eq": "1"},
+     "gpu_name": {"eq": "RTX 4090"}, "order": [["dph_total", "asc"]], "type": "bid", "limit": 20,
+     "allocated_storage": 50.0},
+]
+
+
+@pytest.mark.parametrize("body", RECORDED_BODIES)
+def test_recorded_cli_bodies_select_and_order_as_asked(body: dict[str, Any]) -> None:
+    """Each recorded body finds offers, every one of them matching, in the order and number it asks for."""
+    found = search(generate_catalogue(DEFAULT_SEED), body)
+    assert found and len(found) <= body.get("limit", 64)
+    assert all(o["verified"] and o["gpu_ram"] >= 8000 and o["dph_total"] <= 0.5 for o in found)
+    assert all(o["is_bid"] == (body["type"] == "bid") for o in found)
+    (field, direction), = body["order"]
+    values = [o[field] for o in found]
+    assert values == sorted(values, reverse=direction == "desc")
+    if "gpu_name" in body:
+        assert {o["gpu_name"] for o in found} == {"RTX 4090"} and all(o["reliability"] > 0.98 for o in found)
+    else:
+        assert {o["geolocation"][-2:] for o in found} <= {"TH", "VN", "JP"}
