@@ -44,7 +44,9 @@ class ControllerContext:
         """Record an event (the one reason sentence) and tell the listeners (notifier, metrics, logs)."""
         payload = data or {}
         self.store.add_event(pair, kind, reason, payload)
-        log.info("%s%s: %s", f"{pair}: " if pair else "", kind, reason)
+        # The one log line of each transition; a state change names both ends (the reason says why).
+        what = f"{kind} {payload['from']} -> {payload['to']}" if kind == "state" and "to" in payload else kind
+        log.info("%s%s: %s", f"{pair}: " if pair else "", what, reason, extra={"pair": pair, "event": kind})
         for listener in self.listeners:
             listener(pair, kind, reason, payload)
 

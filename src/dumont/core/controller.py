@@ -41,8 +41,6 @@ from dumont.errors import DumontError
 
 log = logging.getLogger("dumont.controller")
 
-QUIET = (RunSync, ConsumeIntent)  # actions that do not make a tick worth a log line
-
 
 def policy_of(config: Config) -> Policy:
     """The decision thresholds of the configuration."""
@@ -113,7 +111,7 @@ class Controller:
         observations = await asyncio.gather(*(self.observe(rt, network) for rt in self.pairs.values()))
         for rt, observation in zip(self.pairs.values(), observations, strict=True):
             decision = decide(observation, rt.memory, self.policy)
-            rt.memory = decision.memory
+            rt.memory, rt.observation = decision.memory, observation
             await self.act(rt, decision)
 
     async def observe(self, rt: PairRuntime, network: bool | None) -> Observation:
@@ -139,11 +137,8 @@ class Controller:
 
     async def act(self, rt: PairRuntime, decision: Decision) -> None:
         """Carry out a decision's actions, in order."""
-        if any(not isinstance(a, QUIET) for a in decision.actions):
-            rt.last_reason = decision.reason
-            log.info("%s: %s", rt.name, decision.reason)
-        else:
-            log.debug("%s: %s", rt.name, decision.reason)
+        # The events these actions record log each transition once (ControllerContext.event); this is the trace.
+        log.debug("%s: %s", rt.name, decision.reason)
         rt.last_reason = decision.reason
         for action in decision.actions:
             try:

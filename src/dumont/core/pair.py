@@ -11,7 +11,7 @@ from typing import Any
 
 from dumont.config import PairConfig
 from dumont.core.context import ControllerContext, host_from_dict
-from dumont.core.model import HostRef, Memory, OperationStatus, PairState, SyncStatus
+from dumont.core.model import HostRef, Memory, Observation, OperationStatus, PairState, SyncStatus
 from dumont.endpoint.relay import EndpointRelay
 from dumont.errors import DumontError
 from dumont.replication.engine import PassReport, ReplicationPolicy, Replicator
@@ -43,6 +43,7 @@ class PairRuntime:
     sync_task: asyncio.Task[None] | None = None
     op_task: asyncio.Task[None] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    observation: Observation | None = None  # the last tick's snapshot, for metrics and the dashboard
 
     @property
     def name(self) -> str:
