@@ -115,8 +115,8 @@ class GcpLocal:
     public_key: str
 
     def spec(self, name: str, **changes: Any) -> StandbySpec:
-        """A standby spec whose key is ours and whose login is the local user (local hosts have one account)."""
-        fields: dict[str, Any] = {"name": name, "ssh_user": getpass.getuser(), "ssh_public_keys": [self.public_key],
+        """A standby spec as the controller writes it: our key for the default user (root), our pair's label."""
+        fields: dict[str, Any] = {"name": name, "ssh_public_keys": [self.public_key],
                                   "labels": {"dumont-pair": "train"}}
         return StandbySpec(**{**fields, **changes})
 
@@ -280,8 +280,9 @@ async def test_wait_answers_when_done_or_at_its_own_limit(gcp_local: GcpLocal) -
 
 async def test_the_provider_creates_a_standby_that_answers_ssh_with_its_published_host_key(
         gcp_local: GcpLocal) -> None:
-    """Given our provider, when it creates the standby, then the record says how to reach it, the host key comes
-    from the guest attributes, and real SSH with the metadata key works."""
+    """Given our provider, when it creates the standby, then the record says how to reach it (as the local host's
+    one account, whatever user the keys named), the host key comes from the guest attributes, and real SSH with
+    the metadata key works."""
     local = gcp_local
     standby = await local.provider.create_standby(local.spec("standby-1"))
     assert (standby.state, standby.raw_state, standby.instance_id) == (InstanceState.RUNNING, "RUNNING", "standby-1")

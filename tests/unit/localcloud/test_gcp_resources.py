@@ -66,11 +66,12 @@ def test_a_spot_vm_reports_the_scheduling_gce_fixes_and_an_ip_only_when_up() -> 
                             "disks": [{"boot": True, "initializeParams": {"diskSizeGb": "20"}}]}
     vm = Vm("p", "z", "s", body, host="gcp-s")
     base = "http://127.0.0.1:1/compute/v1/projects/p/zones/z"
-    up, down = vm.as_json(base, "RUNNING", 2201), vm.as_json(base, "TERMINATED", None)
+    up, down = vm.as_json(base, "RUNNING", 2201, "alice"), vm.as_json(base, "TERMINATED", None)
     assert up["scheduling"] == {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP",
                                 "automaticRestart": False, "onHostMaintenance": "TERMINATE", "preemptible": False}
     assert up["networkInterfaces"][0]["accessConfigs"][0]["natIP"] == "127.0.0.1"
     assert {"key": "dumont-ssh-port", "value": "2201"} in up["metadata"]["items"]
+    assert {"key": "dumont-ssh-user", "value": "alice"} in up["metadata"]["items"]
     assert "natIP" not in down["networkInterfaces"][0]["accessConfigs"][0]
     assert all(i["key"] != "dumont-ssh-port" for i in down["metadata"]["items"])
     assert up["disks"][0]["diskSizeGb"] == "20" and "initializeParams" not in up["disks"][0]

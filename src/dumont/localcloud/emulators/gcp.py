@@ -7,8 +7,9 @@ Authorization (clients use ``AnonymousCredentials``); ``<state_dir>/gcp_credenti
 emulator is.
 
 Each VM is a real pool host ``gcp-<name>`` whose sshd accepts the keys of the ``ssh-keys`` metadata item. Every
-local host has one account (the local user), so the ``user:`` part of a key is not a separate login, and since
-all VMs share 127.0.0.1 their SSH port is added to the metadata as ``dumont-ssh-port``.
+local host has one account (the local user), so the ``user:`` part of a key is not a separate login; that account
+is added to the metadata as ``dumont-ssh-user``, and, since all VMs share 127.0.0.1, the SSH port as
+``dumont-ssh-port`` (while the host is up).
 
 Status is read live from the host: a running or partitioned host is RUNNING (GCE cannot see a hung guest); a
 stopped one is TERMINATED. A *killed* host is what GCE shows when a spot VM's host dies: TERMINATED (spot VMs
@@ -326,7 +327,7 @@ class GcpEmulator:
     def _instance_json(self, vm: Vm, status: str) -> dict[str, Any]:
         host = self.cloud.pool.get(vm.host)
         port = host.port if host.state in UP and status in ("RUNNING", "STAGING", "STOPPING") else None
-        return vm.as_json(self._base(vm.project, vm.zone), status, port)
+        return vm.as_json(self._base(vm.project, vm.zone), status, port, host.user)
 
     async def _destroy_host(self, vm: Vm) -> None:
         if any(h.name == vm.host for h in self.cloud.pool.hosts()):

@@ -17,7 +17,8 @@ from typing import Any
 PREEMPTED = "compute.instances.preempted"
 HOST_ERROR = "compute.instances.hostError"  # GCE's record of a VM whose host died under it
 SYSTEM_OPERATIONS = frozenset({PREEMPTED, HOST_ERROR})
-SSH_PORT_KEY = "dumont-ssh-port"  # the one addition to a VM's metadata: every local VM shares 127.0.0.1
+# The emulator's additions to a VM's metadata: every local VM shares 127.0.0.1 and the local user's account.
+SSH_PORT_KEY, SSH_USER_KEY = "dumont-ssh-port", "dumont-ssh-user"
 NAME_PATTERN = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _PUBLIC_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+")
 
@@ -105,7 +106,7 @@ class Vm:
         """STOP (default) or DELETE: what a preemption does to it."""
         return str(self.body.get("scheduling", {}).get("instanceTerminationAction") or "STOP")
 
-    def as_json(self, base: str, status: str, ssh_port: int | None) -> dict[str, Any]:
+    def as_json(self, base: str, status: str, ssh_port: int | None, ssh_user: str = "") -> dict[str, Any]:
         """The Instance resource as ``instances.get`` returns it; the NAT IP only while it has a host up."""
         body = self.body
         machine = str(body.get("machineType", "e2-medium")).rsplit("/", 1)[-1]
@@ -113,7 +114,7 @@ class Vm:
             "kind": "compute#instance", "id": self.id, "creationTimestamp": rfc3339(self.created),
             "name": self.name, "machineType": f"{base}/machineTypes/{machine}", "status": status,
             "zone": base, "networkInterfaces": _interfaces(body, with_ip=ssh_port is not None),
-            "disks": _disks(body, base, self.name), "metadata": _metadata(body, ssh_port),
+            "disks": _disks(body, base, self.name), "metadata": _metadata(body, ssh_port, ssh_user),
             "labels": dict(body.get("labels") or {}), "scheduling": _scheduling(body),
             "selfLink": f"{base}/instances/{self.name}", "deletionProtection": False, "startRestricted": False,
             "fingerprint": secrets.token_urlsafe(8),
@@ -169,10 +170,13 @@ def _disks(body: Mapping[str, Any], base: str, name: str) -> list[dict[str, Any]
     return out
 
 
-def _metadata(body: Mapping[str, Any], ssh_port: int | None) -> dict[str, Any]:
-    items = [i for i in (body.get("metadata") or {}).get("items") or [] if i.get("key") != SSH_PORT_KEY]
+def _metadata(body: Mapping[str, Any], ssh_port: int | None, ssh_user: str) -> dict[str, Any]:
+    ours = (SSH_PORT_KEY, SSH_USER_KEY)
+    items = [i for i in (body.get("metadata") or {}).get("items") or [] if i.get("key") not in ours]
     if ssh_port is not None:
         items.append({"key": SSH_PORT_KEY, "value": str(ssh_port)})
+    if ssh_user:
+        items.append({"key": SSH_USER_KEY, "value": ssh_user})
     return {"kind": "compute#metadata", "fingerprint": secrets.token_urlsafe(8), "items": items}
 
 

@@ -16,7 +16,9 @@ from dumont.providers.base import Instance, InstanceState
 
 PROVIDER = "gcp"
 PREEMPTED_OPERATION = "compute.instances.preempted"
-SSH_PORT_KEY = "dumont-ssh-port"  # optional metadata item: the VM's sshd listens elsewhere than 22
+# Optional metadata items for a VM whose sshd is not the guest's usual one (the local cloud's VMs share 127.0.0.1
+# and one account): where it listens and whom it lets in.
+SSH_PORT_KEY, SSH_USER_KEY = "dumont-ssh-port", "dumont-ssh-user"
 DEFAULT_SSH_PORT = 22
 
 STATUS_MAP: Mapping[str, InstanceState] = {
@@ -127,8 +129,11 @@ def ssh_port(vm: Mapping[str, Any]) -> int:
 
 
 def ssh_user(vm: Mapping[str, Any]) -> str:
-    """The user of the first ``ssh-keys`` entry (``user:key``), which the guest creates; else root."""
-    for line in metadata_items(vm).get("ssh-keys", "").splitlines():
+    """The ``dumont-ssh-user`` item, else the user of the first ``ssh-keys`` entry (``user:key``), else root."""
+    items = metadata_items(vm)
+    if items.get(SSH_USER_KEY, "").strip():
+        return items[SSH_USER_KEY].strip()
+    for line in items.get("ssh-keys", "").splitlines():
         user, sep, key = line.strip().partition(":")
         if sep and user and key.strip():
             return user

@@ -113,6 +113,16 @@ def test_missing_fields_give_defaults_never_errors(vm: dict[str, Any]) -> None:
     assert record.state in {InstanceState.UNKNOWN, InstanceState.STOPPED}
 
 
+@pytest.mark.parametrize(("items", "expected"), [
+    ([{"key": "ssh-keys", "value": "root:ssh-ed25519 AAAA"}, {"key": "dumont-ssh-user", "value": "alice"}], "alice"),
+    ([{"key": "ssh-keys", "value": "root:ssh-ed25519 AAAA"}, {"key": "dumont-ssh-user", "value": " "}], "root"),
+    ([{"key": "ssh-keys", "value": ":ssh-ed25519 AAAA\nbob:"}], "root"),
+])
+def test_the_login_user_comes_from_metadata(items: list[dict[str, str]], expected: str) -> None:
+    """Given a declared login user or ssh-keys entries, then the record's user is the declared one, else the keys'."""
+    assert states.ssh_user({"metadata": {"items": items}}) == expected
+
+
 def test_a_preempted_record_says_when() -> None:
     """Given a preempted VM, then the record says so and when, in words a report can use."""
     record = states.to_instance({"name": "s", "status": "TERMINATED"}, [T0])
