@@ -102,6 +102,21 @@ class Stack:
             except TimeoutError:
                 pass  # re-read the status: lag and probes change without events
 
+    async def next_ticks(self, count: int, timeout: float = 30) -> None:
+        """Wait until the controller has completed ``count`` more ticks."""
+        target = self.controller.ticks + count
+        reached = asyncio.Event()
+
+        def on_tick(tick: int) -> None:
+            if tick >= target:
+                reached.set()
+
+        self.controller.tick_listeners.append(on_tick)
+        try:
+            await asyncio.wait_for(reached.wait(), timeout)
+        finally:
+            self.controller.tick_listeners.remove(on_tick)
+
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         """The event log (optionally one kind)."""
         rows = self.controller.ctx.store.events(limit=10_000)

@@ -69,6 +69,10 @@ async def test_gpu_killed_fails_over_fast_and_recovers_with_cpu_writes(stack: St
     assert destroyed, "the failed GPU is destroyed after the failback"
     after = status["last_sync"]["seq"] if status["last_sync"] else 0
     await stack.wait_for("replication from the new GPU", lambda s: s["last_sync"]["seq"] > after, 30)
+    import os
+    if os.environ.get("DUMONT_PRINT_EVENTS"):
+        for e in stack.events():
+            print(round(e["at"] - killed_at, 2), e["kind"], e["reason"])
 
 
 def synced_on_new_gpu(old_gpu: str):  # type: ignore[no-untyped-def]

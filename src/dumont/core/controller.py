@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 from dumont.config import Config, split_host_port
@@ -73,6 +74,7 @@ class Controller:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.ticks = 0
+        self.tick_listeners: list[Callable[[int], None]] = []  # told after every tick (tests, drills)
 
     def wake(self) -> None:
         """Tick now (an intent arrived)."""
@@ -113,6 +115,8 @@ class Controller:
             decision = decide(observation, rt.memory, self.policy)
             rt.memory, rt.observation = decision.memory, observation
             await self.act(rt, decision)
+        for listener in self.tick_listeners:
+            listener(self.ticks)
 
     async def observe(self, rt: PairRuntime, network: bool | None) -> Observation:
         """One frozen snapshot of a pair: probes of both hosts, sync, operation, pending intents."""

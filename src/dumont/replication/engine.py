@@ -117,7 +117,7 @@ class Replicator:
             diff=diff, policy=self.policy.guards,
         )
         seq = status.last_seq + 1
-        if diff.is_empty:
+        if diff.is_empty and base is not None:  # the first pass always commits, even an empty workspace
             return await self._record_unchanged(scan, status, diff, seq, started)
         return await self._copy(scan, status, base=base, diff=diff, seq=seq, started=started)
 
