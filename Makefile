@@ -10,8 +10,9 @@ VASTAI_VENV := .venv-vastai
 
 .PHONY: deps system-deps test lint bench drill clean
 
+# promtool checks scrapes and alert rules; Chromium loads the dashboard in the tests.
 system-deps:
-	@scripts/install-system-deps
+	@scripts/install-system-deps promtool:prometheus chromium:chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

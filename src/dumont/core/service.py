@@ -13,6 +13,7 @@ from dumont.api.server import ApiServer, Extension
 from dumont.config import Config, split_host_port
 from dumont.core.controller import Controller
 from dumont.core.startup import api_token, controller_context, load_pair, start_endpoint
+from dumont.telemetry import Telemetry
 from dumont.transport.keys import write_private
 
 log = logging.getLogger("dumont.controller")
@@ -25,7 +26,8 @@ async def serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None 
         pairs = [await load_pair(ctx, pair) for pair in config.pairs]
         controller = Controller(ctx, pairs)
         host, port = split_host_port(config.controller.api_listen)
-        api = ApiServer(controller, api_token(config, ctx.layout), host, port, extensions)
+        telemetry = Telemetry(controller)
+        api = ApiServer(controller, api_token(config, ctx.layout), host, port, (*telemetry.extensions, *extensions))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, controller.stop)
@@ -40,7 +42,8 @@ async def serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None 
             ctx.event(None, "controller_started", f"protecting {len(pairs)} pair(s); API at {api.url}")
             if on_ready is not None:
                 on_ready(api)
-            await controller.run()
+            async with telemetry:
+                await controller.run()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

@@ -265,10 +265,14 @@ class Store:
         """The newest completed pass of the pair."""
         rows = self._rows("SELECT epoch, seq, snapshot_seq, started_at, finished_at, files, bytes, bytes_sent, copied "
                           "FROM passes WHERE pair = ? ORDER BY finished_at DESC LIMIT 1", (pair,))
-        if not rows:
-            return None
-        keys = ("epoch", "seq", "snapshot_seq", "started_at", "finished_at", "files", "bytes", "bytes_sent", "copied")
-        return dict(zip(keys, rows[0], strict=True))
+        return dict(zip(_PASS_KEYS, rows[0], strict=True)) if rows else None
+
+    def passes_since(self, pair: str, finished_after: float, limit: int = 1000) -> list[dict[str, Any]]:
+        """Completed passes of the pair that finished after ``finished_after``, oldest first (for metrics)."""
+        rows = self._rows("SELECT epoch, seq, snapshot_seq, started_at, finished_at, files, bytes, bytes_sent, copied "
+                          "FROM passes WHERE pair = ? AND finished_at > ? ORDER BY finished_at LIMIT ?",
+                          (pair, finished_after, limit))
+        return [dict(zip(_PASS_KEYS, row, strict=True)) for row in rows]
 
     def record_host(self, provider: str, instance_id: str, pair: str, role: str, note: str = "") -> None:
         """Remember an instance the controller rented or adopted (so none is ever forgotten and left running)."""
@@ -288,6 +292,7 @@ class Store:
             "SELECT provider, instance_id, role FROM hosts WHERE pair = ? AND released_at IS NULL", (pair,))]
 
 
+_PASS_KEYS = ("epoch", "seq", "snapshot_seq", "started_at", "finished_at", "files", "bytes", "bytes_sent", "copied")
 _OP_SELECT = "SELECT id, pair, kind, step, started_at, finished_at, succeeded, error, data FROM operations"
 
 
