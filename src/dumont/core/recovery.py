@@ -57,7 +57,9 @@ async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
 
     op = ctx.store.operation(op_id)
     known = op.data.get("instance_id") if op else None
-    in_use = frozenset(h.instance_id for h in [*rt.failed, cpu])
+    # Instances the store knows are the pair's own (failed, current); an unknown one with the pair's label was
+    # rented by a controller that died before recording it, and is adopted instead of renting another.
+    in_use = frozenset(i for _, i, _ in ctx.store.held_hosts(rt.name)) | {cpu.instance_id}
     gpu, instance = await rent_gpu(ctx, rt.name, exclude_machines=await _failed_machines(ctx, rt),
                                    progress=progress, known_instance=known, in_use=in_use)
     ctx.event(rt.name, "gpu_rented", f"rented instance {instance.instance_id} ({instance.gpu_name or 'GPU'}, "
@@ -79,9 +81,12 @@ async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
 async def _failed_machines(ctx: ControllerContext, rt: PairRuntime) -> frozenset[str]:
     """Machine ids of the GPUs that failed: a new GPU must not be rented on the machine that just died."""
     machines = set()
-    for ref in rt.failed:
+    current = rt.primary.instance_id if rt.primary else None
+    for provider, instance_id, role in ctx.store.held_hosts(rt.name):
+        if role != "gpu" or provider != ctx.gpu_market.name or instance_id == current:
+            continue
         try:
-            instance = await ctx.gpu_market.get(ref.instance_id)
+            instance = await ctx.gpu_market.get(instance_id)
         except DumontError:
             continue
         if instance.machine_id:
@@ -137,8 +142,12 @@ async def _catch_up_and_switch(ctx: ControllerContext, rt: PairRuntime, cpu: Hos
 
 
 async def _clean_up_failed(ctx: ControllerContext, rt: PairRuntime) -> None:
-    """Destroy the failed GPUs (unless an outbid one is kept to salvage files, if so configured)."""
+    """Destroy every GPU the pair still holds besides its primary: the failed ones (also those a previous
+    controller failed over from), so no paid instance is ever left behind."""
+    keep = {h.instance_id for h in (rt.primary, rt.standby) if h is not None}
+    for provider, instance_id, role in ctx.store.held_hosts(rt.name):
+        if role == "gpu" and provider == ctx.gpu_market.name and instance_id not in keep:
+            await destroy_quietly(ctx, rt.name, instance_id, "it failed and has been replaced")
     for ref in list(rt.failed):
-        await destroy_quietly(ctx, rt.name, ref.instance_id, "it failed and has been replaced")
         await ctx.forget(ref)
         rt.failed.remove(ref)

@@ -30,6 +30,7 @@ Fault controls, for drills and tests (same key; each answers the fault state)::
     POST /_dumont/faults/throttle  {"count": N, "retry_after": S | null, "status": 429}
                                    the next N API requests get that status (with Retry-After when S is given)
     POST /_dumont/faults/vanish    {"offer_id": N} gone now, or {"next": N}: the next N rents find their offer gone
+    POST /_dumont/faults/nossh     {"next": N}  the next N rented instances run, but their sshd never answers
     POST /_dumont/faults/outbid    {"instance_id": N}  interruptible only: stopped, data kept, intent unchanged
     POST /_dumont/faults/offline   {"instance_id": N}  the host is killed: the API says offline
     POST /_dumont/faults/clear     no more throttling or vanishing
@@ -87,6 +88,7 @@ class Faults:
     retry_after: float | None = 1.0
     vanish_next: int = 0
     vanished: set[int] = field(default_factory=set)
+    nossh_next: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready state."""
@@ -305,6 +307,9 @@ class VastEmulator:
                 raise
             finally:
                 self._save()
+            if self.faults.nossh_next > 0 and not instance.outbid:
+                self.faults.nossh_next -= 1
+                await self.pool.partition(instance.host)  # the machine runs; its sshd is hung
         return reply({"success": True, "new_contract": instance.id})
 
     # ------------------------------------------------------------------ instances
@@ -430,6 +435,8 @@ class VastEmulator:
             self.faults.vanished.add(int(number(body, "offer_id") or 0))
         elif action == "vanish":
             self.faults.vanish_next = int(number(body, "next") or 1)
+        elif action == "nossh":
+            self.faults.nossh_next = int(number(body, "next") or 1)
         elif action in self.fault_actions:
             instance = self.instances.get(int(number(body, "instance_id") or 0))
             if instance is None or self._host(instance) is None:
@@ -438,7 +445,7 @@ class VastEmulator:
         elif action == "clear":
             self.faults = Faults()
         else:
-            raise Refused(404, "not_found", f"no fault {action!r}: throttle, vanish, outbid, offline, clear")
+            raise Refused(404, "not_found", f"no fault {action!r}: throttle, vanish, nossh, outbid, offline, clear")
         return reply(self.faults.as_dict())
 
 
