@@ -61,9 +61,11 @@ async def test_killing_the_primary_mid_pass_never_damages_the_last_snapshot(pair
             duration = task.result().seconds  # finished before the kill instant: not a mid-pass kill
             continue
         await pair.cloud.pool.kill(pair.primary.name)
-        with pytest.raises(DumontError):
-            await asyncio.wait_for(task, 60)
-        landed += 1
+        try:
+            duration = (await asyncio.wait_for(task, 60)).seconds
+        except DumontError:
+            landed += 1  # the kill interrupted the pass, as intended
+        # else the pass finished in the instant before the kill: it still must leave a whole snapshot
         await assert_newest_snapshot_is_whole(pair)
         await pair.cloud.pool.start(pair.primary.name)
 

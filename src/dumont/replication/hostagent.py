@@ -160,7 +160,11 @@ class HostAgent:
                 raise CommandTimeout(
                     f"{op} on {self.name} did not answer within {timeout:g} s", hint="retry; the channel was reset"
                 ) from None
-            except (ConnectionError, asyncio.CancelledError):
+            except ConnectionError as exc:
+                await self._drop_channel()
+                raise HostUnreachable(f"the agent channel to {self.name} broke during {op}: {exc}",
+                                      hint="the host died or dropped the connection; retry") from exc
+            except asyncio.CancelledError:
                 await self._drop_channel()
                 raise
             if not raw:
