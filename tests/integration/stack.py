@@ -7,6 +7,7 @@ emulators through the real provider clients over HTTP and to the hosts over real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -97,10 +98,8 @@ class Stack:
             left = deadline - loop.time()
             assert left > 0, f"timed out after {timeout:g} s waiting for {what}; status: {status}"
             changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):  # re-read the status: lag and probes change without events
                 await asyncio.wait_for(changed.wait(), min(left, 1.0))
-            except TimeoutError:
-                pass  # re-read the status: lag and probes change without events
 
     async def next_ticks(self, count: int, timeout: float = 30) -> None:
         """Wait until the controller has completed ``count`` more ticks."""

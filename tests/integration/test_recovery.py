@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,16 @@ QUICK_RENT = {"ssh_wait_timeout": 6, "vast": {"backoff_initial_seconds": 0.2, "b
 
 def synced(status: dict[str, Any]) -> bool:
     return status["state"] == "syncing" and status["standby"] is not None and status["last_sync"] is not None
+
+
+def on_new_gpu(old_id: str) -> Callable[[dict[str, Any]], bool]:
+    """The pair is synced again, on a GPU other than ``old_id``."""
+    return lambda s: synced(s) and s["primary"]["instance_id"] != old_id
+
+
+def stays_on_cpu(stack: Stack) -> Callable[[dict[str, Any]], bool]:
+    """The pair is back to failed over after a recovery attempt, with an alert raised."""
+    return lambda s: s["state"] == "failed_over" and bool(stack.events("alert"))
 
 
 def vast_of(stack: Stack) -> VastEmulator:
@@ -49,8 +61,7 @@ async def test_bad_offers_are_destroyed_and_the_next_one_is_used(tmp_path: Path)
         vast = vast_of(stack)
         vast.faults.vanish_next, vast.faults.nossh_next = 1, 1
         await stack.cloud.pool.kill(stack.host(old_id).name)
-        status = await stack.wait_for("the recovery", lambda s: synced(s) and s["primary"]["instance_id"] != old_id,
-                                      180)
+        status = await stack.wait_for("the recovery", on_new_gpu(old_id), 180)
         failures = stack.events("offer_failed")
         assert len(failures) == 2, failures
         assert "not available" in failures[0]["reason"] and "SSH" in failures[1]["reason"]
@@ -73,8 +84,7 @@ async def test_when_every_offer_fails_the_pair_stays_on_the_cpu(tmp_path: Path) 
         old_id = stack.status()["primary"]["instance_id"]
         vast_of(stack).faults.vanish_next = 1000
         await stack.cloud.pool.kill(stack.host(old_id).name)
-        status = await stack.wait_for("the failed recovery", lambda s: s["state"] == "failed_over"
-                                      and bool(stack.events("alert")), 120)
+        status = await stack.wait_for("the failed recovery", stays_on_cpu(stack), 120)
         assert status["primary"]["role"] == "cpu"
         alerts = [e for e in stack.events("alert") if e["data"]["alert"] == "recovery_failed"]
         assert alerts and "every attempt to rent a GPU failed" in alerts[0]["reason"]
@@ -93,7 +103,7 @@ async def test_a_controller_killed_mid_recovery_resumes_with_the_same_instance(t
         del os.environ["DUMONT_LOCAL_VAST_DELAY_SECONDS"]
     try:
         first = await ControllerProcess.start(stack)
-        await first.wait_for(lambda s: synced(s), 120)
+        await first.wait_for(synced, 120)
         old_id = (await first.status())["primary"]["instance_id"]
         await stack.cloud.pool.kill(stack.host(old_id).name)
         status = await first.wait_for(lambda s: (s["operation"] or {}).get("step") == "waiting_ssh", 60)
@@ -101,7 +111,7 @@ async def test_a_controller_killed_mid_recovery_resumes_with_the_same_instance(t
         assert len(rented) == 1, rented
         first.kill()
         second = await ControllerProcess.start(stack)
-        status = await second.wait_for(lambda s: synced(s) and s["primary"]["instance_id"] != old_id, 180)
+        status = await second.wait_for(on_new_gpu(old_id), 180)
         assert {status["primary"]["instance_id"]} == rented, "the restarted controller used the same instance"
         assert live_instances(stack) == rented, "nothing more was rented and the failed GPU was destroyed"
         second.stop()
@@ -147,10 +157,8 @@ class ControllerProcess:
         while not check():
             assert self.proc.returncode is None, f"the controller exited with {self.proc.returncode}"
             assert loop.time() < deadline, "the controller did not get ready in time"
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), 0.2)  # returns early only if it died
-            except TimeoutError:
-                pass
 
     async def wait_for(self, predicate: Any, timeout: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -161,10 +169,8 @@ class ControllerProcess:
                 return status
             assert self.proc.returncode is None, f"the controller exited with {self.proc.returncode}"
             assert loop.time() < deadline, f"timed out; status: {status}"
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), 0.5)  # returns early only if it died
-            except TimeoutError:
-                pass
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

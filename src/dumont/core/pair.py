@@ -87,8 +87,9 @@ async def ensure_paired(ctx: ControllerContext, rt: PairRuntime, source: HostRef
 def replicator(ctx: ControllerContext, rt: PairRuntime, source: HostRef, target: HostRef, *,
                keep_candidate: bool = True) -> Replicator:
     """A replicator from ``source`` to ``target`` with the pair's settings."""
-    return Replicator(rt.name, ctx.agent(source), ctx.agent(target), replication_policy(ctx, keep_candidate=keep_candidate),
-                      transport=ctx.transport, relay_dir=ctx.layout.relay_dir(rt.name), clock=ctx.clock)
+    policy = replication_policy(ctx, keep_candidate=keep_candidate)
+    return Replicator(rt.name, ctx.agent(source), ctx.agent(target), policy, transport=ctx.transport,
+                      relay_dir=ctx.layout.relay_dir(rt.name), clock=ctx.clock)
 
 
 async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None:

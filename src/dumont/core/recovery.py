@@ -67,8 +67,8 @@ async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
     progress(RecoveryStep.RESTORING, {"instance_id": instance.instance_id})
     try:
         await present_pair_host_key(ctx, gpu, rt.name)
-        last = await _restore(ctx, rt, cpu, gpu, progress)
-        await _catch_up_and_switch(ctx, rt, cpu, gpu, last, progress)
+        await _restore(ctx, rt, cpu, gpu, progress)
+        await _catch_up_and_switch(ctx, rt, cpu=cpu, gpu=gpu, progress=progress)
     except DumontError as exc:
         # A half-restored GPU is worth nothing and costs money: start clean next time. (Cancellation keeps it:
         # a restarted controller resumes with the same instance.)
@@ -109,8 +109,8 @@ async def _restore(ctx: ControllerContext, rt: PairRuntime, cpu: HostRef, gpu: H
     return report
 
 
-async def _catch_up_and_switch(ctx: ControllerContext, rt: PairRuntime, cpu: HostRef, gpu: HostRef,
-                               last: PassReport, progress: Any) -> None:
+async def _catch_up_and_switch(ctx: ControllerContext, rt: PairRuntime, *, cpu: HostRef, gpu: HostRef,
+                               progress: Any) -> None:
     """Hold the endpoint, carry the last CPU writes over, promote the GPU, point the endpoint at it."""
     progress(RecoveryStep.CATCHING_UP, {})
     rt.relay.hold()

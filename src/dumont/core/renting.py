@@ -1,4 +1,4 @@
-"""Renting a GPU that works (SPEC §4.5 steps 1–2): search, rent, wait for running and SSH, or clean up and move on.
+"""Renting a GPU that works (SPEC §4.5 steps 1 and 2): search, rent, wait for running and SSH, or clean up and move on.
 
 Every instance is recorded in the store the moment the provider returns its id, so a controller that dies
 mid-wait finds it again (by that record, or by the pair's label) instead of renting a second one. A failure at

@@ -14,8 +14,9 @@ from typing import Any
 
 from dumont.config import VastConfig, default_config, to_toml
 from dumont.core.layout import ControllerLayout
+from dumont.errors import LocalCloudError
 from dumont.localcloud import layout
-from dumont.providers.base import LaunchRequest, OfferQuery
+from dumont.providers.base import InstanceState, LaunchRequest, OfferQuery
 from dumont.providers.vast.provider import VastMarket
 from dumont.transport.keys import ensure_keypair, write_private
 
@@ -65,10 +66,12 @@ async def _rent_first_gpu(state_dir: Path, vast_url: str, keys: list[str]) -> st
             regions=tuple(defaults.gpu_preferred_regions), disk_gb=defaults.gpu_disk_gb))
         instance = await market.create(LaunchRequest(offers[0], defaults.gpu_image, defaults.gpu_disk_gb,
                                                      f"dumont-{PAIR}", keys))
-        async with asyncio.timeout(60):
-            while (await market.get(instance.instance_id)).ssh_port is None:
-                await asyncio.sleep(0.2)  # the emulator brings the instance up; bounded above
-        return instance.instance_id
+        for _ in range(300):  # the emulator brings the instance up; at most 60 s
+            current = await market.get(instance.instance_id)
+            if current.state == InstanceState.RUNNING and current.ssh_port is not None:
+                return instance.instance_id
+            await asyncio.sleep(0.2)
+        raise LocalCloudError(f"the first GPU {instance.instance_id} did not start within 60 s")
     finally:
         await market.close()
 
