@@ -1,0 +1,72 @@
+"""A controller-shaped fake for telemetry: real store, real pair runtimes and relays, a clock the test moves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from dumont.config import Config, InstanceConfig, PairConfig
+from dumont.core.model import HostRef, PairState
+from dumont.core.pair import PairRuntime
+from dumont.endpoint.relay import EndpointRelay
+from dumont.store.sqlite import Store
+
+GPU = HostRef("vast", "7001", "127.0.0.1", 40001, "root", "gpu", "vast-7001")
+CPU = HostRef("gcp", "standby-1", "127.0.0.1", 40002, "root", "cpu", "gcp-standby-1")
+
+
+@dataclass
+class Clock:
+    """Time that moves only when the test says so."""
+
+    now: float = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class FakeController:
+    """What telemetry reads from a controller: ``pairs``, ``ticks`` and ``ctx`` (config, store, clock, events)."""
+
+    ctx: Any
+    pairs: dict[str, PairRuntime]
+    ticks: int = 0
+    events: list[tuple[str | None, str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def event(self, pair: str | None, kind: str, reason: str, data: dict[str, Any] | None = None) -> None:
+        """Record an event and tell the listeners, as ControllerContext.event does."""
+        self.events.append((pair, kind, reason, data or {}))
+        self.ctx.store.add_event(pair, kind, reason, data or {})
+        for listener in self.ctx.listeners:
+            listener(pair, kind, reason, data or {})
+
+
+def make_pair(name: str = "main") -> PairRuntime:
+    """A synced pair: GPU primary, CPU standby."""
+    config = PairConfig(name=name, endpoint_listen="127.0.0.1:0", primary=InstanceConfig(provider="vast"),
+                        standby=InstanceConfig(provider="gcp"))
+    return PairRuntime(config, PairState.SYNCING, 1, GPU, CPU, EndpointRelay(name, ("127.0.0.1", 0)))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def controller(tmp_path: Path, clock: Clock) -> Iterator[FakeController]:
+    store = Store(tmp_path / "state.db")
+    ctx = SimpleNamespace(config=Config(), store=store, clock=clock, listeners=[])
+    fake = FakeController(ctx, {"main": make_pair()})
+    ctx.event = fake.event
+    yield fake
+    store.close()
