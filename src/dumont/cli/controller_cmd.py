@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -87,6 +88,8 @@ def run_command(config_path: Path | None) -> None:
     from dumont.core.service import serve
 
     config = resolve_config(config_path)
+    # A running controller's log is its transitions, one line each at INFO: shown without -v (which adds detail).
+    logging.getLogger("dumont").setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
 
     def ready(api: Any) -> None:
         click.echo(f"dumont controller protecting {len(config.pairs)} pair(s); API {api.url}; Ctrl-C stops it",

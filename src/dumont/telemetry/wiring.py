@@ -22,8 +22,7 @@ class Telemetry:
         self.controller = controller
         self.sampler = Sampler(ctx, controller.pairs, interval=sample_interval)
         self.metrics = Metrics(controller, self.sampler)
-        self.notifier = Notifier.from_config(ctx.config, on_outcome=self.metrics.on_notification,
-                                             throttle=None)
+        self.notifier = Notifier.from_config(ctx.config, on_outcome=self.metrics.on_notification)
         ctx.listeners.append(self.metrics.on_event)
         ctx.listeners.append(self.sampler.on_event)
         if self.notifier is not None:

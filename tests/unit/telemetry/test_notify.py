@@ -17,8 +17,8 @@ from dumont.telemetry.notify import (
     Notifier,
     Throttle,
     notification_urls,
-    url_parts,
 )
+from dumont.telemetry.redact import url_parts
 from tests.unit.telemetry.conftest import Clock
 
 TOKEN = "xoxb-very-secret-token"
