@@ -16,6 +16,7 @@ from dumont import __version__
 from dumont.cli.common import run_guarded
 from dumont.cli.config_cmd import config_group
 from dumont.cli.controller_cmd import INTENT_COMMANDS, events_command, run_command, status_command
+from dumont.cli.drill_cmd import drill_command
 from dumont.cli.local import local_group
 from dumont.cli.offers import offers_command
 from dumont.cli.replication import sync_command, verify_command
@@ -41,6 +42,7 @@ cli.add_command(sync_command)
 cli.add_command(verify_command)
 cli.add_command(config_group)
 cli.add_command(run_command)
+cli.add_command(drill_command)
 cli.add_command(status_command)
 cli.add_command(events_command)
 for _command in INTENT_COMMANDS:

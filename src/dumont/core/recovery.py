@@ -21,7 +21,15 @@ from dumont.replication.engine import PassReport
 
 log = logging.getLogger("dumont.controller")
 
-RESTORE_PASSES = 5  # passes before the catch-up: enough for the CPU's writes to slow down to a trickle
+RESTORE_PASSES = 5
+STEP_SENTENCES = {
+    RecoveryStep.SEARCHING: "searching offers within the limits",
+    RecoveryStep.RENTING: "renting a GPU",
+    RecoveryStep.WAITING_SSH: "waiting for the new GPU to run and answer SSH",
+    RecoveryStep.RESTORING: "restoring the workspace from the CPU",
+    RecoveryStep.CATCHING_UP: "holding the endpoint for the final catch-up pass",
+    RecoveryStep.SWITCHING_BACK: "switching the endpoint back to the new GPU",
+}  # passes before the catch-up: enough for the CPU's writes to slow down to a trickle
 
 
 async def recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
@@ -49,11 +57,14 @@ async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
     if cpu is None:
         raise DumontError(f"{rt.name} has no primary to restore from")
 
+    announced: list[str] = []
+
     def progress(step: RecoveryStep, data: dict[str, Any]) -> None:
         ctx.store.update_operation(op_id, step=str(step), data=data)
         _status(ctx, rt, op_id)
-        if step != RecoveryStep.SEARCHING or data:
-            log.info("%s: recovery %s %s", rt.name, step, data)
+        if announced[-1:] != [str(step)]:
+            announced.append(str(step))
+            ctx.event(rt.name, "recovery_step", f"recovery: {STEP_SENTENCES[step]}", {"step": str(step), **data})
 
     op = ctx.store.operation(op_id)
     known = op.data.get("instance_id") if op else None

@@ -136,4 +136,4 @@ async def destroy_quietly(ctx: ControllerContext, pair: str, instance_id: str, w
                                           "destroy it by hand to stop paying for it")
         return
     ctx.store.release_host(ctx.gpu_market.name, instance_id, f"destroyed: {why}")
-    ctx.event(pair, "instance_destroyed", f"destroyed instance {instance_id}: {why}")
+    ctx.event(pair, "instance_destroyed", f"destroyed instance {instance_id}: {why}", {"instance_id": instance_id})

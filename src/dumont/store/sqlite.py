@@ -274,6 +274,13 @@ class Store:
                           (pair, finished_after, limit))
         return [dict(zip(_PASS_KEYS, row, strict=True)) for row in rows]
 
+    def recent_passes(self, pair: str, limit: int = 200) -> list[dict[str, Any]]:
+        """The pair's newest passes, oldest first."""
+        keys = ("epoch", "seq", "snapshot_seq", "started_at", "finished_at", "files", "bytes", "bytes_sent", "copied")
+        rows = self._rows("SELECT epoch, seq, snapshot_seq, started_at, finished_at, files, bytes, bytes_sent, copied "
+                          "FROM passes WHERE pair = ? ORDER BY finished_at DESC LIMIT ?", (pair, limit))
+        return [dict(zip(keys, row, strict=True)) for row in reversed(rows)]
+
     def record_host(self, provider: str, instance_id: str, pair: str, role: str, note: str = "") -> None:
         """Remember an instance the controller rented or adopted (so none is ever forgotten and left running)."""
         with self._tx() as db:

@@ -1,0 +1,172 @@
+"""The drill's report in Markdown (shaped like the seed's), JSON (every figure) and HTML (with the timeline)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from dumont.drill.html import render_html
+from dumont.replication.guards import human_bytes
+
+
+def write_reports(data: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write report.md, report.json, report.html (and metrics.prom when scraped) into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "report.md", "json": out / "report.json", "html": out / "report.html"}
+    paths["markdown"].write_text(render_markdown(data))
+    paths["json"].write_text(json.dumps(data, indent=2, default=str) + "\n")
+    paths["html"].write_text(render_html(data))
+    if data.get("metrics_scrape"):
+        paths["metrics"] = out / "metrics.prom"
+        paths["metrics"].write_text(data["metrics_scrape"])
+    return paths
+
+
+def _s(value: Any, digits: int = 2) -> str:
+    return f"{value:.{digits}f} s" if isinstance(value, int | float) else "n/a"
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    """The seed's report, with every number measured in this run."""
+    lines: list[str] = []
+    add = lines.append
+    opts, cfg = data["options"], data["config"]
+    verdict = "PASSED" if data["ok"] else "FAILED"
+    add("# DRILL REPORT: CPU STANDBY WITH AUTOMATIC FAILOVER")
+    add("")
+    add(f"**Date:** {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(data['started_at']))}  ")
+    add(f"**System:** Dumont Standby on the local cloud (real sshd hosts, Vast and GCP API emulators)  ")
+    add(f"**Scenario:** {opts['scenario']}, profile {opts['profile']}, workspace {human_bytes(opts['size_bytes'])}  ")
+    add(f"**Verdict:** {verdict} — every figure below was measured in this run")
+    add("")
+    add("## Summary")
+    add("")
+    for check in data["checks"]:
+        add(f"- {'✅' if check['ok'] else '❌'} {check['name']}: {check['detail']}")
+    add("")
+    add(f"**Total time:** {_s(data['total_seconds'])} (the seed's simulation: {data['seed']['total']} s)")
+    add("")
+    _architecture(add, data)
+    _phases(add, data)
+    _critical(add, data)
+    _loss_and_integrity(add, data)
+    _timeline(add, data)
+    add("## Verdict")
+    add("")
+    failed = [c for c in data["checks"] if not c["ok"]]
+    add("All checks passed." if not failed else "Failed checks:")
+    for check in failed:
+        add(f"- {check['name']}: {check['detail']}")
+    add("")
+    del cfg
+    return "\n".join(lines) + "\n"
+
+
+def _architecture(add: Any, data: dict[str, Any]) -> None:
+    cfg, env = data["config"], data["environment"]
+    setup: dict[str, Any] = next((p for p in data["phases"] if p["key"] == "setup"), {"figures": {}})
+    add("## Architecture tested")
+    add("")
+    add("```")
+    add(f"GPU instance (local Vast.ai market)   {setup['figures'].get('gpu_instance', '?')}")
+    add("   | rsync over SSH, direct push with the pair key, every "
+        f"{cfg.get('sync_interval_seconds', '?')} s; verified snapshots")
+    add("   v")
+    add(f"CPU standby (local GCP, {cfg.get('standby_machine', '?')}, spot={cfg.get('gcp_spot')})   "
+        f"{setup['figures'].get('standby_instance', '?')}")
+    add("Stable SSH endpoint: a TCP relay on the controller; every host presents the pair's host key")
+    add("```")
+    add("")
+    add("### Configuration")
+    add("")
+    add("```")
+    for key, value in cfg.items():
+        add(f"{key}: {value}")
+    add("```")
+    add(f"Machine: {env.get('cpus')} CPUs, {env.get('system')}, Python {env.get('python')}")
+    add("")
+
+
+def _phases(add: Any, data: dict[str, Any]) -> None:
+    add("## Performance data")
+    add("")
+    for number, phase in enumerate(data["phases"], start=1):
+        seed = data["seed"].get(phase["key"])
+        add(f"### Phase {number}: {phase['title']} ({_s(phase['seconds'])})")
+        add("")
+        if phase.get("note"):
+            add(phase["note"])
+            add("")
+        add("| measure | value |")
+        add("|---|---|")
+        add(f"| duration | {_s(phase['seconds'], 3)} (seed: {seed if seed is not None else 'n/a'} s) |")
+        if phase.get("deadline_seconds") is not None:
+            add(f"| deadline | {phase['deadline_seconds']:g} s |")
+        for key, value in phase["figures"].items():
+            if key != "passes":
+                add(f"| {key.replace('_', ' ')} | {value} |")
+        for step in phase["steps"]:
+            add(f"| step: {step.get('name', step.get('step'))} | {_s(step['seconds'], 3)} |")
+        add("")
+
+
+def _critical(add: Any, data: dict[str, Any]) -> None:
+    phases = {p["key"]: p for p in data["phases"]}
+    recovery = {s.get("name"): s["seconds"] for s in phases.get("recovery", {}).get("steps", [])}
+    seed = data["seed"]
+    rows = [
+        ("Failure detection", phases.get("detection", {}).get("seconds"), f"~{seed['detection']} (simulated); "
+                                                                          f"~{seed['detection_production']} in production"),
+        ("Failover switch (decision to endpoint)", phases.get("failover", {}).get("figures", {}).get(
+            "decision_to_switch_seconds"), f"{seed['failover']}"),
+        ("Sync pass (mean, normal operation)", data["sync"]["mean_seconds"], f"{seed['sync_pass']}"),
+        ("Recovery: search", recovery.get("search"), f"{seed['search']}"),
+        ("Recovery: rent", recovery.get("rent"), f"{seed['rent']}"),
+        ("Recovery: SSH ready", recovery.get("ssh_ready"), f"{seed['ssh_ready']}"),
+        ("Recovery: restore and fail back", recovery.get("restore"), f"{seed['restore']}"),
+        ("Total", data["total_seconds"], f"{seed['total']}"),
+    ]
+    add("## Critical metrics")
+    add("")
+    add("| metric | measured | seed (simulated) |")
+    add("|---|---|---|")
+    for name, value, seed_value in rows:
+        add(f"| {name} | {_s(value, 3)} | {seed_value} s |")
+    add("")
+
+
+def _loss_and_integrity(add: Any, data: dict[str, Any]) -> None:
+    loss = data["data_loss"]
+    add("## Data loss and integrity")
+    add("")
+    if loss:
+        add(f"- Writes acknowledged by the failed GPU: {loss['writes_acknowledged_by_failed_gpu']}")
+        add(f"- Lost (never reached the standby): {loss['files_lost']} files, {loss['bytes_lost']} bytes")
+        add(f"- RPO: the newest write that reached the standby was {_s(loss['rpo_seconds'])} old at the failure")
+    else:
+        add("- No GPU was lost in this scenario; nothing could be lost.")
+    add(f"- Writer: {data['writer']['records']} records in {data['writer']['sessions']} sessions through the endpoint")
+    for name, info in data["hashes"].items():
+        add(f"- Hashed {info['files']} files: {info['where']} ({name})")
+    for name, problems in data["integrity"].items():
+        add(f"- {name}: " + ("identical" if not problems else f"{len(problems)} mismatch(es): " + "; ".join(
+            problems[:10])))
+    add("")
+
+
+def _timeline(add: Any, data: dict[str, Any]) -> None:
+    origin = data["started_at"]
+    add("## Timeline")
+    add("")
+    add("```")
+    for phase in data["phases"]:
+        add(f"T={phase['started'] - origin:8.2f}s  {phase['title']} ({phase['seconds']:.2f} s)")
+    add("")
+    for event in data["timeline"]["events"]:
+        if event["kind"] in ("state", "failover", "gpu_rented", "recovery_step", "recovered", "standby_created",
+                             "standby_replaced", "instance_destroyed", "alert", "fenced"):
+            add(f"T={event['at'] - origin:8.2f}s  {event['kind']}: {event['reason']}")
+    add("```")
+    add("")
