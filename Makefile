@@ -39,7 +39,7 @@ bench: deps
 	$(PY) bench/sync_cycle.py
 
 drill: deps
-	$(PY) -m dumont.drill.demo
+	$(PY) -m dumont drill $(DRILL_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VASTAI_VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

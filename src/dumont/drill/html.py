@@ -25,15 +25,16 @@ def timeline_svg(data: dict[str, Any]) -> str:
     parts = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="260" '
              f'viewBox="0 0 {WIDTH} 260" role="img" aria-label="drill timeline">',
              '<rect width="100%" height="100%" fill="#fafafa"/>']
-    row = {"phases": 30, "syncs": 95, "probes": 135, "events": 175}
+    row = {"phases": 30, "syncs": 100, "probes": 140, "events": 178}
     for name, y in row.items():
         parts.append(f'<text x="10" y="{y + 15}" font-size="13" font-family="sans-serif">{name}</text>')
-    for phase in phases:
+    for index, phase in enumerate(phases):
         x0, x1 = _x(phase["started"], origin, span), _x(phase["started"] + phase["seconds"], origin, span)
         color = COLORS.get(phase["key"], "#999")
         parts.append(f'<rect x="{x0:.1f}" y="{row["phases"]}" width="{max(2.0, x1 - x0):.1f}" height="40" '
                      f'fill="{color}"><title>{html.escape(phase["title"])}: {phase["seconds"]:.2f} s</title></rect>')
-        parts.append(f'<text x="{x0 + 2:.1f}" y="{row["phases"] + 55}" font-size="10" font-family="sans-serif">'
+        label_y = row["phases"] + 52 + 10 * (index % 2)  # staggered: short phases sit side by side
+        parts.append(f'<text x="{x0 + 2:.1f}" y="{label_y}" font-size="10" font-family="sans-serif">'
                      f'{html.escape(phase["title"])}</text>')
     events = data["timeline"]["events"]
     normal = next((p for p in phases if p["key"] == "normal"), None)

@@ -1,0 +1,77 @@
+"""`dumont drill` as a user runs it: real runs, honest reports, failures that are caught and named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+
+
+def drill(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run the drill CLI as its own process (it runs the local cloud and the controller inside it)."""
+    return subprocess.run([sys.executable, "-m", "dumont", "drill", "--out", str(out), "--files", "20", *extra],
+                          capture_output=True, text=True, timeout=600, check=False, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two consecutive default drills."""
+    outs = []
+    for index in range(2):
+        out = tmp_path_factory.mktemp(f"drill{index}")
+        result = drill(out)
+        assert result.returncode == 0, result.stdout + result.stderr
+        outs.append(out)
+    return outs
+
+
+def test_two_runs_pass_and_measure_different_timings(two_runs: list[Path]) -> None:
+    """Given two consecutive drills, both pass and report their own measured timings (nothing hard-coded)."""
+    reports = [json.loads((out / "report.json").read_text()) for out in two_runs]
+    assert all(r["ok"] for r in reports)
+    for report in reports:
+        assert [p["key"] for p in report["phases"]] == ["setup", "normal", "failure", "detection", "failover",
+                                                        "recovery", "recovered"]
+        assert report["data_loss"]["rpo_seconds"] is not None
+        assert report["integrity"] and all(not problems for problems in report["integrity"].values())
+    first, second = ([p["seconds"] for p in r["phases"]] for r in reports)
+    assert first != second, "two runs cannot measure identical timings"
+    markdown = (two_runs[0] / "report.md").read_text()
+    assert "## Critical metrics" in markdown and "seed (simulated)" in markdown and "RPO" in markdown
+
+
+def test_a_corrupted_standby_file_fails_the_drill_and_names_it(tmp_path: Path) -> None:
+    """Given a file damaged on the standby before the failure, then the drill fails and the report names it."""
+    result = drill(tmp_path, "--corrupt-standby", "config.json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL  integrity: original GPU vs standby at failover: config.json: content differs" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert not report["ok"]
+    assert "config.json: content differs" in report["integrity"]["original GPU vs standby at failover"]
+
+
+def test_the_html_report_shows_its_timeline_in_a_real_browser(two_runs: list[Path], tmp_path: Path) -> None:
+    """Headless Chromium renders the HTML report: its text and its timeline picture, kept as a screenshot."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed for this test; run `make deps` (it installs it)"
+    page = two_runs[0] / "report.html"
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1300,1400"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert "Dumont drill" in dom and "PASSED" in dom and "Timeline" in dom
+    assert '<svg id="timeline"' in dom and dom.count("<rect") >= 8, "the timeline picture and its phase bars"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "drill-report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 20_000, "the screenshot shows a rendered page"
+    print(f"screenshot: {shot}")
