@@ -225,6 +225,7 @@ async def _recovery(run: DrillRun) -> None:
     """Search, rent, SSH ready, restore: measured from the controller's recovery events."""
     size_factor = max(1.0, run.options.size_bytes / 200e6)
     phase = run.timeline.begin("recovery", deadline_seconds=run.config.ssh_wait_timeout + 300 * size_factor)
+    phase.started = run.stack.pair.timings["endpoint_switched_at"]  # the controller starts recovering right away
     old = run.facts.get("failed_host", "")
     await run.stack.wait_for("the recovery", lambda s: _synced(s) and s["primary"]["role"] == "gpu"
                              and run.stack.host(s["primary"]["instance_id"]).name != old,
