@@ -19,6 +19,7 @@ from dumont.core.pair import PairRuntime
 from dumont.errors import DumontError
 
 INTENTS = ("failover", "sync", "recover", "pause", "resume")
+SHUTDOWN_SECONDS = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Extension = Callable[[web.Application], None]
 
@@ -89,7 +90,9 @@ class ApiServer:
 
     async def start(self) -> None:
         """Start serving (port 0 picks a free port)."""
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # Long polls (the dashboard, `events --follow`) would otherwise hold a stop for their whole wait: a
+        # request still running after this many seconds is cancelled.
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
+from aiohttp import web
 
-from dumont.api.server import ApiServer
+from dumont.api.server import ApiServer, Handler
 from dumont.core.model import Memory
 from dumont.telemetry import Telemetry
 from dumont.telemetry.http import dashboard_page
@@ -70,3 +73,28 @@ async def test_api_telemetry_gives_what_the_dashboard_shows_beyond_status(served
     assert main["alerts"] == ["sync_failures"]
     assert main["disk_used_ratio"] is None and main["probes"] == {}
     assert body["notifications"] is False and body["gpu_max_price_per_hour"] == 0.5
+
+
+async def test_a_dashboard_left_open_does_not_hold_the_controller_s_stop(controller: FakeController,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page long-polls the event log for 25 s at a time; stopping the API cuts such a poll short."""
+    monkeypatch.delenv("DUMONT_NOTIFY_URLS", raising=False)
+    polling = asyncio.Event()
+
+    @web.middleware
+    async def seen(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/api/events":
+            polling.set()  # the handler runs on from here to its wait without yielding
+        return await handler(request)
+
+    telemetry = Telemetry(controller)  # type: ignore[arg-type]
+    api = ApiServer(controller, TOKEN, "127.0.0.1", 0,  # type: ignore[arg-type]
+                    (*telemetry.extensions, lambda app: app.middlewares.append(seen)))
+    await api.start()
+    async with httpx.AsyncClient(base_url=api.url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        last = controller.ctx.store.last_event_id()
+        poll = asyncio.create_task(client.get(f"/api/events?after={last}&wait=60", timeout=90))
+        await asyncio.wait_for(polling.wait(), 10)
+        await asyncio.wait_for(api.stop(), 10)
+        with contextlib.suppress(httpx.HTTPError):
+            await poll
