@@ -188,4 +188,9 @@ class Controller:
         rt.operation_id = op_id
         work = recover if kind == "recovery" else replace_standby
         ctx.event(rt.name, f"{kind}_started" if existing is None else f"{kind}_resumed", reason, {"operation": op_id})
-        rt.op_task = start_background(rt, kind, lambda: work(ctx, rt, op_id))
+        def crashed(error: str) -> None:
+            # An unexpected error must end the operation, or the pair would wait for it forever.
+            ctx.store.finish_operation(op_id, succeeded=False, error=error)
+            rt.operation = OperationStatus(kind, "crashed", row.started_at, True, False, error)
+
+        rt.op_task = start_background(rt, kind, lambda: work(ctx, rt, op_id), on_crash=crashed)

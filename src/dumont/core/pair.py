@@ -117,16 +117,19 @@ async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None
     return report
 
 
-def start_background(rt: PairRuntime, name: str, work: Callable[[], Awaitable[Any]]) -> asyncio.Task[None]:
-    """Run ``work`` as a tracked task whose unexpected errors are logged, never lost."""
+def start_background(rt: PairRuntime, name: str, work: Callable[[], Awaitable[Any]], *,
+                     on_crash: Callable[[str], None] | None = None) -> asyncio.Task[None]:
+    """Run ``work`` as a tracked task whose unexpected errors are logged and reported, never lost."""
 
     async def runner() -> None:
         try:
             await work()
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("%s: %s crashed; please report it as a bug", rt.name, name)
+            if on_crash is not None:
+                on_crash(f"{name} crashed: {type(exc).__name__}: {exc}")
 
     return asyncio.create_task(runner(), name=f"{rt.name}:{name}")
 

@@ -114,7 +114,7 @@ def test_a_failed_operation_raises_its_error_and_a_good_one_does_not() -> None:
 @pytest.mark.parametrize(("url", "expected"), [
     ("http://127.0.0.1:8080", True), ("https://127.0.0.2", True), ("127.0.0.1:9", True),
     ("http://[::1]:80", True), ("https://compute.googleapis.com", False), ("http://localhost:80", False),
-    ("http://10.0.0.1", False), ("", False), (None, False),
+    ("http://192.0.2.1", False), ("", False), (None, False),
 ])
 def test_only_a_loopback_address_is_the_local_emulator(url: str | None, expected: bool) -> None:
     """Given an endpoint, then it counts as local only when it is a loopback IP address."""

@@ -80,7 +80,7 @@ def test_a_full_record_reads_ip_port_user_labels_and_message() -> None:
     """Given a running VM's JSON, then the record carries what SSH and the reports need."""
     vm = {
         "name": "standby-1", "status": "RUNNING", "statusMessage": "",
-        "networkInterfaces": [{"networkIP": "10.0.0.2", "accessConfigs": [{"natIP": "34.1.2.3"}]}],
+        "networkInterfaces": [{"networkIP": "192.0.2.2", "accessConfigs": [{"natIP": "34.1.2.3"}]}],
         "metadata": {"items": [{"key": "ssh-keys", "value": "\nguard:ssh-ed25519 AAAA k\nother:ssh-rsa BBBB"},
                                {"key": "dumont-ssh-port", "value": "2201"}]},
         "labels": {"role": "standby", "dumont-pair": "train"},

@@ -1,0 +1,42 @@
+"""Background work: an unexpected crash is reported, cancellation is never swallowed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from dumont.config import InstanceConfig, PairConfig
+from dumont.core.model import PairState
+from dumont.core.pair import PairRuntime, cancel, start_background
+from dumont.endpoint.relay import EndpointRelay
+
+
+def runtime() -> PairRuntime:
+    config = PairConfig(name="main", endpoint_listen="127.0.0.1:2222", primary=InstanceConfig("vast", "1"),
+                        standby=InstanceConfig("gcp", None))
+    return PairRuntime(config, PairState.SYNCING, 1, None, None, EndpointRelay("main", ("127.0.0.1", 0)))
+
+
+async def test_a_crash_is_reported_to_the_owner() -> None:
+    reported: list[str] = []
+
+    async def broken() -> None:
+        raise KeyError("surprise")
+
+    task = start_background(runtime(), "recovery", broken, on_crash=reported.append)
+    await task
+    assert reported == ["recovery crashed: KeyError: 'surprise'"]
+
+
+async def test_cancellation_propagates() -> None:
+    started = asyncio.Event()
+
+    async def forever() -> Any:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = start_background(runtime(), "sync", forever)
+    await started.wait()
+    await cancel(task)
+    assert task.cancelled()
+
