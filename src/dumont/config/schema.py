@@ -1,0 +1,282 @@
+"""The config's shape: one frozen dataclass per table, and the timing rules that relate their fields.
+
+Each field carries its default and, in its metadata, the rule that checks it
+(``field(default=10.0, metadata=_checked_by(_SECONDS))``) or the table it holds (``_holds(...)``), so
+defaults and accepted forms live in one place; loading walks these fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, Field, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final, Literal, cast
+
+from dumont.config.rules import (
+    _ADDRESS,
+    _ADDRESSES,
+    _EVENTS,
+    _FLAG,
+    _LOCAL_PATH,
+    _PAIR_NAME,
+    _REGIONS,
+    _SECONDS,
+    _SECRET_FILE,
+    _TEXT,
+    _WEB_URL,
+    _WORKSPACE,
+    ALL_EVENTS,
+    _choice,
+    _number,
+    _Rule,
+    _show_example,
+    _whole,
+)
+
+TerminationAction = Literal["STOP", "DELETE"]
+ReplicationMode = Literal["direct", "relay"]
+FenceAction = Literal["stop", "destroy"]
+ProviderName = Literal["vast", "gcp", "local"]
+
+
+# --- Settings: each dataclass field carries its default and, in its metadata, the rule that checks it -----
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """How one key is read: by a rule (with an example for messages), or as a table / array of tables."""
+
+    rule: _Rule | None = None
+    example: object = None  # None: the field's default is the example
+    table: type[Any] | None = None
+    many: bool = False  # an array of tables, like [[pairs]]
+
+
+def _checked_by(rule: _Rule, *, example: object = None) -> dict[str, _Setting]:
+    return {"setting": _Setting(rule, example)}
+
+
+def _holds(table: type[Any], *, many: bool = False) -> dict[str, _Setting]:
+    return {"setting": _Setting(table=table, many=many)}
+
+
+def _setting_of(spec: Field[Any]) -> _Setting:
+    return cast(_Setting, spec.metadata["setting"])
+
+
+def _is_required(spec: Field[Any]) -> bool:
+    return spec.default is MISSING and spec.default_factory is MISSING
+
+
+def _must_be(spec: Field[Any]) -> str:
+    setting = _setting_of(spec)
+    assert setting.rule is not None
+    if not setting.rule.show_example:
+        return f"must be {setting.rule.expected}"
+    example = spec.default if setting.example is None else setting.example
+    return f"must be {setting.rule.expected} (e.g. {_show_example(example)})"
+
+
+def _default_state_dir() -> Path:
+    return Path("~/.local/state/dumont").expanduser()
+
+
+# --- The schema -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StandbyConfig:
+    """[standby]: the CPU machine that keeps the hot copy (a GCP spot VM)."""
+
+    machine_type: str = field(default="e2-medium", metadata=_checked_by(_TEXT))
+    disk_gb: int = field(default=20, metadata=_checked_by(_whole("a whole number of GB", at_least=10)))
+    image: str = field(default="projects/debian-cloud/global/images/family/debian-12",
+                       metadata=_checked_by(_TEXT))
+    termination_action: TerminationAction = field(default="STOP",
+                                                  metadata=_checked_by(_choice(TerminationAction)))
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    """[replication]: how the workspace is copied, and the guards that refuse a wrong source."""
+
+    mode: ReplicationMode = field(default="direct", metadata=_checked_by(_choice(ReplicationMode)))
+    keep_snapshots: int = field(default=3, metadata=_checked_by(_whole("a whole number of snapshots",
+                                                                       at_least=1)))
+    max_delete_fraction: float = field(default=0.5, metadata=_checked_by(_number("a fraction", above=0,
+                                                                                 at_most=1)))
+    near_empty_fraction: float = field(default=0.05, metadata=_checked_by(_number("a fraction", at_least=0,
+                                                                                  below=1)))
+    min_free_fraction: float = field(default=0.05, metadata=_checked_by(_number("a fraction", at_least=0,
+                                                                                at_most=0.5)))
+    transfer_timeout_seconds: float = field(default=3600.0, metadata=_checked_by(_SECONDS))
+    io_timeout_seconds: int = field(default=60, metadata=_checked_by(_whole("a whole number of seconds",
+                                                                            at_least=5)))
+    on_change: bool = field(default=False, metadata=_checked_by(_FLAG))
+    change_debounce_seconds: float = field(default=1.0, metadata=_checked_by(_SECONDS))
+    standby_disk_alert_fraction: float = field(default=0.8, metadata=_checked_by(_number(
+        "a fraction", above=0, at_most=1)))
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """[health]: the probes run against each host every ``health_check_interval``."""
+
+    probe_timeout_seconds: float = field(default=5.0, metadata=_checked_by(_SECONDS))
+    gpu_check_command: str | None = field(default=None, metadata=_checked_by(_TEXT, example="nvidia-smi"))
+    # Empty means: check that the provider API hosts answer.
+    network_check_targets: tuple[str, ...] = field(default=(), metadata=_checked_by(
+        _ADDRESSES, example=["console.vast.ai:443"]))
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """[controller]: the local HTTP API and how failover treats the old primary."""
+
+    api_listen: str = field(default="127.0.0.1:8787", metadata=_checked_by(_ADDRESS))
+    api_token_file: Path | None = field(default=None, metadata=_checked_by(
+        _SECRET_FILE, example="~/.config/dumont/api_token"))
+    fence_action: FenceAction = field(default="stop", metadata=_checked_by(_choice(FenceAction)))
+    salvage_outbid: bool = field(default=False, metadata=_checked_by(_FLAG))
+    max_recoveries_per_day: int = field(default=3, metadata=_checked_by(_whole("a whole number", at_least=0)))
+    # Public keys (authorized_keys format) people log in with; every host the controller creates accepts them.
+    user_keys_file: Path | None = field(default=None, metadata=_checked_by(
+        _LOCAL_PATH, example="~/.ssh/id_ed25519.pub"))
+
+
+@dataclass(frozen=True)
+class VastConfig:
+    """[vast]: the Vast.ai API and the offers a new GPU is rented from."""
+
+    api_url: str = field(default="https://console.vast.ai", metadata=_checked_by(_WEB_URL))
+    api_key_file: Path | None = field(default=None, metadata=_checked_by(
+        _SECRET_FILE, example="~/.config/dumont/vast_api_key"))
+    min_reliability: float = field(default=0.98, metadata=_checked_by(_number("a number", at_least=0,
+                                                                              at_most=1)))
+    interruptible: bool = field(default=True, metadata=_checked_by(_FLAG))
+    num_gpus: int = field(default=1, metadata=_checked_by(_whole("a whole number of GPUs", at_least=1)))
+    gpu_name: str | None = field(default=None, metadata=_checked_by(_TEXT, example="RTX 4090"))
+    offer_cache_size: int = field(default=8, metadata=_checked_by(_whole("a whole number of offers",
+                                                                         at_least=0)))
+    max_attempts: int = field(default=5, metadata=_checked_by(_whole("a whole number of attempts",
+                                                                     at_least=1)))
+    backoff_initial_seconds: float = field(default=5.0, metadata=_checked_by(_SECONDS))
+    backoff_max_seconds: float = field(default=60.0, metadata=_checked_by(_SECONDS))
+
+
+@dataclass(frozen=True)
+class GcpConfig:
+    """[gcp]: the Compute Engine project the standby VMs live in."""
+
+    project: str | None = field(default=None, metadata=_checked_by(_TEXT, example="my-project"))
+    zone: str = field(default="us-central1-a", metadata=_checked_by(_TEXT))
+    api_endpoint: str | None = field(default=None, metadata=_checked_by(
+        _WEB_URL, example="https://compute.googleapis.com"))
+    credentials_file: Path | None = field(default=None, metadata=_checked_by(
+        _SECRET_FILE, example="~/.config/dumont/gcp.json"))
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    """[notifications]: where alerts go (apprise URLs carry tokens, so they live in a 0600 file)."""
+
+    urls_file: Path | None = field(default=None, metadata=_checked_by(
+        _SECRET_FILE, example="~/.config/dumont/apprise_urls"))
+    events: tuple[str, ...] = field(default=(ALL_EVENTS,), metadata=_checked_by(
+        _EVENTS, example=["failover", "recovery"]))
+
+    def wants(self, event: str) -> bool:
+        """Whether ``event`` is to be sent."""
+        return ALL_EVENTS in self.events or event in self.events
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """[pairs.primary] or [pairs.standby]: where one side of a pair runs."""
+
+    provider: ProviderName = field(metadata=_checked_by(_choice(ProviderName)))
+    instance_id: str | None = field(default=None, metadata=_checked_by(_TEXT, example="12345678"))
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """[[pairs]]: one protected workspace, its two hosts and its stable SSH endpoint."""
+
+    name: str = field(metadata=_checked_by(_PAIR_NAME, example="train"))
+    endpoint_listen: str = field(metadata=_checked_by(_ADDRESS, example="127.0.0.1:2222"))
+    primary: InstanceConfig = field(metadata=_holds(InstanceConfig))
+    standby: InstanceConfig = field(metadata=_holds(InstanceConfig))
+    workspace: str = field(default="/workspace", metadata=_checked_by(_WORKSPACE))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole config: top-level timing and GPU-rental settings, one table per part, and the pairs."""
+
+    sync_interval_seconds: float = field(default=30.0, metadata=_checked_by(_SECONDS))
+    health_check_interval: float = field(default=10.0, metadata=_checked_by(_SECONDS))
+    failover_threshold: int = field(default=3, metadata=_checked_by(_whole("a whole number of failed checks",
+                                                                           at_least=1)))
+    auto_failover: bool = field(default=True, metadata=_checked_by(_FLAG))
+    auto_recovery: bool = field(default=True, metadata=_checked_by(_FLAG))
+    gpu_max_price: float = field(default=0.50, metadata=_checked_by(_number(
+        "a price in $/h (Vast's dph_total)", above=0)))
+    gpu_min_ram_gb: float = field(default=8.0, metadata=_checked_by(_number("a number of GB of GPU memory",
+                                                                            above=0)))
+    gpu_preferred_regions: tuple[str, ...] = field(default=("TH", "VN", "JP", "EU"),
+                                                   metadata=_checked_by(_REGIONS))
+    gpu_image: str = field(default="pytorch/pytorch:2.1.0-cuda12.1-cudnn8", metadata=_checked_by(_TEXT))
+    gpu_disk_gb: int = field(default=50, metadata=_checked_by(_whole("a whole number of GB", at_least=1)))
+    ssh_wait_timeout: float = field(default=300.0, metadata=_checked_by(_SECONDS))
+    gcp_spot: bool = field(default=True, metadata=_checked_by(_FLAG))
+    state_dir: Path = field(default_factory=_default_state_dir, metadata=_checked_by(
+        _LOCAL_PATH, example="~/.local/state/dumont"))
+    standby: StandbyConfig = field(default_factory=StandbyConfig, metadata=_holds(StandbyConfig))
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig,
+                                           metadata=_holds(ReplicationConfig))
+    health: HealthConfig = field(default_factory=HealthConfig, metadata=_holds(HealthConfig))
+    controller: ControllerConfig = field(default_factory=ControllerConfig, metadata=_holds(ControllerConfig))
+    vast: VastConfig = field(default_factory=VastConfig, metadata=_holds(VastConfig))
+    gcp: GcpConfig = field(default_factory=GcpConfig, metadata=_holds(GcpConfig))
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig,
+                                               metadata=_holds(NotificationsConfig))
+    pairs: tuple[PairConfig, ...] = field(default=(), metadata=_holds(PairConfig, many=True))
+
+    @property
+    def detection_worst_case_seconds(self) -> float:
+        """The longest a dead primary can go unnoticed: every failed check, the last one timing out."""
+        return self.health_check_interval * self.failover_threshold + self.health.probe_timeout_seconds
+
+
+def _known_paths(cls: type[Any], prefix: str = "") -> list[str]:
+    paths: list[str] = []
+    for spec in fields(cls):
+        setting = _setting_of(spec)
+        paths.append(prefix + spec.name)
+        if setting.table is not None:
+            paths += _known_paths(setting.table, f"{prefix}{spec.name}.")
+    return paths
+
+
+_KNOWN_PATHS: Final = _known_paths(Config)
+
+
+@dataclass(frozen=True)
+class _TimingRule:
+    """``shorter`` must stay below ``longer`` (or equal it, when ``or_equal``), for the reason ``why``."""
+
+    shorter: str
+    longer: str
+    why: str
+    or_equal: bool = False
+
+
+_TIMING_RULES: Final = (
+    _TimingRule("health.probe_timeout_seconds", "health_check_interval",
+                "a probe must finish before the next check starts"),
+    _TimingRule("replication.io_timeout_seconds", "replication.transfer_timeout_seconds",
+                "a stalled transfer must be noticed before the whole transfer times out"),
+    _TimingRule("vast.backoff_initial_seconds", "vast.backoff_max_seconds",
+                "the first wait between attempts cannot be longer than the longest one", or_equal=True),
+    _TimingRule("health.probe_timeout_seconds", "ssh_wait_timeout",
+                "a new GPU must get longer to answer SSH than one probe takes"),
+)
