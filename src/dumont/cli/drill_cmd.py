@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from dumont.cli.common import json_option
-from dumont.drill.runner import PROFILES, SCENARIOS, DrillOptions, run_drill
 from dumont.drill.report import write_reports
+from dumont.drill.runner import PROFILES, SCENARIOS, DrillOptions, run_drill
 from dumont.drill.workspace import parse_size
 from dumont.errors import DumontError
 

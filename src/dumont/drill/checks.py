@@ -1,4 +1,4 @@
-"""Turning what the drill measured into figures and verdicts: data lost, integrity by path, bounds, the seed's figures."""
+"""Turning what the drill measured into figures and verdicts: data lost, integrity by path, bounds, seed figures."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     add("# DRILL REPORT: CPU STANDBY WITH AUTOMATIC FAILOVER")
     add("")
     add(f"**Date:** {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(data['started_at']))}  ")
-    add(f"**System:** Dumont Standby on the local cloud (real sshd hosts, Vast and GCP API emulators)  ")
+    add("**System:** Dumont Standby on the local cloud (real sshd hosts, Vast and GCP API emulators)  ")
     add(f"**Scenario:** {opts['scenario']}, profile {opts['profile']}, workspace {human_bytes(opts['size_bytes'])}  ")
     add(f"**Verdict:** {verdict} — every figure below was measured in this run")
     add("")
@@ -117,8 +117,8 @@ def _critical(add: Any, data: dict[str, Any]) -> None:
     recovery = {s.get("name"): s["seconds"] for s in phases.get("recovery", {}).get("steps", [])}
     seed = data["seed"]
     rows = [
-        ("Failure detection", phases.get("detection", {}).get("seconds"), f"~{seed['detection']} (simulated); "
-                                                                          f"~{seed['detection_production']} in production"),
+        ("Failure detection", phases.get("detection", {}).get("seconds"),
+         f"~{seed['detection']} (simulated); ~{seed['detection_production']} in production"),
         ("Failover switch (decision to endpoint)", phases.get("failover", {}).get("figures", {}).get(
             "decision_to_switch_seconds"), f"{seed['failover']}"),
         ("Sync pass (mean, normal operation)", data["sync"]["mean_seconds"], f"{seed['sync_pass']}"),
