@@ -117,6 +117,27 @@ async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None
     return report
 
 
+def show_operation(ctx: ControllerContext, rt: PairRuntime, op_id: int, kind: str, *, finished: bool = False,
+                   error: str | None = None) -> None:
+    """Mirror an operation's stored progress into the pair, where the loop observes it."""
+    row = ctx.store.operation(op_id)
+    if row is not None:
+        rt.operation = OperationStatus(kind, row.step, row.started_at, finished, finished and error is None, error)
+
+
+async def run_operation(ctx: ControllerContext, rt: PairRuntime, op_id: int, kind: str,
+                        body: Callable[[], Awaitable[None]]) -> None:
+    """Run an operation's body; record its success, or the reason it failed, for the loop to decide on."""
+    try:
+        await body()
+    except DumontError as exc:
+        ctx.store.finish_operation(op_id, succeeded=False, error=exc.message)
+        show_operation(ctx, rt, op_id, kind, finished=True, error=exc.message)
+        return
+    ctx.store.finish_operation(op_id, succeeded=True)
+    show_operation(ctx, rt, op_id, kind, finished=True)
+
+
 def start_background(rt: PairRuntime, name: str, work: Callable[[], Awaitable[Any]], *,
                      on_crash: Callable[[str], None] | None = None) -> asyncio.Task[None]:
     """Run ``work`` as a tracked task whose unexpected errors are logged and reported, never lost."""

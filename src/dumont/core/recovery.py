@@ -13,15 +13,15 @@ import logging
 from typing import Any
 
 from dumont.core.context import ControllerContext, present_pair_host_key
-from dumont.core.model import HostRef, OperationStatus, PairState, RecoveryStep
-from dumont.core.pair import PairRuntime, ensure_paired, replicator
+from dumont.core.model import HostRef, PairState, RecoveryStep
+from dumont.core.pair import PairRuntime, ensure_paired, replicator, run_operation, show_operation
 from dumont.core.renting import destroy_quietly, rent_gpu
 from dumont.errors import DumontError, IntegrityError
 from dumont.replication.engine import PassReport
 
 log = logging.getLogger("dumont.controller")
 
-RESTORE_PASSES = 5
+RESTORE_PASSES = 5  # passes before the catch-up: enough for the CPU's writes to slow down to a trickle
 STEP_SENTENCES = {
     RecoveryStep.SEARCHING: "searching offers within the limits",
     RecoveryStep.RENTING: "renting a GPU",
@@ -29,27 +29,12 @@ STEP_SENTENCES = {
     RecoveryStep.RESTORING: "restoring the workspace from the CPU",
     RecoveryStep.CATCHING_UP: "holding the endpoint for the final catch-up pass",
     RecoveryStep.SWITCHING_BACK: "switching the endpoint back to the new GPU",
-}  # passes before the catch-up: enough for the CPU's writes to slow down to a trickle
+}
 
 
 async def recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
     """Run a whole recovery; record success or the reason it failed in the operation (the loop decides next)."""
-    try:
-        await _recover(ctx, rt, op_id)
-    except DumontError as exc:
-        ctx.store.finish_operation(op_id, succeeded=False, error=exc.message)
-        _status(ctx, rt, op_id, finished=True, error=exc.message)
-        return
-    ctx.store.finish_operation(op_id, succeeded=True)
-    _status(ctx, rt, op_id, finished=True)
-
-
-def _status(ctx: ControllerContext, rt: PairRuntime, op_id: int, *, finished: bool = False,
-            error: str | None = None) -> None:
-    row = ctx.store.operation(op_id)
-    if row is not None:
-        rt.operation = OperationStatus("recovery", row.step, row.started_at, finished, finished and error is None,
-                                       error)
+    await run_operation(ctx, rt, op_id, "recovery", lambda: _recover(ctx, rt, op_id))
 
 
 async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
@@ -61,7 +46,7 @@ async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
 
     def progress(step: RecoveryStep, data: dict[str, Any]) -> None:
         ctx.store.update_operation(op_id, step=str(step), data=data)
-        _status(ctx, rt, op_id)
+        show_operation(ctx, rt, op_id, "recovery")
         if announced[-1:] != [str(step)]:
             announced.append(str(step))
             ctx.event(rt.name, "recovery_step", f"recovery: {STEP_SENTENCES[step]}", {"step": str(step), **data})

@@ -10,8 +10,8 @@ import asyncio
 import logging
 
 from dumont.core.context import ControllerContext, host_ref, present_pair_host_key, wait_for_ssh
-from dumont.core.model import HostRef, OperationStatus
-from dumont.core.pair import PairRuntime, ensure_paired, replicator
+from dumont.core.model import HostRef
+from dumont.core.pair import PairRuntime, ensure_paired, replicator, run_operation, show_operation
 from dumont.errors import DumontError
 from dumont.providers.base import Instance, InstanceState, StandbySpec
 
@@ -22,22 +22,7 @@ FIRST_PASS_ATTEMPTS = 3
 
 async def replace_standby(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
     """Create and fill a new standby; record success or why it failed in the operation."""
-    try:
-        await _replace(ctx, rt, op_id)
-    except DumontError as exc:
-        ctx.store.finish_operation(op_id, succeeded=False, error=exc.message)
-        _status(ctx, rt, op_id, finished=True, error=exc.message)
-        return
-    ctx.store.finish_operation(op_id, succeeded=True)
-    _status(ctx, rt, op_id, finished=True)
-
-
-def _status(ctx: ControllerContext, rt: PairRuntime, op_id: int, *, finished: bool = False,
-            error: str | None = None) -> None:
-    row = ctx.store.operation(op_id)
-    if row is not None:
-        rt.operation = OperationStatus("replace_standby", row.step, row.started_at, finished,
-                                       finished and error is None, error)
+    await run_operation(ctx, rt, op_id, "replace_standby", lambda: _replace(ctx, rt, op_id))
 
 
 async def _replace(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
@@ -47,14 +32,14 @@ async def _replace(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
     op = ctx.store.operation(op_id)
     name = str(op.data.get("name") if op and op.data.get("name") else f"dumont-{rt.name}-standby-{op_id}")
     ctx.store.update_operation(op_id, step="creating", data={"name": name})
-    _status(ctx, rt, op_id)
+    show_operation(ctx, rt, op_id, "replace_standby")
     instance = await _create_or_find(ctx, rt, name)
     ctx.store.update_operation(op_id, step="waiting_ssh", data={"instance_id": instance.instance_id})
-    _status(ctx, rt, op_id)
+    show_operation(ctx, rt, op_id, "replace_standby")
     new = await _wait_running(ctx, instance)
     await present_pair_host_key(ctx, new, rt.name)
     ctx.store.update_operation(op_id, step="syncing")
-    _status(ctx, rt, op_id)
+    show_operation(ctx, rt, op_id, "replace_standby")
     rt.standby, rt.paired_epoch = new, None
     ctx.store.save_pair(rt.row())
     await _first_pass(ctx, rt, rt.primary, new)
