@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 SEED_FIGURES = {"setup": 2.00, "normal": 3.51, "failure": 1.10, "detection": 1.80, "failover": 2.50,
                 "recovery": 5.71, "recovered": 2.00, "sync_pass": 0.200, "search": 0.50, "rent": 0.30,
                 "ssh_ready": 0.60, "restore": 0.50, "total": 18.63, "detection_production": 30.0}
-STEP_NAMES = {"searching": "search", "renting": "rent", "waiting_ssh": "ssh_ready", "restoring": "restore"}
+STEP_NAMES = {"searching": "search", "renting": "rent", "waiting_ssh": "ssh_ready", "restoring": "restore",
+              "catching_up": "catching_up", "switching_back": "switching_back"}
 
 
 def recovery_steps(timeline: Timeline, since: float) -> list[dict[str, Any]]:
