@@ -75,3 +75,14 @@ def test_the_html_report_shows_its_timeline_in_a_real_browser(two_runs: list[Pat
     subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 20_000, "the screenshot shows a rendered page"
     print(f"screenshot: {shot}")
+
+
+def test_promtool_accepts_the_metrics_scraped_during_a_drill(two_runs: list[Path]) -> None:
+    """The drill keeps a /metrics scrape of its controller; Prometheus's own checker accepts it."""
+    promtool = shutil.which("promtool")
+    assert promtool, "Debian's prometheus package provides promtool; run `make deps` (it installs it)"
+    scrape = (two_runs[0] / "metrics.prom").read_text()
+    assert "dumont_failovers_total" in scrape and "dumont_pair_state" in scrape
+    result = subprocess.run([promtool, "check", "metrics"], input=scrape, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
