@@ -25,7 +25,16 @@ from .common import (
     write_atomic,
     write_epoch,
 )
-from .scan import HASH_NAME, diff_entries, entry_for, manifest_digest, no_known_hash, scan_tree, summarize
+from .scan import (
+    CACHE_TRUST_SECONDS,
+    HASH_NAME,
+    diff_entries,
+    entry_for,
+    manifest_digest,
+    no_known_hash,
+    scan_tree,
+    summarize,
+)
 
 PROTOCOL = 1
 LOCK_WAIT_SECONDS = 30.0
@@ -68,7 +77,7 @@ def scan(args: Json) -> Json:
     if use_cache:
         write_atomic(cache_path, dump_json(new_cache))
     result = {"epoch": read_epoch(), "entries": entries, "skipped": skipped, "missing": False,
-              "scan_seconds": time.time() - started}
+              "scan_seconds": time.time() - started, "started_at": started}
     result.update(summarize(entries))
     return result
 
@@ -93,6 +102,26 @@ def entries(args: Json) -> Json:
         except OSError:
             out[name] = None
     return {"entries": out}
+
+
+def settled(args: Json) -> Json:
+    """Which of ``paths`` have not changed since well before ``since`` (this host's clock), at their scanned
+    size and mtime.
+
+    A file whose last change (ctime) is older than the scan by more than a timestamp tick cannot have been
+    written while it was scanned or copied afterwards, so the copy holds exactly the content the scan hashed.
+    """
+    root = os.fsencode(args.get("root") or workspace_dir())
+    limit = (float(args["since"]) - CACHE_TRUST_SECONDS) * 1e9
+    quiet = []
+    for name, size, mtime in args["files"]:
+        try:
+            st = os.lstat(os.path.join(root, os.fsencode(name)))
+        except OSError:
+            continue
+        if st.st_size == size and st.st_mtime_ns == mtime and st.st_ctime_ns < limit:
+            quiet.append(name)
+    return {"settled": quiet}
 
 
 def status(args: Json) -> Json:
@@ -135,7 +164,7 @@ def commit(args: Json) -> Json:
 
 Operation = Callable[[Json], Json]
 OPERATIONS: dict[str, Operation] = {
-    "info": info, "set_epoch": set_epoch, "scan": scan, "entries": entries, "status": status,
+    "info": info, "set_epoch": set_epoch, "scan": scan, "entries": entries, "settled": settled, "status": status,
     "manifest": manifest, "verify": verify,
     "stage": snapshots.stage, "inspect": snapshots.inspect, "revert": snapshots.revert,
     "commit": commit, "record_pass": snapshots.record_pass,

@@ -147,9 +147,12 @@ class Replicator:
         )
         to_copy, bytes_sent = list(diff.changed), 0
         unsettled: list[str] = []
+        vouched: dict[str, list[Any]] | None = None
         for attempt in range(self.policy.settle_retries + 1):
             bytes_sent += await self._transfer(to_copy, stage)
-            received = await self.standby.inspect(epoch)
+            if vouched is None:
+                vouched = await self._vouch(scan, [source[p] for p in to_copy])
+            received = await self.standby.inspect(epoch, vouched=vouched)
             unsettled = _unsettled(expected, received)
             if not unsettled or attempt == self.policy.settle_retries:
                 break
@@ -168,6 +171,15 @@ class Replicator:
         self._manifests[(self.standby.name, seq)] = expected
         finished = self.clock()
         return _with_finish(report, finished)
+
+    async def _vouch(self, scan: ScanResult, copied: list[Entry]) -> dict[str, list[Any]]:
+        """Hashes the standby need not re-read: files that stood still on the primary from before the scan until
+        after the copy (rsync checks every transfer end to end, so what arrived is what the scan hashed)."""
+        files = [e for e in copied if e.kind == FILE and e.data is not None]
+        if not files:
+            return {}
+        quiet = set(await self.primary.settled(files, scan.started_at))
+        return {e.path: [e.size, e.mtime_ns, e.data] for e in files if e.path in quiet}
 
     async def _refresh(self, expected: Manifest, base: Manifest | None, paths: list[str]) -> Manifest:
         """Re-read entries that did not settle; a file still changing keeps its base version this pass."""

@@ -67,6 +67,7 @@ class ScanResult:
     skipped: tuple[str, ...]
     missing: bool
     seconds: float
+    started_at: float = 0.0  # on the host's clock
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,14 @@ class HostAgent:
         """Scan the workspace (hashing only what changed since the last scan)."""
         r = await self.call("scan", timeout=timeout)
         return ScanResult(Manifest.from_wire(r["entries"]), int(r["epoch"]), tuple(r["skipped"]),
-                          bool(r["missing"]), float(r.get("scan_seconds", 0.0)))
+                          bool(r["missing"]), float(r.get("scan_seconds", 0.0)), float(r.get("started_at", 0.0)))
+
+    async def settled(self, files: list[Entry], since: float, *, timeout: float = 120.0) -> list[str]:
+        """Paths of ``files`` unchanged (same size and mtime, last changed well before ``since``) on this host."""
+        r = await self.call("settled", {"files": [[e.path, e.size, e.mtime_ns] for e in files], "since": since},
+                            timeout=timeout)
+        quiet: list[str] = r["settled"]
+        return quiet
 
     async def entries(self, paths: list[str], *, timeout: float = 600.0) -> dict[str, Entry | None]:
         """Fresh manifest entries of workspace paths (None for a path that no longer exists)."""
@@ -291,9 +299,10 @@ class HostAgent:
                             timeout=timeout)
         return StageResult(r["tree"], r.get("link_dest"))
 
-    async def inspect(self, epoch: int, *, timeout: float = 3600.0) -> Manifest:
-        """The manifest of the staged tree as received."""
-        r = await self.call("inspect", {"epoch": epoch}, timeout=timeout)
+    async def inspect(self, epoch: int, *, vouched: dict[str, list[Any]] | None = None,
+                      timeout: float = 3600.0) -> Manifest:
+        """The manifest of the staged tree as received (files ``vouched`` for by a settled source are not re-read)."""
+        r = await self.call("inspect", {"epoch": epoch, "vouched": vouched or {}}, timeout=timeout)
         return Manifest.from_wire(r["entries"])
 
     async def revert(self, epoch: int, paths: list[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,17 @@ def test_requests_are_answered_as_json_lines(host: Path) -> None:
     assert answer == {"id": 5, "ok": True, "result": {"epoch": 2}}
     bad = json.loads(server.handle(b'{"id": 6, "op": "format_disk"}'))
     assert bad["ok"] is False and bad["error"]["kind"] == "UnknownOperation"
+
+
+def test_only_files_that_stood_still_since_before_the_scan_are_settled(host: Path) -> None:
+    ws = host / "workspace"
+    (ws / "old").write_bytes(b"still")
+    (ws / "moved").write_bytes(b"v1")
+    st_old, st_moved = (ws / "old").stat(), (ws / "moved").stat()
+    later = time.time() + 10  # a scan that started well after both files last changed
+    files = [["old", st_old.st_size, st_old.st_mtime_ns], ["moved", st_moved.st_size, st_moved.st_mtime_ns],
+             ["gone", 1, 1]]
+    assert server.settled({"files": files, "since": later})["settled"] == ["old", "moved"]
+    (ws / "moved").write_bytes(b"v2")  # rewritten after the scan: same size, new mtime
+    assert server.settled({"files": files, "since": later})["settled"] == ["old"]
+    assert server.settled({"files": files, "since": time.time()})["settled"] == [], "a recent change is racy"

@@ -20,7 +20,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def commit_source(host: Path, seq: int, epoch: int = 1) -> None:
+def commit_source(host: Path, seq: int, epoch: int = 1) -> dict[str, object]:
     """Stage a pass that copies the whole source tree, and commit it (candidate refreshed, as a standby does)."""
     base = snapshots.list_snapshots()
     source = host / "source"
@@ -34,7 +34,7 @@ def commit_source(host: Path, seq: int, epoch: int = 1) -> None:
         if entry[common.LINK]:
             os.unlink(tree / entry[common.PATH])
             os.link(tree / entry[common.LINK], tree / entry[common.PATH])
-    server.commit({"epoch": epoch, "seq": seq, "entries": entries, "keep": 3, "record": {}})
+    return server.commit({"epoch": epoch, "seq": seq, "entries": entries, "keep": 3, "record": {}})
 
 
 def inodes(root: Path) -> set[int]:
@@ -108,3 +108,24 @@ def test_retiring_a_workspace_keeps_it_until_a_later_snapshot(host: Path) -> Non
 def test_nothing_to_promote_is_refused(host: Path) -> None:
     with pytest.raises(common.Failure, match="no complete snapshot"):
         promotion.promote({"epoch": 1, "mode": "candidate"})
+
+
+def test_a_changed_large_file_is_refreshed_in_place_chunk_by_chunk(host: Path) -> None:
+    source = host / "source"
+    (source / "model.pt").write_bytes(os.urandom(4 * 1024 * 1024))
+    commit_source(host, 1)
+    candidate = Path(promotion.candidate_dir()) / "model.pt"
+    inode = candidate.stat().st_ino
+    with open(source / "model.pt", "r+b") as handle:
+        handle.seek(2 * 1024 * 1024 + 10)
+        handle.write(b"new weights")
+    committed = commit_source(host, 2)
+    assert committed["candidate"]["copied_bytes"] == 1024 * 1024, "only the changed chunk is written"  # type: ignore[index]
+    refreshed = promotion.refresh_candidate(2)  # nothing left to change
+    assert refreshed["copied_bytes"] == 0
+    assert candidate.read_bytes() == (source / "model.pt").read_bytes()
+    assert candidate.stat().st_ino == inode, "rewritten in place, not copied whole"
+    assert candidate.stat().st_mtime_ns == (source / "model.pt").stat().st_mtime_ns
+    (source / "model.pt").write_bytes(b"shrunk")
+    commit_source(host, 3)
+    assert candidate.read_bytes() == b"shrunk"
