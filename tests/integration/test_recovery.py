@@ -39,6 +39,12 @@ def stays_on_cpu(stack: Stack) -> Callable[[dict[str, Any]], bool]:
     return lambda s: s["state"] == "failed_over" and bool(stack.events("alert"))
 
 
+async def wait_destroyed(stack: Stack, instance_id: str) -> None:
+    """Wait for the controller's clean-up of a failed GPU (it runs right after the failback)."""
+    await stack.wait_for(f"instance {instance_id} destroyed", lambda _: any(
+        e["data"].get("instance_id") == instance_id for e in stack.events("instance_destroyed")), 60)
+
+
 def vast_of(stack: Stack) -> VastEmulator:
     emulator = next(e for e in stack.cloud.emulators if e.name == "vast")
     assert isinstance(emulator, VastEmulator)
@@ -71,6 +77,7 @@ async def test_bad_offers_are_destroyed_and_the_next_one_is_used(tmp_path: Path)
         assert new.machine_id != old_machine
         assert new.price_per_hour is not None and new.price_per_hour <= stack.config.gpu_max_price
         assert new.country in allowed
+        await wait_destroyed(stack, old_id)
         assert live_instances(stack) == {new_id}, "the failed GPU and the unusable one are gone"
 
 
@@ -180,3 +187,33 @@ class ControllerProcess:
 
     async def wait(self) -> int:
         return await asyncio.wait_for(self.proc.wait(), 60)
+
+
+async def test_pausing_a_recovery_stops_it_and_resuming_continues_with_the_same_instance(tmp_path: Path) -> None:
+    """Given a recovery waiting for its new GPU, when the pair is paused, the recovery stops (its instance is kept);
+    when resumed, it continues with that instance and rents nothing more."""
+    os.environ["DUMONT_LOCAL_VAST_DELAY_SECONDS"] = "3"  # the new GPU boots slowly: room to pause mid-wait
+    try:
+        generator = running_stack(tmp_path, {"ssh_wait_timeout": 60})
+        stack = await generator.__anext__()
+    finally:
+        del os.environ["DUMONT_LOCAL_VAST_DELAY_SECONDS"]
+    try:
+        await stack.wait_for("the first pass", synced, 120)
+        old_id = stack.status()["primary"]["instance_id"]
+        await stack.cloud.pool.kill(stack.host(old_id).name)
+        await stack.wait_for("the new GPU rented", lambda s: (s["operation"] or {}).get("step") == "waiting_ssh", 60)
+        rented = live_instances(stack) - {old_id}
+        stack.controller.ctx.store.add_intent("main", "pause")
+        stack.controller.wake()
+        await stack.wait_for("paused", lambda s: s["state"] == "paused" and s["operation"] is None, 30)
+        stack.controller.ctx.store.add_intent("main", "resume")
+        stack.controller.wake()
+        status = await stack.wait_for("the resumed recovery", on_new_gpu(old_id), 120)
+        assert {status["primary"]["instance_id"]} == rented
+        await wait_destroyed(stack, old_id)
+        assert live_instances(stack) == rented
+        assert any(e["kind"] == "recovery_resumed" for e in stack.events())
+    finally:
+        with contextlib.suppress(StopAsyncIteration):
+            await generator.__anext__()

@@ -156,6 +156,8 @@ class Controller:
             ctx.store.consume_intent(action.intent_id, action.outcome)
         elif isinstance(action, SetState):
             previous, rt.state = rt.state, action.state
+            if action.state == PairState.PAUSED:
+                await self._pause_work(rt)
             ctx.store.save_pair(rt.row())
             ctx.event(rt.name, "state", reason, {"from": str(previous), "to": str(action.state)})
         elif isinstance(action, Alert):
@@ -169,6 +171,14 @@ class Controller:
             self._start_operation(rt, "recovery", "searching", reason)
         elif isinstance(action, ReplaceStandby):
             self._start_operation(rt, "replace_standby", "creating", reason)
+
+    async def _pause_work(self, rt: PairRuntime) -> None:
+        """Stop the pair's background work. An interrupted operation stays open in the store (with any instance it
+        rented), so resuming the pair picks it up where it stopped instead of starting over."""
+        await cancel(rt.sync_task)
+        if rt.op_task is not None and not rt.op_task.done():
+            await cancel(rt.op_task, timeout=30)
+            rt.operation = None
 
     def resume_operation(self, rt: PairRuntime) -> None:
         """Restart the background task of an operation left unfinished by a previous controller."""
