@@ -144,11 +144,15 @@ class Controller:
         # The events these actions record log each transition once (ControllerContext.event); this is the trace.
         log.debug("%s: %s", rt.name, decision.reason)
         rt.last_reason = decision.reason
+        failure = None
         for action in decision.actions:
             try:
                 await self._do(rt, action, decision.reason)
             except DumontError as exc:
-                self.ctx.event(rt.name, "action_failed", f"{type(action).__name__} failed: {exc}")
+                failure = f"{type(action).__name__} failed: {exc}"
+                if failure != rt.last_action_error:  # the same failure every tick is reported once
+                    self.ctx.event(rt.name, "action_failed", failure)
+        rt.last_action_error = failure
 
     async def _do(self, rt: PairRuntime, action: Action, reason: str) -> None:
         ctx = self.ctx

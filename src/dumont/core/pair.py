@@ -40,6 +40,7 @@ class PairRuntime:
     failed: list[HostRef] = field(default_factory=list)  # former primaries awaiting clean-up
     paired_epoch: int | None = None  # the epoch direct mode was last set up for
     last_reason: str = ""
+    last_action_error: str | None = None
     sync_task: asyncio.Task[None] | None = None
     op_task: asyncio.Task[None] | None = None
     timings: dict[str, float] = field(default_factory=dict)
