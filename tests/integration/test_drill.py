@@ -86,3 +86,17 @@ def test_promtool_accepts_the_metrics_scraped_during_a_drill(two_runs: list[Path
     result = subprocess.run([promtool, "check", "metrics"], input=scrape, capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("scenario", ["gpu-partition", "standby-preempt"])
+def test_other_scenarios_pass(tmp_path: Path, scenario: str) -> None:
+    """A hung GPU fails over on the three-strike path; a preempted standby is replaced with the GPU untouched."""
+    result = drill(tmp_path, "--scenario", scenario)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    detection = next(p for p in report["phases"] if p["key"] == "detection")
+    if scenario == "gpu-partition":
+        assert "consecutive health checks" in detection["figures"]["reason"]
+        assert detection["seconds"] <= 5.0, "the fast profile's detection target"
+    else:
+        assert any(c["name"].startswith("the GPU was untouched") and c["ok"] for c in report["checks"])

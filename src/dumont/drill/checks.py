@@ -65,8 +65,8 @@ def integrity(run: DrillRun) -> dict[str, list[str]]:
         out["original GPU vs standby at failover"] = missing_or_changed(
             hashes["gpu_at_failure"].without_writer(), after) + missing_or_changed(
             after, hashes["gpu_at_failure"].without_writer())
-    if "final_primary" in hashes:
-        expected = dict(hashes["standby_at_failover"].without_writer()) if "standby_at_failover" in hashes else {}
+    if "final_primary" in hashes and "standby_at_failover" in hashes:
+        expected = dict(hashes["standby_at_failover"].without_writer())
         cpu = run.facts.get("cpu")
         for record in run.writer.records:
             if record.host == cpu or (expected and _sha(record.content) == hashes["standby_at_failover"].files.get(
@@ -108,6 +108,11 @@ def verdicts(run: DrillRun, loss: dict[str, Any], mismatches: dict[str, list[str
     late = [f"{p.title} took {p.seconds:.1f} s (deadline {p.deadline_seconds:g} s)" for p in run.timeline.phases
             if not p.in_time and p.deadline_seconds is not None and p.key != "failover"]
     result.append(Check("every phase within its deadline", not late, "; ".join(late) or "yes"))
+    recovery = run.timeline.phase("recovery")
+    if run.options.scenario == "standby-preempt" and recovery is not None and error is None:
+        untouched = bool(recovery.figures.get("gpu_untouched"))
+        result.append(Check("the GPU was untouched while its standby was replaced", untouched,
+                            "same GPU, no failover" if untouched else "the GPU changed or the pair failed over"))
     if run.options.scenario != "standby-preempt" and error is None:
         failed = run.facts.get("failed_instance")
         destroyed = any(e["data"].get("instance_id") == failed for e in run.timeline.events_of("instance_destroyed"))
