@@ -12,7 +12,7 @@ VASTAI_VENV := .venv-vastai
 
 # promtool checks scrapes and alert rules; Chromium loads the dashboard in the tests.
 system-deps:
-	@scripts/install-system-deps promtool:prometheus chromium:chromium
+	@scripts/install-system-deps promtool:prometheus chromium:chromium,fonts-dejavu-core
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
