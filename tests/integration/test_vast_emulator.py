@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from dumont.errors import AuthRefused, HostUnreachable
-from dumont.localcloud import procs
+from dumont.localcloud import layout, procs
 from dumont.localcloud.daemon import LocalCloud
 from dumont.localcloud.emulators.vast import VastEmulator
 from dumont.localcloud.emulators.vast_market import search
@@ -38,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT = 60.0
+IMAGE = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime"
 SEED_QUERY = OfferQuery(min_gpu_ram_gb=8, max_price_per_hour=0.5, min_reliability=0.98,
                         regions=("TH", "VN", "JP", "EU"), disk_gb=20, interruptible=True, limit=8)
 
@@ -121,6 +122,7 @@ async def vast(tmp_path: Path) -> AsyncIterator[VastCloud]:
     root = tmp_path / "vast cloud"
     root.mkdir()
     cloud = LocalCloud(root / "state")
+    generate_keypair(layout.user_key(cloud.state_dir), "dumont-test-user")  # the account's one key at the start
     emulator = VastEmulator(cloud, delay=0)
     url = await emulator.start()
     public = generate_keypair(root / "attached_key", "dumont-test-attached")
@@ -241,6 +243,65 @@ async def test_cli_with_a_wrong_key_gets_401_on_stderr_and_exit_0(vast: VastClou
     result = await vast.vastai("show", "instances", "--raw", api_key="not-the-key")
     assert result.returncode == 0 and result.stdout == ""
     assert json.loads(result.stderr.splitlines()[0]) == {"error": True, "status_code": 401, "msg": "Invalid user key"}
+
+
+def _printed_dict(stdout: str, prefix: str) -> Any:
+    """The Python dict the CLI printed after ``prefix`` (it prints reprs, not JSON, for these commands)."""
+    line = next(line for line in stdout.splitlines() if line.startswith(prefix))
+    return ast.literal_eval(line.removeprefix(prefix).strip())
+
+
+async def _cli_rent(vast: VastCloud, query: str, label: str) -> dict[str, Any]:
+    offer = (await vast.vastai("search", "offers", query, "-o", "dph_total", "--raw")).json()[0]
+    created = (await vast.vastai("create", "instance", str(offer["id"]), "--image", IMAGE, "--disk", "10",
+                                 "--label", label, "--raw")).json()
+    row: dict[str, Any] = (await vast.vastai("show", "instance", str(created["new_contract"]), "--raw")).json()
+    return row
+
+
+async def test_cli_account_keys_reach_only_instances_created_after_them(vast: VastCloud) -> None:
+    """The account starts with the user key; a key added later reaches new instances only, and deleting it
+    keeps it off the next ones while instances that have it keep it (Vast: keys are copied at creation)."""
+    user_key = (layout.user_key(vast.cloud.state_dir).with_suffix(".pub")).read_text().strip()
+    listed = (await vast.vastai("show", "ssh-keys", "--raw")).json()
+    assert [(k["id"], k["key"], k["deleted_at"]) for k in listed] == [(1, user_key, None)]
+
+    before = await _cli_rent(vast, "gpu_ram>=8 geolocation in [JP]", "before")
+    created = await vast.vastai("create", "ssh-key", vast.attached_public_key)
+    assert not created.stderr and "Note: You may need to add the new public key" in created.stdout
+    key = _printed_dict(created.stdout, "ssh-key created")["key"]
+    assert (key["id"], key["public_key"]) == (2, vast.attached_public_key)
+    after = await _cli_rent(vast, "gpu_ram>=8 geolocation in [TH]", "after")
+
+    async def logs_in(row: dict[str, Any]) -> str:
+        return await vast.ssh(f"vast-{row['id']}", row["ssh_host"], row["ssh_port"], row["ssh_user"],
+                              'echo "$DUMONT_HOST"')
+
+    assert await logs_in(after) == f"vast-{after['id']}"
+    with pytest.raises(AuthRefused):
+        await logs_in(before)
+
+    deleted = await vast.vastai("delete", "ssh-key", "2")
+    assert not deleted.stderr and ast.literal_eval(deleted.stdout.strip()) == {"success": True}
+    assert [k["key"] for k in (await vast.vastai("show", "ssh-keys", "--raw")).json()] == [user_key]
+    later = await _cli_rent(vast, "gpu_ram>=8 geolocation in [VN]", "later")
+    with pytest.raises(AuthRefused):
+        await logs_in(later)
+    assert await logs_in(after) == f"vast-{after['id']}", "an instance keeps the keys it was created with"
+
+    again = await vast.vastai("delete", "ssh-key", "2", "--raw")
+    assert json.loads(again.stderr.splitlines()[0])["status_code"] == 400
+
+
+async def test_cli_updates_an_account_key_and_refuses_what_is_not_one(vast: VastCloud) -> None:
+    """update ssh-key replaces the key under the same id; a body that is no public key is refused with 400."""
+    updated = await vast.vastai("update", "ssh-key", "1", vast.attached_public_key)
+    assert not updated.stderr
+    assert ast.literal_eval(updated.stdout.strip())["key"]["public_key"] == vast.attached_public_key
+    assert [(k["id"], k["key"]) for k in (await vast.vastai("show", "ssh-keys", "--raw")).json()] == [
+        (1, vast.attached_public_key)]
+    refused = await vast.vastai("create", "ssh-key", "not-a-key", "--raw")
+    assert json.loads(refused.stderr.splitlines()[-1])["status_code"] == 400
 
 
 # ---------------------------------------------------------------------------------------------- our provider

@@ -16,13 +16,15 @@ Endpoints (cloud-apis.md §1.3, §1.9)::
     DELETE /api/v0/instances/{id}/                   destroy (host and files)
     POST   /api/v0/instances/{id}/ssh/               attach a public key: it can log in from then on
     DELETE /api/v0/instances/{id}/ssh/{key}/         detach it
+    GET    /api/v0/ssh/   POST /api/v0/ssh/           the account's keys: list, add (see vast_keys)
+    PUT    /api/v0/ssh/{id}/  DELETE /api/v0/ssh/{id}/   change, remove an account key
     PUT    /api/v0/instances/bid_price/{id}/         change bid (an outbid instance resumes when it is high enough)
     PUT    /api/v0/instances/reboot/{id}/            restart the host
 
 Every other path needs ``Authorization: Bearer <key>`` with the key the emulator keeps in
 ``<state_dir>/vast_api_key`` (0600, random, kept across restarts); a wrong or missing key gets 401
-``{"msg": "Invalid user key"}``. New instances accept the account's key (the local cloud's user key, as Vast
-installs an account's keys) and whatever is attached later. Offers of a rented machine leave the search until
+``{"msg": "Invalid user key"}``. New instances accept the account's keys as they are when the instance is
+created (the account starts with the local cloud's user key) and whatever is attached to them later. Offers of a rented machine leave the search until
 the instance is destroyed.
 
 Fault controls, for drills and tests (same key; each answers the fault state)::
@@ -61,6 +63,7 @@ from dumont.localcloud import layout
 from dumont.localcloud.emulators import vast_instances as records
 from dumont.localcloud.emulators.vast_http import Refused, json_query, number, read_body, refuse, reply, text
 from dumont.localcloud.emulators.vast_instances import VastInstance
+from dumont.localcloud.emulators.vast_keys import AccountKeys, checked_public_key
 from dumont.localcloud.emulators.vast_market import DEFAULT_SEED, MODELS, generate_catalogue, matches, order_rows
 from dumont.localcloud.emulators.vast_market import search as search_offers
 from dumont.localcloud.hosts import HostState, LocalHost
@@ -123,6 +126,7 @@ class VastEmulator:
         self.catalogue = {int(o["id"]): o for o in generate_catalogue(self.seed)}
         self.faults = Faults()
         self.instances: dict[int, VastInstance] = {}
+        self.account_keys = AccountKeys()
         self.key = ""
         self.url = ""
         self._next_id = FIRST_INSTANCE_ID
@@ -139,7 +143,10 @@ class VastEmulator:
     async def start(self) -> str:
         """Serve on a free 127.0.0.1 port; return the base URL."""
         self.key = self._ensure_key()
-        self.instances, self._next_id = records.load(self.records_file, FIRST_INSTANCE_ID)
+        saved = records.load(self.records_file, FIRST_INSTANCE_ID)
+        self.instances, self._next_id = saved.instances, saved.next_id
+        # A person's account holds their key from the start: here, the local cloud's user key.
+        self.account_keys = saved.account_keys or AccountKeys.seeded(self._user_key())
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -199,6 +206,10 @@ class VastEmulator:
         add.add_delete(f"{v0}/instances/{{id:\\d+}}/", self._destroy)
         add.add_post(f"{v0}/instances/{{id:\\d+}}/ssh/", self._attach)
         add.add_delete(f"{v0}/instances/{{id:\\d+}}/ssh/{{key}}/", self._detach)
+        add.add_get(f"{v0}/ssh/", self._show_keys)
+        add.add_post(f"{v0}/ssh/", self._create_key)
+        add.add_put(f"{v0}/ssh/{{id:\\d+}}/", self._update_key)
+        add.add_delete(f"{v0}/ssh/{{id:\\d+}}/", self._delete_key)
         add.add_get("/_dumont/faults", self._fault_state)
         add.add_post("/_dumont/faults/{action}", self._inject)
         return app
@@ -233,7 +244,7 @@ class VastEmulator:
         return key
 
     def _save(self) -> None:
-        records.save(self.records_file, self.instances, self._next_id)
+        records.save(self.records_file, records.Saved(self.instances, self._next_id, self.account_keys))
 
     def _host(self, instance: VastInstance) -> LocalHost | None:
         return next((h for h in self.pool.hosts() if h.name == instance.host), None)
@@ -251,7 +262,7 @@ class VastEmulator:
     def _rented_machines(self) -> set[int]:
         return {int(i.offer["machine_id"]) for i in self.instances.values()}
 
-    def _account_keys(self) -> list[str]:
+    def _user_key(self) -> list[str]:
         public = layout.user_key(self.state_dir).with_suffix(".pub")
         return [public.read_text().strip()] if public.exists() else []
 
@@ -298,7 +309,7 @@ class VastEmulator:
             self._next_id += 1
             self.instances[instance.id] = instance
             try:
-                await self.pool.create(instance.host, authorized_keys=self._account_keys(), role="gpu",
+                await self.pool.create(instance.host, authorized_keys=self.account_keys.public_keys(), role="gpu",
                                        provider="vast", instance_id=str(instance.id), start=not instance.outbid)
             except DumontError:
                 del self.instances[instance.id]
@@ -396,6 +407,33 @@ class VastEmulator:
                 write_private(host.authorized_keys, "".join(f"{line}\n" for line in kept))
             self._save()
         return reply({"success": True, "msg": "SSH key detached."})
+
+    # ------------------------------------------------------------------ account keys
+
+    async def _show_keys(self, request: web.Request) -> web.Response:
+        return reply(self.account_keys.listed())
+
+    async def _create_key(self, request: web.Request) -> web.Response:
+        key = checked_public_key((await read_body(request)).get("ssh_key"))
+        async with self._lock:
+            added = self.account_keys.add(key)
+            self._save()
+        return reply({"success": True, "key": added.as_created()})
+
+    async def _update_key(self, request: web.Request) -> web.Response:
+        key = checked_public_key((await read_body(request)).get("ssh_key"))
+        async with self._lock:
+            updated = self.account_keys.update(int(request.match_info["id"]), key)
+            self._save()
+        return reply({"success": True, "key": updated.as_created()})
+
+    async def _delete_key(self, request: web.Request) -> web.Response:
+        async with self._lock:
+            self.account_keys.delete(int(request.match_info["id"]))
+            self._save()
+        return reply({"success": True})
+
+    # ------------------------------------------------------------------ instances, continued
 
     async def _change_bid(self, request: web.Request) -> web.Response:
         price = number(await read_body(request), "price")

@@ -29,6 +29,7 @@ from typing import Any
 
 from dumont.errors import LocalCloudError
 from dumont.localcloud.emulators.vast_http import Refused, number, text
+from dumont.localcloud.emulators.vast_keys import AccountKeys
 from dumont.localcloud.emulators.vast_market import priced
 from dumont.localcloud.hosts import HostState, LocalHost
 from dumont.transport.keys import write_private
@@ -131,21 +132,34 @@ def row(instance: VastInstance, host: LocalHost | None, now: float, delay: float
     return data
 
 
-def save(path: Path, instances: dict[int, VastInstance], next_id: int) -> None:
-    """Persist every instance record (atomically)."""
-    data = {"next_id": next_id, "instances": [asdict(i) for i in instances.values()]}
+@dataclass
+class Saved:
+    """What the emulator keeps across daemon restarts: instances, the next id, the account's keys."""
+
+    instances: dict[int, VastInstance]
+    next_id: int
+    account_keys: AccountKeys | None  # None: nothing saved yet (a new account)
+
+
+def save(path: Path, saved: Saved) -> None:
+    """Persist every instance record and the account's keys (atomically)."""
+    data: dict[str, Any] = {"next_id": saved.next_id, "instances": [asdict(i) for i in saved.instances.values()]}
+    if saved.account_keys is not None:
+        data["account_keys"] = saved.account_keys.as_json()
     path.parent.mkdir(parents=True, exist_ok=True)
     write_private(path, json.dumps(data, indent=1) + "\n")
 
 
-def load(path: Path, first_id: int) -> tuple[dict[int, VastInstance], int]:
-    """The persisted instance records and the next free id (none and ``first_id`` when nothing was saved)."""
+def load(path: Path, first_id: int) -> Saved:
+    """The persisted records (no instances, ``first_id`` and no account keys when nothing was saved)."""
     try:
         data = json.loads(path.read_text())
         instances = {int(i["id"]): VastInstance(**i) for i in data.get("instances", [])}
-        return instances, int(data.get("next_id", first_id))
+        keys = data.get("account_keys")
+        return Saved(instances, int(data.get("next_id", first_id)),
+                     None if keys is None else AccountKeys.from_json(keys))
     except FileNotFoundError:
-        return {}, first_id
+        return Saved({}, first_id, None)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise LocalCloudError(f"the Vast emulator's records in {path} cannot be read ({exc})",
                               hint="move the file away to start with no Vast instances") from exc
