@@ -25,6 +25,7 @@ import pytest
 from dumont.errors import AuthRefused, HostUnreachable
 from dumont.localcloud import layout, procs
 from dumont.localcloud.daemon import LocalCloud
+from dumont.localcloud.emulators.registry import RegistryEmulator
 from dumont.localcloud.emulators.vast import VastEmulator
 from dumont.localcloud.emulators.vast_market import search
 from dumont.localcloud.hosts import HostState
@@ -224,7 +225,7 @@ async def test_cli_rents_interruptible_with_a_bid_and_only_the_attached_key_work
     offer = (await vast.vastai("search", "offers", "gpu_ram>=8 dph<=0.5 geolocation in [TH]", "-i",
                                "-o", "dph_total", "--raw")).json()[0]
     bid = round(offer["min_bid"] + 0.01, 4)
-    created = (await vast.vastai("create", "instance", str(offer["id"]), "--image", "img", "--disk", "10",
+    created = (await vast.vastai("create", "instance", str(offer["id"]), "--image", IMAGE, "--disk", "10",
                                  "--bid_price", str(bid), "--label", "dumont-bid", "--raw")).json()
     instance_id = created["new_contract"]
     row = (await vast.vastai("show", "instance", str(instance_id), "--raw")).json()
@@ -304,11 +305,57 @@ async def test_cli_updates_an_account_key_and_refuses_what_is_not_one(vast: Vast
     assert json.loads(refused.stderr.splitlines()[-1])["status_code"] == 400
 
 
+async def test_cli_rent_of_an_unpublished_image_never_runs(vast: VastCloud) -> None:
+    """The tag without -runtime is not published: the container is created, the pull fails, its host never starts,
+    and starting it again changes nothing (research/real-instances.md B4)."""
+    vast.emulator.delay = 0.4
+    unpublished = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8"
+    offer = (await vast.vastai("search", "offers", "gpu_ram>=8 geolocation in [JP]", "--raw")).json()[0]
+    created = (await vast.vastai("create", "instance", str(offer["id"]), "--image", unpublished, "--disk", "10",
+                                 "--raw")).json()
+    instance_id = created["new_contract"]
+    host = vast.cloud.pool.get(f"vast-{instance_id}")
+
+    async def failed() -> dict[str, Any]:
+        row: dict[str, Any] = (await vast.vastai("show", "instance", str(instance_id), "--raw")).json()
+        assert row["actual_status"] == "created"
+        return row
+
+    row = await failed()  # a CLI call takes longer than half the delay: the pull has been tried
+    assert (row["intended_status"], row["cur_state"]) == ("running", "running")
+    assert row["status_msg"] == (f"Error response from daemon: manifest for {unpublished} not found: "
+                                 "manifest unknown: manifest unknown")
+    await vast.vastai("start", "instance", str(instance_id), "--raw")
+    await vast.vastai("reboot", "instance", str(instance_id), "--raw")
+    assert (await failed())["status_msg"] == row["status_msg"]
+    assert (host.state, host.pid, host.processes()) == (HostState.STOPPED, None, set())
+
+
+async def test_the_registry_answers_docker_hubs_tag_lookup() -> None:
+    """A published tag is 200 with its name, digest and date; the seed's unsuffixed tag is 404 with a message."""
+    registry = RegistryEmulator()
+    url = await registry.start()
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            found = await http.get("/v2/namespaces/pytorch/repositories/pytorch/tags/2.1.0-cuda12.1-cudnn8-runtime")
+            missing = await http.get("/v2/namespaces/pytorch/repositories/pytorch/tags/2.1.0-cuda12.1-cudnn8")
+            official = await http.get("/v2/namespaces/library/repositories/ubuntu/tags/22.04")
+    finally:
+        await registry.stop()
+    assert found.status_code == 200 and found.headers["Content-Type"] == "application/json"
+    tag = found.json()
+    assert tag["name"] == "2.1.0-cuda12.1-cudnn8-runtime" and tag["digest"].startswith("sha256:")
+    assert tag["last_updated"] == "2023-10-04T00:00:00Z"
+    assert missing.status_code == 404
+    assert missing.json()["message"] == "httperror 404: tag '2.1.0-cuda12.1-cudnn8' not found"
+    assert official.status_code == 404, "only the catalogue's images are published here"
+
+
 # ---------------------------------------------------------------------------------------------- our provider
 
 
 def _launch(vast: VastCloud, offer: Offer) -> LaunchRequest:
-    return LaunchRequest(offer=offer, image="pytorch/pytorch:2.1.0-cuda12.1-cudnn8", disk_gb=20,
+    return LaunchRequest(offer=offer, image=IMAGE, disk_gb=20,
                          label="dumont-train", ssh_public_keys=[vast.attached_public_key])
 
 
@@ -429,7 +476,10 @@ def test_local_up_serves_vast_and_offers_and_outbid_work_from_the_cli(daemon_env
     state, env = daemon_env
     up = dumont("local", "up", "--state-dir", str(state), "--json", env=env)
     assert up.returncode == 0, up.stderr
-    url = json.loads(up.stdout)["vast_url"]
+    ready = json.loads(up.stdout)
+    url = ready["vast_url"]
+    assert httpx.get(f"{ready['registry_url']}/v2/namespaces/pytorch/repositories/pytorch/tags/"
+                     "2.1.0-cuda12.1-cudnn8-runtime", timeout=30).status_code == 200
     key_file = state / "vast_api_key"
     assert url.startswith("http://127.0.0.1:") and key_file.stat().st_mode & 0o077 == 0
 
@@ -445,7 +495,7 @@ def test_local_up_serves_vast_and_offers_and_outbid_work_from_the_cli(daemon_env
     assert human.returncode == 0 and offers[0]["offer_id"] in human.stdout
 
     headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
-    body = {"client_id": "me", "image": "img", "disk": 10.0, "price": offers[0]["min_bid"], "label": "dumont-x"}
+    body = {"client_id": "me", "image": IMAGE, "disk": 10.0, "price": offers[0]["min_bid"], "label": "dumont-x"}
     rented = httpx.put(f"{url}/api/v0/asks/{offers[0]['offer_id']}/", json=body, headers=headers, timeout=30)
     assert rented.headers["Content-Type"] == "application/json"
     instance_id = rented.json()["new_contract"]

@@ -49,7 +49,7 @@ class LocalCloud:
         self.urls: dict[str, str] = {}
 
     async def start_emulators(self) -> None:
-        """Start every cloud API emulator; remember their URLs (``vast_url``, ``gcp_url``)."""
+        """Start every cloud API emulator; remember their URLs (``vast_url``, ``gcp_url``, ``registry_url``)."""
         self.emulators = create_emulators(self)
         for emulator in self.emulators:
             url = await emulator.start()

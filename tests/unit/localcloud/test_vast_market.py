@@ -97,8 +97,12 @@ def test_order_and_limit() -> None:
     assert len(search(generate_catalogue(DEFAULT_SEED), {})) == 64  # Vast's page when no limit is given
 
 
+PUBLISHED = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime"
+UNPUBLISHED = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8"  # pytorch tags always end in -runtime or -devel
+
+
 def _instance(**changes: Any) -> VastInstance:
-    values: dict[str, Any] = dict(id=1, host="vast-1", offer=priced(OFFER, "bid", 10), image="img", disk=10.0,
+    values: dict[str, Any] = dict(id=1, host="vast-1", offer=priced(OFFER, "bid", 10), image=PUBLISHED, disk=10.0,
                                   label=None, runtype="ssh", bid_price=0.3, env={}, onstart=None, created_at=100.0,
                                   started_at=100.0)
     values.update(changes)
@@ -120,6 +124,9 @@ def _host(state: HostState) -> LocalHost:
     (_instance(outbid=True), _host(HostState.STOPPED), 200.0, ("stopped", "stopped")),
     (_instance(intended="stopped"), _host(HostState.STOPPED), 200.0, ("stopped", "stopped")),
     (_instance(), _host(HostState.STOPPED), 200.0, ("exited", "running")),  # stopped behind Vast's back
+    (_instance(image=UNPUBLISHED), _host(HostState.STOPPED), 100.1, (None, "running")),
+    (_instance(image=UNPUBLISHED), _host(HostState.STOPPED), 9999.0, ("created", "running")),  # never runs
+    (_instance(image=UNPUBLISHED, intended="stopped"), _host(HostState.STOPPED), 200.0, ("stopped", "stopped")),
 ])
 def test_status_is_derived_from_the_host_and_the_clock(instance: VastInstance, host: LocalHost | None, now: float,
                                                         expected: tuple[str | None, str]) -> None:
@@ -127,6 +134,9 @@ def test_status_is_derived_from_the_host_and_the_clock(instance: VastInstance, h
     actual, cur_state, message = status(instance, host, now, delay=1.0)
     assert (actual, cur_state) == expected
     assert message
+    if actual == "created":
+        assert message == f"Error response from daemon: manifest for {UNPUBLISHED} not found: manifest unknown: " \
+                          "manifest unknown"
 
 
 # The two search bodies the official CLI 1.9.1 sent in the recorded session (research/vastai-cli-1.9.1-requests).

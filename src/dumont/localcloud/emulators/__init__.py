@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class Emulator(Protocol):
     """One vendor API served by the local cloud."""
 
-    name: str  # the provider name its hosts carry ("vast", "gcp")
+    name: str  # the provider name its hosts carry ("vast", "gcp"; "registry" has none); its URL is "<name>_url"
     fault_actions: frozenset[str]  # vendor-specific faults it offers, e.g. {"outbid"}
 
     async def start(self) -> str:
@@ -36,6 +36,6 @@ class Emulator(Protocol):
 
 def create_emulators(cloud: LocalCloud) -> list[Emulator]:
     """Every emulator the local cloud serves."""
-    from dumont.localcloud.emulators import gcp, vast
+    from dumont.localcloud.emulators import gcp, registry, vast
 
-    return [vast.create(cloud), gcp.create(cloud)]
+    return [vast.create(cloud), gcp.create(cloud), registry.create(cloud)]

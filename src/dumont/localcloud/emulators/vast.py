@@ -24,8 +24,8 @@ Endpoints (cloud-apis.md §1.3, §1.9)::
 Every other path needs ``Authorization: Bearer <key>`` with the key the emulator keeps in
 ``<state_dir>/vast_api_key`` (0600, random, kept across restarts); a wrong or missing key gets 401
 ``{"msg": "Invalid user key"}``. New instances accept the account's keys as they are when the instance is
-created (the account starts with the local cloud's user key) and whatever is attached to them later. Offers of a rented machine leave the search until
-the instance is destroyed.
+created (the account starts with the local cloud's user key) and whatever is attached to them later. Offers of
+a rented machine leave the search until the instance is destroyed.
 
 Fault controls, for drills and tests (same key; each answers the fault state)::
 
@@ -275,7 +275,8 @@ class VastEmulator:
         if self._host(instance) is None:
             raise Refused(409, "machine_unavailable", f"The machine of instance {instance.id} is gone.")
         instance.started_at = time.time()
-        await self.pool.start(instance.host)
+        if instance.can_pull:  # an image that cannot be pulled never starts, however often it is asked to
+            await self.pool.start(instance.host)
 
     # ------------------------------------------------------------------ offers
 
@@ -310,7 +311,8 @@ class VastEmulator:
             self.instances[instance.id] = instance
             try:
                 await self.pool.create(instance.host, authorized_keys=self.account_keys.public_keys(), role="gpu",
-                                       provider="vast", instance_id=str(instance.id), start=not instance.outbid)
+                                       provider="vast", instance_id=str(instance.id),
+                                       start=instance.can_pull and not instance.outbid)
             except DumontError:
                 del self.instances[instance.id]
                 if any(h.name == instance.host for h in self.pool.hosts()):
@@ -318,7 +320,7 @@ class VastEmulator:
                 raise
             finally:
                 self._save()
-            if self.faults.nossh_next > 0 and not instance.outbid:
+            if self.faults.nossh_next > 0 and instance.can_pull and not instance.outbid:
                 self.faults.nossh_next -= 1
                 await self.pool.partition(instance.host)  # the machine runs; its sshd is hung
         return reply({"success": True, "new_contract": instance.id})

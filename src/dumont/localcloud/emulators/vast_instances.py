@@ -11,12 +11,17 @@ gone from the pool, or killed                   offline          as asked       
 outbid (interruptible)                          stopped          running          stopped
 stopped on request                              stopped          stopped          stopped
 stopped behind Vast's back (dumont local stop)  exited           running          running
+image not published, less than delay/2          null             running          running
+image not published, then for ever              created          running          running
 running, less than delay/2 since (re)start      null             running          running
 running, less than delay since (re)start        loading          running          running
 running (or partitioned: Vast cannot tell)      running          running          running
 =============================================  ===============  ===============  =========
 
-``delay`` is ``DUMONT_LOCAL_VAST_DELAY_SECONDS`` (tests set it to 0).
+``delay`` is ``DUMONT_LOCAL_VAST_DELAY_SECONDS`` (tests set it to 0). An image that is not published (not in
+:mod:`~dumont.localcloud.emulators.vast_images`) fails its pull: the row says ``created`` with Docker's
+"manifest ... not found" as ``status_msg``, as Vast shows a failed pull (research/real-instances.md B4), and its
+host is never started.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dumont.errors import LocalCloudError
+from dumont.localcloud.emulators import vast_images
 from dumont.localcloud.emulators.vast_http import Refused, number, text
 from dumont.localcloud.emulators.vast_keys import AccountKeys
 from dumont.localcloud.emulators.vast_market import priced
@@ -60,6 +66,11 @@ class VastInstance:
         """Rented as an interruptible (bid) instance."""
         return self.bid_price is not None
 
+    @property
+    def can_pull(self) -> bool:
+        """Its image is published: without it the container is created but never runs."""
+        return vast_images.find(self.image) is not None
+
 
 def from_create_body(instance_id: int, offer: dict[str, Any], body: dict[str, Any]) -> VastInstance:
     """The record of a rent of ``offer`` with the CLI's create body (cloud-apis.md §1.5); 400 when it is bad."""
@@ -89,12 +100,15 @@ def status(instance: VastInstance, host: LocalHost | None, now: float, delay: fl
         return "stopped", "stopped", "Outbid: a higher bid took this machine; your data is kept."
     if instance.intended == "stopped":
         return "stopped", "stopped", "Stopped on request."
-    if host.state == HostState.STOPPED:
+    return _container(instance, host, now - instance.started_at, delay)
+
+
+def _container(instance: VastInstance, host: LocalHost, elapsed: float, delay: float) -> tuple[str | None, str, str]:
+    """The container of an instance that is meant to run, ``elapsed`` seconds after its last (re)start."""
+    if not instance.can_pull and elapsed >= delay / 2:
+        return "created", "running", vast_images.pull_error(instance.image)  # and so it stays (B4)
+    if instance.can_pull and host.state == HostState.STOPPED:
         return "exited", "running", "The container exited."
-    return _starting(instance, now - instance.started_at, delay)
-
-
-def _starting(instance: VastInstance, elapsed: float, delay: float) -> tuple[str | None, str, str]:
     if elapsed < delay / 2:
         return None, "running", "Provisioning."
     if elapsed < delay:
