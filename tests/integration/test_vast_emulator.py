@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,10 +189,10 @@ async def test_cli_rents_on_demand_reaches_it_by_ssh_and_manages_it(vast: VastCl
     assert (row["label"], row["is_bid"], row["machine_id"]) == ("dumont-cli", False, offer["machine_id"])
     host, port = row["public_ipaddr"], int(row["ports"]["22/tcp"][0]["HostPort"])
     assert (host, port) == (row["ssh_host"], row["ssh_port"])
-    assert await vast.ssh(name, host, port, row["ssh_user"], 'echo "$DUMONT_HOST" > "$DUMONT_WORKSPACE/who"; '
+    assert await vast.ssh(name, host, port, "root", 'echo "$DUMONT_HOST" > "$DUMONT_WORKSPACE/who"; '
                           'cat "$DUMONT_WORKSPACE/who"') == name
     url = await vast.vastai("ssh-url", str(instance_id))
-    assert url.stdout.strip() == f"ssh://root@127.0.0.1:{port}"
+    assert url.stdout.strip() == f"ssh://root@{host}:{port}"
 
     listed = (await vast.vastai("show", "instances", "--raw")).json()
     assert [(i["id"], i["label"]) for i in listed] == [(instance_id, "dumont-cli")]
@@ -203,13 +203,13 @@ async def test_cli_rents_on_demand_reaches_it_by_ssh_and_manages_it(vast: VastCl
     assert (row["actual_status"], row["intended_status"], row["cur_state"]) == ("stopped", "stopped", "stopped")
     assert vast.cloud.pool.get(name).state == HostState.STOPPED
     with pytest.raises(HostUnreachable):
-        await vast.ssh(name, host, port, row["ssh_user"], "true")
+        await vast.ssh(name, host, port, "root", "true")
 
     started = await vast.vastai("start", "instance", str(instance_id), "--raw")
     assert started.stdout.strip() == f"starting instance {instance_id}." and not started.stderr
     row = (await vast.vastai("show", "instance", str(instance_id), "--raw")).json()
     assert row["actual_status"] == "running"
-    assert await vast.ssh(name, row["ssh_host"], row["ssh_port"], row["ssh_user"],
+    assert await vast.ssh(name, row["ssh_host"], row["ssh_port"], "root",
                           'cat "$DUMONT_WORKSPACE/who"') == name, "a stopped instance keeps its disk"
 
     destroyed = await vast.vastai("destroy", "instance", str(instance_id), "-y", "--raw")
@@ -221,7 +221,7 @@ async def test_cli_rents_on_demand_reaches_it_by_ssh_and_manages_it(vast: VastCl
 
 
 async def test_cli_rents_interruptible_with_a_bid_and_only_the_attached_key_works(vast: VastCloud) -> None:
-    """--bid_price rents an interruptible instance at that price; a key never given to it is refused."""
+    """--bid_price rents an interruptible instance at that price; a key never given to it, or detached, is refused."""
     offer = (await vast.vastai("search", "offers", "gpu_ram>=8 dph<=0.5 geolocation in [TH]", "-i",
                                "-o", "dph_total", "--raw")).json()[0]
     bid = round(offer["min_bid"] + 0.01, 4)
@@ -234,9 +234,14 @@ async def test_cli_rents_interruptible_with_a_bid_and_only_the_attached_key_work
 
     name = f"vast-{instance_id}"
     with pytest.raises(AuthRefused):
-        await vast.ssh(name, row["ssh_host"], row["ssh_port"], row["ssh_user"], "true")
-    await vast.vastai("attach", "ssh", str(instance_id), vast.attached_public_key)
-    assert await vast.ssh(name, row["ssh_host"], row["ssh_port"], row["ssh_user"], 'echo "$DUMONT_HOST"') == name
+        await vast.ssh(name, row["ssh_host"], row["ssh_port"], "root", "true")
+    attached = await vast.vastai("attach", "ssh", str(instance_id), vast.attached_public_key)
+    assert await vast.ssh(name, row["ssh_host"], row["ssh_port"], "root", 'echo "$DUMONT_HOST"') == name
+    key_id = ast.literal_eval(attached.stdout.strip())["key_id"]
+    detached = await vast.vastai("detach", "ssh", str(instance_id), str(key_id))
+    assert not detached.stderr and ast.literal_eval(detached.stdout.strip())["success"] is True
+    with pytest.raises(AuthRefused):
+        await vast.ssh(name, row["ssh_host"], row["ssh_port"], "root", "true")
 
 
 async def test_cli_with_a_wrong_key_gets_401_on_stderr_and_exit_0(vast: VastCloud) -> None:
@@ -275,7 +280,7 @@ async def test_cli_account_keys_reach_only_instances_created_after_them(vast: Va
     after = await _cli_rent(vast, "gpu_ram>=8 geolocation in [TH]", "after")
 
     async def logs_in(row: dict[str, Any]) -> str:
-        return await vast.ssh(f"vast-{row['id']}", row["ssh_host"], row["ssh_port"], row["ssh_user"],
+        return await vast.ssh(f"vast-{row['id']}", row["ssh_host"], row["ssh_port"], "root",
                               'echo "$DUMONT_HOST"')
 
     assert await logs_in(after) == f"vast-{after['id']}"
@@ -436,17 +441,91 @@ async def test_outbid_and_offline_are_reported_as_such(vast: VastCloud) -> None:
 
 
 async def test_a_new_instance_provisions_then_loads_then_runs(vast: VastCloud) -> None:
-    """With a provisioning delay, a new instance is PENDING (actual_status null, then loading) before RUNNING."""
+    """With a provisioning delay, a new instance is PENDING (actual_status null, then loading) and its host is not
+    started before the delay has passed; then it is RUNNING, reachable as root, and its onstart has run."""
     vast.emulator.delay = 2.0
     market = vast.market()
-    instance = await market.create(_launch(vast, (await market.search_offers(SEED_QUERY))[0]))
+    request = _launch(vast, (await market.search_offers(SEED_QUERY))[0])
+    instance = await market.create(replace(request, onstart='echo "booted as $USER" >> "$DUMONT_WORKSPACE/boots"'))
+    host = vast.cloud.pool.get(f"vast-{instance.instance_id}")
     assert instance.state is InstanceState.PENDING
     assert instance.raw_state.split()[0] in ("actual_status=None", "actual_status=loading")
+    assert (host.state, host.pid, instance.ssh_port) == (HostState.STOPPED, None, None), "nothing answers yet"
+    assert vast.emulator.boot_timers.is_armed(int(instance.instance_id))
 
     async def is_running() -> None:
         assert (await market.get(instance.instance_id)).state is InstanceState.RUNNING
 
     await eventually(is_running, timeout=10, retry_on=(AssertionError,))
+    running = await market.get(instance.instance_id)
+    assert (running.ssh_host, running.ssh_port) == (host.address, host.port) and host.address != "127.0.0.1"
+    assert await _ssh_to(vast, running, "whoami") == "root"
+
+    async def booted() -> None:
+        assert (host.workspace / "boots").read_text() == "booted as root\n"
+
+    await eventually(booted, timeout=10, retry_on=(AssertionError, FileNotFoundError))
+
+
+async def test_a_stop_or_destroy_while_booting_cancels_the_boot(vast: VastCloud) -> None:
+    """An instance stopped while it loads never starts its host; one destroyed while it loads leaves nothing."""
+    vast.emulator.delay = 30.0
+    market = vast.market()
+    first, second = [await market.create(_launch(vast, o)) for o in (await market.search_offers(SEED_QUERY))[:2]]
+    await market.stop(first.instance_id)
+    await market.destroy(second.instance_id)
+    timers = vast.emulator.boot_timers
+    assert not timers.is_armed(int(first.instance_id)) and not timers.is_armed(int(second.instance_id))
+    assert (await market.get(first.instance_id)).state is InstanceState.STOPPED
+    assert vast.cloud.pool.get(f"vast-{first.instance_id}").state is HostState.STOPPED
+    assert (await market.get(second.instance_id)).state is InstanceState.TERMINATED
+    assert f"vast-{second.instance_id}" not in [h.name for h in vast.cloud.pool.hosts()]
+
+
+async def test_a_reboot_boots_again_and_may_move_the_instance(vast: VastCloud) -> None:
+    """A reboot stops the container, loads again (onstart runs again) and comes back on a new address and port."""
+    market = vast.market()
+    request = _launch(vast, (await market.search_offers(SEED_QUERY))[0])
+    instance = await market.create(replace(request, onstart='echo boot >> "$DUMONT_WORKSPACE/boots"'))
+    host = vast.cloud.pool.get(f"vast-{instance.instance_id}")
+    before = (instance.ssh_host, instance.ssh_port)
+    await _ssh_to(vast, instance, 'echo kept > "$DUMONT_WORKSPACE/model.pt"')
+    cli = await vast.vastai("reboot", "instance", instance.instance_id, "--raw")
+    assert not cli.stderr
+    after = await market.get(instance.instance_id)
+    assert after.state is InstanceState.RUNNING and (after.ssh_host, after.ssh_port) != before
+    assert await _ssh_to(vast, after, 'cat "$DUMONT_WORKSPACE/model.pt"') == "kept"
+
+    async def booted_twice() -> None:
+        assert (host.workspace / "boots").read_text() == "boot\nboot\n"
+
+    await eventually(booted_twice, timeout=10, retry_on=(AssertionError, FileNotFoundError))
+
+
+async def test_instances_still_booting_boot_after_a_restart_of_the_local_cloud(vast: VastCloud) -> None:
+    """The local cloud stops while an instance loads; started again on the same state dir, it finishes booting."""
+    vast.emulator.delay = 30.0
+    market = vast.market()
+    instance = await market.create(_launch(vast, (await market.search_offers(SEED_QUERY))[0]))
+    await market.close()
+    vast.markets.remove(market)
+    await vast.emulator.stop()
+    await vast.cloud.pool.shutdown()
+
+    cloud = LocalCloud(vast.cloud.state_dir)
+    emulator = VastEmulator(cloud, delay=0.5)
+    vast.url = await emulator.start()
+    try:
+        assert emulator.boot_timers.is_armed(int(instance.instance_id))
+        again = vast.market()
+
+        async def is_running() -> None:
+            assert (await again.get(instance.instance_id)).state is InstanceState.RUNNING
+
+        await eventually(is_running, timeout=10, retry_on=(AssertionError,))
+    finally:
+        await emulator.stop()
+        await cloud.pool.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------- through the daemon

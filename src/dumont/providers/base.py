@@ -100,6 +100,7 @@ class LaunchRequest:
     label: str
     ssh_public_keys: Sequence[str]
     bid_price: float | None = None  # interruptible only; defaults to the offer's minimum bid
+    onstart: str | None = None  # a shell script the instance runs as root at every start (Vast's onstart)
 
 
 @dataclass(frozen=True)

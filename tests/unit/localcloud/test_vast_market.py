@@ -115,8 +115,10 @@ def _host(state: HostState) -> LocalHost:
 
 
 @pytest.mark.parametrize(("instance", "host", "now", "expected"), [
-    (_instance(), _host(HostState.RUNNING), 100.1, (None, "running")),  # provisioning
-    (_instance(), _host(HostState.RUNNING), 100.6, ("loading", "running")),
+    (_instance(booting=True), _host(HostState.STOPPED), 100.1, (None, "running")),  # provisioning
+    (_instance(booting=True), _host(HostState.STOPPED), 100.6, ("loading", "running")),
+    (_instance(booting=True), _host(HostState.STOPPED), 200.0, ("loading", "running")),  # until its host is up
+    (_instance(booting=True), _host(HostState.KILLED), 100.6, ("offline", "running")),  # died while loading
     (_instance(), _host(HostState.RUNNING), 101.0, ("running", "running")),
     (_instance(), _host(HostState.PARTITIONED), 200.0, ("running", "running")),  # the API cannot tell
     (_instance(), _host(HostState.KILLED), 200.0, ("offline", "running")),
@@ -130,7 +132,7 @@ def _host(state: HostState) -> LocalHost:
 ])
 def test_status_is_derived_from_the_host_and_the_clock(instance: VastInstance, host: LocalHost | None, now: float,
                                                         expected: tuple[str | None, str]) -> None:
-    """With a 1 s delay: null, loading, then running; faults and intents as the emulator's table says."""
+    """With a 1 s delay: null, loading until the host is up, then running; faults and intents as in the table."""
     actual, cur_state, message = status(instance, host, now, delay=1.0)
     assert (actual, cur_state) == expected
     assert message

@@ -60,7 +60,9 @@ from aiohttp import web
 
 from dumont.errors import DumontError, LocalCloudError, UsageError
 from dumont.localcloud import layout
+from dumont.localcloud.emulators import vast_images
 from dumont.localcloud.emulators import vast_instances as records
+from dumont.localcloud.emulators.vast_boot import BootTimers
 from dumont.localcloud.emulators.vast_http import Refused, json_query, number, read_body, refuse, reply, text
 from dumont.localcloud.emulators.vast_instances import VastInstance
 from dumont.localcloud.emulators.vast_keys import AccountKeys, checked_public_key
@@ -132,6 +134,8 @@ class VastEmulator:
         self._next_id = FIRST_INSTANCE_ID
         self._lock = asyncio.Lock()  # one change at a time: a rent must not race a destroy of the same machine
         self._runner: web.AppRunner | None = None
+        self.boot_timers = BootTimers(self._boot)
+        self._hang_on_boot: set[int] = set()  # nossh: these instances boot with a hung sshd
 
     @property
     def records_file(self) -> Path:
@@ -147,6 +151,7 @@ class VastEmulator:
         self.instances, self._next_id = saved.instances, saved.next_id
         # A person's account holds their key from the start: here, the local cloud's user key.
         self.account_keys = saved.account_keys or AccountKeys.seeded(self._user_key())
+        await self._resume_boots()
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -156,7 +161,8 @@ class VastEmulator:
         return self.url
 
     async def stop(self) -> None:
-        """Stop serving (the hosts are the pool's to stop)."""
+        """Stop serving and booting (the hosts are the pool's to stop)."""
+        await self.boot_timers.cancel_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -170,6 +176,7 @@ class VastEmulator:
             if action == "outbid":
                 await self._outbid(instance)
             elif action == "offline":
+                self._end_boot(instance)
                 await self.pool.kill(host.name)
             else:
                 raise UsageError(f"{action!r} is not a Vast fault", hint="use outbid or offline")
@@ -183,6 +190,7 @@ class VastEmulator:
             raise UsageError(f"instance {instance.id} was rented on demand; only interruptible instances are outbid",
                              hint="rent with a bid price (vastai create instance ... --bid_price P)")
         instance.outbid = True
+        self._end_boot(instance)
         await self._stop_host(instance)
 
     # ------------------------------------------------------------------ plumbing
@@ -272,11 +280,61 @@ class VastEmulator:
             await self.pool.stop(host.name)
 
     async def _start_host(self, instance: VastInstance) -> None:
-        if self._host(instance) is None:
+        """(Re)start the instance: it pulls and boots again, and its host starts when that is done."""
+        host = self._host(instance)
+        if host is None:
             raise Refused(409, "machine_unavailable", f"The machine of instance {instance.id} is gone.")
+        if instance.booting or host.state in (HostState.RUNNING, HostState.PARTITIONED):
+            return  # already running, or on its way
+        await self._begin_boot(instance)
+
+    # ------------------------------------------------------------------ booting (see vast_boot)
+
+    async def _begin_boot(self, instance: VastInstance) -> None:
         instance.started_at = time.time()
-        if instance.can_pull:  # an image that cannot be pulled never starts, however often it is asked to
-            await self.pool.start(instance.host)
+        if not instance.can_pull:
+            return  # its pull fails every time: nothing will ever start its host
+        instance.booting = True
+        if self.delay > 0:
+            self.boot_timers.arm(instance.id, self.delay)
+        else:
+            await self._boot_now(instance)  # no delay: booted before the answer, as tests want it
+
+    def _end_boot(self, instance: VastInstance) -> None:
+        self.boot_timers.cancel(instance.id)
+        instance.booting = False
+
+    async def _boot(self, instance_id: int) -> None:
+        """The delay of a boot has passed: start the host (the timers' callback)."""
+        async with self._lock:
+            instance = self.instances.get(instance_id)
+            if instance is not None and instance.booting:
+                await self._boot_now(instance)
+                self._save()
+
+    async def _boot_now(self, instance: VastInstance) -> None:
+        host = self._host(instance)
+        instance.booting = False
+        if host is None or host.state == HostState.KILLED:
+            return  # the machine died while it was loading: the API says offline
+        # A restart may bring the instance back on another address and port (docs: instances/manage-instances,
+        # "Some instances have dynamic IPs that may change").
+        await self.pool.start(host.name, new_address=instance.boots > 0)
+        instance.boots += 1
+        if instance.id in self._hang_on_boot:
+            self._hang_on_boot.discard(instance.id)
+            await self.pool.partition(host.name)  # the machine runs; its sshd is hung
+
+    async def _resume_boots(self) -> None:
+        """After a restart of the local cloud, the instances that were booting go on booting."""
+        now = time.time()
+        for instance in self.instances.values():
+            host = self._host(instance)
+            if not instance.booting or host is None:
+                continue
+            if host.state == HostState.KILLED:
+                await self.pool.stop(host.name)  # the shutdown marked it killed; it had not started yet
+            self.boot_timers.arm(instance.id, instance.started_at + self.delay - now)
 
     # ------------------------------------------------------------------ offers
 
@@ -309,21 +367,32 @@ class VastEmulator:
             instance = records.from_create_body(self._next_id, offer, body)
             self._next_id += 1
             self.instances[instance.id] = instance
+            if self.faults.nossh_next > 0 and instance.can_pull and not instance.outbid:
+                self.faults.nossh_next -= 1
+                self._hang_on_boot.add(instance.id)
             try:
-                await self.pool.create(instance.host, authorized_keys=self.account_keys.public_keys(), role="gpu",
-                                       provider="vast", instance_id=str(instance.id),
-                                       start=instance.can_pull and not instance.outbid)
+                await self._create_host(instance)
+                if not instance.outbid:
+                    await self._begin_boot(instance)
             except DumontError:
+                self._end_boot(instance)
                 del self.instances[instance.id]
                 if any(h.name == instance.host for h in self.pool.hosts()):
                     await self.pool.destroy(instance.host)  # a host that never came up is not left behind
                 raise
             finally:
                 self._save()
-            if self.faults.nossh_next > 0 and instance.can_pull and not instance.outbid:
-                self.faults.nossh_next -= 1
-                await self.pool.partition(instance.host)  # the machine runs; its sshd is hung
         return reply({"success": True, "new_contract": instance.id})
+
+    async def _create_host(self, instance: VastInstance) -> None:
+        """The machine's disk, as the image lays it out; the account's keys *now* are root's (Vast copies them
+        at creation only), and ``onstart`` runs at every start of the container."""
+        published = vast_images.find(instance.image)
+        keys = self.account_keys.public_keys()
+        await self.pool.create(instance.host, authorized_keys=keys, role="gpu", provider="vast",
+                               instance_id=str(instance.id), start=False,
+                               image=published.profile if published else vast_images.PYTORCH_PROFILE,
+                               login_users={"root": keys}, boot_script=instance.onstart)
 
     # ------------------------------------------------------------------ instances
 
@@ -361,6 +430,7 @@ class VastEmulator:
             state = body.get("state")
             if state == "stopped":
                 instance.intended, instance.outbid = "stopped", False
+                self._end_boot(instance)
                 await self._stop_host(instance)
             elif state == "running" and instance.outbid:
                 self._save()
@@ -377,6 +447,7 @@ class VastEmulator:
     async def _destroy(self, request: web.Request) -> web.Response:
         async with self._lock:
             instance = self._instance(request)
+            self._end_boot(instance)
             if self._host(instance) is not None:
                 await self.pool.destroy(instance.host)
             del self.instances[instance.id]
@@ -405,8 +476,7 @@ class VastEmulator:
             if key is None:
                 raise Refused(404, "not_found", f"Instance {instance.id} has no key {request.match_info['key']}.")
             if host is not None:
-                kept = [line for line in host.authorized_keys.read_text().splitlines() if line.strip() != key]
-                write_private(host.authorized_keys, "".join(f"{line}\n" for line in kept))
+                self.pool.deauthorize(host.name, key)
             self._save()
         return reply({"success": True, "msg": "SSH key detached."})
 
@@ -453,8 +523,10 @@ class VastEmulator:
     async def _reboot(self, request: web.Request) -> web.Response:
         async with self._lock:
             instance = self._instance(request)
+            self._end_boot(instance)
             await self._stop_host(instance)
             await self._start_host(instance)
+            self._save()
         return reply({"success": True, "msg": f"Instance {instance.id} rebooting."})
 
     # ------------------------------------------------------------------ faults

@@ -1,8 +1,8 @@
 """The Vast emulator's instances: what was rented, and how Vast would describe it right now.
 
-An instance's record holds only what the renter chose and asked for (image, bid, intent, keys) and when. Its
-status is derived on every read from the time and from the real host behind it, never stored, so there is no
-timer to drive and nothing to drift: a host killed with ``dumont local kill`` is reported ``offline`` at once.
+An instance's record holds what the renter chose and asked for (image, bid, intent, keys), when, and whether it
+is still booting. Its status is derived on every read from that, the time and the real host behind it, so
+nothing drifts: a host killed with ``dumont local kill`` is reported ``offline`` at once.
 
 =============================================  ===============  ===============  =========
 host / record                                   actual_status    intended_status  cur_state
@@ -10,18 +10,19 @@ host / record                                   actual_status    intended_status
 gone from the pool, or killed                   offline          as asked         running
 outbid (interruptible)                          stopped          running          stopped
 stopped on request                              stopped          stopped          stopped
-stopped behind Vast's back (dumont local stop)  exited           running          running
 image not published, less than delay/2          null             running          running
 image not published, then for ever              created          running          running
-running, less than delay/2 since (re)start      null             running          running
-running, less than delay since (re)start        loading          running          running
+booting, less than delay/2 since (re)start      null             running          running
+booting, until its host has started             loading          running          running
+stopped behind Vast's back (dumont local stop)  exited           running          running
 running (or partitioned: Vast cannot tell)      running          running          running
 =============================================  ===============  ===============  =========
 
-``delay`` is ``DUMONT_LOCAL_VAST_DELAY_SECONDS`` (tests set it to 0). An image that is not published (not in
-:mod:`~dumont.localcloud.emulators.vast_images`) fails its pull: the row says ``created`` with Docker's
-"manifest ... not found" as ``status_msg``, as Vast shows a failed pull (research/real-instances.md B4), and its
-host is never started.
+``delay`` is ``DUMONT_LOCAL_VAST_DELAY_SECONDS`` (tests set it to 0): a booting instance's host starts when it
+has passed (``vast_boot``), so the row says ``running`` only once its sshd answers. An image that is not
+published (not in :mod:`~dumont.localcloud.emulators.vast_images`) fails its pull: the row says ``created`` with
+Docker's "manifest ... not found" as ``status_msg``, as Vast shows a failed pull (research/real-instances.md
+B4), and its host is never started.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class VastInstance:
     intended: str = "running"
     outbid: bool = False
     keys: dict[str, str] = field(default_factory=dict)  # attached key id -> public key
+    booting: bool = False  # pulling and booting: its host starts when the delay has passed (vast_boot)
+    boots: int = 0  # how often its host has been started (a restart may come back on another address)
 
     @property
     def is_bid(self) -> bool:
@@ -105,14 +108,14 @@ def status(instance: VastInstance, host: LocalHost | None, now: float, delay: fl
 
 def _container(instance: VastInstance, host: LocalHost, elapsed: float, delay: float) -> tuple[str | None, str, str]:
     """The container of an instance that is meant to run, ``elapsed`` seconds after its last (re)start."""
-    if not instance.can_pull and elapsed >= delay / 2:
-        return "created", "running", vast_images.pull_error(instance.image)  # and so it stays (B4)
-    if instance.can_pull and host.state == HostState.STOPPED:
+    if instance.booting or not instance.can_pull:
+        if elapsed < delay / 2:
+            return None, "running", "Provisioning."
+        if not instance.can_pull:
+            return "created", "running", vast_images.pull_error(instance.image)  # and so it stays (B4)
+        return "loading", "running", f"Loading image {instance.image}."  # until its host is up
+    if host.state == HostState.STOPPED:
         return "exited", "running", "The container exited."
-    if elapsed < delay / 2:
-        return None, "running", "Provisioning."
-    if elapsed < delay:
-        return "loading", "running", f"Loading image {instance.image}."
     return "running", "running", f"success, running {instance.image}"
 
 
@@ -121,6 +124,7 @@ def row(instance: VastInstance, host: LocalHost | None, now: float, delay: float
     actual, cur_state, message = status(instance, host, now, delay)
     offer = instance.offer
     port = host.port if host is not None else 0
+    address = host.address if host is not None else "127.0.0.1"
     dph = (instance.bid_price if instance.is_bid else offer["dph_base"]) or 0.0
     storage = float(offer["storage_cost"]) * instance.disk / 720.0
     data = {key: offer.get(key) for key in (
@@ -136,12 +140,11 @@ def row(instance: VastInstance, host: LocalHost | None, now: float, delay: float
         "is_bid": instance.is_bid, "dph_total": round(dph + storage, 4), "disk_space": instance.disk,
         "disk_usage": 0.0, "gpu_util": 0.0, "cpu_util": 0.0, "start_date": instance.created_at,
         "uptime_mins": round(max(0.0, now - instance.started_at) / 60, 2) if actual == "running" else 0.0,
-        # The host is a real sshd on 127.0.0.1: every way the CLI finds SSH leads to it.
-        "public_ipaddr": "127.0.0.1", "ssh_host": "127.0.0.1", "ssh_port": port, "ssh_idx": "0",
+        # The host is a real sshd on its own loopback address: every way the CLI finds SSH leads to it (as
+        # root, the login of Vast's images). It has no port until it first starts.
+        "public_ipaddr": address, "ssh_host": address, "ssh_port": port or None, "ssh_idx": "0",
         "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]} if port else {},  # noqa: S104
         "direct_port_start": port, "direct_port_end": port, "machine_dir_ssh_port": port,
-        # Not in Vast's payloads (it is always root there); local hosts run as whoever started the cloud.
-        "ssh_user": host.user if host is not None else "root",
     })
     return data
 

@@ -49,7 +49,7 @@ def create_body(request: LaunchRequest) -> dict[str, Any]:
         bid = request.bid_price or offer.min_bid or offer.price_per_hour
     return {
         "client_id": "me", "image": request.image, "env": {}, "price": bid, "disk": float(request.disk_gb),
-        "label": request.label, "extra": None, "onstart": None, "image_login": None, "python_utf8": False,
+        "label": request.label, "extra": None, "onstart": request.onstart, "image_login": None, "python_utf8": False,
         "lang_utf8": False, "use_jupyter_lab": False, "jupyter_dir": None, "force": False,
         # A recovery wants a machine that runs now; one that cannot be scheduled must fail, not wait stopped.
         "cancel_unavail": True, "template_hash_id": None, "user": None, "runtype": SSH_RUNTYPE,

@@ -87,8 +87,7 @@ def instance_from_payload(payload: Mapping[str, Any]) -> Instance:
         raw_state=raw_state(payload),
         ssh_host=host,
         ssh_port=port,
-        # Vast logs in as root; the local cloud's emulator names its own user (its hosts run as the caller).
-        ssh_user=_text(payload.get("ssh_user")) or "root",
+        ssh_user="root",  # Vast's images log in as root; its payloads name no user
         label=_text(payload.get("label")),
         price_per_hour=as_number(payload.get("dph_total")),
         country=country_code(payload.get("geolocation")),

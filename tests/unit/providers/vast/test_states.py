@@ -66,8 +66,8 @@ RECORDED_ROW: dict[str, Any] = {
     "status_msg": "success, running pytorch/pytorch:2.1.0-cuda12.1-cudnn8", "image_uuid": "pytorch/pytorch",
     "image_runtype": "ssh_direc ssh_proxy", "extra_env": [], "is_bid": True, "min_bid": 0.3, "dph_total": 0.3107,
     "gpu_name": "RTX 4090", "num_gpus": 1, "gpu_ram": 24564, "geolocation": "Hanoi, VN", "start_date": 1.8e9,
-    "public_ipaddr": "127.0.0.1", "ssh_host": "127.0.0.1", "ssh_port": 40022,
-    "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40022"}]}, "ssh_user": "dumont",
+    "public_ipaddr": "127.31.7.9", "ssh_host": "127.31.7.9", "ssh_port": 40022,
+    "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40022"}]},
 }
 
 
@@ -75,7 +75,7 @@ def test_a_full_row_becomes_a_complete_record() -> None:
     """Given a full instance row, every field we keep is read from it."""
     instance = instance_from_payload(RECORDED_ROW)
     assert (instance.provider, instance.instance_id, instance.state) == ("vast", "30000002", S.RUNNING)
-    assert (instance.ssh_host, instance.ssh_port, instance.ssh_user) == ("127.0.0.1", 40022, "dumont")
+    assert (instance.ssh_host, instance.ssh_port, instance.ssh_user) == ("127.31.7.9", 40022, "root")
     assert (instance.label, instance.price_per_hour, instance.country) == ("dumont-train", 0.3107, "VN")
     assert (instance.machine_id, instance.gpu_name) == ("35814", "RTX 4090")
     assert instance.status_message == RECORDED_ROW["status_msg"]
@@ -83,9 +83,9 @@ def test_a_full_row_becomes_a_complete_record() -> None:
 
 
 def test_a_real_vast_row_logs_in_as_root_through_the_proxy() -> None:
-    """A row without ports or ssh_user (Vast's proxy SSH) gives root@ssh_host:ssh_port."""
+    """A row without ports (Vast's proxy SSH) gives root@ssh_host:ssh_port; a user named in a row is not read."""
     row = {"id": 7, "actual_status": "running", "intended_status": "running", "ssh_host": "ssh4.vast.ai",
-           "ssh_port": 12345, "image_runtype": "ssh_proxy"}
+           "ssh_port": 12345, "image_runtype": "ssh_proxy", "ssh_user": "someone"}
     instance = instance_from_payload(row)
     assert (instance.ssh_host, instance.ssh_port, instance.ssh_user) == ("ssh4.vast.ai", 12345, "root")
 
