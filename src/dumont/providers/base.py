@@ -28,6 +28,7 @@ class InstanceState(enum.StrEnum):
     PREEMPTED = "preempted"  # GCP spot: taken back by the provider; disk kept (termination action STOP)
     OFFLINE = "offline"  # the provider lost contact with the machine
     TERMINATED = "terminated"  # destroyed or deleted; nothing left
+    FAILED = "failed"  # the provider says it will never run (Vast: its image could not be pulled); still billed
     UNKNOWN = "unknown"  # a state we do not recognise, or could not read
 
     @property
@@ -35,6 +36,11 @@ class InstanceState(enum.StrEnum):
         """The provider says the instance cannot serve: fail over without waiting for probes."""
         return self in {InstanceState.STOPPED, InstanceState.OUTBID, InstanceState.PREEMPTED, InstanceState.OFFLINE,
                         InstanceState.TERMINATED}
+
+    @property
+    def is_failed(self) -> bool:
+        """The provider says the instance will never run: stop waiting for it now (its status message says why)."""
+        return self is InstanceState.FAILED
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ actual stopped/exited, intended running, interruptible OUTBID (assumption, see b
 actual stopped/exited/frozen (otherwise)               STOPPED
 actual running, intended stopped/frozen                STOPPING
 actual running                                         RUNNING
+actual null/created/loading, status_msg a pull error   FAILED (the image cannot be pulled: it never runs)
 actual null/created/loading/rebooting, intended        STOPPING
   stopped/frozen
 actual null/created/loading/scheduling/rebooting       PENDING
@@ -27,11 +28,18 @@ report outbid instances) while ``intended_status`` is still ``running`` was stop
 renter: that is OUTBID. A crashed interruptible container looks the same and is reported OUTBID too; both are
 lost with their disk kept, so failover treats them alike. The local cloud's emulator reports an outbid instance
 as stopped/running.
+
+Failed pull: when Docker cannot pull the image (a tag that does not exist, a private repository), Vast leaves the
+container ``created`` and shows Docker's error as ``status_msg``, e.g. "Error response from daemon: manifest for
+IMAGE not found: manifest unknown: manifest unknown" (vast-cli tests/cli/test_machines_commands.py;
+research/real-instances.md B4). Nothing will change that, so it is FAILED, not PENDING: a rental waiting for it
+stops at once with the message, instead of waiting out its deadline.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +51,17 @@ _PENDING = frozenset({None, "", "created", "loading", "scheduling", "rebooting",
 _HALTED = frozenset({"stopped", "exited"})
 _STOP_INTENTS = frozenset({"stopped", "frozen"})
 _SETTLED = {"offline": InstanceState.OFFLINE, "frozen": InstanceState.STOPPED}
+_PULLING = frozenset({None, "", "created", "loading"})
+# Docker's words for an image it cannot pull (registry and daemon errors), as Vast passes them on in status_msg.
+_PULL_ERROR = re.compile(
+    r"manifest (for \S+ )?(not found|unknown)|pull access denied|repository does not exist|"
+    r"failed to pull|error pulling image|no such image|requested access to the resource is denied",
+    re.IGNORECASE)
+
+
+def is_pull_error(message: object) -> bool:
+    """Whether a ``status_msg`` says the image could not be pulled."""
+    return isinstance(message, str) and _PULL_ERROR.search(message) is not None
 
 
 def _word(payload: Mapping[str, Any], key: str) -> str | None:
@@ -58,6 +77,8 @@ def instance_state(payload: Mapping[str, Any]) -> InstanceState:
     actual, intended = _word(payload, "actual_status"), _word(payload, "intended_status")
     if _word(payload, "cur_state") == "unloaded":
         return InstanceState.TERMINATED
+    if actual in _PULLING and is_pull_error(payload.get("status_msg")):
+        return InstanceState.FAILED
     if actual in _HALTED:
         outbid = intended == "running" and payload.get("is_bid") is True
         return InstanceState.OUTBID if outbid else InstanceState.STOPPED

@@ -127,3 +127,31 @@ def test_ssh_address_follows_the_cli_rules() -> None:
 def test_country_is_the_last_two_letters(geolocation: Any, code: str | None) -> None:
     """The country code is the geolocation's last two letters, as the SDK reads it."""
     assert country_code(geolocation) == code
+
+
+MANIFEST_UNKNOWN = ("Error response from daemon: manifest for pytorch/pytorch:2.1.0-cuda12.1-cudnn8 not found: "
+                    "manifest unknown: manifest unknown")
+
+
+@pytest.mark.parametrize(("actual", "message", "expected"), [
+    ("created", MANIFEST_UNKNOWN, S.FAILED),  # what Vast shows for a tag that does not exist
+    ("loading", MANIFEST_UNKNOWN, S.FAILED),
+    (None, MANIFEST_UNKNOWN, S.FAILED),
+    ("created", "Error response from daemon: pull access denied for me/private, repository does not exist or "
+                "may require 'docker login': denied: requested access to the resource is denied", S.FAILED),
+    ("loading", "failed to pull image docker.io/me/app:v1: unexpected EOF", S.FAILED),
+    ("created", "Creating container", S.PENDING),  # still on its way
+    ("loading", None, S.PENDING),
+    ("running", MANIFEST_UNKNOWN, S.RUNNING),  # a stale message on a running container means nothing now
+    ("stopped", MANIFEST_UNKNOWN, S.STOPPED),
+    ("created", 42, S.PENDING),
+])
+def test_a_failed_pull_is_failed_not_pending(actual: Any, message: Any, expected: InstanceState) -> None:
+    """A container left created or loading with Docker's pull error will never run: FAILED, which is not lost."""
+    payload = {"id": 1, "actual_status": actual, "intended_status": "running", "cur_state": "running",
+               "status_msg": message}
+    state = instance_state(payload)
+    assert state is expected
+    assert state.is_failed == (expected is S.FAILED) and not (state.is_failed and state.is_lost)
+    if expected is S.FAILED:
+        assert instance_from_payload(payload).status_message == message
