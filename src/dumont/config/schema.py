@@ -161,6 +161,11 @@ class VastConfig:
                                                                      at_least=1)))
     backoff_initial_seconds: float = field(default=5.0, metadata=_checked_by(_SECONDS))
     backoff_max_seconds: float = field(default=60.0, metadata=_checked_by(_SECONDS))
+    # An interruptible GPU bids this fraction over the offer's minimum bid (0.2: 20% more), so that it is not the
+    # first to be outbid; lowered when needed so that bid + storage (dph_total) stays within gpu_max_price.
+    bid_margin: float = field(default=0.2, metadata=_checked_by(_number("a fraction", at_least=0)))
+    # Docker Hub's API, asked whether gpu_image's tag exists before a GPU is rented (an unknown tag never runs).
+    image_registry_url: str = field(default="https://hub.docker.com", metadata=_checked_by(_WEB_URL))
 
 
 @dataclass(frozen=True)
