@@ -29,8 +29,16 @@ from dumont.localcloud.emulators.registry import RegistryEmulator
 from dumont.localcloud.emulators.vast import VastEmulator
 from dumont.localcloud.emulators.vast_market import search
 from dumont.localcloud.hosts import HostState
-from dumont.providers.base import Instance, InstanceState, LaunchRequest, Offer, OfferQuery, ProviderAuthError
-from dumont.providers.vast import VastClient, VastMarket, load_api_key, rent_first_available
+from dumont.providers.base import (
+    Instance,
+    InstanceState,
+    LaunchRequest,
+    Offer,
+    OfferQuery,
+    ProviderAuthError,
+    ProviderUnavailable,
+)
+from dumont.providers.vast import VastClient, VastMarket, image_exists, load_api_key, rent_first_available
 from dumont.transport.keys import KnownHosts, generate_keypair
 from dumont.transport.ssh import SshTarget, SshTransport
 from tests.conftest import eventually
@@ -526,6 +534,47 @@ async def test_instances_still_booting_boot_after_a_restart_of_the_local_cloud(v
     finally:
         await emulator.stop()
         await cloud.pool.shutdown()
+
+
+async def test_provider_account_keys_reach_new_instances_and_attach_reaches_old_ones(vast: VastCloud) -> None:
+    """add_account_key is for instances rented later; attach_keys gives an existing one the key (twice is fine)."""
+    market = vast.market()
+    user_key = (layout.user_key(vast.cloud.state_dir).with_suffix(".pub")).read_text().strip()
+    offers = await market.search_offers(SEED_QUERY)
+    old = await market.create(replace(_launch(vast, offers[0]), ssh_public_keys=[]))
+    assert await market.account_keys() == [user_key]
+    await market.add_account_key(vast.attached_public_key)
+    await market.add_account_key(vast.attached_public_key)  # held already: nothing is sent
+    assert await market.account_keys() == [user_key, vast.attached_public_key]
+    new = await market.create(replace(_launch(vast, offers[1]), ssh_public_keys=[]))
+    assert await _ssh_to(vast, new, "whoami") == "root"
+    with pytest.raises(AuthRefused):
+        await _ssh_to(vast, old, "true")
+    await market.attach_keys(old.instance_id, [vast.attached_public_key])
+    await market.attach_keys(old.instance_id, [vast.attached_public_key])
+    assert await _ssh_to(vast, old, "whoami") == "root"
+    assert len(vast.emulator.instances[int(old.instance_id)].keys) == 1
+
+
+async def test_provider_sees_a_failed_pull_as_failed_and_the_registry_agrees(vast: VastCloud) -> None:
+    """An unpublished image is FAILED (not lost) with Docker's message; image_exists says False for it beforehand."""
+    registry = RegistryEmulator()
+    registry_url = await registry.start()
+    try:
+        assert await image_exists(IMAGE, registry_url) is True
+        assert await image_exists("pytorch/pytorch:2.1.0-cuda12.1-cudnn8", registry_url) is False
+    finally:
+        await registry.stop()
+    with pytest.raises(ProviderUnavailable, match="did not answer"):
+        await image_exists(IMAGE, registry_url, timeout_seconds=5)  # stopped: nothing listens there now
+
+    market = vast.market()
+    request = replace(_launch(vast, (await market.search_offers(SEED_QUERY))[0]),
+                      image="pytorch/pytorch:2.1.0-cuda12.1-cudnn8")
+    instance = await market.create(request)
+    assert instance.state is InstanceState.FAILED and instance.state.is_failed and not instance.state.is_lost
+    assert instance.status_message is not None and "manifest for pytorch/pytorch:2.1.0-cuda12.1-cudnn8 not found" \
+        in instance.status_message
 
 
 # ---------------------------------------------------------------------------------------------- through the daemon

@@ -139,9 +139,7 @@ class VastMarket:
         offer = request.offer
         rented = await self._rent(request)
         try:
-            for key in request.ssh_public_keys:
-                await self.client.call("POST", f"/api/v0/instances/{rented.instance_id}/ssh/",
-                                       body={"ssh_key": key.strip()})
+            await self.attach_keys(rented.instance_id, request.ssh_public_keys)
         except ProviderError as exc:
             raise await self._abandon(rented.instance_id, offer, exc) from exc
         log.info("rented Vast.ai offer %s on machine %s as instance %s (%s)", offer.offer_id, offer.machine_id,
@@ -152,6 +150,49 @@ class VastMarket:
             return Instance(provider=PROVIDER, instance_id=rented.instance_id, state=InstanceState.PENDING,
                             raw_state="just rented", label=request.label, price_per_hour=offer.price_per_hour,
                             country=offer.country or None, machine_id=offer.machine_id, gpu_name=offer.gpu_name)
+
+    async def attach_keys(self, instance_id: str, keys: Sequence[str]) -> None:
+        """Let ``keys`` log in to an existing instance (``vastai attach ssh``); a key it already has is fine.
+
+        Account keys reach only instances created after they were added (docs: guides/instances/connect/ssh), so
+        an instance rented or adopted earlier needs its keys attached this way.
+        """
+        path = f"/api/v0/instances/{_checked_id(instance_id)}/ssh/"
+        for key in (k.strip() for k in keys):
+            if not key:
+                continue
+            try:
+                answer = await self.client.call("POST", path, body={"ssh_key": key})
+            except ProviderRequestError as exc:
+                if _says_already(exc.message):
+                    continue  # attached before: what was asked is true
+                raise
+            if isinstance(answer, dict) and answer.get("success") is False and not _says_already(answer.get("msg")):
+                raise ProviderRequestError(f"Vast.ai did not attach the key {_key_name(key)} to instance "
+                                           f"{instance_id}: {answer.get('msg') or 'no reason given'}",
+                                           hint="check that it is an OpenSSH public key line")
+
+    async def account_keys(self) -> list[str]:
+        """The public keys of the Vast.ai account (``vastai show ssh-keys``): what an instance created now gets."""
+        answer = await self.client.call("GET", "/api/v0/ssh/")
+        return account_keys_from(answer)
+
+    async def add_account_key(self, key: str) -> None:
+        """Add ``key`` to the account (``vastai create ssh-key``) unless it holds it already.
+
+        It reaches only instances created from now on; use :meth:`attach_keys` for those that exist.
+        """
+        key = key.strip()
+        if not key.startswith("ssh") or len(key.split()) < 2:
+            raise ProviderRequestError(f"{_key_name(key) or 'an empty key'} is not an OpenSSH public key",
+                                       hint="give one line of a .pub file (ssh-ed25519 AAAA... comment)")
+        if any(same_key(key, held) for held in await self.account_keys()):
+            return
+        answer = await self.client.call("POST", "/api/v0/ssh/", body={"ssh_key": key}, idempotent=False)
+        if isinstance(answer, dict) and answer.get("success") is False:
+            raise ProviderRequestError(f"Vast.ai did not add the key {_key_name(key)} to the account: "
+                                       f"{answer.get('msg') or 'no reason given'}",
+                                       hint="check the key, or add it with `vastai create ssh-key`")
 
     async def _rent(self, request: LaunchRequest) -> _Rented:
         offer = request.offer
@@ -251,6 +292,41 @@ class VastMarket:
             await self.client.call("DELETE", f"/api/v0/instances/{_checked_id(instance_id)}/", body={})
         except InstanceNotFound:
             return
+
+
+def account_keys_from(answer: object) -> list[str]:
+    """The live public keys in a ``GET /api/v0/ssh/`` answer.
+
+    The API reference documents a bare list whose items name the key ``key`` (show-ssh-keys), while the create
+    page names it ``public_key``; both, and a list under ``ssh_keys``/``keys``, are read. Deleted keys are not.
+    """
+    rows = answer
+    if isinstance(answer, Mapping):
+        rows = answer.get("ssh_keys", answer.get("keys"))
+    found: list[str] = []
+    for row in rows if isinstance(rows, list) else []:
+        if not isinstance(row, Mapping) or row.get("deleted_at"):
+            continue
+        key = row.get("public_key", row.get("key"))
+        if isinstance(key, str) and key.strip():
+            found.append(key.strip())
+    return found
+
+
+def same_key(a: str, b: str) -> bool:
+    """Whether two public key lines hold the same key (type and data; the comment does not count)."""
+    return a.split()[:2] == b.split()[:2]
+
+
+def _key_name(key: str) -> str:
+    """A key as messages name it: its type and comment, never all of its data."""
+    parts = key.split()
+    return " ".join([parts[0], *parts[2:3]]) if parts else ""
+
+
+def _says_already(message: object) -> bool:
+    # Vast does not document its answer to a key an instance already has; a refusal that says so is success.
+    return isinstance(message, str) and any(w in message.lower() for w in ("already", "duplicate"))
 
 
 def _checked_id(value: str) -> str:

@@ -21,7 +21,13 @@ from dumont.providers.base import (
 )
 from dumont.providers.vast.client import RetryPolicy, VastClient
 from dumont.providers.vast.credentials import ApiKey
-from dumont.providers.vast.provider import OfferCache, VastMarket, create_body, rent_first_available
+from dumont.providers.vast.provider import (
+    OfferCache,
+    VastMarket,
+    account_keys_from,
+    create_body,
+    rent_first_available,
+)
 
 Route = Callable[[httpx.Request], httpx.Response]
 
@@ -133,9 +139,12 @@ INSTANCE_ROW = {"id": 901, "machine_id": 770, "label": "dumont-train", "actual_s
 
 
 def test_the_rent_body_is_the_clis_with_our_choices() -> None:
-    """Interruptible offers are bid at their minimum bid unless told; on demand sends no price."""
+    """Interruptible offers are bid at their minimum bid unless told; on demand sends no price; onstart is sent."""
     body = create_body(_launch(OFFER))
     assert body["price"] == 0.29 and body["label"] == "dumont-train" and body["disk"] == 50.0
+    assert body["onstart"] is None
+    script = "touch ~/.no_auto_tmux\napt-get install -y rsync\n"
+    assert create_body(LaunchRequest(**{**_launch(OFFER).__dict__, "onstart": script}))["onstart"] == script
     assert body["runtype"] == "ssh_direc ssh_proxy" and body["client_id"] == "me" and body["env"] == {}
     on_demand = Offer(**{**OFFER.__dict__, "interruptible": False})
     assert create_body(_launch(on_demand))["price"] is None
@@ -267,3 +276,58 @@ async def test_rent_first_available_moves_past_vanished_offers() -> None:
     assert [r.url.path for r in vast.calls("PUT")] == ["/api/v0/asks/77/", "/api/v0/asks/78/"]
     with pytest.raises(OfferUnavailable, match=r"none of the 1 offer\(s\) tried could be rented \(77\)"):
         await rent_first_available(_market(ScriptedVast()), [OFFER, second], _launch, max_attempts=1)
+
+
+KEY_A = "ssh-ed25519 AAAAC3NzaA controller@dumont"
+KEY_B = "ssh-ed25519 AAAAC3NzaB user@laptop"
+
+
+async def test_attach_keys_posts_each_key_and_a_key_already_there_is_fine() -> None:
+    """Each non-blank key is POSTed as the CLI's attach ssh sends it; a refusal saying "already" is success."""
+    def attach(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["ssh_key"] == KEY_B:
+            return httpx.Response(400, json={"success": False, "error": "invalid_args", "msg": "Key already added."})
+        return httpx.Response(200, json={"success": True, "msg": "SSH key attached successfully"})
+
+    vast = ScriptedVast({"POST /api/v0/instances/901/ssh/": attach})
+    await _market(vast).attach_keys("901", [f"  {KEY_A}\n", "", KEY_B])
+    assert [json.loads(r.content) for r in vast.calls("POST")] == [{"ssh_key": KEY_A}, {"ssh_key": KEY_B}]
+
+
+async def test_attach_keys_reports_a_refused_key_by_name_not_by_data() -> None:
+    """A key the instance refuses stops with an error; success: false names the key's type and comment only."""
+    vast = ScriptedVast({"POST /api/v0/instances/901/ssh/": _ok({"success": False, "msg": "not a key"})})
+    with pytest.raises(ProviderRequestError, match=r"did not attach the key ssh-ed25519 controller@dumont to "
+                                                   r"instance 901: not a key") as error:
+        await _market(vast).attach_keys("901", [KEY_A])
+    assert "AAAAC3NzaA" not in str(error.value)
+    with pytest.raises(ProviderRequestError, match=r"Vast\.ai ids are numbers"):
+        await _market(vast).attach_keys("9/../1", [KEY_A])
+
+
+@pytest.mark.parametrize("answer", [
+    [{"id": 1, "user_id": 5, "key": KEY_A, "created_at": "2026-01-01T00:00:00Z", "deleted_at": None},
+     {"id": 2, "user_id": 5, "key": KEY_B, "created_at": "2026-01-01T00:00:00Z", "deleted_at": "2026-02-01"}],
+    [{"id": 1, "public_key": KEY_A}, {"id": 3, "public_key": "  "}, "junk"],
+    {"ssh_keys": [{"id": 1, "public_key": KEY_A}]},
+])
+def test_account_keys_are_read_from_every_documented_shape(answer: object) -> None:
+    """A bare list (key or public_key) or a list under ssh_keys; deleted and blank keys are left out."""
+    assert account_keys_from(answer) == [KEY_A]
+
+
+async def test_add_account_key_adds_only_what_the_account_lacks() -> None:
+    """A held key (same type and data, any comment) sends nothing; a new one is POSTed once; a non-key is refused."""
+    held = [{"id": 1, "key": KEY_A, "deleted_at": None}]
+    vast = ScriptedVast({"GET /api/v0/ssh/": _ok(held),
+                         "POST /api/v0/ssh/": _ok({"success": True, "key": {"id": 2, "public_key": KEY_B}})})
+    market = _market(vast)
+    assert await market.account_keys() == [KEY_A]
+    await market.add_account_key("ssh-ed25519 AAAAC3NzaA another-comment")
+    assert vast.calls("POST") == []
+    await market.add_account_key(KEY_B)
+    assert [json.loads(r.content) for r in vast.calls("POST /api/v0/ssh/")] == [{"ssh_key": KEY_B}]
+    for bad in ("", "/home/me/.ssh/id_ed25519.pub", "ssh-ed25519"):
+        with pytest.raises(ProviderRequestError, match="is not an OpenSSH public key"):
+            await market.add_account_key(bad)
+    assert len(vast.calls("POST")) == 1
