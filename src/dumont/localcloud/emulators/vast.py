@@ -52,7 +52,6 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +62,7 @@ from dumont.localcloud import layout
 from dumont.localcloud.emulators import vast_images
 from dumont.localcloud.emulators import vast_instances as records
 from dumont.localcloud.emulators.vast_boot import BootTimers
+from dumont.localcloud.emulators.vast_faults import MARKET_FAULTS, Faults
 from dumont.localcloud.emulators.vast_http import Refused, json_query, number, read_body, refuse, reply, text
 from dumont.localcloud.emulators.vast_instances import VastInstance
 from dumont.localcloud.emulators.vast_keys import AccountKeys, checked_public_key
@@ -82,22 +82,6 @@ OPEN_PATHS = frozenset({"/api/v0/gpu_names/unique/"})
 PAGE_LIMIT = 25
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Faults:
-    """Faults armed through ``/_dumont/faults``."""
-
-    throttle_left: int = 0
-    throttle_status: int = 429
-    retry_after: float | None = 1.0
-    vanish_next: int = 0
-    vanished: set[int] = field(default_factory=set)
-    nossh_next: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready state."""
-        return {**asdict(self), "vanished": sorted(self.vanished)}
 
 
 def _setting(name: str, default: float) -> float:
@@ -536,26 +520,15 @@ class VastEmulator:
 
     async def _inject(self, request: web.Request) -> web.Response:
         action, body = request.match_info["action"], await read_body(request)
-        if action == "throttle":
-            status = int(number(body, "status") or 429)
-            if status != 429 and not 500 <= status <= 599:
-                raise Refused(400, "invalid_args", f"status must be 429 or 5xx, not {status}")
-            self.faults.throttle_left = int(number(body, "count") or 1)
-            self.faults.throttle_status = status
-            self.faults.retry_after = number(body, "retry_after") if "retry_after" in body else 1.0
-        elif action == "vanish" and "offer_id" in body:
-            self.faults.vanished.add(int(number(body, "offer_id") or 0))
-        elif action == "vanish":
-            self.faults.vanish_next = int(number(body, "next") or 1)
-        elif action == "nossh":
-            self.faults.nossh_next = int(number(body, "next") or 1)
+        if action in MARKET_FAULTS:
+            self.faults.arm(action, body)
+        elif action == "clear":
+            self.faults = Faults()
         elif action in self.fault_actions:
             instance = self.instances.get(int(number(body, "instance_id") or 0))
             if instance is None or self._host(instance) is None:
                 raise Refused(404, "no_such_instance", f"no running instance {body.get('instance_id')!r}")
             await self.fault(action, self.pool.get(instance.host))
-        elif action == "clear":
-            self.faults = Faults()
         else:
             raise Refused(404, "not_found", f"no fault {action!r}: throttle, vanish, nossh, outbid, offline, clear")
         return reply(self.faults.as_dict())
