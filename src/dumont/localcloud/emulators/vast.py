@@ -2,6 +2,7 @@
 
 Served on 127.0.0.1 (its URL is ``vast_url`` in the daemon's ready record). Every answer is JSON with a
 Content-Type of exactly ``application/json``: the CLI refuses search results otherwise (cloud-apis.md §0 #2).
+What is emulated, how faithfully and from which source: ``docs/local-cloud-vast.md``.
 
 Endpoints (cloud-apis.md §1.3, §1.9)::
 
@@ -14,25 +15,31 @@ Endpoints (cloud-apis.md §1.3, §1.9)::
     GET    /api/v0/instances/{id}/                   {"instances": row | null}
     PUT    /api/v0/instances/{id}/                   {"state": "stopped"|"running"} and/or {"label": ...}
     DELETE /api/v0/instances/{id}/                   destroy (host and files)
-    POST   /api/v0/instances/{id}/ssh/               attach a public key: it can log in from then on
+    POST   /api/v0/instances/{id}/ssh/               attach a public key: root can log in with it from then on
     DELETE /api/v0/instances/{id}/ssh/{key}/         detach it
     GET    /api/v0/ssh/   POST /api/v0/ssh/           the account's keys: list, add (see vast_keys)
     PUT    /api/v0/ssh/{id}/  DELETE /api/v0/ssh/{id}/   change, remove an account key
     PUT    /api/v0/instances/bid_price/{id}/         change bid (an outbid instance resumes when it is high enough)
-    PUT    /api/v0/instances/reboot/{id}/            restart the host
+    PUT    /api/v0/instances/reboot/{id}/            stop the container and boot it again
 
 Every other path needs ``Authorization: Bearer <key>`` with the key the emulator keeps in
 ``<state_dir>/vast_api_key`` (0600, random, kept across restarts); a wrong or missing key gets 401
-``{"msg": "Invalid user key"}``. New instances accept the account's keys as they are when the instance is
-created (the account starts with the local cloud's user key) and whatever is attached to them later. Offers of
-a rented machine leave the search until the instance is destroyed.
+``{"msg": "Invalid user key"}``. Offers of a rented machine leave the search until the instance is destroyed.
+
+An instance boots like a real one (``vast_boot``): its host, laid out from its image's profile (``vast_images``:
+``vast-pytorch``, bare as the pytorch image is), starts only when the pull and boot delay has passed; until then
+the API says null, then loading. Root logs in with the account's keys *as they were when the instance was
+created* (the account starts with the local cloud's user key) and with whatever is attached later. ``onstart``
+runs as root at every start of the container. A reboot, a start after a stop and a resume after an outbid boot
+again and may move the instance to another loopback address and port, which the rows report. An image whose tag
+is not published never runs: the row stays ``created`` with Docker's "manifest ... not found" (B4).
 
 Fault controls, for drills and tests (same key; each answers the fault state)::
 
     POST /_dumont/faults/throttle  {"count": N, "retry_after": S | null, "status": 429}
                                    the next N API requests get that status (with Retry-After when S is given)
     POST /_dumont/faults/vanish    {"offer_id": N} gone now, or {"next": N}: the next N rents find their offer gone
-    POST /_dumont/faults/nossh     {"next": N}  the next N rented instances run, but their sshd never answers
+    POST /_dumont/faults/nossh     {"next": N}  the next N rented instances boot, but their sshd never answers
     POST /_dumont/faults/outbid    {"instance_id": N}  interruptible only: stopped, data kept, intent unchanged
     POST /_dumont/faults/offline   {"instance_id": N}  the host is killed: the API says offline
     POST /_dumont/faults/clear     no more throttling or vanishing
@@ -40,7 +47,8 @@ Fault controls, for drills and tests (same key; each answers the fault state)::
 
 ``dumont local outbid HOST`` and ``dumont local kill HOST`` reach the same faults through the daemon.
 Settings: ``DUMONT_LOCAL_VAST_SEED`` (the offer catalogue; default 20260) and ``DUMONT_LOCAL_VAST_DELAY_SECONDS``
-(how long a new or restarted instance provisions and loads before it is running; default 1, tests use 0).
+(how long a new or restarted instance pulls and boots before its host starts, scaled down from Vast's minutes;
+default 1, tests use 0: booted before the rent answers).
 """
 
 from __future__ import annotations
