@@ -321,7 +321,7 @@ async def test_cli_updates_an_account_key_and_refuses_what_is_not_one(vast: Vast
 async def test_cli_rent_of_an_unpublished_image_never_runs(vast: VastCloud) -> None:
     """The tag without -runtime is not published: the container is created, the pull fails, its host never starts,
     and starting it again changes nothing (research/real-instances.md B4)."""
-    vast.emulator.delay = 0.4
+    vast.emulator.delay = 0.2
     unpublished = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8"
     offer = (await vast.vastai("search", "offers", "gpu_ram>=8 geolocation in [JP]", "--raw")).json()[0]
     created = (await vast.vastai("create", "instance", str(offer["id"]), "--image", unpublished, "--disk", "10",

@@ -301,8 +301,10 @@ class VastEmulator:
         async with self._lock:
             instance = self.instances.get(instance_id)
             if instance is not None and instance.booting:
-                await self._boot_now(instance)
-                self._save()
+                try:
+                    await self._boot_now(instance)
+                finally:
+                    self._save()  # booted, or failed to (it then reads as exited): either way on record
 
     async def _boot_now(self, instance: VastInstance) -> None:
         host = self._host(instance)
