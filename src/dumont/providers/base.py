@@ -142,6 +142,10 @@ class GpuMarket(Protocol):
         """Every instance of this account (only those carrying ``label``, if given)."""
         ...
 
+    async def attach_keys(self, instance_id: str, public_keys: Sequence[str]) -> None:
+        """Let ``public_keys`` log in to an existing instance (idempotent: a key it has already is fine)."""
+        ...
+
     async def stop(self, instance_id: str) -> None:
         """Stop the instance (its disk is kept)."""
         ...
@@ -178,6 +182,10 @@ class StandbyCloud(Protocol):
 
     async def delete(self, instance_id: str) -> None:
         """Delete the VM; succeeds if it is already gone."""
+        ...
+
+    async def set_ssh_keys(self, instance_id: str, user: str, public_keys: Sequence[str]) -> None:
+        """Let ``public_keys`` log in to an existing VM as ``user`` (idempotent)."""
         ...
 
 
