@@ -37,6 +37,7 @@ from dumont.providers.gcp import GcpStandbyCloud
 from dumont.providers.gcp.provider import standby_resource
 from dumont.transport.keys import KnownHosts, generate_keypair
 from dumont.transport.ssh import SshTarget, SshTransport
+from tests.conftest import eventually
 
 T = TypeVar("T")
 PROJECT, ZONE = "dumont-local", "local-a"
@@ -124,6 +125,25 @@ class GcpLocal:
         """Call Google's synchronous client off the loop (the emulator serves on this same loop)."""
         return await asyncio.to_thread(method, project=PROJECT, zone=ZONE, **kwargs)
 
+    async def control(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Call one of the emulator's own routes (``/_dumont/...``) over HTTP; return the status and JSON."""
+        async with aiohttp.ClientSession() as session, session.request(
+                method, self.url + path, json=body) as response:
+            return response.status, await response.json()
+
+    async def running_operation(self, kind: str) -> compute_v1.Operation:
+        """The RUNNING operation of ``kind`` once the emulator has begun it, found with Google's client."""
+        request = compute_v1.ListZoneOperationsRequest(project=PROJECT, zone=ZONE,
+                                                       filter=f'operationType="{kind}" AND status="RUNNING"')
+        found: list[compute_v1.Operation] = []
+
+        async def listed() -> None:
+            found[:] = await asyncio.to_thread(lambda: list(self.operations.list(request=request)))
+            assert found, f"no RUNNING {kind} operation yet"
+
+        await eventually(listed, timeout=10, retry_on=(AssertionError,))
+        return found[0]
+
     async def preempted_operations(self, name: str) -> list[compute_v1.Operation]:
         """The zone's compute.instances.preempted operations for VM ``name``, listed by Google's client."""
         request = compute_v1.ListZoneOperationsRequest(
@@ -148,8 +168,10 @@ async def gcp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
     known = KnownHosts(root / "known_hosts")
     transport = SshTransport(identity=root / "user_key", known_hosts=known)
     local = GcpLocal(cloud, emulator, url,
-                     compute_v1.InstancesClient(credentials=AnonymousCredentials(), client_options=options),
-                     compute_v1.ZoneOperationsClient(credentials=AnonymousCredentials(), client_options=options),
+                     compute_v1.InstancesClient(credentials=AnonymousCredentials(), client_options=options,
+                                                transport="rest"),
+                     compute_v1.ZoneOperationsClient(credentials=AnonymousCredentials(), client_options=options,
+                                                     transport="rest"),
                      provider, transport, known, generate_keypair(root / "user_key", "dumont-gcp-test"))
     try:
         yield local
@@ -235,45 +257,93 @@ async def test_googles_client_runs_a_spot_vm_reachable_by_ssh_with_the_metadata_
     assert all(h.name != "gcp-standby-1" for h in local.cloud.pool.hosts())
 
 
-async def test_with_slow_operations_the_librarys_own_poller_heads_for_google(gcp_local: GcpLocal) -> None:
-    """Given operations that take a moment, when the library's ExtendedOperation waits, then it polls
-    compute.googleapis.com (cloud-apis.md §2.4) and the guard catches it; our provider waits on the emulator.
-    """
+async def test_googles_client_gets_every_result_from_the_emulator_while_operations_take_time(
+        gcp_local: GcpLocal) -> None:
+    """Given operations that take a while, when Google's client inserts, stops, starts and deletes a VM the
+    ordinary way (``.result()``), then each result comes from the emulator alone (the guard sees nothing else),
+    and meanwhile the VM shows its transition and the operation is RUNNING to get, list and wait."""
     local = gcp_local
     local.emulator.delay = 0.3
     resource = standby_resource(local.spec("slow"), ZONE)
-    insert = await local.library(local.instances.insert, instance_resource=resource)
+    insert = asyncio.create_task(local.library(local.instances.insert, instance_resource=resource))
+    running = await local.running_operation("insert")
+    assert (await local.library(local.instances.get, instance="slow")).status in ("PROVISIONING", "STAGING")
+    assert (await local.library(local.operations.get, operation=running.name)).status == \
+        compute_v1.Operation.Status.RUNNING
+    waited = await local.library(local.operations.wait, operation=running.name)
+    assert (waited.status, waited.operation_type, waited.target_link.rsplit("/", 1)[-1]) == (
+        compute_v1.Operation.Status.DONE, "insert", "slow")
+    assert waited.self_link.startswith(local.url)  # links point back at the emulator, never at Google
+    await asyncio.to_thread((await insert).result, timeout=10)
+
+    for verb, status in (("stop", "TERMINATED"), ("start", "RUNNING")):
+        operation = await local.library(getattr(local.instances, verb), instance="slow")
+        assert operation.status == compute_v1.Operation.Status.DONE  # so result() will not poll
+        await asyncio.to_thread(operation.result, timeout=10)
+        assert (await local.library(local.instances.get, instance="slow")).status == status
+    delete = await local.library(local.instances.delete, instance="slow")
+    await asyncio.to_thread(delete.result, timeout=10)
+    with pytest.raises(gexc.NotFound):
+        await local.library(local.instances.get, instance="slow")
+
+
+async def test_an_operation_answered_early_sends_googles_poller_to_google_and_our_provider_waits(
+        gcp_local: GcpLocal) -> None:
+    """Given the ``pending`` fault (GCE's own habit of answering before the work is done), then the library's
+    ExtendedOperation polls compute.googleapis.com (cloud-apis.md §2.4, caught by the guard), while our provider
+    waits for each operation on the emulator and sees its outcome."""
+    local = gcp_local
+    local.emulator.delay = 0.2
+    assert await local.control("POST", "/_dumont/faults/pending", {"next": 1}) == (200, {
+        "nossh_next": 0, "pending_next": 1})
+    insert = await local.library(local.instances.insert, instance_resource=standby_resource(local.spec("early"), ZONE))
+    assert insert.status == compute_v1.Operation.Status.RUNNING  # (done() itself would poll Google)
     with LoopbackGuard() as inner, pytest.raises(requests.ConnectionError):
         await asyncio.to_thread(insert.result, timeout=10)
     assert inner.attempts == ["compute.googleapis.com:443"]
+    await local.library(local.operations.wait, operation=insert.name)
 
-    await local.provider.stop("slow")
-    assert (await local.provider.get("slow")).raw_state == "TERMINATED"
-    await local.provider.start("slow")
-    assert (await local.provider.get("slow")).state is InstanceState.RUNNING
-    await local.provider.delete("slow")
-    assert (await local.provider.get("slow")).state is InstanceState.TERMINATED
+    assert (await local.control("POST", "/_dumont/faults/pending", {"next": 3}))[0] == 200
+    await local.provider.stop("early")
+    assert (await local.provider.get("early")).raw_state == "TERMINATED"
+    await local.provider.start("early")
+    assert (await local.provider.get("early")).state is InstanceState.RUNNING
+    await local.provider.delete("early")
+    assert (await local.provider.get("early")).state is InstanceState.TERMINATED
+    assert await local.control("GET", "/_dumont/faults") == (200, {"nossh_next": 0, "pending_next": 0})
 
 
 async def test_wait_answers_when_done_or_at_its_own_limit(gcp_local: GcpLocal) -> None:
-    """Given a slow operation, then operations.wait returns it DONE once done, and RUNNING at its bound if not."""
+    """Given an operation still at work, then operations.wait returns it RUNNING at its own bound, the VM shows
+    STOPPING meanwhile, and a later wait returns it DONE; an unknown operation is NotFound."""
     local = gcp_local
-    local.emulator.delay, local.emulator.wait_limit = 0.2, 30.0
-    resource = standby_resource(local.spec("waited"), ZONE)
-    operation = await local.library(local.instances.insert_unary, instance_resource=resource)
-    assert operation.status == compute_v1.Operation.Status.RUNNING
-    waited = await local.library(local.operations.wait, operation=operation.name)
-    assert (waited.status, waited.operation_type, waited.target_link.rsplit("/", 1)[-1]) == (
-        compute_v1.Operation.Status.DONE, "insert", "waited")
-    assert waited.self_link.startswith(local.url)  # links point back at the emulator, never at Google
-
-    local.emulator.delay, local.emulator.wait_limit = 60.0, 0.1
+    await local.provider.create_standby(local.spec("waited"))
+    local.emulator.delay, local.emulator.wait_limit = 0.5, 0.05
+    await local.control("POST", "/_dumont/faults/pending", {"next": 1})
     stop = await local.library(local.instances.stop_unary, instance="waited")
+    assert stop.status == compute_v1.Operation.Status.RUNNING
     still = await local.library(local.operations.wait, operation=stop.name)
     assert still.status == compute_v1.Operation.Status.RUNNING
     assert (await local.library(local.instances.get, instance="waited")).status == "STOPPING"
+    local.emulator.wait_limit = 30.0
+    done = await local.library(local.operations.wait, operation=stop.name)
+    assert (done.status, done.operation_type) == (compute_v1.Operation.Status.DONE, "stop")
+    assert (await local.library(local.instances.get, instance="waited")).status == "TERMINATED"
     with pytest.raises(gexc.NotFound):
         await local.library(local.operations.get, operation="operation-unknown")
+
+
+async def test_the_fault_routes_check_what_they_are_given(gcp_local: GcpLocal) -> None:
+    """Given the fault routes, then a bad count or an unknown fault is refused, and clear disarms everything."""
+    local = gcp_local
+    assert (await local.control("POST", "/_dumont/faults/nossh", {"next": -1}))[0] == 400
+    assert (await local.control("POST", "/_dumont/faults/nossh", {"next": True}))[0] == 400
+    status, body = await local.control("POST", "/_dumont/faults/melt", {})
+    assert (status, body["error"]["code"]) == (404, 404)
+    assert "nossh, pending, clear" in body["error"]["message"]
+    assert await local.control("POST", "/_dumont/faults/nossh", {"next": 2}) == (200, {
+        "nossh_next": 2, "pending_next": 0})
+    assert await local.control("POST", "/_dumont/faults/clear") == (200, {"nossh_next": 0, "pending_next": 0})
 
 
 # --------------------------------------------------------------------------- our provider

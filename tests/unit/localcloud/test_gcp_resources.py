@@ -80,32 +80,46 @@ def test_a_spot_vm_reports_the_scheduling_gce_fixes_and_an_ip_only_when_up() -> 
     assert (vm.is_spot, vm.termination_action) == (True, "STOP")
 
 
-async def test_an_operation_is_done_after_its_work_and_its_delay() -> None:
-    """Given an operation, then it is RUNNING until its work finished and its ready time passed, then DONE."""
-    operation = Operation("stop", "p", "z", "s", "1", ready_at=10.0)
-    base = "http://127.0.0.1:1/compute/v1/projects/p/zones/z"
-    assert operation.as_json(base, now=20.0)["status"] == "RUNNING"  # work not finished
+async def test_an_operation_is_running_until_its_work_is_done() -> None:
+    """Given a zonal operation, then it is RUNNING until finished, then DONE; a failure is inside the DONE one."""
+    operation = Operation("stop", "p", "z", "zones/z/instances/s", "1")
+    url = "http://127.0.0.1:1/compute/v1/projects/p"
+    running = operation.as_json(url)
+    assert (running["status"], running["progress"]) == ("RUNNING", 0)
     operation.finish()
-    assert operation.as_json(base, now=5.0)["status"] == "RUNNING"  # finished, delay not over
-    done = operation.as_json(base, now=10.0)
+    done = operation.as_json(url)
     assert (done["status"], done["progress"], done["user"]) == ("DONE", 100, "dumont-local@local")
-    assert done["selfLink"] == f"{base}/operations/{operation.name}"
-    failed = Operation("start", "p", "z", "s", "1", ready_at=0.0)
-    failed.finish((503, "RESOURCE_OPERATION_FAILED", "no"))
-    data = failed.as_json(base, now=0.0)
-    assert (data["httpErrorStatusCode"], data["error"]["errors"][0]["code"]) == (503, "RESOURCE_OPERATION_FAILED")
+    assert done["selfLink"] == f"{url}/zones/z/operations/{operation.name}"
+    assert (done["zone"], done["targetLink"]) == (f"{url}/zones/z", f"{url}/zones/z/instances/s")
+    assert "error" not in done
+    failed = Operation("insert", "p", "z", "zones/z/instances/s", "1")
+    failed.finish((403, "QUOTA_EXCEEDED", "Quota 'CPUS' exceeded."))
+    data = failed.as_json(url)
+    assert (data["status"], data["httpErrorStatusCode"], data["error"]["errors"][0]["code"]) == (
+        "DONE", 403, "QUOTA_EXCEEDED")
+
+
+def test_a_global_operation_has_no_zone() -> None:
+    """Given a firewall's operation, then it lives under global/ and names the firewall as its target."""
+    operation = Operation("insert", "p", None, "global/firewalls/allow-ssh", "7")
+    data = operation.as_json("http://h/compute/v1/projects/p")
+    assert "zone" not in data
+    assert data["selfLink"] == f"http://h/compute/v1/projects/p/global/operations/{operation.name}"
+    assert data["targetLink"] == "http://h/compute/v1/projects/p/global/firewalls/allow-ssh"
+    assert operation.target_name == "allow-ssh"
 
 
 async def test_a_saved_vm_comes_back_with_its_history_done() -> None:
     """Given a VM with operations, when saved and loaded, then it and its operations are the same, all DONE."""
     vm = Vm("p", "z", "s", {"name": "s"}, host="gcp-s", last_start=1.0, last_stop=2.0)
-    preempted = Operation("compute.instances.preempted", "p", "z", "s", vm.id, ready_at=99.0)
+    preempted = Operation("compute.instances.preempted", "p", "z", vm.target, vm.id)
     preempted.finish()
     loaded, [operation] = load_record(save_record(vm, [preempted]))
     assert (loaded.name, loaded.id, loaded.last_start, loaded.last_stop) == ("s", vm.id, 1.0, 2.0)
     assert (operation.name, operation.kind, operation.inserted) == (preempted.name, preempted.kind,
                                                                     preempted.inserted)
-    assert operation.is_done(now=0.0)
+    assert operation.is_done()
+    assert operation.target == "zones/z/instances/s"
 
 
 def test_timings_come_from_the_environment_and_bad_ones_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,13 +13,24 @@ is added to the metadata as ``dumont-ssh-user``, and, since all VMs share 127.0.
 
 Status is read live from the host: a running or partitioned host is RUNNING (GCE cannot see a hung guest); a
 stopped one is TERMINATED. A *killed* host is what GCE shows when a spot VM's host dies: TERMINATED (spot VMs
-never restart automatically) with a ``compute.instances.hostError`` operation, recorded when first seen. While an
-operation is in flight the VM shows its transition (PROVISIONING/STAGING, STOPPING). The host work runs inside
-the request; the operation then reports RUNNING until ``$DUMONT_LOCAL_GCP_DELAY_SECONDS`` (default 0.5) have
-passed, so a client that polls through Google's host instead of ours (cloud-apis.md §2.4) is caught out.
-``operations.wait`` answers when the operation is DONE or after ``$DUMONT_LOCAL_GCP_WAIT_SECONDS`` (default 120,
-like GCE's roughly two minutes). ``dumont local preempt`` gives ``$DUMONT_LOCAL_GCP_PREEMPT_NOTICE_SECONDS`` of
-notice (default 0; GCE gives 30), then stops the host (disk kept) or deletes it (termination action DELETE).
+never restart automatically) with a ``compute.instances.hostError`` operation, recorded when first seen.
+
+A mutating call does its work and then waits ``$DUMONT_LOCAL_GCP_DELAY_SECONDS`` (default 0.5) inside the request,
+and answers with a DONE operation (a failure is the DONE operation's ``error``, as GCE reports it), so Google's own
+``ExtendedOperation.result()`` returns without polling: its poller ignores a custom endpoint and would ask
+``compute.googleapis.com`` (cloud-apis.md §2.4). Meanwhile the VM shows its transition (PROVISIONING/STAGING,
+STOPPING) and ``operations.get/wait/list`` show the operation RUNNING. GCE itself answers before the work is done;
+the ``pending`` fault does that for the next calls. ``operations.wait`` answers when the operation is DONE or after
+``$DUMONT_LOCAL_GCP_WAIT_SECONDS`` (default 120, like GCE's roughly two minutes). ``dumont local preempt`` gives
+``$DUMONT_LOCAL_GCP_PREEMPT_NOTICE_SECONDS`` of notice (default 0; GCE gives 30), then stops the host (disk kept)
+or deletes it (termination action DELETE).
+
+Faults (tests drive them over HTTP, like the Vast emulator's)::
+
+    POST /_dumont/faults/nossh    {"next": N}  the next N inserted VMs run, but their sshd never answers
+    POST /_dumont/faults/pending  {"next": N}  the next N mutating calls answer at once with a RUNNING operation
+    POST /_dumont/faults/clear    disarm every fault
+    GET  /_dumont/faults          the armed faults
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -62,6 +75,18 @@ UP = (HostState.RUNNING, HostState.PARTITIONED)
 RECORD_FILE = "gcp_vm.json"  # in the host's directory, so it goes when the host is destroyed
 
 
+@dataclass
+class Faults:
+    """Faults armed through ``/_dumont/faults``: counts of the next calls they apply to."""
+
+    nossh_next: int = 0  # inserted VMs that run but whose sshd never answers
+    pending_next: int = 0  # mutating calls answered at once with a RUNNING operation, as GCE itself does
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        return asdict(self)
+
+
 class GcpEmulator:
     """The Compute API in front of the local host pool."""
 
@@ -75,6 +100,7 @@ class GcpEmulator:
         self.url = ""
         self.vms: dict[tuple[str, str, str], Vm] = {}
         self.operations: dict[tuple[str, str, str], Operation] = {}
+        self.faults = Faults()
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -115,6 +141,8 @@ class GcpEmulator:
         app.router.add_get(operations, self._list_operations)
         app.router.add_get(operations + "/{operation}", self._get_operation)
         app.router.add_post(operations + "/{operation}/wait", self._wait_operation)
+        app.router.add_get("/_dumont/faults", self._fault_state)
+        app.router.add_post("/_dumont/faults/{action}", self._inject)
         return app
 
     # ------------------------------------------------------------------ instances
@@ -134,20 +162,21 @@ class GcpEmulator:
             return _error(409, "alreadyExists", f"The resource '{_path(project, zone, name)}' already exists")
         vm = Vm(project, zone, name, body, host=f"gcp-{name}")
         self.vms[(project, zone, name)] = vm
-        operation = self._operation(vm, "insert")
-        async with vm.lock:
+
+        async def create_host() -> None:
             try:
                 await self.cloud.pool.create(vm.host, authorized_keys=ssh_keys(body), role="cpu", provider="gcp",
                                              instance_id=name)
-            except DumontError as exc:
+            except DumontError:
                 del self.vms[(project, zone, name)]
                 await self._destroy_host(vm)  # a host whose sshd never came up must not block the name
-                operation.finish((503, "RESOURCE_OPERATION_FAILED", f"could not start the local host: {exc}"))
-            else:
-                vm.last_start = time.time()
-                operation.finish()
-                self._save(vm)
-        return self._operation_response(operation)
+                raise
+            vm.last_start = time.time()
+            if self.faults.nossh_next > 0:
+                self.faults.nossh_next -= 1
+                await self.cloud.pool.partition(vm.host)  # the VM runs; its sshd is hung
+
+        return await self._act(vm, "insert", create_host)
 
     async def _get(self, request: web.Request) -> web.Response:
         vm, status = self._find(request)
@@ -170,12 +199,12 @@ class GcpEmulator:
         vm, status = self._find(request)
         if vm is None or status is None:
             return _not_found(request)
-        operation = self._operation(vm, "delete")
-        async with vm.lock:
+
+        async def destroy() -> None:
             await self._destroy_host(vm)
             vm.last_stop = time.time()
-            operation.finish()
-        return self._operation_response(operation)
+
+        return await self._act(vm, "delete", destroy)
 
     async def _stop_or_start(self, request: web.Request) -> web.Response:
         verb = request.match_info["verb"]
@@ -184,21 +213,16 @@ class GcpEmulator:
         vm, status = self._find(request)
         if vm is None or status is None:
             return _not_found(request)
-        operation = self._operation(vm, verb)
-        async with vm.lock:
-            try:
-                if verb == "stop":
-                    await self.cloud.pool.stop(vm.host)
-                    vm.last_stop = time.time()
-                else:
-                    await self.cloud.pool.start(vm.host)
-                    vm.last_start = time.time()
-            except DumontError as exc:
-                operation.finish((503, "RESOURCE_OPERATION_FAILED", f"could not {verb} the local host: {exc}"))
+
+        async def stop_or_start() -> None:
+            if verb == "stop":
+                await self.cloud.pool.stop(vm.host)
+                vm.last_stop = time.time()
             else:
-                operation.finish()
-            self._save(vm)
-        return self._operation_response(operation)
+                await self.cloud.pool.start(vm.host)
+                vm.last_start = time.time()
+
+        return await self._act(vm, verb, stop_or_start)
 
     async def _guest_attributes(self, request: web.Request) -> web.Response:
         vm, status = self._find(request)
@@ -220,11 +244,9 @@ class GcpEmulator:
         operation = self._find_operation(request)
         if operation is None:
             return _not_found(request)
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.wait_limit):  # GCE answers a wait after about two minutes at most
                 await operation.finished.wait()
-                await asyncio.sleep(max(0.0, operation.ready_at - loop.time()))
         except TimeoutError:
             pass
         return self._operation_response(operation)
@@ -237,12 +259,32 @@ class GcpEmulator:
             keep = parse_filter(request.query.get("filter", ""))
         except ValueError as exc:
             return _error(400, "invalid", f"Invalid value for field 'filter': {exc}")
-        now, base = asyncio.get_running_loop().time(), self._base(project, zone)
-        items = [op.as_json(base, now) for (p, z, _), op in self.operations.items() if (p, z) == (project, zone)]
+        url, scope = self._project_url(project), f"zones/{zone}"
+        items = [op.as_json(url) for (p, s, _), op in self.operations.items() if (p, s) == (project, scope)]
         return json_response({"kind": "compute#operationList", "id": f"projects/{project}/zones/{zone}/operations",
-                              "items": [i for i in items if keep(i)], "selfLink": f"{base}/operations"})
+                              "items": [i for i in items if keep(i)], "selfLink": f"{url}/{scope}/operations"})
 
     # ------------------------------------------------------------------ faults
+
+    async def _fault_state(self, request: web.Request) -> web.Response:
+        return json_response(self.faults.as_dict())
+
+    async def _inject(self, request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return _error(400, "parseError", "The request body is not valid JSON")
+        if action == "clear":
+            self.faults = Faults()
+            return json_response(self.faults.as_dict())
+        if action not in ("nossh", "pending"):
+            return _error(404, "notFound", f"no fault {action!r}: nossh, pending, clear")
+        count = body.get("next", 1) if isinstance(body, dict) else None
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            return _error(400, "invalid", f'"next" must be a whole number of calls, like 1, not {count!r}')
+        setattr(self.faults, f"{action}_next", count)
+        return json_response(self.faults.as_dict())
 
     async def fault(self, action: str, host: LocalHost) -> dict[str, Any]:
         """``preempt``: GCE takes the spot VM back after the notice; TERMINATED with its disk, or deleted."""
@@ -256,10 +298,7 @@ class GcpEmulator:
         if (status := self._status(vm)) != "RUNNING":
             raise UsageError(f"VM {vm.name} is {status}, not RUNNING", hint=f"start it first: dumont local start "
                                                                             f"{host.name}")
-        operation = self._operation(vm, PREEMPTED)
-        task = asyncio.create_task(self._preempt(vm, operation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = self._spawn(self._preempt(vm, self._operation(vm, PREEMPTED)))
         if self.preempt_notice <= 0:
             await task
         record: dict[str, Any] = {"name": host.name, "state": "deleted"}
@@ -290,27 +329,26 @@ class GcpEmulator:
                 continue
             vm, operations = load_record(json.loads(path.read_text()))
             self.vms[(vm.project, vm.zone, vm.name)] = vm
-            self.operations.update({(op.project, op.zone, op.name): op for op in operations})
+            self.operations.update({(op.project, op.scope, op.name): op for op in operations})
 
     def _save(self, vm: Vm) -> None:
         host = next((h for h in self.cloud.pool.hosts() if h.name == vm.host), None)
         if host is None or vm.deleted:
             return
         history = [op for op in self.operations.values()
-                   if (op.project, op.zone, op.target, op.target_id) == (vm.project, vm.zone, vm.name, vm.id)]
+                   if (op.project, op.target, op.target_id) == (vm.project, vm.target, vm.id)]
         write_private(host.base / RECORD_FILE, json.dumps(save_record(vm, history)) + "\n", mode=0o644)
 
     # ------------------------------------------------------------------ helpers
 
     def _status(self, vm: Vm) -> str | None:
         """The VM's status now (None once it is deleted); notices a host that died under it."""
-        operation, now = vm.current, asyncio.get_running_loop().time()
-        if operation is not None and not operation.is_done(now) and operation.kind != HOST_ERROR:
-            if operation.kind == "insert":
-                halfway = operation.ready_at - self.delay / 2
-                return "PROVISIONING" if not operation.finished.is_set() or now < halfway else "STAGING"
-            return "STAGING" if operation.kind == "start" else "STOPPING"
+        operation = vm.current
         host = next((h for h in self.cloud.pool.hosts() if h.name == vm.host), None)
+        if operation is not None and not operation.is_done():
+            if operation.kind == "insert":
+                return "STAGING" if host is not None and host.state in UP else "PROVISIONING"
+            return "STAGING" if operation.kind == "start" else "STOPPING"  # stop, delete, a preemption's notice
         if vm.deleted or host is None:
             vm.deleted = True  # destroyed behind the API's back is deleted all the same
             return None
@@ -325,26 +363,57 @@ class GcpEmulator:
         return "TERMINATED"
 
     def _instance_json(self, vm: Vm, status: str) -> dict[str, Any]:
-        host = self.cloud.pool.get(vm.host)
-        port = host.port if host.state in UP and status in ("RUNNING", "STAGING", "STOPPING") else None
-        return vm.as_json(self._base(vm.project, vm.zone), status, port, host.user)
+        host = next((h for h in self.cloud.pool.hosts() if h.name == vm.host), None)
+        up = host is not None and host.state in UP and status in ("RUNNING", "STAGING", "STOPPING")
+        return vm.as_json(self._base(vm.project, vm.zone), status, host.port if host and up else None,
+                          host.user if host else "")
 
     async def _destroy_host(self, vm: Vm) -> None:
         if any(h.name == vm.host for h in self.cloud.pool.hosts()):
             await self.cloud.pool.destroy(vm.host)
         vm.deleted = True
 
+    async def _act(self, vm: Vm, kind: str, work: Callable[[], Awaitable[None]]) -> web.Response:
+        """Run a mutating call: its work, then its configured delay, inside the request; answer its operation.
+
+        The answer is DONE (failed work is an error inside the DONE operation, as GCE reports it), unless a
+        ``pending`` fault is armed: then it answers RUNNING at once and the work goes on in the background.
+        """
+        operation = self._operation(vm, kind)
+
+        async def run() -> None:
+            async with vm.lock:
+                error = None
+                try:
+                    await work()
+                except DumontError as exc:
+                    error = (503, "RESOURCE_OPERATION_FAILED", f"could not {kind} the local host: {exc}")
+                await asyncio.sleep(self.delay)  # the time GCE takes: status shows the transition meanwhile
+                operation.finish(error)
+                self._save(vm)
+
+        if self.faults.pending_next > 0:
+            self.faults.pending_next -= 1
+            self._spawn(run())
+        else:
+            await run()
+        return self._operation_response(operation)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def _operation(self, vm: Vm, kind: str) -> Operation:
-        ready_at = asyncio.get_running_loop().time() + (0.0 if kind == HOST_ERROR else self.delay)
-        operation = Operation(kind, vm.project, vm.zone, vm.name, vm.id, ready_at)
-        self.operations[(vm.project, vm.zone, operation.name)] = operation
+        operation = Operation(kind, vm.project, vm.zone, vm.target, vm.id)
+        self.operations[(vm.project, operation.scope, operation.name)] = operation
         if kind != HOST_ERROR:
             vm.current = operation
         return operation
 
     def _operation_response(self, operation: Operation) -> web.Response:
-        now = asyncio.get_running_loop().time()
-        return json_response(operation.as_json(self._base(operation.project, operation.zone), now))
+        return json_response(operation.as_json(self._project_url(operation.project)))
 
     def _find(self, request: web.Request) -> tuple[Vm | None, str | None]:
         info = request.match_info
@@ -353,7 +422,11 @@ class GcpEmulator:
 
     def _find_operation(self, request: web.Request) -> Operation | None:
         info = request.match_info
-        return self.operations.get((info["project"], info["zone"], info["operation"]))
+        scope = f"zones/{info['zone']}" if "zone" in info else "global"
+        return self.operations.get((info["project"], scope, info["operation"]))
+
+    def _project_url(self, project: str) -> str:
+        return f"{self.url}/compute/v1/projects/{project}"
 
     def _base(self, project: str, zone: str) -> str:
         return self.url + ZONE_PATH.format(project=project, zone=zone)

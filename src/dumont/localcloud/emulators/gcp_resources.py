@@ -35,14 +35,13 @@ def numeric_id() -> str:
 
 @dataclass
 class Operation:
-    """One zone operation; DONE once its work finished and its configured delay has passed."""
+    """One operation: zonal (an instance's) or global (a firewall's, the project's); DONE once its work is."""
 
-    kind: str  # operationType: insert, stop, start, delete, compute.instances.preempted, ...
+    kind: str  # operationType: insert, stop, start, delete, setMetadata, compute.instances.preempted, ...
     project: str
-    zone: str
-    target: str  # the VM's name
+    zone: str | None  # None for a global operation
+    target: str  # the target's path under the project: zones/Z/instances/N, global/firewalls/F, or "" (itself)
     target_id: str
-    ready_at: float  # loop time before which it reports RUNNING
     name: str = field(default_factory=lambda: f"operation-{int(time.time() * 1000)}-{secrets.token_hex(6)}")
     id: str = field(default_factory=numeric_id)
     inserted: float = field(default_factory=time.time)
@@ -50,26 +49,38 @@ class Operation:
     error: tuple[int, str, str] | None = None  # HTTP status, GCE error code, message
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def scope(self) -> str:
+        """Where it lives under its project: ``zones/Z`` or ``global``."""
+        return f"zones/{self.zone}" if self.zone else "global"
+
+    @property
+    def target_name(self) -> str:
+        """The last part of its target's path (a VM's or a firewall's name)."""
+        return self.target.rsplit("/", 1)[-1]
+
     def finish(self, error: tuple[int, str, str] | None = None) -> None:
         """Mark the operation's work as done (with its error, if it failed)."""
         self.error, self.ended = error, time.time()
         self.finished.set()
 
-    def is_done(self, now: float) -> bool:
-        """Whether it reports DONE at loop time ``now``."""
-        return self.finished.is_set() and now >= self.ready_at
+    def is_done(self) -> bool:
+        """Whether its work is over (it reports DONE)."""
+        return self.finished.is_set()
 
-    def as_json(self, base: str, now: float) -> dict[str, Any]:
-        """The Operation resource; ``base`` is ``<url>/compute/v1/projects/P/zones/Z``."""
-        done = self.is_done(now)
+    def as_json(self, project_url: str) -> dict[str, Any]:
+        """The Operation resource; ``project_url`` is ``<url>/compute/v1/projects/P``."""
+        done, scope_url = self.is_done(), f"{project_url}/{self.scope}"
         data: dict[str, Any] = {
-            "kind": "compute#operation", "id": self.id, "name": self.name, "zone": base,
-            "operationType": self.kind, "targetLink": f"{base}/instances/{self.target}", "targetId": self.target_id,
-            "status": "DONE" if done else "RUNNING", "progress": 100 if done else 0,
+            "kind": "compute#operation", "id": self.id, "name": self.name,
+            "operationType": self.kind, "targetLink": f"{project_url}/{self.target}".rstrip("/"),
+            "targetId": self.target_id, "status": "DONE" if done else "RUNNING", "progress": 100 if done else 0,
             "user": "system" if self.kind in SYSTEM_OPERATIONS else "dumont-local@local",
             "insertTime": rfc3339(self.inserted), "startTime": rfc3339(self.inserted),
-            "selfLink": f"{base}/operations/{self.name}",
+            "selfLink": f"{scope_url}/operations/{self.name}",
         }
+        if self.zone:
+            data["zone"] = scope_url
         if done:
             data["endTime"] = rfc3339(max(self.ended or self.inserted, self.inserted))
             if self.error:
@@ -95,6 +106,11 @@ class Vm:
     current: Operation | None = None  # the latest operation acting on it (its status shows while in flight)
     deleted: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def target(self) -> str:
+        """Its path under the project, as operations name their target."""
+        return f"zones/{self.zone}/instances/{self.name}"
 
     @property
     def is_spot(self) -> bool:
@@ -141,8 +157,8 @@ def load_record(data: Mapping[str, Any]) -> tuple[Vm, list[Operation]]:
     operations = []
     for raw in data.get("operations", []):
         error = raw.get("error")
-        operation = Operation(raw["kind"], vm.project, vm.zone, vm.name, vm.id, ready_at=0.0, name=raw["name"],
-                              id=raw["id"], inserted=raw["inserted"])
+        operation = Operation(raw["kind"], vm.project, vm.zone, vm.target, vm.id, name=raw["name"], id=raw["id"],
+                              inserted=raw["inserted"])
         operation.finish(tuple(error) if error else None)
         operation.ended = raw.get("ended") or operation.inserted
         operations.append(operation)
