@@ -333,6 +333,32 @@ async def test_wait_answers_when_done_or_at_its_own_limit(gcp_local: GcpLocal) -
         await local.library(local.operations.get, operation="operation-unknown")
 
 
+async def _banner(host: str, port: int, within: float) -> bytes:
+    """The first line the server at ``host:port`` sends (an sshd's banner), waited for at most ``within`` s."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        async with asyncio.timeout(within):
+            return await reader.readline()
+    finally:
+        writer.close()
+
+
+async def test_nossh_vms_run_but_their_sshd_never_greets(gcp_local: GcpLocal) -> None:
+    """Given ``nossh`` for the next VM, when two VMs are created, then both are RUNNING with an address, the first
+    accepts TCP but never sends an SSH banner, and the second greets as usual."""
+    local = gcp_local
+    assert (await local.control("POST", "/_dumont/faults/nossh", {"next": 1}))[0] == 200
+    hung = await local.provider.create_standby(local.spec("hung"))
+    fine = await local.provider.create_standby(local.spec("fine"))
+    assert (hung.state, fine.state) == (InstanceState.RUNNING, InstanceState.RUNNING)
+    assert hung.ssh_host and hung.ssh_port and fine.ssh_host and fine.ssh_port
+    with pytest.raises(TimeoutError):
+        await _banner(hung.ssh_host, hung.ssh_port, within=0.5)
+    assert (await _banner(fine.ssh_host, fine.ssh_port, within=5)).startswith(b"SSH-2.0")
+    assert local.cloud.pool.get("gcp-hung").state == HostState.PARTITIONED
+    assert await local.control("GET", "/_dumont/faults") == (200, {"nossh_next": 0, "pending_next": 0})
+
+
 async def test_the_fault_routes_check_what_they_are_given(gcp_local: GcpLocal) -> None:
     """Given the fault routes, then a bad count or an unknown fault is refused, and clear disarms everything."""
     local = gcp_local
