@@ -40,6 +40,7 @@ from dumont.transport.ssh import SshTarget, SshTransport
 from tests.conftest import eventually
 
 T = TypeVar("T")
+C = TypeVar("C")
 PROJECT, ZONE = "dumont-local", "local-a"
 
 
@@ -120,6 +121,11 @@ class GcpLocal:
         fields: dict[str, Any] = {"name": name, "ssh_public_keys": [self.public_key],
                                   "labels": {"dumont-pair": "train"}}
         return StandbySpec(**{**fields, **changes})
+
+    def client(self, kind: type[C]) -> C:
+        """Another of Google's Compute clients, built the ordinary way against the emulator."""
+        return kind(credentials=AnonymousCredentials(), client_options={"api_endpoint": self.url},  # type: ignore[call-arg]
+                    transport="rest")
 
     async def library(self, method: Callable[..., T], /, **kwargs: Any) -> T:
         """Call Google's synchronous client off the loop (the emulator serves on this same loop)."""
@@ -552,3 +558,141 @@ async def test_an_api_that_is_gone_is_unavailable_within_the_deadline(gcp_local:
     with pytest.raises(ProviderUnavailable, match="wait for insert of VM s"):
         await local.provider.api.wait_done(slow, "insert of VM s", deadline=1.2)
     assert loop.time() - started < 5
+
+
+# --------------------------------------------------------------------------- project-level resources
+
+
+async def test_firewall_rules_are_inserted_got_listed_with_a_filter_and_deleted(gcp_local: GcpLocal) -> None:
+    """Given a new project, then it has no rules; Google's FirewallsClient inserts one (DONE at once), gets it as
+    compute#firewall JSON, lists it by filter, is refused a duplicate or a bad rule, and deletes it."""
+    local = gcp_local
+    firewalls = local.client(compute_v1.FirewallsClient)
+
+    def listed(filter_: str = "") -> list[str]:
+        request = compute_v1.ListFirewallsRequest(project=PROJECT, filter=filter_)
+        return [rule.name for rule in firewalls.list(request=request)]
+
+    assert await asyncio.to_thread(listed) == []  # unkind first: no default-allow-ssh
+    rule = compute_v1.Firewall(name="dumont-allow-ssh", network="global/networks/default", direction="INGRESS",
+                               priority=1000, source_ranges=["203.0.113.0/24"], target_tags=["dumont-standby"],
+                               allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])])
+    insert = await asyncio.to_thread(firewalls.insert, project=PROJECT, firewall_resource=rule)
+    await asyncio.to_thread(insert.result, timeout=10)
+    assert insert.target_link.endswith("/global/firewalls/dumont-allow-ssh")
+    got = await asyncio.to_thread(firewalls.get, project=PROJECT, firewall="dumont-allow-ssh")
+    assert (got.direction, got.priority, list(got.target_tags), got.allowed[0].I_p_protocol,
+            list(got.allowed[0].ports), list(got.source_ranges)) == (
+        "INGRESS", 1000, ["dumont-standby"], "tcp", ["22"], ["203.0.113.0/24"])
+    assert got.network == f"{local.url}/compute/v1/projects/{PROJECT}/global/networks/default"
+    other = compute_v1.Firewall(name="web", allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["80"])])
+    await asyncio.to_thread((await asyncio.to_thread(firewalls.insert, project=PROJECT,
+                                                     firewall_resource=other)).result, timeout=10)
+    assert await asyncio.to_thread(listed, "targetTags = dumont-standby") == ["dumont-allow-ssh"]
+    assert await asyncio.to_thread(listed, 'name = "web"') == ["web"]
+    assert await asyncio.to_thread(listed) == ["dumont-allow-ssh", "web"]
+    with pytest.raises(gexc.Conflict, match="already exists"):
+        await asyncio.to_thread(firewalls.insert, project=PROJECT, firewall_resource=rule)
+    bad = compute_v1.Firewall(name="bad", allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22-1"])])
+    with pytest.raises(gexc.BadRequest, match=r"resource\.allowed\.ports"):
+        await asyncio.to_thread(firewalls.insert, project=PROJECT, firewall_resource=bad)
+    assert await asyncio.to_thread(listed) == ["dumont-allow-ssh", "web"]  # in another project: none
+    assert [r.name for r in await asyncio.to_thread(
+        lambda: list(firewalls.list(project="elsewhere")))] == []
+
+    delete = await asyncio.to_thread(firewalls.delete, project=PROJECT, firewall="web")
+    await asyncio.to_thread(delete.result, timeout=10)
+    operations = local.client(compute_v1.GlobalOperationsClient)
+    done = await asyncio.to_thread(operations.get, project=PROJECT, operation=delete.name)
+    assert (done.status, done.operation_type) == (compute_v1.Operation.Status.DONE, "delete")
+    with pytest.raises(gexc.NotFound, match="global/firewalls/web"):
+        await asyncio.to_thread(firewalls.get, project=PROJECT, firewall="web")
+
+
+async def test_the_project_shows_its_common_metadata_set_with_the_current_fingerprint(gcp_local: GcpLocal) -> None:
+    """Given a project, then projects.get shows empty common metadata; setCommonInstanceMetadata with the read
+    fingerprint sets enable-oslogin=TRUE for all to see; a stale fingerprint is 412."""
+    local = gcp_local
+    projects = local.client(compute_v1.ProjectsClient)
+    project = await asyncio.to_thread(projects.get, project=PROJECT)
+    assert (project.name, list(project.common_instance_metadata.items)) == (PROJECT, [])
+    stale = project.common_instance_metadata.fingerprint
+    metadata = compute_v1.Metadata(fingerprint=stale, items=[compute_v1.Items(key="enable-oslogin", value="TRUE")])
+    operation = await asyncio.to_thread(projects.set_common_instance_metadata, project=PROJECT,
+                                        metadata_resource=metadata)
+    await asyncio.to_thread(operation.result, timeout=10)
+    project = await asyncio.to_thread(projects.get, project=PROJECT)
+    assert [(i.key, i.value) for i in project.common_instance_metadata.items] == [("enable-oslogin", "TRUE")]
+    assert project.common_instance_metadata.fingerprint != stale
+    with pytest.raises(gexc.PreconditionFailed, match="fingerprint"):
+        await asyncio.to_thread(projects.set_common_instance_metadata, project=PROJECT, metadata_resource=metadata)
+
+
+async def test_zones_and_regions_are_known_or_not_found(gcp_local: GcpLocal) -> None:
+    """Given the local zones, then local-a is UP in region local, an unknown zone or region is NotFound."""
+    local = gcp_local
+    zones, regions = local.client(compute_v1.ZonesClient), local.client(compute_v1.RegionsClient)
+    zone = await asyncio.to_thread(zones.get, project=PROJECT, zone=ZONE)
+    assert (zone.name, zone.status, zone.region.rsplit("/", 1)[-1]) == (ZONE, "UP", "local")
+    with pytest.raises(gexc.NotFound, match="zones/us-nowhere1-z"):
+        await asyncio.to_thread(zones.get, project=PROJECT, zone="us-nowhere1-z")
+    with pytest.raises(gexc.NotFound, match="regions/mars"):
+        await asyncio.to_thread(regions.get, project=PROJECT, region="mars")
+    assert {z.name for z in await asyncio.to_thread(lambda: list(zones.list(project=PROJECT)))} == {
+        "local-a", "local-b", "local-c"}
+
+
+async def test_quotas_count_the_vms_and_an_insert_past_a_limit_fails_inside_its_done_operation(
+        gcp_local: GcpLocal) -> None:
+    """Given a spot standby, then the region's quotas count its 2 vCPUs, its IP and its 20 GB; a stopped VM keeps
+    only its disk; with PREEMPTIBLE_CPUS at 2, a second insert's DONE operation carries QUOTA_EXCEEDED, which
+    Google's .result() raises and our provider reports, and no VM is left behind."""
+    local = gcp_local
+    regions = local.client(compute_v1.RegionsClient)
+
+    async def quotas() -> dict[str, tuple[float, float]]:
+        region = await asyncio.to_thread(regions.get, project=PROJECT, region="local")
+        return {q.metric: (q.limit, q.usage) for q in region.quotas}
+
+    await local.provider.create_standby(local.spec("first"))
+    assert await quotas() == {"CPUS": (24.0, 0.0), "PREEMPTIBLE_CPUS": (24.0, 2.0), "IN_USE_ADDRESSES": (8.0, 1.0),
+                              "DISKS_TOTAL_GB": (4096.0, 20.0), "SSD_TOTAL_GB": (500.0, 0.0)}
+    assert await local.control("POST", f"/_dumont/projects/{PROJECT}/quotas", {"PREEMPTIBLE_CPUS": 2}) == (
+        200, {"CPUS": 24.0, "PREEMPTIBLE_CPUS": 2.0, "IN_USE_ADDRESSES": 8.0, "DISKS_TOTAL_GB": 4096.0,
+              "SSD_TOTAL_GB": 500.0})
+    assert (await local.control("POST", f"/_dumont/projects/{PROJECT}/quotas", {"GPUS": 1}))[0] == 400
+
+    insert = await local.library(local.instances.insert,
+                                 instance_resource=standby_resource(local.spec("second"), ZONE))
+    assert insert.status == compute_v1.Operation.Status.DONE
+    with pytest.raises(gexc.Forbidden, match="Quota 'PREEMPTIBLE_CPUS' exceeded"):
+        await asyncio.to_thread(insert.result, timeout=10)
+    with pytest.raises(ProviderRequestError, match="QUOTA_EXCEEDED"):
+        await local.provider.create_standby(local.spec("third"))
+    assert [h.name for h in local.cloud.pool.hosts()] == ["gcp-first"]
+
+    await local.provider.stop("first")
+    assert (await quotas())["PREEMPTIBLE_CPUS"] == (2.0, 0.0)
+    assert (await quotas())["DISKS_TOTAL_GB"] == (4096.0, 20.0)  # a stopped VM keeps its disk
+    await local.provider.start("first")
+    assert (await quotas())["PREEMPTIBLE_CPUS"] == (2.0, 2.0)
+
+
+async def test_set_metadata_needs_the_current_fingerprint(gcp_local: GcpLocal) -> None:
+    """Given a VM, when Google's client sets its metadata with the fingerprint it read, then the items are
+    replaced (the emulator's own port item aside); a second write with the now stale fingerprint is 412."""
+    local = gcp_local
+    await local.provider.create_standby(local.spec("meta"))
+    vm = await local.library(local.instances.get, instance="meta")
+    items = [i for i in vm.metadata.items if i.key != "ssh-keys"] + [compute_v1.Items(key="note", value="hi")]
+    metadata = compute_v1.Metadata(fingerprint=vm.metadata.fingerprint, items=items)
+    operation = await local.library(local.instances.set_metadata, instance="meta", metadata_resource=metadata)
+    await asyncio.to_thread(operation.result, timeout=10)
+    again = await local.library(local.instances.get, instance="meta")
+    assert {i.key: i.value for i in again.metadata.items}["note"] == "hi"
+    assert "ssh-keys" not in {i.key for i in again.metadata.items}
+    assert again.metadata.fingerprint != vm.metadata.fingerprint
+    with pytest.raises(gexc.PreconditionFailed, match="Supplied fingerprint does not match"):
+        await local.library(local.instances.set_metadata, instance="meta", metadata_resource=metadata)
+    with pytest.raises(gexc.NotFound):
+        await local.library(local.instances.set_metadata, instance="nothing", metadata_resource=metadata)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -19,7 +21,7 @@ from dumont.localcloud.emulators.gcp_resources import (
 
 OP = {"operationType": "compute.instances.preempted", "status": "DONE",
       "targetLink": "http://127.0.0.1:1/compute/v1/projects/p/zones/z/instances/standby-1",
-      "labels": {"dumont-pair": "train"}, "deletionProtection": False}
+      "labels": {"dumont-pair": "train"}, "deletionProtection": False, "targetTags": ["web", "dumont-standby"]}
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -34,6 +36,9 @@ OP = {"operationType": "compute.instances.preempted", "status": "DONE",
     ("labels.missing:*", False),
     ("targetLink:*", True),
     ("deletionProtection = false", True),
+    ("targetTags = dumont-standby", True),
+    ("targetTags:dumont", True),
+    ("targetTags = db", False),
     ("", True),
 ])
 def test_filters_match_like_the_compute_api(text: str, expected: bool) -> None:
@@ -65,8 +70,10 @@ def test_a_spot_vm_reports_the_scheduling_gce_fixes_and_an_ip_only_when_up() -> 
                             "networkInterfaces": [{"accessConfigs": [{"name": "External NAT"}]}],
                             "disks": [{"boot": True, "initializeParams": {"diskSizeGb": "20"}}]}
     vm = Vm("p", "z", "s", body, host="gcp-s")
-    base = "http://127.0.0.1:1/compute/v1/projects/p/zones/z"
-    up, down = vm.as_json(base, "RUNNING", 2201, "alice"), vm.as_json(base, "TERMINATED", None)
+    url = "http://127.0.0.1:1/compute/v1/projects/p"
+    base = f"{url}/zones/z"
+    up = vm.as_json(url, "RUNNING", address="127.0.0.1", ssh_port=2201, ssh_user="alice")
+    down = vm.as_json(url, "TERMINATED", address=None, ssh_port=None)
     assert up["scheduling"] == {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP",
                                 "automaticRestart": False, "onHostMaintenance": "TERMINATE", "preemptible": False}
     assert up["networkInterfaces"][0]["accessConfigs"][0]["natIP"] == "127.0.0.1"
@@ -78,6 +85,23 @@ def test_a_spot_vm_reports_the_scheduling_gce_fixes_and_an_ip_only_when_up() -> 
     assert up["machineType"] == f"{base}/machineTypes/e2-medium"
     assert isinstance(up["id"], str) and up["id"].isdigit()  # uint64 travels as a string
     assert (vm.is_spot, vm.termination_action) == (True, "STOP")
+    assert up["networkInterfaces"][0]["network"] == f"{url}/global/networks/default"
+    assert up["networkInterfaces"][0]["networkIP"] == down["networkInterfaces"][0]["networkIP"]  # internal IP kept
+
+
+def test_fingerprints_follow_the_content_not_the_read() -> None:
+    """Given a VM, then every read gives the same fingerprints; a change of metadata gives another; the port the
+    emulator adds is not part of it, so a read-modify-write of what was read stays valid."""
+    vm = Vm("p", "z", "s", {"metadata": {"items": [{"key": "a", "value": "1"}]}, "tags": {"items": ["t"]}},
+            host="gcp-s")
+    first = vm.as_json("u", "RUNNING", address="127.0.0.1", ssh_port=2201)
+    again = vm.as_json("u", "TERMINATED", address=None, ssh_port=None)
+    assert first["metadata"]["fingerprint"] == again["metadata"]["fingerprint"]
+    assert first["fingerprint"] == again["fingerprint"]
+    assert first["tags"] == {"items": ["t"], "fingerprint": again["tags"]["fingerprint"]}
+    vm.body["metadata"] = {"items": [{"key": "a", "value": "2"}]}
+    assert vm.as_json("u", "RUNNING", address=None, ssh_port=None)["metadata"]["fingerprint"] != \
+        first["metadata"]["fingerprint"]
 
 
 async def test_an_operation_is_running_until_its_work_is_done() -> None:
@@ -126,11 +150,11 @@ def test_timings_come_from_the_environment_and_bad_ones_are_refused(monkeypatch:
     """Given the emulator's settings in the environment, then they are used; a bad value names the variable."""
     monkeypatch.setenv(gcp.DELAY_ENV, "0")
     monkeypatch.setenv(gcp.NOTICE_ENV, "30")
-    emulator = gcp.create(cast(Any, None))
+    emulator = gcp.create(cast(Any, SimpleNamespace(state_dir=Path('/nonexistent'))))
     assert (emulator.delay, emulator.preempt_notice, emulator.wait_limit) == (0.0, 30.0, 120.0)
     monkeypatch.setenv(gcp.WAIT_ENV, "soon")
     with pytest.raises(UsageError, match="DUMONT_LOCAL_GCP_WAIT_SECONDS='soon' is not a number"):
-        gcp.create(cast(Any, None))
+        gcp.create(cast(Any, SimpleNamespace(state_dir=Path('/nonexistent'))))
     monkeypatch.setenv(gcp.WAIT_ENV, "-1")
     with pytest.raises(UsageError, match="is negative"):
-        gcp.create(cast(Any, None))
+        gcp.create(cast(Any, SimpleNamespace(state_dir=Path('/nonexistent'))))

@@ -6,6 +6,9 @@ Pure apart from the clock reads each record is given: the HTTP side lives in ``g
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import re
 import secrets
 import time
@@ -122,18 +125,42 @@ class Vm:
         """STOP (default) or DELETE: what a preemption does to it."""
         return str(self.body.get("scheduling", {}).get("instanceTerminationAction") or "STOP")
 
-    def as_json(self, base: str, status: str, ssh_port: int | None, ssh_user: str = "") -> dict[str, Any]:
-        """The Instance resource as ``instances.get`` returns it; the NAT IP only while it has a host up."""
-        body = self.body
+    @property
+    def metadata_items(self) -> list[dict[str, str]]:
+        """Its metadata items as last set (without the emulator's own)."""
+        return list((self.body.get("metadata") or {}).get("items") or [])
+
+    @property
+    def metadata_dict(self) -> dict[str, str]:
+        """Its metadata as a dict."""
+        return {str(i["key"]): str(i.get("value", "")) for i in self.metadata_items if i.get("key")}
+
+    @property
+    def tags(self) -> list[str]:
+        """Its network tags (``tags.items``), which firewall rules target."""
+        return [str(tag) for tag in (self.body.get("tags") or {}).get("items") or []]
+
+    @property
+    def network(self) -> str:
+        """Its first interface's network, as inserted (``global/networks/default`` when none was named)."""
+        nics = self.body.get("networkInterfaces") or [{}]
+        return str((nics[0] or {}).get("network") or "global/networks/default")
+
+    def as_json(self, project_url: str, status: str, *, address: str | None, ssh_port: int | None,
+                ssh_user: str = "") -> dict[str, Any]:
+        """The Instance resource as ``instances.get`` returns it; the NAT IP and port only while its host is up."""
+        body, base = self.body, f"{project_url}/zones/{self.zone}"
         machine = str(body.get("machineType", "e2-medium")).rsplit("/", 1)[-1]
+        nat_ip = address if ssh_port is not None else None
         data: dict[str, Any] = {
             "kind": "compute#instance", "id": self.id, "creationTimestamp": rfc3339(self.created),
             "name": self.name, "machineType": f"{base}/machineTypes/{machine}", "status": status,
-            "zone": base, "networkInterfaces": _interfaces(body, with_ip=ssh_port is not None),
-            "disks": _disks(body, base, self.name), "metadata": _metadata(body, ssh_port, ssh_user),
+            "zone": base, "networkInterfaces": _interfaces(body, project_url, nat_ip, self.id),
+            "disks": _disks(body, base, self.name), "metadata": _metadata(self.metadata_items, ssh_port, ssh_user),
+            "tags": {"items": self.tags, "fingerprint": _digest(self.tags)},
             "labels": dict(body.get("labels") or {}), "scheduling": _scheduling(body),
             "selfLink": f"{base}/instances/{self.name}", "deletionProtection": False, "startRestricted": False,
-            "fingerprint": secrets.token_urlsafe(8),
+            "fingerprint": _digest(body),
         }
         if self.last_start is not None:
             data["lastStartTimestamp"] = rfc3339(self.last_start)
@@ -165,13 +192,15 @@ def load_record(data: Mapping[str, Any]) -> tuple[Vm, list[Operation]]:
     return vm, operations
 
 
-def _interfaces(body: Mapping[str, Any], *, with_ip: bool) -> list[dict[str, Any]]:
+def _interfaces(body: Mapping[str, Any], project_url: str, nat_ip: str | None, vm_id: str) -> list[dict[str, Any]]:
     out = []
     for index, nic in enumerate(body.get("networkInterfaces") or [{}]):
-        configs = [{**ac, "kind": "compute#accessConfig", **({"natIP": "127.0.0.1"} if with_ip else {})}
+        configs = [{**ac, "kind": "compute#accessConfig", **({"natIP": nat_ip} if nat_ip else {})}
                    for ac in nic.get("accessConfigs") or []]
-        out.append({**nic, "kind": "compute#networkInterface", "name": f"nic{index}", "networkIP": "127.0.0.1",
-                    "accessConfigs": configs})
+        network = str(nic.get("network") or "global/networks/default").rsplit("/", 1)[-1]
+        internal = f"10.128.{int(vm_id) % 250}.{index + 2}"  # stays the same across stop and start, as in GCE
+        out.append({**nic, "kind": "compute#networkInterface", "name": f"nic{index}", "networkIP": internal,
+                    "network": f"{project_url}/global/networks/{network}", "accessConfigs": configs})
     return out
 
 
@@ -186,14 +215,24 @@ def _disks(body: Mapping[str, Any], base: str, name: str) -> list[dict[str, Any]
     return out
 
 
-def _metadata(body: Mapping[str, Any], ssh_port: int | None, ssh_user: str) -> dict[str, Any]:
-    ours = (SSH_PORT_KEY, SSH_USER_KEY)
-    items = [i for i in (body.get("metadata") or {}).get("items") or [] if i.get("key") not in ours]
+def _metadata(items: list[dict[str, str]], ssh_port: int | None, ssh_user: str) -> dict[str, Any]:
+    shown = list(items)
     if ssh_port is not None:
-        items.append({"key": SSH_PORT_KEY, "value": str(ssh_port)})
+        shown.append({"key": SSH_PORT_KEY, "value": str(ssh_port)})
     if ssh_user:
-        items.append({"key": SSH_USER_KEY, "value": ssh_user})
-    return {"kind": "compute#metadata", "fingerprint": secrets.token_urlsafe(8), "items": items}
+        shown.append({"key": SSH_USER_KEY, "value": ssh_user})
+    # The fingerprint covers what was set, not what the emulator adds, so a read-modify-write stays valid.
+    return {"kind": "compute#metadata", "fingerprint": metadata_fingerprint(items), "items": shown}
+
+
+def metadata_fingerprint(items: list[dict[str, str]]) -> str:
+    """A metadata fingerprint: a hash of the items (the same items give the same one, any change another)."""
+    return _digest(sorted((str(i.get("key")), str(i.get("value", ""))) for i in items))
+
+
+def _digest(value: object) -> str:
+    canonical = json.dumps(value, sort_keys=True, default=str).encode()
+    return base64.b64encode(hashlib.sha256(canonical).digest()[:8]).decode()
 
 
 def _scheduling(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -253,10 +292,11 @@ def _matches(resource: Mapping[str, Any], name: str, op: str, expected: str) -> 
     actual: Any = resource
     for part in name.split("."):
         actual = actual.get(part) if isinstance(actual, Mapping) else None
+    values = actual if isinstance(actual, list) else [actual]  # a repeated field matches if one element does
     if op == ":":
-        return actual is not None and (expected == "*" or expected in _text(actual))
+        return any(v is not None and (expected == "*" or expected in _text(v)) for v in values)
     pattern = ".*".join(re.escape(part) for part in expected.split("*"))  # "=" takes * as a wildcard
-    equal = actual is not None and re.fullmatch(pattern, _text(actual)) is not None
+    equal = any(v is not None and re.fullmatch(pattern, _text(v)) is not None for v in values)
     return equal if op == "=" else not equal
 
 

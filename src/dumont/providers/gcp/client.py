@@ -211,6 +211,10 @@ def translate(exc: gexc.GoogleAPICallError, what: str) -> ProviderError:
     detail = exc.message or type(exc).__name__
     if isinstance(exc, gexc.NotFound):
         return InstanceNotFound(f"GCP {what}: not found ({detail})", hint="the VM was deleted or never existed")
+    if "QUOTA_EXCEEDED" in detail:  # a 403 like a refused credential, but the fix is a quota, not a key
+        return ProviderRequestError(f"GCP refused {what}: {detail}",
+                                    hint="raise the quota (IAM & Admin > Quotas) or use a gcp.zone in another "
+                                         "region; `dumont doctor` shows the region's quotas")
     if isinstance(exc, (gexc.Unauthorized, gexc.Forbidden)):  # REST gives these for 401/403
         return ProviderAuthError(f"GCP refused {what} ({exc.code}): {detail}",
                                  hint="check gcp.credentials_file or ADC and the account's Compute roles")

@@ -81,6 +81,7 @@ def test_the_preemption_filter_is_the_documented_one() -> None:
     (gexc.Unauthenticated("who"), ProviderAuthError, Recovery.STOP),
     (gexc.PermissionDenied("no"), ProviderAuthError, Recovery.STOP),
     (gexc.Forbidden("no"), ProviderAuthError, Recovery.STOP),
+    (gexc.Forbidden("QUOTA_EXCEEDED: Quota 'CPUS' exceeded."), ProviderRequestError, Recovery.STOP),
     (gexc.TooManyRequests("slow down"), ProviderUnavailable, Recovery.RETRY),
     (gexc.InternalServerError("oops"), ProviderUnavailable, Recovery.RETRY),
     (gexc.ServiceUnavailable("later"), ProviderUnavailable, Recovery.RETRY),
