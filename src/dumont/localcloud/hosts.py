@@ -1,15 +1,19 @@
-"""The local cloud's machines: each one a real OpenSSH ``sshd`` on its own 127.0.0.1 port and directory tree.
+"""The local cloud's machines: each one a real OpenSSH ``sshd`` on its own loopback address, port and tree.
 
 A host's directory stands in for its disk::
 
-    <root>/etc/sshd_config, ssh_host_ed25519_key(.pub), authorized_keys
+    <root>/etc/sshd_config, ssh_host_ed25519_key(.pub)
+    <root>/etc/authorized_keys        (plain ``machine`` hosts; image hosts use each user's ~/.ssh)
     <root>/workspace/                 what a real machine has at /workspace
     <root>/var/lib/dumont/            the Dumont agent's data (snapshots on a standby)
     <root>/run/sshd.pid, <root>/log/sshd.log
 
-Sessions get ``DUMONT_WORKSPACE`` and friends through ``SetEnv``, so the agent finds this host's paths the same
-way it finds ``/workspace`` on a real machine. Faults are real: kill freezes then SIGKILLs every process of the
-host; partition SIGSTOPs them (connections hang, nothing dies); heal resumes them.
+A host booted from an image (``images.py``: a Vast pytorch container, a GCP debian-12 VM) has what that image
+has and lacks, its own login users, and runs its boot script (Vast onstart, GCP startup-script) as root at every
+start. Sessions get ``DUMONT_WORKSPACE`` and friends through ``SetEnv``, so the agent finds this host's paths the
+same way it finds ``/workspace`` on a real machine. Faults are real: kill freezes then SIGKILLs every process of
+the host; partition SIGSTOPs them (connections hang, nothing dies); heal resumes them; an unreachable host (a
+closed firewall) has only its sshd frozen, so nothing new gets in while the machine keeps running.
 """
 
 from __future__ import annotations
@@ -18,18 +22,21 @@ import asyncio
 import contextlib
 import enum
 import getpass
+import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dumont.errors import LocalCloudError
-from dumont.localcloud import procs
+from dumont.localcloud import images, procs
+from dumont.localcloud.images import HostFiles, Image
 from dumont.transport.keys import check_alias, generate_keypair, write_private
 from dumont.transport.ssh import SshTarget
 
@@ -61,6 +68,11 @@ class LocalHost:
     role: str = ""
     provider: str = "local"
     instance_id: str | None = None
+    image: str = images.MACHINE_NAME
+    address: str = "127.0.0.1"  # its own loopback address (all of 127.0.0.0/8 is this machine)
+    login_users: list[str] = field(default_factory=list)  # image hosts: who may log in (besides a refused root)
+    reachable: bool = True  # False: a firewall keeps every new connection out
+    namespace: bool = False  # its sshd runs in a mount namespace of its own (set at each start)
 
     @property
     def base(self) -> Path:
@@ -78,9 +90,31 @@ class LocalHost:
         return self.base / "var" / "lib" / "dumont"
 
     @property
+    def tmux_dir(self) -> Path:
+        """Where tmux keeps this host's sockets: short (a socket path must fit in 108 bytes), and its own."""
+        name = f"dumont-tmux-{hashlib.sha256(self.mark.encode()).hexdigest()[:12]}"
+        return Path("/tmp") / name  # noqa: S108 - created 0700 at each start, removed with the host
+
+    @property
+    def profile(self) -> Image:
+        """The image the host was booted from."""
+        return images.image_named(self.image)
+
+    @property
+    def files(self) -> HostFiles:
+        """Where the host keeps what makes it its image."""
+        return HostFiles(self.base)
+
+    @property
     def authorized_keys(self) -> Path:
-        """The keys this host's sshd accepts."""
-        return self.base / "etc" / "authorized_keys"
+        """The keys this host's sshd accepts for its login user."""
+        return self.authorized_keys_of(self.user)
+
+    def authorized_keys_of(self, user: str) -> Path:
+        """The keys sshd accepts for ``user`` (a plain host has one file for its one account)."""
+        if self.profile.is_machine:
+            return self.base / "etc" / "authorized_keys"
+        return self.files.home(user) / ".ssh" / "authorized_keys"
 
     @property
     def host_key(self) -> Path:
@@ -99,7 +133,7 @@ class LocalHost:
 
     def target(self, alias: str | None = None) -> SshTarget:
         """How to reach this host over SSH."""
-        return SshTarget(alias or self.name, "127.0.0.1", self.port, self.user)
+        return SshTarget(alias or self.name, self.address, self.port, self.user)
 
     def processes(self) -> set[int]:
         """Every live process of this host."""
@@ -110,16 +144,21 @@ class LocalHost:
         data: dict[str, object] = asdict(self)
         data["state"] = str(self.state)
         data.update(workspace=str(self.workspace), data_dir=str(self.data_dir), pids=sorted(self.processes()),
-                    ssh_host="127.0.0.1", ssh_port=self.port)
+                    ssh_host=self.address, ssh_port=self.port)
         return data
 
 
-def pick_port() -> int:
-    """A free TCP port on 127.0.0.1 (sshd may still lose a race for it; the caller retries)."""
+def pick_port(address: str = "127.0.0.1") -> int:
+    """A free TCP port on ``address`` (sshd may still lose a race for it; the caller retries)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((address, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def new_address() -> str:
+    """A loopback address of its own for a host (a cloud instance's IP), never 127.0.0.1."""
+    return f"127.{secrets.randbelow(239) + 16}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
 
 
 def sshd_binary() -> str:
@@ -145,29 +184,36 @@ def _setenv(values: dict[str, str]) -> str:
     return "SetEnv " + " ".join(f'"{k}={v}"' for k, v in values.items())
 
 
-def sshd_config(host: LocalHost) -> str:
-    """The sshd_config of a local host."""
+def session_env(host: LocalHost) -> dict[str, str]:
+    """What every session of the host has in its environment (and its boot script too)."""
     env = {
-        # Each machine has its own home: sessions must not run the real user's shell start-up files (they may
-        # be slow, and a host killed mid-start-up could leave their locks behind for everyone else).
-        "HOME": str(host.base / "home"),
         "DUMONT_HOST": host.name,
         "DUMONT_WORKSPACE": str(host.workspace),
         "DUMONT_DATA_DIR": str(host.data_dir),
-        "DUMONT_AUTHORIZED_KEYS": str(host.authorized_keys),
         "DUMONT_SSHD_HOST_KEY": str(host.host_key),
         "DUMONT_SSHD_PIDFILE": str(host.pidfile),
-        "DUMONT_PYTHON": host_python(),
         procs.MARK: host.mark,
     }
+    if host.profile.is_machine:
+        # Each machine has its own home: sessions must not run the real user's shell start-up files (they may
+        # be slow, and a host killed mid-start-up could leave their locks behind for everyone else).
+        env.update(HOME=str(host.base / "home"), DUMONT_AUTHORIZED_KEYS=str(host.authorized_keys),
+                   DUMONT_PYTHON=host_python())
+    else:
+        # An image host finds its tools as a real instance does: on the PATH an SSH session gets, nothing more.
+        files = host.files
+        path = images.DEFAULT_PATH if host.namespace else f"{files.root}/usr/local/bin:{files.bin_dir}:/usr/sbin"
+        env.update(PATH=path, TMUX_TMPDIR=str(host.tmux_dir))
+    return env
+
+
+def sshd_config(host: LocalHost) -> str:
+    """The sshd_config of a local host."""
     lines = [
         f"Port {host.port}",
-        "ListenAddress 127.0.0.1",
+        f"ListenAddress {host.address}",
         f'HostKey "{host.host_key}"',
-        f'AuthorizedKeysFile "{host.authorized_keys}"',
         f'PidFile "{host.pidfile}"',
-        f"AllowUsers {host.user}",
-        "PermitRootLogin prohibit-password",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
@@ -177,15 +223,24 @@ def sshd_config(host: LocalHost) -> str:
         "UseDNS no",
         "PrintMotd no",
         "PrintLastLog no",
-        "PermitUserRC no",
         "X11Forwarding no",
         "AllowTcpForwarding yes",
         "MaxSessions 64",
         "MaxStartups 64:30:128",
         "LoginGraceTime 30",
         "LogLevel INFO",
-        _setenv(env),
     ]
+    if host.profile.is_machine:
+        lines += [f'AuthorizedKeysFile "{host.authorized_keys}"', f"AllowUsers {host.user}",
+                  "PermitRootLogin prohibit-password", "PermitUserRC no"]
+    else:
+        # Each user's own ~/.ssh/authorized_keys, as on a real machine; the users are the host's own (passwd).
+        lines += ["AuthorizedKeysFile .ssh/authorized_keys", "PermitRootLogin prohibit-password"]
+        if not host.profile.root_login:
+            # Google's images refuse root over SSH (cloud.google.com/compute/docs/connect/root-ssh). Every name of
+            # the host maps to the current uid here, so root is refused by name.
+            lines.append("DenyUsers root")
+    lines.append(_setenv(session_env(host)))
     return "\n".join(lines) + "\n"
 
 
@@ -203,29 +258,52 @@ def load(path: Path) -> LocalHost:
     return LocalHost(**data)
 
 
-def create_files(root: Path, name: str, mark: str, authorized_keys: list[str]) -> LocalHost:
-    """Lay out a new host's directory tree, host key and authorized keys."""
+def create_files(root: Path, name: str, mark: str, authorized_keys: list[str], *, image: str = images.MACHINE_NAME,
+                 login_users: dict[str, list[str]] | None = None) -> LocalHost:
+    """Lay out a new host's directory tree, host key and login users with their authorized keys."""
     check_alias(name)
     if root.exists():
         raise LocalCloudError(f"local host {name} already exists at {root}", hint="pick another name")
+    profile = images.image_named(image)
     for sub in ("etc", "home", "workspace", "var/lib/dumont", "run", "log"):
         (root / sub).mkdir(parents=True, mode=0o755)
     host_key = root / "etc" / "ssh_host_ed25519_key"
     public = generate_keypair(host_key, f"dumont-local-{name}")
-    host = LocalHost(name=name, root=str(root), port=0, user=getpass.getuser(), mark=mark, host_public_key=public)
-    write_private(host.authorized_keys, "".join(k.strip() + "\n" for k in authorized_keys))
+    host = LocalHost(name=name, root=str(root), port=0, user=getpass.getuser(), mark=mark, host_public_key=public,
+                     image=image)
+    if profile.is_machine:
+        write_private(host.authorized_keys, "".join(k.strip() + "\n" for k in authorized_keys))
+    else:
+        images.nss_wrapper()  # fail now, with what to install, rather than at the first login
+        host.address = new_address()
+        images.lay_out(root)
+        set_login_users(host, login_users if login_users is not None else
+                        {profile.default_user or "root": list(authorized_keys)})
     save(host)
     return host
+
+
+def set_login_users(host: LocalHost, users: dict[str, list[str]]) -> None:
+    """Give an image host these login users, each with its keys (as a cloud's guest agent does from metadata)."""
+    images.write_users(host.files, host.profile, users)
+    allowed = [u for u in users if u != "root" or host.profile.root_login]
+    host.login_users = sorted(allowed)
+    default = host.profile.default_user
+    host.user = default if default in users else (host.login_users[0] if host.login_users else "root")
 
 
 async def start_sshd(host: LocalHost, *, reuse_port: bool = True) -> subprocess.Popen[bytes]:
     """Start the host's sshd and wait (bounded) until it greets; pick another port if its port was taken."""
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    if not host.profile.is_machine:
+        host.namespace = images.can_use_namespace()
+        host.tmux_dir.mkdir(mode=0o700, exist_ok=True)
+        images.populate_bin(host.files, host.profile, namespace=host.namespace)
     last_error = ""
     for attempt in range(5):
         if not (reuse_port and attempt == 0 and host.port):
-            host.port = pick_port()
+            host.port = pick_port(host.address)
         (host.base / "etc" / "sshd_config").write_text(sshd_config(host))
         proc = _spawn(host)
         try:
@@ -240,6 +318,8 @@ async def start_sshd(host: LocalHost, *, reuse_port: bool = True) -> subprocess.
             raise
         host.pid = proc.pid
         host.state = HostState.RUNNING
+        if not host.reachable:
+            os.kill(proc.pid, signal.SIGSTOP)  # the firewall is closed: nothing new gets in
         save(host)
         return proc
     raise LocalCloudError(f"could not start sshd for {host.name}: {last_error}")
@@ -247,9 +327,19 @@ async def start_sshd(host: LocalHost, *, reuse_port: bool = True) -> subprocess.
 
 def _spawn(host: LocalHost) -> subprocess.Popen[bytes]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), procs.MARK: host.mark, "LANG": "C.UTF-8"}
+    config = host.base / "etc" / "sshd_config"
+    argv = [sshd_binary(), "-D", "-e", "-f", str(config)]
+    if not host.profile.is_machine:
+        files = host.files
+        env.update(LD_PRELOAD=images.nss_wrapper(), NSS_WRAPPER_PASSWD=str(files.passwd),
+                   NSS_WRAPPER_GROUP=str(files.group))
+        write_private(files.init, images.init_script(files, sshd=argv[0], sshd_config=config,
+                                                     namespace=host.namespace, env=session_env(host)), mode=0o755)
+        argv = ["unshare", "--mount", "--propagation", "private", str(files.init)] if host.namespace else [
+            str(files.init)]
     with host.log.open("ab") as log:
         return subprocess.Popen(
-            [sshd_binary(), "-D", "-e", "-f", str(host.base / "etc" / "sshd_config")],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -267,7 +357,7 @@ async def wait_for_banner(host: LocalHost, proc: subprocess.Popen[bytes], timeou
             raise LocalCloudError(f"sshd exited with {proc.returncode}: {_log_tail(host)}")
         with contextlib.suppress(OSError, TimeoutError):
             async with asyncio.timeout(1):
-                reader, writer = await asyncio.open_connection("127.0.0.1", host.port)
+                reader, writer = await asyncio.open_connection(host.address, host.port)
                 try:
                     banner = await reader.readline()
                 finally:

@@ -7,14 +7,16 @@ The pool is the only owner of its hosts' processes. It is used in-process by tes
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 from dumont.errors import LocalCloudError, UsageError
 from dumont.localcloud import hosts as hostlib
-from dumont.localcloud import procs
+from dumont.localcloud import images, procs
 from dumont.localcloud.hosts import HostState, LocalHost
 from dumont.transport.keys import write_private
 
@@ -64,25 +66,43 @@ class HostPool:
         provider: str = "local",
         instance_id: str | None = None,
         start: bool = True,
+        image: str | None = None,
+        login_users: dict[str, list[str]] | None = None,
+        boot_script: str | None = None,
     ) -> LocalHost:
-        """Create a host (its own directory, host key and authorized keys) and start it."""
+        """Create a host (its own directory, host key and login users) and start it.
+
+        ``image`` names what the machine boots from (``images.IMAGES``; this machine as it is by default);
+        ``login_users`` maps each login of an image host to its keys (default: the image's user with
+        ``authorized_keys``); ``boot_script`` runs as root at every start (Vast onstart, GCP startup-script).
+        """
         if name in self._hosts:
             raise LocalCloudError(f"local host {name} already exists", hint="pick another name")
-        host = hostlib.create_files(self.hosts_dir / name, name, f"{self.cloud_id}/{name}", authorized_keys)
+        host = hostlib.create_files(self.hosts_dir / name, name, f"{self.cloud_id}/{name}", authorized_keys,
+                                    image=image or images.MACHINE_NAME, login_users=login_users)
         host.role, host.provider, host.instance_id = role, provider, instance_id
+        if boot_script is not None:
+            self._write_boot_script(host, boot_script)
         hostlib.save(host)
         self._hosts[name] = host
         if start:
             await self.start(name)
         return host
 
-    async def start(self, name: str) -> LocalHost:
-        """Start a stopped or killed host (its files are as they were); a running host is left alone."""
+    async def start(self, name: str, *, new_address: bool = False) -> LocalHost:
+        """Start a stopped or killed host (its files are as they were); a running host is left alone.
+
+        ``new_address``: it comes back on another address and port, as a cloud instance may after a restart.
+        """
         host = self.get(name)
         if host.state == HostState.RUNNING and host.pid and procs.is_alive(host.pid):
             return host
         if host.state == HostState.PARTITIONED:
             raise LocalCloudError(f"{name} is partitioned, not stopped", hint=f"heal it: dumont local heal {name}")
+        if new_address:
+            if not host.profile.is_machine:
+                host.address = hostlib.new_address()
+            host.port = 0
         self._procs[name] = await hostlib.start_sshd(host)
         return host
 
@@ -110,7 +130,20 @@ class HostPool:
         if host.state != HostState.PARTITIONED:
             raise LocalCloudError(f"{name} is {host.state}, not partitioned", hint="nothing to heal")
         procs.thaw(host.mark, [host.pid] if host.pid else [])
+        if not host.reachable and host.pid:
+            os.kill(host.pid, signal.SIGSTOP)  # healing the network does not open a closed firewall
         host.state = HostState.RUNNING
+        hostlib.save(host)
+        return host
+
+    async def set_reachable(self, name: str, reachable: bool) -> LocalHost:
+        """Open or close the host's firewall: closed, its sshd answers no new connection (the host keeps running)."""
+        host = self.get(name)
+        if host.reachable == reachable:
+            return host
+        host.reachable = reachable
+        if host.state == HostState.RUNNING and host.pid and procs.is_alive(host.pid):
+            os.kill(host.pid, signal.SIGCONT if reachable else signal.SIGSTOP)
         hostlib.save(host)
         return host
 
@@ -123,11 +156,13 @@ class HostPool:
             (host.base / "host.json").rename(host.base / "host.json.destroyed")
         else:
             shutil.rmtree(host.base, ignore_errors=True)
+        shutil.rmtree(host.tmux_dir, ignore_errors=True)
 
     async def shutdown(self) -> set[int]:
         """Kill every host's processes (files stay); return the pids that were still alive."""
         killed: set[int] = set()
         for host in self.hosts():
+            shutil.rmtree(host.tmux_dir, ignore_errors=True)  # its sockets die with the host's processes
             if host.state != HostState.KILLED or host.processes():
                 killed |= await hostlib.stop_processes(host, graceful=False)
                 host.state, host.pid = HostState.KILLED, None
@@ -145,12 +180,45 @@ class HostPool:
 
     # ------------------------------------------------------------------ keys
 
-    def authorize(self, name: str, public_key: str) -> None:
-        """Let ``public_key`` log in to the host (as a provider does when it is given a key)."""
+    def authorize(self, name: str, public_key: str, user: str | None = None) -> None:
+        """Let ``public_key`` log in to the host as ``user`` (its login user by default), as a provider does."""
         host = self.get(name)
-        current = host.authorized_keys.read_text() if host.authorized_keys.exists() else ""
+        path = host.authorized_keys_of(user or host.user)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        current = path.read_text() if path.exists() else ""
         if public_key.strip() not in current.splitlines():
-            write_private(host.authorized_keys, current + public_key.strip() + "\n")
+            write_private(path, current + public_key.strip() + "\n")
+
+    def deauthorize(self, name: str, public_key: str, user: str | None = None) -> None:
+        """Stop letting ``public_key`` log in as ``user`` (its login user by default)."""
+        host = self.get(name)
+        path = host.authorized_keys_of(user or host.user)
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if line.strip() != public_key.strip()]
+            write_private(path, "".join(f"{line}\n" for line in kept))
+
+    def set_login_users(self, name: str, users: dict[str, list[str]]) -> LocalHost:
+        """Replace an image host's login users and their keys (a guest agent applying new metadata), live."""
+        host = self.get(name)
+        if host.profile.is_machine:
+            raise LocalCloudError(f"{name} is a plain host with one account", hint="create it with an image")
+        hostlib.set_login_users(host, users)
+        hostlib.save(host)
+        return host
+
+    def set_boot_script(self, name: str, script: str | None) -> None:
+        """What the host runs as root at its next starts (None: nothing)."""
+        host = self.get(name)
+        if script is None:
+            host.files.boot_script.unlink(missing_ok=True)
+        else:
+            self._write_boot_script(host, script)
+
+    @staticmethod
+    def _write_boot_script(host: LocalHost, script: str) -> None:
+        if host.profile.is_machine:
+            raise LocalCloudError(f"{host.name} is a plain host without a boot script", hint="create it with an image")
+        write_private(host.files.boot_script, script if script.endswith("\n") else script + "\n", mode=0o700)
 
     async def _down(self, name: str, *, graceful: bool, state: HostState) -> LocalHost:
         host = self.get(name)
