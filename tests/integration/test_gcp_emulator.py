@@ -7,7 +7,6 @@ Every test here runs under a loopback guard: any connection or name lookup in th
 from __future__ import annotations
 
 import asyncio
-import getpass
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
 from dumont.config import GcpConfig
+from dumont.errors import AuthRefused
 from dumont.localcloud.daemon import LocalCloud
 from dumont.localcloud.emulators import gcp
 from dumont.localcloud.hosts import HostState
@@ -219,10 +219,11 @@ async def test_the_guard_fails_any_attempt_to_leave_loopback() -> None:
 
 # --------------------------------------------------------------------------- Google's own client
 
-async def test_googles_client_runs_a_spot_vm_reachable_by_ssh_with_the_metadata_key(gcp_local: GcpLocal) -> None:
-    """Given Google's InstancesClient on the emulator, when it inserts, gets, stops, starts and deletes a spot
-    VM, then each step shows the right status, SSH works with the key from metadata, and the disk survives a stop.
-    """
+async def test_googles_client_runs_a_spot_vm_reachable_only_through_a_firewall_rule_as_its_metadata_user(
+        gcp_local: GcpLocal) -> None:
+    """Given Google's InstancesClient on the emulator, when it inserts a tagged spot VM, then SSH gets no answer
+    until a firewall rule opens tcp:22 to the tag; then the metadata user (never root) logs in on the VM's own
+    external IP; a stop releases that IP, a start brings the VM back on another one, with its disk."""
     local = gcp_local
     resource = standby_resource(local.spec("standby-1"), ZONE)
     insert = await local.library(local.instances.insert, instance_resource=resource)
@@ -231,14 +232,23 @@ async def test_googles_client_runs_a_spot_vm_reachable_by_ssh_with_the_metadata_
     vm = await local.library(local.instances.get, instance="standby-1")
     assert (vm.status, vm.scheduling.provisioning_model, vm.scheduling.instance_termination_action) == (
         "RUNNING", "SPOT", "STOP")
-    assert vm.network_interfaces[0].access_configs[0].nat_i_p == "127.0.0.1"
-    assert vm.labels["dumont-pair"] == "train"
-    port = int(next(i.value for i in vm.metadata.items if i.key == "dumont-ssh-port"))
+    assert (list(vm.tags.items), vm.labels["dumont-pair"]) == (["dumont-standby"], "train")
+    address = vm.network_interfaces[0].access_configs[0].nat_i_p
     host = local.cloud.pool.get("gcp-standby-1")
-    assert (host.provider, host.instance_id, host.role, host.port) == ("gcp", "standby-1", "cpu", port)
-    text = await _ssh_run(local, "127.0.0.1", port, getpass.getuser(), [host.host_public_key],
-                          'echo kept > "$DUMONT_WORKSPACE/file" && echo "$DUMONT_WORKSPACE"')
-    assert text.strip() == str(host.workspace)
+    assert address == host.address != "127.0.0.1"  # each VM has an address of its own on 127.0.0.0/8
+    port = int(next(i.value for i in vm.metadata.items if i.key == "dumont-ssh-port"))
+    assert (host.provider, host.instance_id, host.role, host.port, host.image) == (
+        "gcp", "standby-1", "cpu", port, "debian-12")
+    with pytest.raises(TimeoutError):  # unkind first: a new project has no rule opening port 22
+        await _banner(address, port, within=0.5)
+
+    await _open_ssh(local)
+    text = await _ssh_run(local, address, port, "dumont", [host.host_public_key],
+                          'echo kept > "$DUMONT_WORKSPACE/file" && echo "$USER"')
+    assert text == "dumont\n"
+    local.cloud.pool.authorize(host.name, local.public_key, user="root")  # even with a key for root ...
+    with pytest.raises(AuthRefused):  # ... Google's image refuses root over SSH
+        await _ssh_run(local, address, port, "root", [host.host_public_key], "true")
 
     stop = await local.library(local.instances.stop, instance="standby-1")
     await asyncio.to_thread(stop.result, timeout=10)
@@ -252,8 +262,10 @@ async def test_googles_client_runs_a_spot_vm_reachable_by_ssh_with_the_metadata_
     await asyncio.to_thread(start.result, timeout=10)
     vm = await local.library(local.instances.get, instance="standby-1")
     assert vm.status == "RUNNING"
+    again = vm.network_interfaces[0].access_configs[0].nat_i_p
+    assert again == local.cloud.pool.get("gcp-standby-1").address != address  # another ephemeral IP
     port = int(next(i.value for i in vm.metadata.items if i.key == "dumont-ssh-port"))
-    assert await _ssh_run(local, "127.0.0.1", port, getpass.getuser(), [host.host_public_key],
+    assert await _ssh_run(local, again, port, "dumont", [host.host_public_key],
                           'cat "$DUMONT_WORKSPACE/file"') == "kept\n"
 
     delete = await local.library(local.instances.delete, instance="standby-1")
@@ -339,6 +351,16 @@ async def test_wait_answers_when_done_or_at_its_own_limit(gcp_local: GcpLocal) -
         await local.library(local.operations.get, operation="operation-unknown")
 
 
+async def _open_ssh(local: GcpLocal, tag: str = "dumont-standby") -> None:
+    """Open tcp:22 to VMs tagged ``tag`` from anywhere, with Google's FirewallsClient."""
+    rule = compute_v1.Firewall(name=f"allow-ssh-{tag}", network="global/networks/default", target_tags=[tag],
+                               allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])],
+                               source_ranges=["0.0.0.0/0"])
+    firewalls = local.client(compute_v1.FirewallsClient)
+    operation = await asyncio.to_thread(firewalls.insert, project=PROJECT, firewall_resource=rule)
+    await asyncio.to_thread(operation.result, timeout=10)
+
+
 async def _banner(host: str, port: int, within: float) -> bytes:
     """The first line the server at ``host:port`` sends (an sshd's banner), waited for at most ``within`` s."""
     reader, writer = await asyncio.open_connection(host, port)
@@ -382,18 +404,32 @@ async def test_the_fault_routes_check_what_they_are_given(gcp_local: GcpLocal) -
 
 async def test_the_provider_creates_a_standby_that_answers_ssh_with_its_published_host_key(
         gcp_local: GcpLocal) -> None:
-    """Given our provider, when it creates the standby, then the record says how to reach it (as the local host's
-    one account, whatever user the keys named), the host key comes from the guest attributes, and real SSH with
-    the metadata key works."""
+    """Given our provider and a project with no rules, when it creates the standby, then it first opens tcp:22
+    to the standby's tag, the record says how to reach it (its own address, the non-root user dumont), the host key
+    comes from the guest attributes, the user has passwordless sudo, and the startup script installs rsync."""
     local = gcp_local
-    standby = await local.provider.create_standby(local.spec("standby-1"))
+    script = "apt-get install -y rsync"
+    standby = await local.provider.create_standby(local.spec("standby-1", startup_script=script))
+    host = local.cloud.pool.get("gcp-standby-1")
     assert (standby.state, standby.raw_state, standby.instance_id) == (InstanceState.RUNNING, "RUNNING", "standby-1")
-    assert (standby.ssh_host, standby.ssh_user, standby.label) == ("127.0.0.1", getpass.getuser(), "dumont-pair=train")
+    assert (standby.ssh_host, standby.ssh_user, standby.label) == (host.address, "dumont", "dumont-pair=train")
+    [rule] = await local.provider.firewall_rules()
+    assert (rule.name, rule.target_tags, rule.source_ranges) == ("dumont-allow-ssh", ("dumont-standby",),
+                                                                 ("0.0.0.0/0",))
     host_keys = await local.provider.ssh_host_keys("standby-1")
-    assert host_keys == [" ".join(local.cloud.pool.get("gcp-standby-1").host_public_key.split()[:2])]
+    assert host_keys == [" ".join(host.host_public_key.split()[:2])]
     assert standby.ssh_host is not None and standby.ssh_port is not None
-    text = await _ssh_run(local, standby.ssh_host, standby.ssh_port, standby.ssh_user, host_keys, "echo hello")
-    assert text == "hello\n"
+    text = await _ssh_run(local, standby.ssh_host, standby.ssh_port, standby.ssh_user, host_keys,
+                          "sudo -n id -un")
+    assert text == "root\n"
+
+    async def rsync_installed() -> None:
+        # The startup script runs as root at boot, beside sshd (as on GCE): wait for it, bounded.
+        out = await _ssh_run(local, standby.ssh_host or "", standby.ssh_port or 0, "dumont", host_keys,
+                             "command -v rsync || echo none")
+        assert out.strip() != "none", "rsync is not installed yet"
+
+    await eventually(rsync_installed, timeout=20, retry_on=(AssertionError,))
 
 
 async def test_a_preemption_is_reported_as_such_and_a_user_stop_is_not(gcp_local: GcpLocal) -> None:
@@ -696,3 +732,118 @@ async def test_set_metadata_needs_the_current_fingerprint(gcp_local: GcpLocal) -
         await local.library(local.instances.set_metadata, instance="meta", metadata_resource=metadata)
     with pytest.raises(gexc.NotFound):
         await local.library(local.instances.set_metadata, instance="nothing", metadata_resource=metadata)
+
+
+# --------------------------------------------------------------------------- the guest and the network, live
+
+
+async def _reach(local: GcpLocal, name: str, user: str = "dumont", command: str = "echo $USER") -> str:
+    """Run ``command`` on VM ``name`` as ``user`` over real SSH, at the address and port its record gives."""
+    record = await local.provider.get(name)
+    assert record.ssh_host and record.ssh_port, f"VM {name} has no address: {record}"
+    keys = await local.provider.ssh_host_keys(name)
+    return await _ssh_run(local, record.ssh_host, record.ssh_port, user, keys, command)
+
+
+async def test_a_rule_deleted_or_added_closes_or_opens_ssh_on_a_running_vm(gcp_local: GcpLocal) -> None:
+    """Given a reachable standby, when its only rule is deleted, then SSH gets no answer (the VM runs on); when
+    ensure_ssh_firewall puts it back, then SSH answers again; a second ensure finds it and creates nothing."""
+    local = gcp_local
+    standby = await local.provider.create_standby(local.spec("standby-1"))
+    assert standby.ssh_host and standby.ssh_port
+    firewalls = local.client(compute_v1.FirewallsClient)
+    delete = await asyncio.to_thread(firewalls.delete, project=PROJECT, firewall="dumont-allow-ssh")
+    await asyncio.to_thread(delete.result, timeout=10)
+    with pytest.raises(TimeoutError):
+        await _banner(standby.ssh_host, standby.ssh_port, within=0.5)
+    assert (await local.provider.get("standby-1")).state is InstanceState.RUNNING  # GCE sees a running VM
+
+    assert await local.provider.ensure_ssh_firewall("dumont-standby", ("0.0.0.0/0",)) is True
+    assert await _reach(local, "standby-1") == "dumont\n"
+    assert await local.provider.ensure_ssh_firewall("dumont-standby", ("0.0.0.0/0",)) is False
+
+
+async def test_a_deny_rule_of_higher_precedence_is_named_instead_of_worked_around(gcp_local: GcpLocal) -> None:
+    """Given a rule denying tcp:22 at priority 100, then ensure_ssh_firewall refuses, naming that rule, and
+    creating the standby fails before any VM exists."""
+    local = gcp_local
+    deny = compute_v1.Firewall(name="no-ssh", priority=100, source_ranges=["0.0.0.0/0"],
+                               denied=[compute_v1.Denied(I_p_protocol="tcp", ports=["22"])])
+    firewalls = local.client(compute_v1.FirewallsClient)
+    await asyncio.to_thread((await asyncio.to_thread(firewalls.insert, project=PROJECT,
+                                                     firewall_resource=deny)).result, timeout=10)
+    with pytest.raises(ProviderRequestError, match=r"no-ssh \(priority 100\)"):
+        await local.provider.create_standby(local.spec("standby-1"))
+    assert local.cloud.pool.hosts() == []
+
+
+async def test_project_wide_os_login_locks_out_metadata_keys_unless_the_vm_turns_it_off(gcp_local: GcpLocal) -> None:
+    """Given enable-oslogin=TRUE on the project, then a VM that says nothing of OS Login lets no metadata key in,
+    while our standby (enable-oslogin=FALSE on the VM) does; the doctor read sees it on."""
+    local = gcp_local
+    await _open_ssh(local)
+    projects = local.client(compute_v1.ProjectsClient)
+    fingerprint = (await asyncio.to_thread(projects.get, project=PROJECT)).common_instance_metadata.fingerprint
+    oslogin = compute_v1.Metadata(fingerprint=fingerprint, items=[compute_v1.Items(key="enable-oslogin",
+                                                                                    value="TRUE")])
+    await asyncio.to_thread((await asyncio.to_thread(projects.set_common_instance_metadata, project=PROJECT,
+                                                     metadata_resource=oslogin)).result, timeout=10)
+    assert (await local.provider.project_info()).oslogin_enabled is True
+
+    plain = standby_resource(local.spec("plain"), ZONE)
+    plain.metadata.items = [i for i in plain.metadata.items if i.key != "enable-oslogin"]
+    await asyncio.to_thread((await local.library(local.instances.insert, instance_resource=plain)).result,
+                            timeout=10)
+    with pytest.raises(AuthRefused):
+        await _reach(local, "plain")
+    await local.provider.create_standby(local.spec("ours"))
+    assert await _reach(local, "ours") == "dumont\n"
+
+
+async def test_set_ssh_keys_lets_a_new_user_in_at_once_and_changes_nothing_the_second_time(
+        gcp_local: GcpLocal) -> None:
+    """Given a running standby, when set_ssh_keys gives alice our key, then alice logs in at once and dumont
+    still does; the same call again writes nothing; root is refused before any call."""
+    local = gcp_local
+    await local.provider.create_standby(local.spec("standby-1"))
+    assert await local.provider.set_ssh_keys("standby-1", "alice", [local.public_key]) is True
+    assert await _reach(local, "standby-1", "alice") == "alice\n"
+    assert await _reach(local, "standby-1", "dumont") == "dumont\n"
+    assert await local.provider.set_ssh_keys("standby-1", "alice", [local.public_key]) is False
+    with pytest.raises(ProviderRequestError, match="refuse root"):
+        await local.provider.set_ssh_keys("standby-1", "root", [local.public_key])
+    with pytest.raises(InstanceNotFound):
+        await local.provider.set_ssh_keys("nothing", "alice", [local.public_key])
+
+
+async def test_a_startup_script_set_later_runs_at_the_next_boot(gcp_local: GcpLocal) -> None:
+    """Given a running standby, when its metadata gains a startup-script, then the script runs as root when the
+    VM next starts."""
+    local = gcp_local
+    await local.provider.create_standby(local.spec("standby-1"))
+    vm = await local.library(local.instances.get, instance="standby-1")
+    items = [*vm.metadata.items, compute_v1.Items(key="startup-script", value='id -un > "$DUMONT_WORKSPACE/boot"')]
+    metadata = compute_v1.Metadata(fingerprint=vm.metadata.fingerprint, items=items)
+    await asyncio.to_thread((await local.library(local.instances.set_metadata, instance="standby-1",
+                                                 metadata_resource=metadata)).result, timeout=10)
+    await local.provider.stop("standby-1")
+    await local.provider.start("standby-1")
+
+    async def booted() -> None:
+        assert await _reach(local, "standby-1", command='cat "$DUMONT_WORKSPACE/boot" 2>/dev/null') == "root\n"
+
+    await eventually(booted, timeout=20, retry_on=(AssertionError,))
+
+
+async def test_doctor_reads_the_zone_quotas_and_rules(gcp_local: GcpLocal) -> None:
+    """Given the emulator, then the provider's read-only calls say the zone exists (another does not), give the
+    region's quotas with the standby counted, and list the SSH rule it created."""
+    local = gcp_local
+    assert await local.provider.zone_exists() is True
+    assert await local.provider.zone_exists("us-nowhere1-z") is False
+    info = await local.provider.project_info()
+    assert (info.name, info.oslogin_enabled) == (PROJECT, False)
+    await local.provider.create_standby(local.spec("standby-1"))
+    quotas = {q.metric: q for q in await local.provider.quotas()}
+    assert (quotas["PREEMPTIBLE_CPUS"].usage, quotas["IN_USE_ADDRESSES"].available) == (2.0, 7.0)
+    assert [r.name for r in await local.provider.firewall_rules()] == ["dumont-allow-ssh"]

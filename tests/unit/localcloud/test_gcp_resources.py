@@ -16,7 +16,6 @@ from dumont.localcloud.emulators.gcp_resources import (
     load_record,
     parse_filter,
     save_record,
-    ssh_keys,
 )
 
 OP = {"operationType": "compute.instances.preempted", "status": "DONE",
@@ -53,16 +52,6 @@ def test_an_unparseable_filter_is_refused(text: str) -> None:
         parse_filter(text)
 
 
-def test_only_well_formed_keys_of_the_ssh_keys_item_are_installed() -> None:
-    """Given an ssh-keys item with good and bad lines, then only the public keys are taken, users dropped."""
-    body = {"metadata": {"items": [{"key": "startup-script", "value": "echo"}, {"key": "ssh-keys", "value": (
-        "alice:ssh-ed25519 AAAAC3Nz alice@laptop\n\nbob:not-a-key\nno colon ssh-rsa AAAA\n"
-        "carol:ssh-rsa AAAAB3Nz google-ssh {\"userName\":\"carol\"}")}]}}
-    assert ssh_keys(body) == ["ssh-ed25519 AAAAC3Nz alice@laptop",
-                              "ssh-rsa AAAAB3Nz google-ssh {\"userName\":\"carol\"}"]
-    assert ssh_keys({}) == []
-
-
 def test_a_spot_vm_reports_the_scheduling_gce_fixes_and_an_ip_only_when_up() -> None:
     """Given a spot VM, then GET shows no restart and TERMINATE; the NAT IP and port only while it has a host up."""
     body: dict[str, Any] = {"name": "s", "machineType": "zones/z/machineTypes/e2-medium",
@@ -72,13 +61,12 @@ def test_a_spot_vm_reports_the_scheduling_gce_fixes_and_an_ip_only_when_up() -> 
     vm = Vm("p", "z", "s", body, host="gcp-s")
     url = "http://127.0.0.1:1/compute/v1/projects/p"
     base = f"{url}/zones/z"
-    up = vm.as_json(url, "RUNNING", address="127.0.0.1", ssh_port=2201, ssh_user="alice")
+    up = vm.as_json(url, "RUNNING", address="127.0.0.7", ssh_port=2201)
     down = vm.as_json(url, "TERMINATED", address=None, ssh_port=None)
     assert up["scheduling"] == {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP",
                                 "automaticRestart": False, "onHostMaintenance": "TERMINATE", "preemptible": False}
-    assert up["networkInterfaces"][0]["accessConfigs"][0]["natIP"] == "127.0.0.1"
+    assert up["networkInterfaces"][0]["accessConfigs"][0]["natIP"] == "127.0.0.7"
     assert {"key": "dumont-ssh-port", "value": "2201"} in up["metadata"]["items"]
-    assert {"key": "dumont-ssh-user", "value": "alice"} in up["metadata"]["items"]
     assert "natIP" not in down["networkInterfaces"][0]["accessConfigs"][0]
     assert all(i["key"] != "dumont-ssh-port" for i in down["metadata"]["items"])
     assert up["disks"][0]["diskSizeGb"] == "20" and "initializeParams" not in up["disks"][0]

@@ -7,8 +7,15 @@ global operations (``gcp_project.py``). Any project and zone are accepted for in
 config uses project ``dumont-local`` and zone ``local-a``. Requests need no Authorization (clients use
 ``AnonymousCredentials``); ``<state_dir>/gcp_credentials.json`` says so and where the emulator is.
 
-Each VM is a real pool host ``gcp-<name>``. Its sshd lets in the keys of the ``ssh-keys`` metadata item; since all
-VMs share 127.0.0.1, the SSH port is added to the metadata as ``dumont-ssh-port`` (while the host is up).
+Each VM is a real pool host ``gcp-<name>`` booted from the ``debian-12`` image (``localcloud/images.py``: no
+rsync, root refused over SSH, passwordless sudo for metadata users), on a loopback address of its own: its
+external IP (``natIP``), released at a stop and a new one at each start, as an ephemeral IP is. What the guest
+agent makes of metadata (``gcp_metadata.py``) is applied at insert, start, ``setMetadata`` and
+``setCommonInstanceMetadata``: each non-root ``user:key`` line of ``ssh-keys`` is a login; ``enable-oslogin=TRUE``
+leaves none; ``startup-script`` runs as root at every boot. Its SSH port answers only while a firewall rule opens
+tcp:22 to it (``gcp_firewalls.py``), re-checked at insert, start and every rule change; a new project has no
+rules. Since all VMs share 127.0.0.0/8, each sshd listens on a port of its own, added to the metadata as
+``dumont-ssh-port`` (while the host is up).
 
 Status is read live from the host: a running or partitioned host is RUNNING (GCE cannot see a hung guest); a
 stopped one is TERMINATED. A *killed* host is what GCE shows when a spot VM's host dies: TERMINATED (spot VMs
@@ -46,7 +53,7 @@ from aiohttp import web
 
 from dumont.errors import UsageError
 from dumont.localcloud.daemon import json_response
-from dumont.localcloud.emulators import gcp_metadata
+from dumont.localcloud.emulators import gcp_firewalls, gcp_metadata
 from dumont.localcloud.emulators.gcp_http import API, ApiError, api_errors, not_found, read_json
 from dumont.localcloud.emulators.gcp_operations import Operations, Work
 from dumont.localcloud.emulators.gcp_project import ProjectApi, check_fingerprint, checked_items, disk_needs, needs
@@ -55,13 +62,11 @@ from dumont.localcloud.emulators.gcp_resources import (
     NAME_PATTERN,
     PREEMPTED,
     SSH_PORT_KEY,
-    SSH_USER_KEY,
     Operation,
     Vm,
     load_record,
     parse_filter,
     save_record,
-    ssh_keys,
 )
 from dumont.localcloud.hosts import HostState
 from dumont.transport.keys import write_private
@@ -77,6 +82,7 @@ NOTICE_ENV = "DUMONT_LOCAL_GCP_PREEMPT_NOTICE_SECONDS"
 INSTANCES = API + "/projects/{project}/zones/{zone}/instances"
 UP = (HostState.RUNNING, HostState.PARTITIONED)
 LIFECYCLE = frozenset({"insert", "start", "stop", "delete", PREEMPTED})  # operations whose status the VM shows
+IMAGE = "debian-12"  # what every VM boots from (localcloud/images.py): no rsync, no root login
 RECORD_FILE = "gcp_vm.json"  # in the host's directory, so it goes when the host is destroyed
 PROJECTS_FILE = "gcp_projects.json"  # in the state directory: firewalls, project metadata and quota limits
 
@@ -178,21 +184,22 @@ class GcpEmulator:
         existing = self.vms.get((project, zone, name))
         if (existing and self._status(existing)) or any(h.name == f"gcp-{name}" for h in self.cloud.pool.hosts()):
             raise ApiError(409, "alreadyExists", f"The resource '{_path(project, zone, name)}' already exists")
-        body["metadata"] = {"items": checked_items(body.get("metadata") or {}, drop=(SSH_PORT_KEY, SSH_USER_KEY))}
+        body["metadata"] = {"items": checked_items(body.get("metadata") or {}, drop=(SSH_PORT_KEY,))}
         vm = Vm(project, zone, name, body, host=f"gcp-{name}")
         self.vms[(project, zone, name)] = vm
 
         async def create_host() -> None:
             try:
                 self.projects.check_quota(vm, {**needs(vm), **disk_needs(vm)})
-                await self.cloud.pool.create(vm.host, authorized_keys=ssh_keys(body), role="cpu", provider="gcp",
-                                             instance_id=name)
+                await self.cloud.pool.create(vm.host, authorized_keys=[], role="cpu", provider="gcp",
+                                             instance_id=name, image=IMAGE, start=False, **self._guest(vm))
+                await self._open_or_close(vm)  # before sshd starts: a closed port is never open, even briefly
+                await self.cloud.pool.start(vm.host)
             except Exception:
                 del self.vms[(project, zone, name)]
                 await self._destroy_host(vm)  # a host whose sshd never came up must not block the name
                 raise
             vm.last_start = time.time()
-            await self._apply(vm)
             if self.faults.nossh_next > 0:
                 self.faults.nossh_next -= 1
                 await self.cloud.pool.partition(vm.host)  # the VM runs; its sshd is hung
@@ -232,11 +239,14 @@ class GcpEmulator:
             return await self._act(vm, verb, lambda: self._stop_host(vm))
 
         async def start() -> None:
-            if self._status(vm) == "TERMINATED":
+            host = self._host(vm)
+            stopped = host is not None and host.state not in UP  # (its status shows this start: STAGING)
+            if stopped:
                 self.projects.check_quota(vm, needs(vm))  # its CPUs and external IP were given back at the stop
-            await self.cloud.pool.start(vm.host)
-            vm.last_start = time.time()
             await self._apply(vm)
+            # An ephemeral external IP is released at a stop; the VM comes back on another one.
+            await self.cloud.pool.start(vm.host, new_address=stopped)
+            vm.last_start = time.time()
 
         return await self._act(vm, verb, start)
 
@@ -245,7 +255,7 @@ class GcpEmulator:
         vm.last_stop = time.time()
 
     async def _set_metadata(self, vm: Vm, body: dict[str, Any]) -> web.Response:
-        items = checked_items(body, drop=(SSH_PORT_KEY, SSH_USER_KEY))  # ours are shown, never stored
+        items = checked_items(body, drop=(SSH_PORT_KEY,))  # ours is shown, never stored
         operation = Operation("setMetadata", vm.project, vm.zone, vm.target, vm.id)
 
         async def apply() -> None:
@@ -269,14 +279,25 @@ class GcpEmulator:
 
     # ------------------------------------------------------------------ what the guest and the network make of it
 
+    def _guest(self, vm: Vm) -> dict[str, Any]:
+        """The login users and boot script the guest agent makes of the VM's and its project's metadata."""
+        project = self.projects.get(vm.project).metadata_items
+        return {"login_users": gcp_metadata.login_users(vm.metadata_dict, project),
+                "boot_script": gcp_metadata.startup_script(vm.metadata_dict, project)}
+
+    async def _open_or_close(self, vm: Vm) -> None:
+        """Let SSH in, or keep it out, as the project's firewall rules decide for the VM's network and tags."""
+        rules = self.projects.get(vm.project).firewalls.values()
+        await self.cloud.pool.set_reachable(vm.host, gcp_firewalls.ssh_allowed(rules, vm.network, vm.tags))
+
     async def _apply(self, vm: Vm) -> None:
-        """Give the VM's host the login keys its metadata (and its project's) would give a debian-12 guest."""
+        """Make the VM's host what its firewall rules and metadata make of a GCE VM, live."""
         if self._host(vm) is None:
             return
-        project = self.projects.get(vm.project).metadata_items
-        for keys in gcp_metadata.login_users(vm.metadata_dict, project).values():
-            for key in keys:
-                self.cloud.pool.authorize(vm.host, key)
+        guest = self._guest(vm)
+        self.cloud.pool.set_login_users(vm.host, guest["login_users"])
+        self.cloud.pool.set_boot_script(vm.host, guest["boot_script"])
+        await self._open_or_close(vm)
 
     async def _project_changed(self, project: str) -> None:
         for vm in [v for v in self.vms.values() if v.project == project and not v.deleted]:
@@ -392,8 +413,8 @@ class GcpEmulator:
     def _instance_json(self, vm: Vm, status: str) -> dict[str, Any]:
         host = self._host(vm)
         up = host is not None and host.state in UP and status in ("RUNNING", "STAGING", "STOPPING")
-        return vm.as_json(self.ops.project_url(vm.project), status, address="127.0.0.1",
-                          ssh_port=host.port if host and up else None, ssh_user=host.user if host else "")
+        return vm.as_json(self.ops.project_url(vm.project), status, address=host.address if host else None,
+                          ssh_port=host.port if host and up else None)
 
     async def _destroy_host(self, vm: Vm) -> None:
         if self._host(vm) is not None:

@@ -20,10 +20,9 @@ from typing import Any
 PREEMPTED = "compute.instances.preempted"
 HOST_ERROR = "compute.instances.hostError"  # GCE's record of a VM whose host died under it
 SYSTEM_OPERATIONS = frozenset({PREEMPTED, HOST_ERROR})
-# The emulator's additions to a VM's metadata: every local VM shares 127.0.0.1 and the local user's account.
-SSH_PORT_KEY, SSH_USER_KEY = "dumont-ssh-port", "dumont-ssh-user"
+# The emulator's addition to a VM's metadata: every local VM is on 127.0.0.0/8, each sshd on a port of its own.
+SSH_PORT_KEY = "dumont-ssh-port"
 NAME_PATTERN = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
-_PUBLIC_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+")
 
 
 def rfc3339(wall: float) -> str:
@@ -146,8 +145,7 @@ class Vm:
         nics = self.body.get("networkInterfaces") or [{}]
         return str((nics[0] or {}).get("network") or "global/networks/default")
 
-    def as_json(self, project_url: str, status: str, *, address: str | None, ssh_port: int | None,
-                ssh_user: str = "") -> dict[str, Any]:
+    def as_json(self, project_url: str, status: str, *, address: str | None, ssh_port: int | None) -> dict[str, Any]:
         """The Instance resource as ``instances.get`` returns it; the NAT IP and port only while its host is up."""
         body, base = self.body, f"{project_url}/zones/{self.zone}"
         machine = str(body.get("machineType", "e2-medium")).rsplit("/", 1)[-1]
@@ -156,7 +154,7 @@ class Vm:
             "kind": "compute#instance", "id": self.id, "creationTimestamp": rfc3339(self.created),
             "name": self.name, "machineType": f"{base}/machineTypes/{machine}", "status": status,
             "zone": base, "networkInterfaces": _interfaces(body, project_url, nat_ip, self.id),
-            "disks": _disks(body, base, self.name), "metadata": _metadata(self.metadata_items, ssh_port, ssh_user),
+            "disks": _disks(body, base, self.name), "metadata": _metadata(self.metadata_items, ssh_port),
             "tags": {"items": self.tags, "fingerprint": _digest(self.tags)},
             "labels": dict(body.get("labels") or {}), "scheduling": _scheduling(body),
             "selfLink": f"{base}/instances/{self.name}", "deletionProtection": False, "startRestricted": False,
@@ -215,12 +213,10 @@ def _disks(body: Mapping[str, Any], base: str, name: str) -> list[dict[str, Any]
     return out
 
 
-def _metadata(items: list[dict[str, str]], ssh_port: int | None, ssh_user: str) -> dict[str, Any]:
+def _metadata(items: list[dict[str, str]], ssh_port: int | None) -> dict[str, Any]:
     shown = list(items)
     if ssh_port is not None:
         shown.append({"key": SSH_PORT_KEY, "value": str(ssh_port)})
-    if ssh_user:
-        shown.append({"key": SSH_USER_KEY, "value": ssh_user})
     # The fingerprint covers what was set, not what the emulator adds, so a read-modify-write stays valid.
     return {"kind": "compute#metadata", "fingerprint": metadata_fingerprint(items), "items": shown}
 
@@ -245,19 +241,6 @@ def _scheduling(body: Mapping[str, Any]) -> dict[str, Any]:
         scheduling.setdefault("onHostMaintenance", "MIGRATE")
         scheduling.setdefault("provisioningModel", "STANDARD")
     return scheduling
-
-
-def ssh_keys(body: Mapping[str, Any]) -> list[str]:
-    """The public keys of the ``ssh-keys`` metadata item (``user:key`` lines; other lines are skipped)."""
-    items = (body.get("metadata") or {}).get("items") or []
-    value = next((str(i.get("value", "")) for i in items if i.get("key") == "ssh-keys"), "")
-    keys = []
-    for line in value.splitlines():
-        _user, sep, key = line.strip().partition(":")
-        match = _PUBLIC_KEY.match(key.strip()) if sep else None
-        if match:
-            keys.append(key.strip())
-    return keys
 
 
 def error_body(status: int, reason: str, message: str) -> dict[str, Any]:
