@@ -9,7 +9,7 @@ A VM is reachable on its SSH port when the INGRESS rule that decides tcp:22 for 
 VM when it is enabled, on the VM's network, targets the VM (no ``targetTags``, or one of the VM's ``tags.items``)
 and names tcp:22 (``IPProtocol`` ``tcp`` or ``all``, with no ``ports`` or with ``22`` or a range holding it). Of
 those, the lowest ``priority`` number wins, and a deny beats an allow of the same priority
-(https://cloud.google.com/vpc/docs/firewalls#priority_order_for_firewall_rules). Sources are not checked: every
+(https://cloud.google.com/firewall/docs/firewalls). Sources are not checked: every
 machine of the local cloud is 127.0.0.1 to the others, so ``sourceRanges`` are validated and kept but cannot
 tell a Vast GPU from anyone else. Rules that target service accounts never match (the emulator's VMs have none).
 """

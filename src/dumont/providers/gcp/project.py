@@ -6,7 +6,7 @@ its network that targets its tag: a project whose default network lost ``default
 (https://cloud.google.com/vpc/docs/firewalls#more_rules_default_vpc), or a custom network, has none, and every
 VM is then unreachable. Rules are weighed as GCE weighs them: among the enabled INGRESS rules on the network that
 target the VM and name tcp:22, the lowest priority number wins, a deny first among equals
-(https://cloud.google.com/vpc/docs/firewalls#priority_order_for_firewall_rules).
+(https://cloud.google.com/firewall/docs/firewalls).
 """
 
 from __future__ import annotations
