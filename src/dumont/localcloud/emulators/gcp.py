@@ -192,7 +192,8 @@ class GcpEmulator:
             try:
                 self.projects.check_quota(vm, {**needs(vm), **disk_needs(vm)})
                 await self.cloud.pool.create(vm.host, authorized_keys=[], role="cpu", provider="gcp",
-                                             instance_id=name, image=IMAGE, start=False, **self._guest(vm))
+                                             instance_id=name, image=IMAGE, start=False,
+                                             login_users=self._login_users(vm), boot_script=self._boot_script(vm))
                 await self._open_or_close(vm)  # before sshd starts: a closed port is never open, even briefly
                 await self.cloud.pool.start(vm.host)
             except Exception:
@@ -279,11 +280,13 @@ class GcpEmulator:
 
     # ------------------------------------------------------------------ what the guest and the network make of it
 
-    def _guest(self, vm: Vm) -> dict[str, Any]:
-        """The login users and boot script the guest agent makes of the VM's and its project's metadata."""
-        project = self.projects.get(vm.project).metadata_items
-        return {"login_users": gcp_metadata.login_users(vm.metadata_dict, project),
-                "boot_script": gcp_metadata.startup_script(vm.metadata_dict, project)}
+    def _login_users(self, vm: Vm) -> dict[str, list[str]]:
+        """The logins (user -> keys) the guest agent makes of the VM's and its project's metadata."""
+        return gcp_metadata.login_users(vm.metadata_dict, self.projects.get(vm.project).metadata_items)
+
+    def _boot_script(self, vm: Vm) -> str | None:
+        """The startup script the VM runs as root at each boot."""
+        return gcp_metadata.startup_script(vm.metadata_dict, self.projects.get(vm.project).metadata_items)
 
     async def _open_or_close(self, vm: Vm) -> None:
         """Let SSH in, or keep it out, as the project's firewall rules decide for the VM's network and tags."""
@@ -294,9 +297,8 @@ class GcpEmulator:
         """Make the VM's host what its firewall rules and metadata make of a GCE VM, live."""
         if self._host(vm) is None:
             return
-        guest = self._guest(vm)
-        self.cloud.pool.set_login_users(vm.host, guest["login_users"])
-        self.cloud.pool.set_boot_script(vm.host, guest["boot_script"])
+        self.cloud.pool.set_login_users(vm.host, self._login_users(vm))
+        self.cloud.pool.set_boot_script(vm.host, self._boot_script(vm))
         await self._open_or_close(vm)
 
     async def _project_changed(self, project: str) -> None:
