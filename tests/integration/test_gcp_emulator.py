@@ -182,6 +182,7 @@ async def gcp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
     try:
         yield local
     finally:
+        await provider.close()
         await transport.close()
         await emulator.stop()
         await cloud.pool.shutdown()
@@ -806,10 +807,18 @@ async def test_set_ssh_keys_lets_a_new_user_in_at_once_and_changes_nothing_the_s
     still does; the same call again writes nothing; root is refused before any call."""
     local = gcp_local
     await local.provider.create_standby(local.spec("standby-1"))
-    assert await local.provider.set_ssh_keys("standby-1", "alice", [local.public_key]) is True
+
+    async def fingerprint() -> str:
+        return str((await local.library(local.instances.get, instance="standby-1")).metadata.fingerprint)
+
+    before = await fingerprint()
+    await local.provider.set_ssh_keys("standby-1", "alice", [local.public_key])
     assert await _reach(local, "standby-1", "alice") == "alice\n"
     assert await _reach(local, "standby-1", "dumont") == "dumont\n"
-    assert await local.provider.set_ssh_keys("standby-1", "alice", [local.public_key]) is False
+    written = await fingerprint()
+    assert written != before
+    await local.provider.set_ssh_keys("standby-1", "alice", [local.public_key])
+    assert await fingerprint() == written  # idempotent: nothing was written
     with pytest.raises(ProviderRequestError, match="refuse root"):
         await local.provider.set_ssh_keys("standby-1", "root", [local.public_key])
     with pytest.raises(InstanceNotFound):

@@ -227,21 +227,21 @@ class GcpStandbyCloud:
         await self.api.wait_done(operation, what, deadline=self.operation_timeout)
         return True
 
-    async def set_ssh_keys(self, instance_id: str, user: str, keys: Sequence[str]) -> bool:
-        """Let ``keys`` log in to VM ``instance_id`` as ``user`` (``ssh-keys`` metadata, kept lines merged); return
-        True if the metadata changed. A write that loses a race with another is read and tried once more."""
+    async def set_ssh_keys(self, instance_id: str, user: str, public_keys: Sequence[str]) -> None:
+        """Let ``public_keys`` log in to VM ``instance_id`` as ``user``: ``ssh-keys`` lines merged with those kept,
+        nothing written when none is missing. A write that loses a race with another is read and tried again once."""
         check_login(user)
         try:
-            return await self._merge_ssh_keys(instance_id, user, keys)
+            await self._merge_ssh_keys(instance_id, user, public_keys)
         except MetadataChanged:
-            return await self._merge_ssh_keys(instance_id, user, keys)
+            await self._merge_ssh_keys(instance_id, user, public_keys)
 
-    async def _merge_ssh_keys(self, instance_id: str, user: str, keys: Sequence[str]) -> bool:
+    async def _merge_ssh_keys(self, instance_id: str, user: str, keys: Sequence[str]) -> None:
         vm = to_json(await self.api.call(f"get of VM {instance_id}", self.api.instances.get, instance=instance_id))
         metadata = vm.get("metadata") or {}
         merged = project.merged_ssh_keys(project.metadata_dict(metadata).get("ssh-keys", ""), user, keys)
         if merged is None:
-            return False
+            return
         kept = [i for i in metadata.get("items") or [] if i.get("key") not in ("ssh-keys", SSH_PORT_KEY)]
         resource = compute_v1.Metadata(fingerprint=str(metadata.get("fingerprint", "")), items=[
             *(compute_v1.Items(key=str(i["key"]), value=str(i.get("value", ""))) for i in kept),
@@ -250,7 +250,10 @@ class GcpStandbyCloud:
         operation = await self.api.call(what, self.api.instances.set_metadata_unary, instance=instance_id,
                                         metadata_resource=resource)
         await self.api.wait_done(operation, what, deadline=self.operation_timeout)
-        return True
+
+    async def close(self) -> None:
+        """Close the clients' HTTP sessions."""
+        await asyncio.to_thread(self.api.close)
 
     # ------------------------------------------------------------------ helpers
 
