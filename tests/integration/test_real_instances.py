@@ -124,7 +124,7 @@ async def test_an_unpublished_image_is_refused_quickly_with_its_name(tmp_path: P
         gpu = stack.host(stack.status()["primary"]["instance_id"])
         killed = time.monotonic()
         await stack.cloud.pool.kill(gpu.name)
-        await stack.wait_for("the failed rental", lambda _: bool(stack.events("offer_failed")), 60)
+        await stack.wait_for("the failed rental", lambda _, s=stack: bool(s.events("offer_failed")), 60)
         assert time.monotonic() - killed < 30
         reason = stack.events("offer_failed")[0]["reason"]
         assert "pytorch/pytorch:9.9.9-nope" in reason

@@ -11,7 +11,6 @@ leave one more billed machine behind.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 
 from dumont.core.context import ControllerContext, host_ref, present_pair_host_key, wait_for_ssh
@@ -117,22 +116,16 @@ async def _create_or_find(ctx: ControllerContext, rt: PairRuntime, name: str) ->
 
 
 def standby_spec(ctx: ControllerContext, rt: PairRuntime, name: str) -> StandbySpec:
-    """The standby VM to create for ``rt``: a non-root login with our keys, rsync installed while it boots."""
+    """The standby VM to create for ``rt``: a non-root login with our keys, reachable through its network tag's
+    firewall rule, rsync installed by its startup script while it boots."""
+    from dumont.core.bootstrap import boot_script
+
     cfg = ctx.config.standby
     return StandbySpec(name=name, machine_type=cfg.machine_type, disk_gb=cfg.disk_gb, image=cfg.image,
                        spot=ctx.config.gcp_spot, termination_action=cfg.termination_action, ssh_user=cfg.ssh_user,
                        ssh_public_keys=[ctx.controller_public_key(), *ctx.user_public_keys()],
-                       labels={"dumont-pair": rt.name}, **_provisioning(ctx))
-
-
-def _provisioning(ctx: ControllerContext) -> dict[str, object]:
-    """The VM's network tag, the firewall it needs and its startup script, for the providers that take them."""
-    from dumont.core.bootstrap import boot_script
-
-    fields = {f.name for f in dataclasses.fields(StandbySpec)}
-    wanted = {"network_tag": ctx.config.standby.network_tag, "ssh_source_ranges": ctx.config.standby.ssh_source_ranges,
-              "startup_script": boot_script()}
-    return {k: v for k, v in wanted.items() if k in fields}
+                       labels={"dumont-pair": rt.name}, network_tag=cfg.network_tag,
+                       ssh_source_ranges=cfg.ssh_source_ranges, startup_script=boot_script())
 
 
 async def _wait_running(ctx: ControllerContext, instance: Instance) -> HostRef:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from dumont.config import Config
 from dumont.errors import DumontError
+from dumont.providers.gcp.project import SSH_RULE_NAME, Quota, blocking_denies, ssh_open
 from dumont.setup.doctor import Check, all_of, by_run, fail, ok
 
 STANDBY_CPUS = {"e2-micro": 2, "e2-small": 2, "e2-medium": 2, "e2-standard-2": 2, "e2-standard-4": 4}
-CPU_QUOTAS = ("CPUS", "E2_CPUS", "PREEMPTIBLE_CPUS")
+CPU_QUOTAS = ("PREEMPTIBLE_CPUS", "CPUS")  # a spot VM counts against the first that the region has
 
 
 async def vast_checks(config: Config) -> list[Check]:
@@ -57,10 +57,9 @@ async def gcp_checks(config: Config) -> list[Check]:
     async def project() -> list[Check]:
         info = await cloud.project_info()
         checks = [ok("gcp credentials", f"project {config.gcp.project} can be read")]
-        oslogin = str(_metadata(info).get("enable-oslogin", "")).upper()
         detail = ("the project enables OS Login; the standby turns it off for itself (enable-oslogin=FALSE), "
                   "which works unless an organisation policy requires OS Login"
-                  if oslogin == "TRUE" else "off; the standby also sets enable-oslogin=FALSE on itself")
+                  if info.oslogin_enabled else "off; the standby also sets enable-oslogin=FALSE on itself")
         checks.append(ok("gcp os login", detail))
         return checks
 
@@ -71,15 +70,20 @@ async def gcp_checks(config: Config) -> list[Check]:
                     "set gcp.zone to one of `gcloud compute zones list`")
 
     async def quota() -> Check:
-        return _quota_check(await cloud.quotas(), config)
+        return quota_check(await cloud.quotas(), config)
 
     async def firewall() -> Check:
         rules = await cloud.firewall_rules()
-        opening = [r.get("name") for r in rules if _opens_ssh(r, tag)]
-        if opening:
-            return ok("gcp firewall", f"rule {opening[0]} opens tcp:22 to the tag {tag}")
+        ranges = config.standby.ssh_source_ranges
+        if ssh_open(rules, tag, ranges):
+            return ok("gcp firewall", f"tcp:22 is open to the tag {tag} from {', '.join(ranges)}")
+        denies = blocking_denies(rules, tag, ranges)
+        if denies:
+            return fail("gcp firewall", f"rule {denies[0].name} denies tcp:22 to the tag {tag}",
+                        "give dumont-allow-ssh a higher priority than that rule, or narrow the deny")
         return by_run("gcp firewall", f"no rule opens tcp:22 to the network tag {tag}",
-                      "dumont run creates dumont-allow-ssh (or create one for that tag yourself)")
+                      f"dumont run creates {SSH_RULE_NAME} (it needs the Compute Security Admin role), or "
+                      "create one for that tag yourself")
 
     try:
         return await all_of(("gcp credentials", project), ("gcp zone", zone), ("gcp quota", quota),
@@ -88,50 +92,18 @@ async def gcp_checks(config: Config) -> list[Check]:
         await cloud.close()
 
 
-def _metadata(project: Mapping[str, Any]) -> dict[str, str]:
-    items = (project.get("commonInstanceMetadata") or {}).get("items") or []
-    return {str(i.get("key")): str(i.get("value", "")) for i in items if isinstance(i, Mapping)}
-
-
-def _quota_check(quotas: Sequence[Mapping[str, Any]], config: Config) -> Check:
+def quota_check(quotas: Sequence[Quota], config: Config) -> Check:
     """Room for one standby VM: its vCPUs and one external address."""
-    by_metric = {str(q.get("metric")): q for q in quotas}
+    by_metric = {q.metric: q for q in quotas}
     need_cpus = STANDBY_CPUS.get(config.standby.machine_type, 2)
     short = []
     cpu = next((by_metric[m] for m in CPU_QUOTAS if m in by_metric), None)
-    if cpu is not None and _free(cpu) < need_cpus:
-        short.append(f"{cpu['metric']} has {_free(cpu):g} free of {float(cpu.get('limit', 0)):g}, "
-                     f"the standby needs {need_cpus}")
+    if cpu is not None and cpu.available < need_cpus:
+        short.append(f"{cpu.metric} has {cpu.available:g} free of {cpu.limit:g}, the standby needs {need_cpus}")
     address = by_metric.get("IN_USE_ADDRESSES")
-    if address is not None and _free(address) < 1:
+    if address is not None and address.available < 1:
         short.append("IN_USE_ADDRESSES has none free, the standby needs 1")
     if short:
         return fail("gcp quota", "; ".join(short), "ask for more quota in the console (IAM & Admin > Quotas) or "
                                                   "pick another region")
     return ok("gcp quota", f"room for a {config.standby.machine_type} and its external address")
-
-
-def _free(quota: Mapping[str, Any]) -> float:
-    return float(quota.get("limit", 0)) - float(quota.get("usage", 0))
-
-
-def _opens_ssh(rule: Mapping[str, Any], tag: str) -> bool:
-    if rule.get("direction", "INGRESS") != "INGRESS" or rule.get("disabled"):
-        return False
-    tags = rule.get("targetTags") or []
-    if tags and tag not in tags:
-        return False
-    for allowed in rule.get("allowed") or []:
-        protocol = str(allowed.get("IPProtocol", "")).lower()
-        ports = allowed.get("ports") or []
-        if protocol == "all" or (protocol == "tcp" and (not ports or any(_covers(p, 22) for p in ports))):
-            return True
-    return False
-
-
-def _covers(spec: str, port: int) -> bool:
-    low, _, high = str(spec).partition("-")
-    try:
-        return int(low) <= port <= int(high or low)
-    except ValueError:
-        return False
