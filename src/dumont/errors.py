@@ -19,6 +19,14 @@ The tree, written down once::
     │   │   └── InsufficientSpace    the standby lacks the free space the pass needs
     │   ├── AgentError               the host agent reported an error              (RETRY)
     │   └── IntegrityError           a tree does not match its manifest           (STOP)
+    ├── HostNotReady                 a host lacks a tool Dumont needs and it could not be set up (RETRY)
+    ├── ProviderError                a cloud API call failed (providers/base.py)  (RETRY unless below)
+    │   ├── ProviderUnavailable      timeout, 5xx, 429 past its budget            (RETRY)
+    │   ├── ProviderAuthError        the provider refused our credentials         (STOP)
+    │   ├── OfferUnavailable         this offer cannot be rented                  (NEXT_OPTION)
+    │   ├── InstanceNotFound         the provider does not know the instance      (STOP)
+    │   └── ProviderRequestError     the provider rejected the request as invalid (STOP)
+    ├── RentingFailed                no offer could be rented and reached (core/renting.py) (STOP)
     └── LocalCloudError              the embedded local cloud cannot do what was asked (STOP)
 
 Vendor and subprocess errors are translated where they enter (``raise ... from exc``). Messages name the
@@ -155,6 +163,12 @@ class IntegrityError(ReplicationError):
     def __init__(self, message: str, mismatches: list[str] | None = None, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.mismatches = mismatches or []
+
+
+class HostNotReady(DumontError):
+    """A host lacks a tool Dumont needs (rsync, Python >= 3.8, a writable workspace) and it could not be set up."""
+
+    recovery = Recovery.RETRY
 
 
 class LocalCloudError(DumontError):

@@ -20,6 +20,7 @@ from dumont.cli.drill_cmd import drill_command
 from dumont.cli.local import local_group
 from dumont.cli.offers import offers_command
 from dumont.cli.replication import sync_command, verify_command
+from dumont.cli.setup_cmd import doctor_command, init_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -48,6 +49,8 @@ cli.add_command(events_command)
 for _command in INTENT_COMMANDS:
     cli.add_command(_command)
 cli.add_command(offers_command)
+cli.add_command(init_command)
+cli.add_command(doctor_command)
 
 
 def main() -> None:

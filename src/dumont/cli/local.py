@@ -51,7 +51,7 @@ def up(state_dir: Path | None, as_json: bool) -> None:
         head = "local cloud already running" if d["already_running"] else "local cloud started"
         lines = [f"{head} in {d['state_dir']} (daemon pid {d['pid']})"]
         lines += [f"  {h['name']:<14} {h['state']:<12} ssh -i {d['user_key']} -p {h['ssh_port']} "
-                  f"{h['user']}@127.0.0.1" for h in d["hosts"]]
+                  f"{h['user']}@{h['ssh_host']}" for h in d["hosts"]]
         lines.append(f"config protecting one pair: {d['config']}  (run it: dumont run --config {d['config']})")
         return "\n".join(lines)
 

@@ -11,10 +11,9 @@ import click
 from dumont.cli.common import emit, json_option
 from dumont.cli.local import resolve_state_dir, state_dir_option
 from dumont.errors import IntegrityError, UsageError
-from dumont.localcloud.access import LocalHostRef, local_hosts, local_transport, pick, sync_once
+from dumont.localcloud.access import LocalHostRef, local_hosts, local_transport, pick, ready_agent, sync_once
 from dumont.replication.engine import DIRECT, RELAY, PassReport, ReplicationPolicy
 from dumont.replication.guards import GuardPolicy, human_bytes
-from dumont.replication.hostagent import HostAgent
 
 
 def describe_pass(report: PassReport) -> str:
@@ -100,7 +99,7 @@ def verify_command(host: str, seq: int | None, check_workspace: bool, against: s
 async def _verify(state_dir: Path, checked: LocalHostRef, reference: LocalHostRef, seq: int | None,
                   check_workspace: bool) -> dict[str, Any]:
     async with local_transport(state_dir, [checked, reference]) as transport:
-        agent, ref_agent = HostAgent(transport, checked.target), HostAgent(transport, reference.target)
+        agent, ref_agent = await ready_agent(transport, checked), await ready_agent(transport, reference)
         try:
             status = await ref_agent.status()
             chosen = seq if seq is not None else (status.latest.seq if status.latest else None)

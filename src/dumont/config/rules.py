@@ -9,6 +9,7 @@ the schema's fields use.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 import re
 import shlex
@@ -150,6 +151,14 @@ def _is_workspace(raw: Any) -> bool:
     return path.is_absolute() and path.name != "" and ".." not in path.parts
 
 
+def _is_cidr(item: Any) -> bool:
+    try:
+        ipaddress.ip_network(item, strict=True)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(item, str)
+
+
 def _local_path(raw: Any, base_dir: Path) -> Path:
     if not _is_text(raw) or "\0" in raw:
         raise _BadValueError
@@ -185,5 +194,13 @@ _EVENTS = _when(f'a list of event names ("{ALL_EVENTS}" for every event)',
 _PAIR_NAME = _when("1 to 40 lowercase letters, digits and dashes, starting with a letter or digit",
                    lambda raw: isinstance(raw, str) and _PAIR_NAME_PATTERN.fullmatch(raw) is not None)
 _WORKSPACE = _when('an absolute path other than "/", without ".."', _is_workspace)
+_LOGIN = _when("a user name other than root (lowercase letters, digits, '_' and '-', starting with a letter)",
+               lambda raw: isinstance(raw, str) and raw != "root"
+               and re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", raw) is not None)
+_NETWORK_TAG = _when("a GCP network tag (1 to 63 lowercase letters, digits and dashes, starting with a letter)",
+                     lambda raw: isinstance(raw, str) and re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", raw)
+                     is not None)
+_CIDRS = _when('a non-empty list of address ranges like "203.0.113.0/24"',
+               lambda raw: _is_list_of(_is_cidr, raw) and len(raw) > 0, tuple)
 _LOCAL_PATH = _Rule("a path (~ and paths relative to the config file's folder work)", _local_path)
 _SECRET_FILE = _Rule("the path of a file only you can read (mode 0600)", _secret_file)

@@ -14,9 +14,12 @@ from typing import Any, Final, Literal, cast
 from dumont.config.rules import (
     _ADDRESS,
     _ADDRESSES,
+    _CIDRS,
     _EVENTS,
     _FLAG,
     _LOCAL_PATH,
+    _LOGIN,
+    _NETWORK_TAG,
     _PAIR_NAME,
     _REGIONS,
     _SECONDS,
@@ -93,6 +96,14 @@ class StandbyConfig:
                        metadata=_checked_by(_TEXT))
     termination_action: TerminationAction = field(default="STOP",
                                                   metadata=_checked_by(_choice(TerminationAction)))
+    # Google's images refuse root over SSH; each user of the VM's ssh-keys metadata is a login with sudo.
+    ssh_user: str = field(default="dumont", metadata=_checked_by(_LOGIN))
+    # The VM carries this tag; a firewall rule for it opens tcp:22 to the GPU and the controller.
+    network_tag: str = field(default="dumont-standby", metadata=_checked_by(_NETWORK_TAG))
+    ssh_source_ranges: tuple[str, ...] = field(default=("0.0.0.0/0",), metadata=_checked_by(
+        _CIDRS, example=["0.0.0.0/0"]))
+    # From the insert until it runs (a spot VM may wait for capacity); SSH then gets ssh_wait_timeout.
+    boot_timeout_seconds: float = field(default=600.0, metadata=_checked_by(_SECONDS))
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,11 @@ class ControllerConfig:
     fence_action: FenceAction = field(default="stop", metadata=_checked_by(_choice(FenceAction)))
     salvage_outbid: bool = field(default=False, metadata=_checked_by(_FLAG))
     max_recoveries_per_day: int = field(default=3, metadata=_checked_by(_whole("a whole number", at_least=0)))
+    # A standby that cannot be created (or never becomes usable) is deleted; this bounds the retries.
+    max_standby_attempts_per_hour: int = field(default=3, metadata=_checked_by(_whole("a whole number",
+                                                                                      at_least=1)))
+    # Readying a fresh host (find Python, install rsync with its package manager) may wait for a slow mirror.
+    bootstrap_timeout_seconds: float = field(default=900.0, metadata=_checked_by(_SECONDS))
     # Public keys (authorized_keys format) people log in with; every host the controller creates accepts them.
     user_keys_file: Path | None = field(default=None, metadata=_checked_by(
         _LOCAL_PATH, example="~/.ssh/id_ed25519.pub"))
@@ -161,6 +177,9 @@ class VastConfig:
                                                                      at_least=1)))
     backoff_initial_seconds: float = field(default=5.0, metadata=_checked_by(_SECONDS))
     backoff_max_seconds: float = field(default=60.0, metadata=_checked_by(_SECONDS))
+    # From the rent until Vast says running: pulling an image and booting "can take 5-60 minutes depending on
+    # image size" (Vast docs, choosing/templates); SSH then gets ssh_wait_timeout.
+    launch_timeout_seconds: float = field(default=3600.0, metadata=_checked_by(_SECONDS))
     # An interruptible GPU bids this fraction over the offer's minimum bid (0.2: 20% more), so that it is not the
     # first to be outbid; lowered when needed so that bid + storage (dph_total) stays within gpu_max_price.
     bid_margin: float = field(default=0.2, metadata=_checked_by(_number("a fraction", at_least=0)))
@@ -229,8 +248,12 @@ class Config:
                                                                             above=0)))
     gpu_preferred_regions: tuple[str, ...] = field(default=("TH", "VN", "JP", "EU"),
                                                    metadata=_checked_by(_REGIONS))
-    gpu_image: str = field(default="pytorch/pytorch:2.1.0-cuda12.1-cudnn8", metadata=_checked_by(_TEXT))
+    # The seed's image (pytorch 2.1.0, CUDA 12.1, cuDNN 8) as it is published: pytorch's tags end in -runtime or
+    # -devel (research/cloud-apis.md §1.5 records this one in a real `vastai create instance` body).
+    gpu_image: str = field(default="pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime", metadata=_checked_by(_TEXT))
     gpu_disk_gb: int = field(default=50, metadata=_checked_by(_whole("a whole number of GB", at_least=1)))
+    # How long a running instance may take to answer SSH (the seed's 300 s); pulling the image and booting get
+    # their own deadlines (vast.launch_timeout_seconds, standby.boot_timeout_seconds).
     ssh_wait_timeout: float = field(default=300.0, metadata=_checked_by(_SECONDS))
     gcp_spot: bool = field(default=True, metadata=_checked_by(_FLAG))
     state_dir: Path = field(default_factory=_default_state_dir, metadata=_checked_by(

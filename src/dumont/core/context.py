@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dumont.config import Config
+from dumont.core.bootstrap import HostReadiness, ready_host
 from dumont.core.layout import ControllerLayout
 from dumont.core.model import HostRef
 from dumont.errors import DumontError, HostUnreachable
@@ -39,6 +40,7 @@ class ControllerContext:
     clock: Callable[[], float] = time.time
     listeners: list[EventSink] = field(default_factory=list)
     _agents: dict[str, HostAgent] = field(default_factory=dict)
+    _readiness: dict[str, HostReadiness] = field(default_factory=dict)
 
     def event(self, pair: str | None, kind: str, reason: str, data: dict[str, Any] | None = None) -> None:
         """Record an event (the one reason sentence) and tell the listeners (notifier, metrics, logs)."""
@@ -51,16 +53,32 @@ class ControllerContext:
             listener(pair, kind, reason, payload)
 
     def agent(self, ref: HostRef) -> HostAgent:
-        """The agent of ``ref`` (one channel per host, kept open)."""
+        """The agent of ``ref`` (one channel per host, kept open), run by the Python the host was readied with."""
         agent = self._agents.get(ref.alias)
         target = SshTarget(ref.alias, ref.ssh_host, ref.ssh_port, ref.ssh_user)
-        if agent is None or agent.target != target:
-            agent = HostAgent(self.transport, target)
+        ready = self._readiness.get(ref.alias)
+        python = ready.python if ready is not None else "python3"
+        if agent is None or agent.target != target or agent.python != python:
+            agent = HostAgent(self.transport, target, python=python)
             self._agents[ref.alias] = agent
         return agent
 
+    async def ensure_ready(self, ref: HostRef) -> HostReadiness:
+        """Ready a host for the agent once (find Python, install rsync...); later calls answer from memory."""
+        ready = self._readiness.get(ref.alias)
+        if ready is None:
+            target = SshTarget(ref.alias, ref.ssh_host, ref.ssh_port, ref.ssh_user)
+            ready = await ready_host(self.transport, target, timeout=self.config.controller.bootstrap_timeout_seconds)
+            self._readiness[ref.alias] = ready
+            if ready.installed:
+                self.event(None, "host_readied", f"{ref.alias}: installed {', '.join(ready.installed)}; "
+                                                 f"Python {ready.python_version} at {ready.python}",
+                           {"host": ref.alias, "installed": list(ready.installed), "python": ready.python})
+        return ready
+
     async def forget(self, ref: HostRef) -> None:
         """Close the agent channel and shared connection of a host we no longer use."""
+        self._readiness.pop(ref.alias, None)
         agent = self._agents.pop(ref.alias, None)
         if agent is not None:
             await agent.close()

@@ -8,6 +8,7 @@ keeps ticking (and keeps reporting progress) while they work; a failover runs in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from urllib.parse import urlparse
@@ -30,6 +31,7 @@ from dumont.core.model import (
     OperationStatus,
     PairState,
     Policy,
+    RefreshAddress,
     ReplaceStandby,
     RunSync,
     SetState,
@@ -48,7 +50,8 @@ def policy_of(config: Config) -> Policy:
     return Policy(failover_threshold=config.failover_threshold, standby_threshold=config.failover_threshold,
                   auto_failover=config.auto_failover, auto_recovery=config.auto_recovery,
                   sync_interval=config.sync_interval_seconds,
-                  max_recoveries_per_day=config.controller.max_recoveries_per_day)
+                  max_recoveries_per_day=config.controller.max_recoveries_per_day,
+                  max_standby_attempts_per_hour=config.controller.max_standby_attempts_per_hour)
 
 
 def network_targets(config: Config) -> list[tuple[str, int]]:
@@ -135,9 +138,10 @@ class Controller:
         recoveries = ctx.store.operations_since(rt.name, "recovery", now - 86_400)
         if rt.operation is not None and rt.operation.kind == "recovery" and not rt.operation.finished:
             recoveries -= 1  # the one running now is not "another"
+        attempts = ctx.store.operations_since(rt.name, "replace_standby", now - 3600)
         return Observation(now=now, state=rt.state, has_standby=rt.standby is not None, primary=primary,
                            standby=standby, network_ok=network, sync=rt.sync, operation=rt.operation,
-                           intents=intents, recoveries_today=max(0, recoveries))
+                           intents=intents, recoveries_today=max(0, recoveries), standby_attempts_last_hour=attempts)
 
     async def act(self, rt: PairRuntime, decision: Decision) -> None:
         """Carry out a decision's actions, in order."""
@@ -175,6 +179,27 @@ class Controller:
             self._start_operation(rt, "recovery", "searching", reason)
         elif isinstance(action, ReplaceStandby):
             self._start_operation(rt, "replace_standby", "creating", reason)
+        elif isinstance(action, RefreshAddress):
+            await self._refresh_address(rt, action)
+
+    async def _refresh_address(self, rt: PairRuntime, action: RefreshAddress) -> None:
+        """Follow a host to the address its provider reports now; its pinned host key stays as it was."""
+        old = rt.primary if action.role == "primary" else rt.standby
+        if old is None or (old.ssh_host, old.ssh_port) == (action.ssh_host, action.ssh_port):
+            return
+        new = dataclasses.replace(old, ssh_host=action.ssh_host, ssh_port=action.ssh_port)
+        await self.ctx.forget(old)
+        if action.role == "primary":
+            rt.primary = new
+            rt.relay.point_to((new.ssh_host, new.ssh_port), reason=f"{new.alias} moved to a new address")
+        else:
+            rt.standby = new
+        rt.paired_epoch = None  # the primary's way to the standby is set up again
+        self.ctx.store.save_pair(rt.row())
+        self.ctx.event(rt.name, "address_changed", f"{new.alias} is now at {new.ssh_host}:{new.ssh_port} (was "
+                                                   f"{old.ssh_host}:{old.ssh_port}); its host key is unchanged",
+                       {"host": new.alias, "from": f"{old.ssh_host}:{old.ssh_port}",
+                        "to": f"{new.ssh_host}:{new.ssh_port}"})
 
     async def _pause_work(self, rt: PairRuntime) -> None:
         """Stop the pair's background work. An interrupted operation stays open in the store (with any instance it

@@ -19,6 +19,7 @@ from dumont.core.model import (
     Observation,
     PairState,
     Policy,
+    RefreshAddress,
     ReplaceStandby,
     RunSync,
     SetState,
@@ -69,6 +70,7 @@ def decide(observation: Observation, memory: Memory, policy: Policy) -> Decision
         plan.say("the controller's own network is down, so no host is judged and nothing fails over")
         return plan.decision()
     plan.clear("controller_network")
+    _follow_moves(plan)
     handlers = {
         PairState.STARTING: _starting,
         PairState.SYNCING: _protecting,
@@ -79,6 +81,14 @@ def decide(observation: Observation, memory: Memory, policy: Policy) -> Decision
     }
     handlers[observation.state](plan, policy)
     return plan.decision()
+
+
+def _follow_moves(plan: _Plan) -> None:
+    """A host its provider reports at a new address (it restarted) is reached there from now on."""
+    obs = plan.observation
+    for role, health in (("primary", obs.primary), ("standby", obs.standby)):
+        if health is not None and health.moved_to is not None:
+            plan.do(RefreshAddress(role, *health.moved_to))
 
 
 def _handle_pause(plan: _Plan) -> bool:
@@ -104,11 +114,22 @@ def _handle_pause(plan: _Plan) -> bool:
     return True
 
 
+def _replace_standby(plan: _Plan, policy: Policy, sentence: str) -> None:
+    """Start a standby replacement, unless the hour's attempts are spent (each failed one was deleted)."""
+    attempts = plan.observation.standby_attempts_last_hour
+    if attempts >= policy.max_standby_attempts_per_hour:
+        plan.alert("standby_attempts", f"{attempts} attempts to create a standby failed in the last hour; "
+                                       "waiting before trying again")
+        plan.say(f"{sentence}; but {attempts} attempts failed in the last hour, so waiting before the next")
+        return
+    plan.do(ReplaceStandby())
+    plan.say(sentence)
+
+
 def _starting(plan: _Plan, policy: Policy) -> None:
     if not plan.observation.has_standby:
-        plan.do(ReplaceStandby())
+        _replace_standby(plan, policy, "the pair has no standby yet; creating one")
         plan.become(PairState.STANDBY_LOST)
-        plan.say("the pair has no standby yet; creating one")
         return
     plan.do(RunSync())
     plan.become(PairState.SYNCING)
@@ -134,9 +155,9 @@ def _protecting(plan: _Plan, policy: Policy) -> None:
         plan.say(f"failing over to the standby: {cause}")
         return
     if standby_lost:
-        plan.do(ReplaceStandby())
+        _replace_standby(plan, policy, f"the standby was lost ({_standby_detail(obs)}); replacing it, the GPU is "
+                                       "untouched")
         plan.become(PairState.STANDBY_LOST)
-        plan.say(f"the standby was lost ({_standby_detail(obs)}); replacing it, the GPU is untouched")
         return
     _health_alerts(plan, policy, primary_failures)
     _sync(plan, policy)
@@ -155,7 +176,7 @@ def _protecting(plan: _Plan, policy: Policy) -> None:
 
 def _count(previous: int, health: HostHealth | None) -> int:
     """Consecutive failed checks: a failure adds one, a healthy check resets, an unknown one changes nothing."""
-    if health is None:
+    if health is None or health.moved_to is not None:  # probes of the old address say nothing about the host
         return previous
     if health.failed:
         return previous + 1
@@ -277,16 +298,15 @@ def _replacing_standby(plan: _Plan, policy: Policy) -> None:
                                                f"({obs.primary.summary()})")
     op = obs.operation
     if op is None or op.kind != "replace_standby":
-        plan.do(ReplaceStandby())
-        plan.say("creating a standby")
+        _replace_standby(plan, policy, "creating a standby")
     elif not op.finished:
         plan.say(f"creating a standby: {op.step} ({obs.now - op.started_at:.0f} s)")
     elif op.succeeded:
         plan.clear("standby_replace_failed")
+        plan.clear("standby_attempts")
         plan.memory = replace(plan.memory, standby_failures=0)
         plan.become(PairState.SYNCING)
         plan.say("the new standby is synced; the pair is protected again")
     else:
         plan.alert("standby_replace_failed", f"replacing the standby failed: {op.error}")
-        plan.do(ReplaceStandby())
-        plan.say(f"replacing the standby failed ({op.error}); trying again")
+        _replace_standby(plan, policy, f"replacing the standby failed ({op.error}); trying again")

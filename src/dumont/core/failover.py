@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 from dumont.core.context import ControllerContext
+from dumont.core.endpoint import publish_endpoint
 from dumont.core.model import HostRef, PairState
 from dumont.core.pair import PairRuntime, cancel, start_background
 from dumont.errors import DumontError
@@ -28,6 +29,7 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
     old, standby = rt.primary, rt.standby
     await cancel(rt.sync_task)
     new_epoch = rt.epoch + 1
+    await ctx.ensure_ready(standby)  # known already, unless the controller restarted while it was unreachable
     agent = ctx.agent(standby)
     fenced = await fence_primary(pair=rt.name, new_epoch=new_epoch, standby=agent)
     promoted = await agent.promote(epoch=new_epoch, mode="candidate")
@@ -40,6 +42,7 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
     rt.paired_epoch = None
     rt.timings.update(decided_at=decided, endpoint_switched_at=switched)
     ctx.store.save_pair(rt.row())
+    publish_endpoint(ctx, rt)  # the CPU's login (Google's images refuse root) goes into the user's snippet
     ctx.event(rt.name, "failover", f"failed over to the standby: {cause}", {
         "epoch": new_epoch, "from": old.as_dict(), "to": standby.as_dict(), "snapshot_seq": promoted["seq"],
         "decision_to_switch_seconds": round(switched - decided, 4), "receives_killed": fenced.get("killed", 0),

@@ -79,6 +79,7 @@ class HostHealth:
     provider_state: InstanceState | None
     provider_detail: str
     probes: tuple[ProbeResult, ...]
+    moved_to: tuple[str, int] | None = None  # the provider reports the host at another address (a restart)
 
     @property
     def provider_says_lost(self) -> bool:
@@ -147,6 +148,7 @@ class Observation:
     operation: OperationStatus | None
     intents: tuple[Intent, ...] = ()
     recoveries_today: int = 0
+    standby_attempts_last_hour: int = 0  # replace_standby operations started in the last hour
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ class Policy:
     sync_failure_alert: int = 3  # seed: alert after more than 3 consecutive sync failures
     health_failure_alert: int = 5  # seed: alert after more than 5 consecutive failed checks
     max_recoveries_per_day: int = 3
+    max_standby_attempts_per_hour: int = 3
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,15 @@ class StartRecovery(Action):
 @dataclass(frozen=True)
 class ReplaceStandby(Action):
     """Create a new standby and fully sync it (SPEC §4.6), in the background."""
+
+
+@dataclass(frozen=True)
+class RefreshAddress(Action):
+    """Reach a host (``primary`` or ``standby``) at the address its provider now reports; its key stays pinned."""
+
+    role: str
+    ssh_host: str
+    ssh_port: int
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class PairRuntime:
     op_task: asyncio.Task[None] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     observation: Observation | None = None  # the last tick's snapshot, for metrics and the dashboard
+    awaiting_host_key: bool = False  # adopted: the endpoint holds connections until the primary is re-keyed
 
     @property
     def name(self) -> str:
@@ -100,6 +101,8 @@ async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None
     started = ctx.clock()
     rt.sync = SyncStatus(rt.sync.last_good_at, started, rt.sync.consecutive_failures, True, rt.sync.last_error)
     try:
+        await ctx.ensure_ready(rt.primary)
+        await ctx.ensure_ready(rt.standby)
         await ensure_paired(ctx, rt, rt.primary, rt.standby)
         report = await replicator(ctx, rt, rt.primary, rt.standby).run_pass()
     except asyncio.CancelledError:

@@ -36,8 +36,9 @@ async def probe_host(
         probes.append(_timed("command", command_probe(transport, target, command, timeout)))
     provider_task = asyncio.ensure_future(_provider_state(get_instance, ref, timeout))
     results = await asyncio.gather(*probes)
-    state, detail = await provider_task
-    return HostHealth(state, detail, tuple(results))
+    state, detail, address = await provider_task
+    moved = address if address is not None and address != (ref.ssh_host, ref.ssh_port) else None
+    return HostHealth(state, detail, tuple(results), moved)
 
 
 async def _timed(name: str, probe: Awaitable[tuple[Health, str]]) -> ProbeResult:
@@ -46,15 +47,20 @@ async def _timed(name: str, probe: Awaitable[tuple[Health, str]]) -> ProbeResult
     return ProbeResult(name, health, detail, time.monotonic() - started)
 
 
-async def _provider_state(get_instance: GetInstance, ref: HostRef, timeout: float) -> tuple[InstanceState | None, str]:
+async def _provider_state(get_instance: GetInstance, ref: HostRef,
+                          timeout: float) -> tuple[InstanceState | None, str, tuple[str, int] | None]:
+    """What the provider says of the host, and where it reports its SSH address while it runs."""
     try:
         async with asyncio.timeout(timeout):
             instance = await get_instance(ref)
     except TimeoutError:
-        return None, f"provider did not answer within {timeout:g} s"
+        return None, f"provider did not answer within {timeout:g} s", None
     except DumontError as exc:
-        return None, f"provider error: {exc.message}"
-    return instance.state, instance.raw_state
+        return None, f"provider error: {exc.message}", None
+    address = None
+    if instance.state == InstanceState.RUNNING and instance.ssh_host and instance.ssh_port:
+        address = (instance.ssh_host, int(instance.ssh_port))
+    return instance.state, instance.raw_state, address
 
 
 async def tcp_probe(host: str, port: int, timeout: float) -> tuple[Health, str]:

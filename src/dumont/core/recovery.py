@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from dumont.core.context import ControllerContext, present_pair_host_key
+from dumont.core.endpoint import publish_endpoint
 from dumont.core.model import HostRef, PairState, RecoveryStep
 from dumont.core.pair import PairRuntime, ensure_paired, replicator, run_operation, show_operation
 from dumont.core.renting import destroy_quietly, rent_gpu
@@ -62,6 +63,8 @@ async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
                                      f"${instance.price_per_hour or 0:.2f}/h, {instance.country or '?'}); restoring")
     progress(RecoveryStep.RESTORING, {"instance_id": instance.instance_id})
     try:
+        await ctx.ensure_ready(cpu)
+        await ctx.ensure_ready(gpu)
         await present_pair_host_key(ctx, gpu, rt.name)
         await _restore(ctx, rt, cpu, gpu, progress)
         await _catch_up_and_switch(ctx, rt, cpu=cpu, gpu=gpu, progress=progress)
@@ -132,6 +135,7 @@ async def _catch_up_and_switch(ctx: ControllerContext, rt: PairRuntime, *, cpu: 
     rt.state = PairState.SYNCING
     rt.sync = type(rt.sync)()
     ctx.store.save_pair(rt.row())
+    publish_endpoint(ctx, rt)
     ctx.event(rt.name, "recovered", f"failed back to the new GPU {gpu.instance_id}; the CPU is the standby again",
               {"epoch": new_epoch, "gpu": gpu.as_dict(), "catch_up_files": final.files_copied,
                "catch_up_seconds": round(final.seconds, 3), "restore_seq": final.seq})

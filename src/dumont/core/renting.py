@@ -89,19 +89,23 @@ async def _try_offer(ctx: ControllerContext, pair: str, offer: Offer, progress: 
 
 
 async def _wait_ready(ctx: ControllerContext, instance: Instance, progress: Progress) -> tuple[HostRef, Instance]:
-    """Wait (bounded by ssh_wait_timeout) until the provider says running and SSH accepts our key."""
+    """Wait until the provider says running (image pull and boot: vast.launch_timeout_seconds), SSH accepts our
+    key (ssh_wait_timeout) and the host is readied (Python, rsync)."""
     progress(RecoveryStep.WAITING_SSH, {"instance_id": instance.instance_id})
-    deadline = ctx.clock() + ctx.config.ssh_wait_timeout
+    launch = ctx.config.vast.launch_timeout_seconds
+    deadline = ctx.clock() + launch
     while instance.state != InstanceState.RUNNING or not instance.ssh_host:
         if instance.state in (InstanceState.TERMINATED, InstanceState.OFFLINE, InstanceState.OUTBID):
             raise RentingFailed(f"instance {instance.instance_id} went {instance.state} ({instance.raw_state})")
         if ctx.clock() > deadline:
-            raise RentingFailed(f"instance {instance.instance_id} was not running after "
-                                f"{ctx.config.ssh_wait_timeout:g} s (state {instance.raw_state})")
+            raise RentingFailed(f"instance {instance.instance_id} was not running after {launch:g} s "
+                                f"(state {instance.raw_state})", hint="a first launch can take many minutes; "
+                                                                      "raise vast.launch_timeout_seconds")
         await asyncio.sleep(1.0)  # the provider has no push notification; poll, bounded by the deadline
         instance = await ctx.gpu_market.get(instance.instance_id)
     ref = host_ref(instance, "gpu")
-    await wait_for_ssh(ctx, ref, deadline=deadline)
+    await wait_for_ssh(ctx, ref, deadline=ctx.clock() + ctx.config.ssh_wait_timeout)
+    await ctx.ensure_ready(ref)
     return ref, instance
 
 

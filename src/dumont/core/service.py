@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -12,7 +13,15 @@ from collections.abc import Callable
 from dumont.api.server import ApiServer, Extension
 from dumont.config import Config, split_host_port
 from dumont.core.controller import Controller
-from dumont.core.startup import api_token, controller_context, load_pair, start_endpoint
+from dumont.core.pair import cancel, start_background
+from dumont.core.startup import (
+    api_token,
+    controller_context,
+    load_pair,
+    reach_hosts,
+    refuse_unready_setup,
+    start_endpoint,
+)
 from dumont.telemetry import Telemetry
 from dumont.transport.keys import write_private
 
@@ -23,6 +32,7 @@ async def serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None 
                 extensions: tuple[Extension, ...] = ()) -> None:
     """Protect every configured pair until SIGINT or SIGTERM (or until the returned controller is stopped)."""
     async with controller_context(config) as ctx:
+        await refuse_unready_setup(ctx)
         pairs = [await load_pair(ctx, pair) for pair in config.pairs]
         controller = Controller(ctx, pairs)
         host, port = split_host_port(config.controller.api_listen)
@@ -31,10 +41,13 @@ async def serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, controller.stop)
+        reaching = []
         try:
             for rt in pairs:
                 await start_endpoint(ctx, rt)
             await api.start()
+            # Hosts are reached after the API answers: an unreachable host must not keep `dumont status` waiting.
+            reaching = [start_background(rt, "reach", functools.partial(reach_hosts, ctx, rt)) for rt in pairs]
             for rt in pairs:
                 if rt.operation is not None and not rt.operation.finished:
                     controller.resume_operation(rt)
@@ -48,6 +61,8 @@ async def serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             ctx.layout.ready.unlink(missing_ok=True)
+            for task in reaching:
+                await cancel(task)
             await api.stop()
             for rt in pairs:
                 await rt.relay.stop()

@@ -1,7 +1,11 @@
-"""Replacing the standby (SPEC §4.6): create a new spot VM, make it present the pair's key, sync it fully.
+"""Protecting the standby (SPEC §4.6): bring a lost one back, or create a new spot VM and sync it fully.
 
-The GPU is never touched: it keeps serving the endpoint while its new standby fills. The lost standby is deleted
-once the new one holds a complete snapshot (its copy is stale, and a stopped spot VM still bills for its disk).
+The GPU is never touched: it keeps serving the endpoint meanwhile. A standby the provider stopped or preempted
+keeps its disk, so it is started again first (cheaper than a new VM and a full copy; it comes back on a new
+address, the same pinned key). Otherwise a new VM is created, readied, given the pair's host key and filled; the
+lost standby is deleted once the new one holds a complete snapshot. A VM this operation created that never
+becomes usable (no SSH, no rsync, a first pass refused) is deleted before the operation ends: a retry must never
+leave one more billed machine behind.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from dumont.providers.base import Instance, InstanceState, StandbySpec
 log = logging.getLogger("dumont.controller")
 
 FIRST_PASS_ATTEMPTS = 3
+DELETE_TIMEOUT = 300.0
+RESTARTABLE = frozenset({InstanceState.STOPPED, InstanceState.PREEMPTED})  # the disk is kept
 
 
 async def replace_standby(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
-    """Create and fill a new standby; record success or why it failed in the operation."""
+    """Restart or replace the standby and fill it; record success or why it failed in the operation."""
     await run_operation(ctx, rt, op_id, "replace_standby", lambda: _replace(ctx, rt, op_id))
 
 
@@ -29,23 +35,68 @@ async def _replace(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
     if rt.primary is None:
         raise DumontError(f"{rt.name} has no primary to copy to a standby")
     old = rt.standby
+    if old is not None and await _restart(ctx, rt, op_id, old):
+        return
     op = ctx.store.operation(op_id)
     name = str(op.data.get("name") if op and op.data.get("name") else f"dumont-{rt.name}-standby-{op_id}")
-    ctx.store.update_operation(op_id, step="creating", data={"name": name})
-    show_operation(ctx, rt, op_id, "replace_standby")
+    _step(ctx, rt, op_id, "creating", {"name": name})
     instance = await _create_or_find(ctx, rt, name)
-    ctx.store.update_operation(op_id, step="waiting_ssh", data={"instance_id": instance.instance_id})
-    show_operation(ctx, rt, op_id, "replace_standby")
-    new = await _wait_running(ctx, instance)
-    await present_pair_host_key(ctx, new, rt.name)
-    ctx.store.update_operation(op_id, step="syncing")
-    show_operation(ctx, rt, op_id, "replace_standby")
-    rt.standby, rt.paired_epoch = new, None
-    ctx.store.save_pair(rt.row())
-    await _first_pass(ctx, rt, rt.primary, new)
+    try:
+        new = await _fill(ctx, rt, op_id, instance)
+    except (DumontError, TimeoutError) as exc:
+        # Cancellation (a controller stopping) keeps the VM: the restarted controller finds it by name.
+        unusable = rt.standby if rt.standby is not old else None
+        rt.standby, rt.paired_epoch = old, None
+        ctx.store.save_pair(rt.row())
+        why = exc.message if isinstance(exc, DumontError) else "timed out"
+        await _delete(ctx, rt, instance.provider, instance.instance_id, f"it never became a usable standby ({why})",
+                      ref=unusable)
+        raise
     ctx.event(rt.name, "standby_replaced", f"the new standby {new.instance_id} holds a complete snapshot")
     if old is not None and old.instance_id != new.instance_id:
-        await _delete_old(ctx, rt, old)
+        await _delete(ctx, rt, old.provider, old.instance_id, "it was lost and has been replaced", ref=old)
+
+
+async def _restart(ctx: ControllerContext, rt: PairRuntime, op_id: int, old: HostRef) -> bool:
+    """Start a stopped or preempted standby again; True when it is back with a complete snapshot."""
+    try:
+        instance = await ctx.standby_cloud.get(old.instance_id)
+    except DumontError:
+        return False
+    if instance.state not in RESTARTABLE:
+        return False
+    _step(ctx, rt, op_id, "restarting", {"instance_id": old.instance_id})
+    try:
+        async with asyncio.timeout(ctx.config.standby.boot_timeout_seconds):
+            await ctx.standby_cloud.start(old.instance_id)
+        await ctx.forget(old)  # its address changed: old channels and connections lead nowhere
+        await _fill(ctx, rt, op_id, await ctx.standby_cloud.get(old.instance_id))
+    except (DumontError, TimeoutError) as exc:
+        why = exc.message if isinstance(exc, DumontError) else "timed out"
+        ctx.event(rt.name, "standby_restart_failed", f"could not bring standby {old.instance_id} back ({why}); "
+                                                     "creating a new one")
+        return False
+    ctx.event(rt.name, "standby_restarted", f"standby {old.instance_id} is back with a complete snapshot")
+    return True
+
+
+async def _fill(ctx: ControllerContext, rt: PairRuntime, op_id: int, instance: Instance) -> HostRef:
+    """Wait for the VM, ready it, make it present the pair's key, and copy the workspace onto it."""
+    _step(ctx, rt, op_id, "waiting_ssh", {"instance_id": instance.instance_id})
+    new = await _wait_running(ctx, instance)
+    await ctx.ensure_ready(new)
+    await present_pair_host_key(ctx, new, rt.name)
+    _step(ctx, rt, op_id, "syncing", {})
+    rt.standby, rt.paired_epoch = new, None
+    ctx.store.save_pair(rt.row())
+    assert rt.primary is not None
+    await _first_pass(ctx, rt, rt.primary, new)
+    return new
+
+
+def _step(ctx: ControllerContext, rt: PairRuntime, op_id: int, step: str, data: dict[str, object]) -> None:
+    ctx.store.update_operation(op_id, step=step, data=data)
+    show_operation(ctx, rt, op_id, "replace_standby")
 
 
 async def _create_or_find(ctx: ControllerContext, rt: PairRuntime, name: str) -> Instance:
@@ -56,29 +107,39 @@ async def _create_or_find(ctx: ControllerContext, rt: PairRuntime, name: str) ->
         existing = None
     if existing is not None and existing.state not in (InstanceState.TERMINATED, InstanceState.UNKNOWN):
         return existing
-    cfg = ctx.config
-    spec = StandbySpec(name=name, machine_type=cfg.standby.machine_type, disk_gb=cfg.standby.disk_gb,
-                       image=cfg.standby.image, spot=cfg.gcp_spot, termination_action=cfg.standby.termination_action,
-                       ssh_public_keys=[ctx.controller_public_key(), *ctx.user_public_keys()],
-                       labels={"dumont-pair": rt.name})
-    instance = await ctx.standby_cloud.create_standby(spec)
+    instance = await ctx.standby_cloud.create_standby(standby_spec(ctx, rt, name))
     ctx.store.record_host(instance.provider, instance.instance_id, rt.name, "cpu", "created as the standby")
+    cfg = ctx.config
     ctx.event(rt.name, "standby_created", f"created standby VM {instance.instance_id} ({cfg.standby.machine_type}, "
                                           f"{'spot' if cfg.gcp_spot else 'on-demand'})")
     return instance
 
 
+def standby_spec(ctx: ControllerContext, rt: PairRuntime, name: str) -> StandbySpec:
+    """The standby VM to create for ``rt``: a non-root login with our keys, reachable through its network tag's
+    firewall rule, rsync installed by its startup script while it boots."""
+    from dumont.core.bootstrap import boot_script
+
+    cfg = ctx.config.standby
+    return StandbySpec(name=name, machine_type=cfg.machine_type, disk_gb=cfg.disk_gb, image=cfg.image,
+                       spot=ctx.config.gcp_spot, termination_action=cfg.termination_action, ssh_user=cfg.ssh_user,
+                       ssh_public_keys=[ctx.controller_public_key(), *ctx.user_public_keys()],
+                       labels={"dumont-pair": rt.name}, network_tag=cfg.network_tag,
+                       ssh_source_ranges=cfg.ssh_source_ranges, startup_script=boot_script())
+
+
 async def _wait_running(ctx: ControllerContext, instance: Instance) -> HostRef:
-    deadline = ctx.clock() + ctx.config.ssh_wait_timeout
+    deadline = ctx.clock() + ctx.config.standby.boot_timeout_seconds
     while instance.state != InstanceState.RUNNING or not instance.ssh_host:
         if ctx.clock() > deadline:
-            raise DumontError(f"standby {instance.instance_id} was not running after {ctx.config.ssh_wait_timeout:g} s")
-        if instance.state in (InstanceState.STOPPED, InstanceState.PREEMPTED):
+            raise DumontError(f"standby {instance.instance_id} was not running after "
+                              f"{ctx.config.standby.boot_timeout_seconds:g} s (state {instance.raw_state})")
+        if instance.state in RESTARTABLE:
             await ctx.standby_cloud.start(instance.instance_id)
         await asyncio.sleep(1.0)  # the provider has no push notification; poll, bounded by the deadline
         instance = await ctx.standby_cloud.get(instance.instance_id)
     ref = host_ref(instance, "cpu")
-    await wait_for_ssh(ctx, ref, deadline=deadline)
+    await wait_for_ssh(ctx, ref, deadline=ctx.clock() + ctx.config.ssh_wait_timeout)
     return ref
 
 
@@ -97,13 +158,17 @@ async def _first_pass(ctx: ControllerContext, rt: PairRuntime, primary: HostRef,
     raise DumontError(f"the first full pass to the new standby failed: {last}")
 
 
-async def _delete_old(ctx: ControllerContext, rt: PairRuntime, old: HostRef) -> None:
+async def _delete(ctx: ControllerContext, rt: PairRuntime, provider: str, instance_id: str, why: str, *,
+                  ref: HostRef | None) -> None:
+    """Delete a standby VM and forget it; report, never raise (a failure says to delete it by hand)."""
     try:
-        async with asyncio.timeout(300):
-            await ctx.standby_cloud.delete(old.instance_id)
+        async with asyncio.timeout(DELETE_TIMEOUT):
+            await ctx.standby_cloud.delete(instance_id)
     except (DumontError, TimeoutError) as exc:
-        ctx.event(rt.name, "cleanup_failed", f"could not delete the old standby {old.instance_id}: {exc}")
+        ctx.event(rt.name, "cleanup_failed", f"could not delete standby VM {instance_id} ({why}): {exc}; "
+                                             "delete it by hand to stop paying for it")
         return
-    ctx.store.release_host(old.provider, old.instance_id, "replaced")
-    await ctx.forget(old)
-    ctx.event(rt.name, "standby_deleted", f"deleted the lost standby {old.instance_id}")
+    ctx.store.release_host(provider, instance_id, f"deleted: {why}")
+    if ref is not None:
+        await ctx.forget(ref)
+    ctx.event(rt.name, "standby_deleted", f"deleted standby VM {instance_id}: {why}", {"instance_id": instance_id})

@@ -1,9 +1,11 @@
 """Bringing a controller up from its configuration: keys, store, providers, every pair adopted or resumed.
 
 A pair the store already knows is resumed as it was (state, epoch, hosts, unfinished operation). A new pair is
-adopted from the config: its primary instance is looked up through its provider, and its standby too if one is
-named (otherwise the loop creates one). Every host is reached once, its host key pinned, and given the pair's
-host key so the endpoint's identity never changes.
+adopted from the config: its primary instance is looked up through its provider, which is also asked to let the
+controller's key in (Vast applies account keys only to instances created after them), and its standby too if one
+is named (otherwise the loop creates one). The endpoint and the API come up at once; every host is then reached
+in the background, its host key pinned, readied (Python, rsync) and given the pair's host key so the endpoint's
+identity never changes. An adopted pair's endpoint holds new connections until its primary presents that key.
 """
 
 from __future__ import annotations
@@ -12,20 +14,19 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from dumont.config import Config, PairConfig, split_host_port
 from dumont.core.context import ControllerContext, host_ref, present_pair_host_key, wait_for_ssh
+from dumont.core.endpoint import publish_endpoint
 from dumont.core.layout import ControllerLayout
 from dumont.core.model import HostRef, OperationStatus, PairState
 from dumont.core.pair import PairRuntime
 from dumont.endpoint.relay import EndpointRelay
-from dumont.endpoint.sshconfig import known_hosts_line, render_ssh_config, write_ssh_config
 from dumont.errors import ConfigError, DumontError
 from dumont.providers.gcp.provider import GcpStandbyCloud
 from dumont.providers.vast.provider import VastMarket
 from dumont.store.sqlite import Store
-from dumont.transport.keys import KnownHosts, ensure_keypair, read_public_key, write_private
+from dumont.transport.keys import KnownHosts, ensure_keypair, write_private
 from dumont.transport.ssh import SshTransport
 
 log = logging.getLogger("dumont.controller")
@@ -72,6 +73,19 @@ async def controller_context(config: Config) -> AsyncIterator[ControllerContext]
         store.close()
 
 
+async def refuse_unready_setup(ctx: ControllerContext) -> None:
+    """Before a new pair is adopted (and anything is created for it), every doctor check must pass."""
+    if all(ctx.store.get_pair(pair.name) is not None for pair in ctx.config.pairs):
+        return  # resuming: a host that is down now is the loop's business, not a reason to refuse
+    from dumont.setup.doctor import run_doctor
+
+    failed = [c for c in await run_doctor(ctx.config) if c.status == "fail"]
+    if failed:
+        raise DumontError("the setup is not ready, so nothing was created: "
+                          + "; ".join(f"{c.name}: {c.detail} ({c.fix})" for c in failed),
+                          hint="run `dumont doctor --config FILE` for the full report")
+
+
 async def load_pair(ctx: ControllerContext, pair: PairConfig) -> PairRuntime:
     """Resume a known pair from the store, or adopt a new one from the config."""
     # Connections arriving during a failback's catch-up pass wait for it (bounded by the transfer timeout).
@@ -84,22 +98,37 @@ async def load_pair(ctx: ControllerContext, pair: PairConfig) -> PairRuntime:
         ctx.event(pair.name, "resumed", f"resumed as {rt.state} at epoch {rt.epoch} after a controller restart")
     else:
         rt = await _adopt(ctx, pair, relay)
-    for ref in (rt.primary, rt.standby):
-        if ref is not None:
-            await _reach(ctx, rt, ref)
     return rt
+
+
+async def reach_hosts(ctx: ControllerContext, rt: PairRuntime) -> None:
+    """Reach, ready and re-key every host of a pair (in the background at start-up); failures are left to probes."""
+    try:
+        for ref in (rt.primary, rt.standby):
+            if ref is not None:
+                await _reach(ctx, rt, ref)
+    finally:
+        if rt.awaiting_host_key:
+            rt.awaiting_host_key = False
+            rt.relay.release(reason="the adopted primary was reached")
 
 
 async def _adopt(ctx: ControllerContext, pair: PairConfig, relay: EndpointRelay) -> PairRuntime:
     if pair.primary.provider != "vast" or not pair.primary.instance_id:
         raise ConfigError(f"pairs.{pair.name}.primary must name a vast instance_id (the GPU to protect)")
+    keys = [ctx.controller_public_key(), *ctx.user_public_keys()]
+    # Vast copies account keys only into instances created after them: the GPU a user already rents does not
+    # know the controller's key until it is attached through the API (research/real-instances.md B1).
+    await ctx.gpu_market.attach_keys(pair.primary.instance_id, keys)
     primary = host_ref(await ctx.gpu_market.get(pair.primary.instance_id), "gpu")
     ctx.store.record_host(primary.provider, primary.instance_id, pair.name, "gpu", "adopted as the primary")
     standby = None
     if pair.standby.instance_id:
+        await ctx.standby_cloud.set_ssh_keys(pair.standby.instance_id, ctx.config.standby.ssh_user, keys)
         standby = host_ref(await ctx.standby_cloud.get(pair.standby.instance_id), "cpu")
         ctx.store.record_host(standby.provider, standby.instance_id, pair.name, "cpu", "adopted as the standby")
-    rt = PairRuntime(pair, PairState.STARTING, 1, primary, standby, relay)
+    relay.hold(reason="the adopted primary does not present the pair's host key yet")
+    rt = PairRuntime(pair, PairState.STARTING, 1, primary, standby, relay, awaiting_host_key=True)
     ctx.store.save_pair(rt.row())
     ctx.event(pair.name, "adopted", f"protecting GPU {primary.instance_id}"
               + (f" with standby {standby.instance_id}" if standby else "; a standby will be created"))
@@ -117,6 +146,7 @@ async def _reach(ctx: ControllerContext, rt: PairRuntime, ref: HostRef) -> None:
     """Pin the host's key (first contact) and make it present the pair's host key; a failure is left to probes."""
     try:
         await wait_for_ssh(ctx, ref, deadline=ctx.clock() + min(60.0, ctx.config.ssh_wait_timeout))
+        await ctx.ensure_ready(ref)
         await present_pair_host_key(ctx, ref, rt.name)
     except DumontError as exc:
         ctx.event(rt.name, "host_unreachable", f"could not reach {ref.alias} at start-up: {exc}")
@@ -127,18 +157,4 @@ async def start_endpoint(ctx: ControllerContext, rt: PairRuntime) -> None:
     await rt.relay.start()
     if rt.primary is not None:
         rt.relay.point_to((rt.primary.ssh_host, rt.primary.ssh_port), reason=f"serving {rt.primary.alias}")
-    host, port = rt.relay.address
-    folder = ctx.layout.ssh_dir(rt.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    known = folder / "known_hosts"
-    write_ssh_config(known, known_hosts_line(rt.name, read_public_key(ctx.layout.pair_host_key(rt.name))) + "\n")
-    user = rt.primary.ssh_user if rt.primary else "root"
-    write_ssh_config(folder / "config", render_ssh_config(rt.name, host, port, user, _user_identity(ctx), known))
-
-
-def _user_identity(ctx: ControllerContext) -> Path | None:
-    """The private key next to ``user_keys_file`` (``key.pub`` -> ``key``), if there is one."""
-    path = ctx.config.controller.user_keys_file
-    if path is not None and path.suffix == ".pub" and path.with_suffix("").exists():
-        return path.with_suffix("")
-    return None
+    publish_endpoint(ctx, rt)

@@ -45,6 +45,10 @@ while True:
 """
 
 
+FIND_PYTHON = ('for p in python3 /opt/conda/bin/python3 /usr/bin/python3; do '
+               'command -v "$p" >/dev/null 2>&1 && exec "$p" -c "$@"; done; echo "no python3" >&2; exit 127')
+
+
 @dataclass(frozen=True)
 class Record:
     """One acknowledged write."""
@@ -103,7 +107,8 @@ class Writer:
 
     async def _session(self) -> None:
         next_seq = self.records[-1].seq + 1 if self.records else 1
-        remote = quote_remote(["python3", "-c", REMOTE, str(next_seq), str(self.interval)])
+        # The job runs with the image's Python, wherever it lives (Vast's pytorch images keep it off the PATH).
+        remote = quote_remote(["sh", "-c", FIND_PYTHON, "writer", REMOTE, str(next_seq), str(self.interval)])
         self._proc = await asyncio.create_subprocess_exec(
             "ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
             "-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=3", self.alias, "--", remote,

@@ -15,6 +15,8 @@ from dumont.replication.pairing import pair_hosts
 from dumont.transport.keys import KnownHosts, ensure_keypair
 from dumont.transport.ssh import SshTarget, SshTransport
 
+READY_TIMEOUT = 300.0
+
 
 @dataclass(frozen=True)
 class LocalHostRef:
@@ -33,6 +35,14 @@ def local_hosts(state_dir: Path) -> dict[str, LocalHostRef]:
                                 r["host_public_key"])
         for r in rows
     }
+
+
+async def ready_agent(transport: SshTransport, ref: LocalHostRef) -> HostAgent:
+    """The agent of a local host, readied first (a host booted from a bare image lacks rsync, hides Python)."""
+    from dumont.core.bootstrap import ready_host
+
+    ready = await ready_host(transport, ref.target, timeout=READY_TIMEOUT)
+    return HostAgent(transport, ref.target, python=ready.python)
 
 
 def pick(hosts: dict[str, LocalHostRef], name: str, option: str) -> LocalHostRef:
@@ -59,7 +69,7 @@ async def sync_once(state_dir: Path, primary: LocalHostRef, standby: LocalHostRe
                     policy: ReplicationPolicy) -> PassReport:
     """Run one pass between two local hosts (pairing them first in direct mode)."""
     async with local_transport(state_dir, [primary, standby]) as transport:
-        source, target = HostAgent(transport, primary.target), HostAgent(transport, standby.target)
+        source, target = await ready_agent(transport, primary), await ready_agent(transport, standby)
         try:
             epoch = (await source.info()).epoch
             if epoch == 0:

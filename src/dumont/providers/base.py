@@ -111,7 +111,13 @@ class LaunchRequest:
 
 @dataclass(frozen=True)
 class StandbySpec:
-    """The standby VM (SPEC §4.6): a spot e2-medium by default, with STOP as its termination action."""
+    """The standby VM (SPEC §4.6): a spot e2-medium by default, with STOP as its termination action.
+
+    ``ssh_user`` is the login the keys are for: never root, which Google's images refuse over SSH. The VM carries
+    ``network_tag``, which the firewall rule opening tcp:22 from ``ssh_source_ranges`` targets (the GPU's address
+    is not known in advance, hence anywhere by default). ``startup_script`` runs as root at every boot (the
+    product's installs rsync, which the image lacks).
+    """
 
     name: str
     machine_type: str = "e2-medium"
@@ -119,9 +125,12 @@ class StandbySpec:
     image: str = "projects/debian-cloud/global/images/family/debian-12"
     spot: bool = True
     termination_action: str = "STOP"
-    ssh_user: str = "root"
+    ssh_user: str = "dumont"
     ssh_public_keys: Sequence[str] = ()
     labels: dict[str, str] = field(default_factory=dict)
+    network_tag: str = "dumont-standby"
+    ssh_source_ranges: tuple[str, ...] = ("0.0.0.0/0",)
+    startup_script: str | None = None
 
 
 class GpuMarket(Protocol):
@@ -147,6 +156,10 @@ class GpuMarket(Protocol):
 
     async def list(self, label: str | None = None) -> list[Instance]:
         """Every instance of this account (only those carrying ``label``, if given)."""
+        ...
+
+    async def attach_keys(self, instance_id: str, public_keys: Sequence[str]) -> None:
+        """Let ``public_keys`` log in to an existing instance (idempotent: a key it has already is fine)."""
         ...
 
     async def stop(self, instance_id: str) -> None:
@@ -185,6 +198,10 @@ class StandbyCloud(Protocol):
 
     async def delete(self, instance_id: str) -> None:
         """Delete the VM; succeeds if it is already gone."""
+        ...
+
+    async def set_ssh_keys(self, instance_id: str, user: str, public_keys: Sequence[str]) -> None:
+        """Let ``public_keys`` log in to an existing VM as ``user`` (idempotent)."""
         ...
 
 

@@ -35,7 +35,7 @@ _INSTALL = (
     'if [ -f "$f" ]; then cat >/dev/null; else mkdir -p "$d/agent" && cat >"$f.$$" && mv "$f.$$" "$f"; fi; '
     'printf "%s" "$f"'
 )
-_SERVE = 'exec "${DUMONT_PYTHON:-python3}" -X utf8 "$0" serve'
+_SERVE = 'exec "${DUMONT_PYTHON:-$1}" -X utf8 "$0" serve'
 
 _ERRORS: dict[str, type[DumontError]] = {
     "StaleEpochRefused": StaleEpochRefused,
@@ -129,6 +129,7 @@ class HostAgent:
     transport: SshTransport
     target: SshTarget
     start_timeout: float = 30.0
+    python: str = "python3"  # the interpreter the host was readied with (core/bootstrap.py)
     _proc: asyncio.subprocess.Process | None = field(default=None, init=False, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _next_id: int = field(default=0, init=False, repr=False)
@@ -192,7 +193,7 @@ class HostAgent:
                 self.target, ["sh", "-c", _INSTALL], input=AGENT_ZIP, timeout=self.start_timeout
             )
             self._path = result.text.strip()
-        proc = await self.transport.start(self.target, ["sh", "-c", _SERVE, self._path])
+        proc = await self.transport.start(self.target, ["sh", "-c", _SERVE, self._path, self.python])
         self._proc = proc
         try:
             async with asyncio.timeout(self.start_timeout):

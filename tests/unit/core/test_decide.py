@@ -123,6 +123,22 @@ CASES = [
     ("standby replaced", obs(PairState.STANDBY_LOST, operation=OperationStatus(
         "replace_standby", "syncing", NOW - 5, finished=True, succeeded=True)), Memory(), ["SetState"],
      "the new standby is synced; the pair is protected again"),
+    ("a standby replacement that failed is tried again", obs(PairState.STANDBY_LOST, operation=OperationStatus(
+        "replace_standby", "syncing", NOW - 5, finished=True, error="ssh never answered"),
+        standby_attempts_last_hour=1), Memory(), ["Alert", "ReplaceStandby"],
+     "replacing the standby failed (ssh never answered); trying again"),
+    ("the hour's standby attempts are spent: wait", obs(PairState.STANDBY_LOST, operation=OperationStatus(
+        "replace_standby", "syncing", NOW - 5, finished=True, error="ssh never answered"),
+        standby_attempts_last_hour=3), Memory(alerted=frozenset({"standby_replace_failed"})), ["Alert"],
+     "but 3 attempts failed in the last hour, so waiting before the next"),
+    ("a lost standby waits too when the attempts are spent", obs(standby=provider(InstanceState.PREEMPTED, "x"),
+                                                                 standby_attempts_last_hour=3), Memory(),
+     ["Alert", "SetState"], "waiting before the next"),
+    ("a primary at a new address is followed, its failures not counted",
+     obs(PairState.DEGRADED, primary=replace(failing(), moved_to=("127.9.9.9", 2200))), Memory(primary_failures=2),
+     ["RefreshAddress"], "GPU check failed (2/3)"),
+    ("a standby at a new address is followed", obs(standby=replace(failing(), moved_to=("127.9.9.8", 2201))),
+     Memory(standby_failures=2), ["RefreshAddress"], "GPU healthy"),
     ("pause", obs(intents=(Intent(1, "pause", NOW),)), Memory(), ["ConsumeIntent", "SetState"],
      "paused by an operator (was syncing)"),
     ("paused ignores failures and intents",

@@ -1,25 +1,42 @@
 """A Compute Engine API emulator: enough of ``compute/v1`` for google-cloud-compute to run unchanged.
 
-Served on 127.0.0.1 (``gcp_url`` in the ready record): instances insert, get, list, delete, stop, start and
-getGuestAttributes (``hostkeys/``); zone operations get, wait and list with a ``filter``. Any project and zone
-are accepted; the local cloud's own config uses project ``dumont-local`` and zone ``local-a``. Requests need no
-Authorization (clients use ``AnonymousCredentials``); ``<state_dir>/gcp_credentials.json`` says so and where the
-emulator is.
+Served on 127.0.0.1 (``gcp_url`` in the ready record). Instances: insert, get, list, delete, stop, start,
+setMetadata and getGuestAttributes (``hostkeys/``); zone operations get, wait and list with a ``filter``
+(``gcp_operations.py``); the project, its common instance metadata, zones, regions with quotas, firewall rules and
+global operations (``gcp_project.py``). Any project and zone are accepted for instances; the local cloud's own
+config uses project ``dumont-local`` and zone ``local-a``. Requests need no Authorization (clients use
+``AnonymousCredentials``); ``<state_dir>/gcp_credentials.json`` says so and where the emulator is.
 
-Each VM is a real pool host ``gcp-<name>`` whose sshd accepts the keys of the ``ssh-keys`` metadata item. Every
-local host has one account (the local user), so the ``user:`` part of a key is not a separate login; that account
-is added to the metadata as ``dumont-ssh-user``, and, since all VMs share 127.0.0.1, the SSH port as
+Each VM is a real pool host ``gcp-<name>`` booted from the ``debian-12`` image (``localcloud/images.py``: no
+rsync, root refused over SSH, passwordless sudo for metadata users), on a loopback address of its own: its
+external IP (``natIP``), released at a stop and a new one at each start, as an ephemeral IP is. What the guest
+agent makes of metadata (``gcp_metadata.py``) is applied at insert, start, ``setMetadata`` and
+``setCommonInstanceMetadata``: each non-root ``user:key`` line of ``ssh-keys`` is a login; ``enable-oslogin=TRUE``
+leaves none; ``startup-script`` runs as root at every boot. Its SSH port answers only while a firewall rule opens
+tcp:22 to it (``gcp_firewalls.py``), re-checked at insert, start and every rule change; a new project has no
+rules. Since all VMs share 127.0.0.0/8, each sshd listens on a port of its own, added to the metadata as
 ``dumont-ssh-port`` (while the host is up).
 
 Status is read live from the host: a running or partitioned host is RUNNING (GCE cannot see a hung guest); a
 stopped one is TERMINATED. A *killed* host is what GCE shows when a spot VM's host dies: TERMINATED (spot VMs
-never restart automatically) with a ``compute.instances.hostError`` operation, recorded when first seen. While an
-operation is in flight the VM shows its transition (PROVISIONING/STAGING, STOPPING). The host work runs inside
-the request; the operation then reports RUNNING until ``$DUMONT_LOCAL_GCP_DELAY_SECONDS`` (default 0.5) have
-passed, so a client that polls through Google's host instead of ours (cloud-apis.md §2.4) is caught out.
-``operations.wait`` answers when the operation is DONE or after ``$DUMONT_LOCAL_GCP_WAIT_SECONDS`` (default 120,
-like GCE's roughly two minutes). ``dumont local preempt`` gives ``$DUMONT_LOCAL_GCP_PREEMPT_NOTICE_SECONDS`` of
-notice (default 0; GCE gives 30), then stops the host (disk kept) or deletes it (termination action DELETE).
+never restart automatically) with a ``compute.instances.hostError`` operation, recorded when first seen.
+
+A mutating call does its work and then waits ``$DUMONT_LOCAL_GCP_DELAY_SECONDS`` (default 0.5) inside the request,
+and answers with a DONE operation (a failure is the DONE operation's ``error``, as GCE reports it), so Google's own
+``ExtendedOperation.result()`` returns without polling: its poller ignores a custom endpoint and would ask
+``compute.googleapis.com`` (cloud-apis.md §2.4). Meanwhile the VM shows its transition (PROVISIONING/STAGING,
+STOPPING) and ``operations.get/wait/list`` show the operation RUNNING. GCE itself answers before the work is done;
+the ``pending`` fault does that for the next calls. ``operations.wait`` answers when the operation is DONE or after
+``$DUMONT_LOCAL_GCP_WAIT_SECONDS`` (default 120, like GCE's roughly two minutes). ``dumont local preempt`` gives
+``$DUMONT_LOCAL_GCP_PREEMPT_NOTICE_SECONDS`` of notice (default 0; GCE gives 30), then stops the host (disk kept)
+or deletes it (termination action DELETE).
+
+Faults (tests drive them over HTTP, like the Vast emulator's)::
+
+    POST /_dumont/faults/nossh    {"next": N}  the next N inserted VMs run, but their sshd never answers
+    POST /_dumont/faults/pending  {"next": N}  the next N mutating calls answer at once with a RUNNING operation
+    POST /_dumont/faults/clear    disarm every fault
+    GET  /_dumont/faults          the armed faults
 """
 
 from __future__ import annotations
@@ -28,23 +45,28 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from dumont.errors import DumontError, UsageError
+from dumont.errors import UsageError
 from dumont.localcloud.daemon import json_response
+from dumont.localcloud.emulators import gcp_firewalls, gcp_metadata
+from dumont.localcloud.emulators.gcp_http import API, ApiError, api_errors, not_found, read_json
+from dumont.localcloud.emulators.gcp_operations import Operations, Work
+from dumont.localcloud.emulators.gcp_project import ProjectApi, check_fingerprint, checked_items, disk_needs, needs
 from dumont.localcloud.emulators.gcp_resources import (
     HOST_ERROR,
     NAME_PATTERN,
     PREEMPTED,
+    SSH_PORT_KEY,
     Operation,
     Vm,
-    error_body,
     load_record,
     parse_filter,
     save_record,
-    ssh_keys,
 )
 from dumont.localcloud.hosts import HostState
 from dumont.transport.keys import write_private
@@ -57,9 +79,24 @@ PROJECT, ZONE = "dumont-local", "local-a"
 CREDENTIALS_TYPE = "dumont_local_emulator"  # read by dumont.providers.gcp.client
 DELAY_ENV, WAIT_ENV = "DUMONT_LOCAL_GCP_DELAY_SECONDS", "DUMONT_LOCAL_GCP_WAIT_SECONDS"
 NOTICE_ENV = "DUMONT_LOCAL_GCP_PREEMPT_NOTICE_SECONDS"
-ZONE_PATH = "/compute/v1/projects/{project}/zones/{zone}"
+INSTANCES = API + "/projects/{project}/zones/{zone}/instances"
 UP = (HostState.RUNNING, HostState.PARTITIONED)
+LIFECYCLE = frozenset({"insert", "start", "stop", "delete", PREEMPTED})  # operations whose status the VM shows
+IMAGE = "debian-12"  # what every VM boots from (localcloud/images.py): no rsync, no root login
 RECORD_FILE = "gcp_vm.json"  # in the host's directory, so it goes when the host is destroyed
+PROJECTS_FILE = "gcp_projects.json"  # in the state directory: firewalls, project metadata and quota limits
+
+
+@dataclass
+class Faults:
+    """Faults armed through ``/_dumont/faults``: counts of the next calls they apply to."""
+
+    nossh_next: int = 0  # inserted VMs that run but whose sshd never answers
+    pending_next: int = 0  # mutating calls answered at once with a RUNNING operation, as GCE itself does
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        return asdict(self)
 
 
 class GcpEmulator:
@@ -71,12 +108,32 @@ class GcpEmulator:
     def __init__(self, cloud: LocalCloud, *, delay: float = 0.5, wait_limit: float = 120.0,
                  preempt_notice: float = 0.0) -> None:
         self.cloud = cloud
-        self.delay, self.wait_limit, self.preempt_notice = delay, wait_limit, preempt_notice
+        self.preempt_notice = preempt_notice
         self.url = ""
         self.vms: dict[tuple[str, str, str], Vm] = {}
-        self.operations: dict[tuple[str, str, str], Operation] = {}
+        self.ops = Operations(delay=delay, wait_limit=wait_limit)
+        self.ops.before_list = self._notice_dead_hosts
+        self.projects = ProjectApi(self.ops, cloud.state_dir / PROJECTS_FILE, self._vms_of, self._project_changed)
+        self.faults = Faults()
         self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def delay(self) -> float:
+        """Seconds each mutating call takes (inside the request)."""
+        return self.ops.delay
+
+    @delay.setter
+    def delay(self, seconds: float) -> None:
+        self.ops.delay = seconds
+
+    @property
+    def wait_limit(self) -> float:
+        """Seconds ``operations.wait`` holds a request at most."""
+        return self.ops.wait_limit
+
+    @wait_limit.setter
+    def wait_limit(self, seconds: float) -> None:
+        self.ops.wait_limit = seconds
 
     async def start(self) -> str:
         """Restore the VMs of a previous run; serve on 127.0.0.1; write the credentials descriptor; return the URL."""
@@ -86,7 +143,7 @@ class GcpEmulator:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = self.ops.url = f"http://127.0.0.1:{port}"
         descriptor = {"type": CREDENTIALS_TYPE, "api_endpoint": self.url, "project": PROJECT, "zone": ZONE,
                       "note": "The local GCP Compute emulator takes no credentials: clients send none "
                               "(AnonymousCredentials). This file only says where it is."}
@@ -94,155 +151,182 @@ class GcpEmulator:
         return self.url
 
     async def stop(self) -> None:
-        """Stop serving; cancel preemptions still in their notice period."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Stop serving; cancel preemptions still in their notice period and work answered early."""
+        await self.ops.cancel_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     def app(self) -> web.Application:
-        """The Compute routes."""
-        app = web.Application()
-        instances, operations = f"{ZONE_PATH}/instances", f"{ZONE_PATH}/operations"
-        app.router.add_post(instances, self._insert)
-        app.router.add_get(instances, self._list_instances)
-        app.router.add_get(instances + "/{name}", self._get)
-        app.router.add_delete(instances + "/{name}", self._delete)
-        app.router.add_post(instances + "/{name}/{verb}", self._stop_or_start)
-        app.router.add_get(instances + "/{name}/getGuestAttributes", self._guest_attributes)
-        app.router.add_get(operations, self._list_operations)
-        app.router.add_get(operations + "/{operation}", self._get_operation)
-        app.router.add_post(operations + "/{operation}/wait", self._wait_operation)
+        """The Compute routes and the fault routes."""
+        app = web.Application(middlewares=[api_errors])
+        app.router.add_post(INSTANCES, self._insert)
+        app.router.add_get(INSTANCES, self._list_instances)
+        app.router.add_get(INSTANCES + "/{name}", self._get)
+        app.router.add_delete(INSTANCES + "/{name}", self._delete)
+        app.router.add_post(INSTANCES + "/{name}/{verb}", self._instance_verb)
+        app.router.add_get(INSTANCES + "/{name}/getGuestAttributes", self._guest_attributes)
+        self.ops.add_routes(app)
+        self.projects.add_routes(app)
+        app.router.add_get("/_dumont/faults", self._fault_state)
+        app.router.add_post("/_dumont/faults/{action}", self._inject)
         return app
 
     # ------------------------------------------------------------------ instances
 
     async def _insert(self, request: web.Request) -> web.Response:
         project, zone = request.match_info["project"], request.match_info["zone"]
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "parseError", "The request body is not valid JSON")
-        name = str(body.get("name", "")) if isinstance(body, dict) else ""
+        body = await read_json(request)
+        name = str(body.get("name", ""))
         if not NAME_PATTERN.fullmatch(name):
-            return _error(400, "invalid", f"Invalid value for field 'resource.name': '{name}'. Must be a match of "
-                                          f"regex '{NAME_PATTERN.pattern}'")
+            raise ApiError(400, "invalid", f"Invalid value for field 'resource.name': '{name}'. Must be a match of "
+                                           f"regex '{NAME_PATTERN.pattern}'")
         existing = self.vms.get((project, zone, name))
         if (existing and self._status(existing)) or any(h.name == f"gcp-{name}" for h in self.cloud.pool.hosts()):
-            return _error(409, "alreadyExists", f"The resource '{_path(project, zone, name)}' already exists")
+            raise ApiError(409, "alreadyExists", f"The resource '{_path(project, zone, name)}' already exists")
+        body["metadata"] = {"items": checked_items(body.get("metadata") or {}, drop=(SSH_PORT_KEY,))}
         vm = Vm(project, zone, name, body, host=f"gcp-{name}")
         self.vms[(project, zone, name)] = vm
-        operation = self._operation(vm, "insert")
-        async with vm.lock:
+
+        async def create_host() -> None:
             try:
-                await self.cloud.pool.create(vm.host, authorized_keys=ssh_keys(body), role="cpu", provider="gcp",
-                                             instance_id=name)
-            except DumontError as exc:
+                self.projects.check_quota(vm, {**needs(vm), **disk_needs(vm)})
+                await self.cloud.pool.create(vm.host, authorized_keys=[], role="cpu", provider="gcp",
+                                             instance_id=name, image=IMAGE, start=False,
+                                             login_users=self._login_users(vm), boot_script=self._boot_script(vm))
+                await self._open_or_close(vm)  # before sshd starts: a closed port is never open, even briefly
+                await self.cloud.pool.start(vm.host)
+            except Exception:
                 del self.vms[(project, zone, name)]
                 await self._destroy_host(vm)  # a host whose sshd never came up must not block the name
-                operation.finish((503, "RESOURCE_OPERATION_FAILED", f"could not start the local host: {exc}"))
-            else:
-                vm.last_start = time.time()
-                operation.finish()
-                self._save(vm)
-        return self._operation_response(operation)
+                raise
+            vm.last_start = time.time()
+            if self.faults.nossh_next > 0:
+                self.faults.nossh_next -= 1
+                await self.cloud.pool.partition(vm.host)  # the VM runs; its sshd is hung
+
+        return await self._act(vm, "insert", create_host)
 
     async def _get(self, request: web.Request) -> web.Response:
         vm, status = self._find(request)
-        if vm is None or status is None:
-            return _not_found(request)
         return json_response(self._instance_json(vm, status))
 
     async def _list_instances(self, request: web.Request) -> web.Response:
         project, zone = request.match_info["project"], request.match_info["zone"]
-        try:
-            keep = parse_filter(request.query.get("filter", ""))
-        except ValueError as exc:
-            return _error(400, "invalid", f"Invalid value for field 'filter': {exc}")
+        keep = _filter(request)
         listed = [(vm, self._status(vm)) for (p, z, _), vm in sorted(self.vms.items()) if (p, z) == (project, zone)]
         items = [self._instance_json(vm, status) for vm, status in listed if status]
         return json_response({"kind": "compute#instanceList", "id": f"projects/{project}/zones/{zone}/instances",
-                              "items": [i for i in items if keep(i)], "selfLink": self._base(project, zone)})
+                              "items": [i for i in items if keep(i)],
+                              "selfLink": f"{self.ops.project_url(project)}/zones/{zone}/instances"})
 
     async def _delete(self, request: web.Request) -> web.Response:
-        vm, status = self._find(request)
-        if vm is None or status is None:
-            return _not_found(request)
-        operation = self._operation(vm, "delete")
-        async with vm.lock:
+        vm, _ = self._find(request)
+
+        async def destroy() -> None:
             await self._destroy_host(vm)
             vm.last_stop = time.time()
-            operation.finish()
-        return self._operation_response(operation)
 
-    async def _stop_or_start(self, request: web.Request) -> web.Response:
+        return await self._act(vm, "delete", destroy)
+
+    async def _instance_verb(self, request: web.Request) -> web.Response:
         verb = request.match_info["verb"]
-        if verb not in ("stop", "start"):
-            return _error(400, "invalid", f"Unknown instance method '{verb}'")
-        vm, status = self._find(request)
-        if vm is None or status is None:
-            return _not_found(request)
-        operation = self._operation(vm, verb)
-        async with vm.lock:
-            try:
-                if verb == "stop":
-                    await self.cloud.pool.stop(vm.host)
-                    vm.last_stop = time.time()
-                else:
-                    await self.cloud.pool.start(vm.host)
-                    vm.last_start = time.time()
-            except DumontError as exc:
-                operation.finish((503, "RESOURCE_OPERATION_FAILED", f"could not {verb} the local host: {exc}"))
-            else:
-                operation.finish()
-            self._save(vm)
-        return self._operation_response(operation)
+        if verb not in ("stop", "start", "setMetadata"):
+            raise ApiError(400, "invalid", f"Unknown instance method '{verb}'")
+        vm, _ = self._find(request)
+        if verb == "setMetadata":
+            return await self._set_metadata(vm, await read_json(request))
+        if verb == "stop":
+            return await self._act(vm, verb, lambda: self._stop_host(vm))
+
+        async def start() -> None:
+            host = self._host(vm)
+            stopped = host is not None and host.state not in UP  # (its status shows this start: STAGING)
+            if stopped:
+                self.projects.check_quota(vm, needs(vm))  # its CPUs and external IP were given back at the stop
+            await self._apply(vm)
+            # An ephemeral external IP is released at a stop; the VM comes back on another one.
+            await self.cloud.pool.start(vm.host, new_address=stopped)
+            vm.last_start = time.time()
+
+        return await self._act(vm, verb, start)
+
+    async def _stop_host(self, vm: Vm) -> None:
+        await self.cloud.pool.stop(vm.host)
+        vm.last_stop = time.time()
+
+    async def _set_metadata(self, vm: Vm, body: dict[str, Any]) -> web.Response:
+        items = checked_items(body, drop=(SSH_PORT_KEY,))  # ours is shown, never stored
+        operation = Operation("setMetadata", vm.project, vm.zone, vm.target, vm.id)
+
+        async def apply() -> None:
+            vm.body["metadata"] = {"items": items}
+            await self._apply(vm)
+
+        return await self.ops.perform(operation, apply, lock=vm.lock, after=lambda: self._save(vm),
+                                      check=lambda: check_fingerprint(body, vm.metadata_items))
 
     async def _guest_attributes(self, request: web.Request) -> web.Response:
-        vm, status = self._find(request)
+        vm, _ = self._find(request)
         query = request.query.get("queryPath", "")
-        if vm is None or status is None or not query.startswith("hostkeys/"):
-            return _not_found(request)
-        kind, _, key = self.cloud.pool.get(vm.host).host_public_key.partition(" ")
+        host = self._host(vm)
+        if host is None or not query.startswith("hostkeys/"):
+            raise not_found(f"{_path(vm.project, vm.zone, vm.name)}/guestAttributes/{query}")
+        kind, _, key = host.host_public_key.partition(" ")
         items = [{"namespace": "hostkeys", "key": kind, "value": key.split(" ")[0]}]
+        url = f"{self.ops.project_url(vm.project)}/{vm.target}/guestAttributes"
         return json_response({"kind": "compute#guestAttributes", "queryPath": query, "queryValue": {"items": items},
-                              "selfLink": f"{self._base(vm.project, vm.zone)}/instances/{vm.name}/guestAttributes"})
+                              "selfLink": url})
 
-    # ------------------------------------------------------------------ operations
+    # ------------------------------------------------------------------ what the guest and the network make of it
 
-    async def _get_operation(self, request: web.Request) -> web.Response:
-        operation = self._find_operation(request)
-        return self._operation_response(operation) if operation else _not_found(request)
+    def _login_users(self, vm: Vm) -> dict[str, list[str]]:
+        """The logins (user -> keys) the guest agent makes of the VM's and its project's metadata."""
+        return gcp_metadata.login_users(vm.metadata_dict, self.projects.get(vm.project).metadata_items)
 
-    async def _wait_operation(self, request: web.Request) -> web.Response:
-        operation = self._find_operation(request)
-        if operation is None:
-            return _not_found(request)
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.wait_limit):  # GCE answers a wait after about two minutes at most
-                await operation.finished.wait()
-                await asyncio.sleep(max(0.0, operation.ready_at - loop.time()))
-        except TimeoutError:
-            pass
-        return self._operation_response(operation)
+    def _boot_script(self, vm: Vm) -> str | None:
+        """The startup script the VM runs as root at each boot."""
+        return gcp_metadata.startup_script(vm.metadata_dict, self.projects.get(vm.project).metadata_items)
 
-    async def _list_operations(self, request: web.Request) -> web.Response:
-        project, zone = request.match_info["project"], request.match_info["zone"]
-        for vm in [v for v in self.vms.values() if (v.project, v.zone) == (project, zone)]:
-            self._status(vm)  # notices dead hosts, so their hostError operations are listed
-        try:
-            keep = parse_filter(request.query.get("filter", ""))
-        except ValueError as exc:
-            return _error(400, "invalid", f"Invalid value for field 'filter': {exc}")
-        now, base = asyncio.get_running_loop().time(), self._base(project, zone)
-        items = [op.as_json(base, now) for (p, z, _), op in self.operations.items() if (p, z) == (project, zone)]
-        return json_response({"kind": "compute#operationList", "id": f"projects/{project}/zones/{zone}/operations",
-                              "items": [i for i in items if keep(i)], "selfLink": f"{base}/operations"})
+    async def _open_or_close(self, vm: Vm) -> None:
+        """Let SSH in, or keep it out, as the project's firewall rules decide for the VM's network and tags."""
+        rules = self.projects.get(vm.project).firewalls.values()
+        await self.cloud.pool.set_reachable(vm.host, gcp_firewalls.ssh_allowed(rules, vm.network, vm.tags))
+
+    async def _apply(self, vm: Vm) -> None:
+        """Make the VM's host what its firewall rules and metadata make of a GCE VM, live."""
+        if self._host(vm) is None:
+            return
+        self.cloud.pool.set_login_users(vm.host, self._login_users(vm))
+        self.cloud.pool.set_boot_script(vm.host, self._boot_script(vm))
+        await self._open_or_close(vm)
+
+    async def _project_changed(self, project: str) -> None:
+        for vm in [v for v in self.vms.values() if v.project == project and not v.deleted]:
+            async with vm.lock:
+                await self._apply(vm)
+
+    def _vms_of(self, project: str) -> list[tuple[Vm, str]]:
+        listed = [(vm, self._status(vm)) for vm in list(self.vms.values()) if vm.project == project]
+        return [(vm, status) for vm, status in listed if status]
 
     # ------------------------------------------------------------------ faults
+
+    async def _fault_state(self, request: web.Request) -> web.Response:
+        return json_response(self.faults.as_dict())
+
+    async def _inject(self, request: web.Request) -> web.Response:
+        action, body = request.match_info["action"], await read_json(request)
+        if action == "clear":
+            self.faults = Faults()
+            return json_response(self.faults.as_dict())
+        if action not in ("nossh", "pending"):
+            raise ApiError(404, "notFound", f"no fault {action!r}: nossh, pending, clear")
+        count = body.get("next", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ApiError(400, "invalid", f'"next" must be a whole number of calls, like 1, not {count!r}')
+        setattr(self.faults, f"{action}_next", count)
+        return json_response(self.faults.as_dict())
 
     async def fault(self, action: str, host: LocalHost) -> dict[str, Any]:
         """``preempt``: GCE takes the spot VM back after the notice; TERMINATED with its disk, or deleted."""
@@ -256,15 +340,12 @@ class GcpEmulator:
         if (status := self._status(vm)) != "RUNNING":
             raise UsageError(f"VM {vm.name} is {status}, not RUNNING", hint=f"start it first: dumont local start "
                                                                             f"{host.name}")
-        operation = self._operation(vm, PREEMPTED)
-        task = asyncio.create_task(self._preempt(vm, operation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = self.ops.spawn(self._preempt(vm, self._operation(vm, PREEMPTED)))
         if self.preempt_notice <= 0:
             await task
         record: dict[str, Any] = {"name": host.name, "state": "deleted"}
-        if any(h.name == host.name for h in self.cloud.pool.hosts()):
-            record = self.cloud.pool.get(host.name).as_dict()
+        if (current := self._host(vm)) is not None:
+            record = current.as_dict()
         return {**record, "instance_id": vm.name, "gcp_status": self._status(vm) or "NOT_FOUND",
                 "notice_seconds": self.preempt_notice}
 
@@ -275,7 +356,7 @@ class GcpEmulator:
             if vm.termination_action == "DELETE":
                 await self._destroy_host(vm)
             else:
-                await self.cloud.pool.stop(vm.host)
+                await self._stop_host(vm)
             vm.last_stop = time.time()
             operation.finish()
             self._save(vm)
@@ -284,33 +365,36 @@ class GcpEmulator:
 
     def _restore(self) -> None:
         # VMs outlive a restart of the local cloud like their hosts do (the hosts come back killed: TERMINATED).
+        self.projects.restore()
         for host in self.cloud.pool.hosts():
             path = host.base / RECORD_FILE
             if host.provider != "gcp" or not path.exists():
                 continue
             vm, operations = load_record(json.loads(path.read_text()))
             self.vms[(vm.project, vm.zone, vm.name)] = vm
-            self.operations.update({(op.project, op.zone, op.name): op for op in operations})
+            for operation in operations:
+                self.ops.record(operation)
 
     def _save(self, vm: Vm) -> None:
-        host = next((h for h in self.cloud.pool.hosts() if h.name == vm.host), None)
+        host = self._host(vm)
         if host is None or vm.deleted:
             return
-        history = [op for op in self.operations.values()
-                   if (op.project, op.zone, op.target, op.target_id) == (vm.project, vm.zone, vm.name, vm.id)]
+        history = [op for op in self.ops.recorded.values()
+                   if (op.project, op.target, op.target_id) == (vm.project, vm.target, vm.id)]
         write_private(host.base / RECORD_FILE, json.dumps(save_record(vm, history)) + "\n", mode=0o644)
 
     # ------------------------------------------------------------------ helpers
 
+    def _host(self, vm: Vm) -> LocalHost | None:
+        return next((h for h in self.cloud.pool.hosts() if h.name == vm.host), None)
+
     def _status(self, vm: Vm) -> str | None:
         """The VM's status now (None once it is deleted); notices a host that died under it."""
-        operation, now = vm.current, asyncio.get_running_loop().time()
-        if operation is not None and not operation.is_done(now) and operation.kind != HOST_ERROR:
+        operation, host = vm.current, self._host(vm)
+        if operation is not None and not operation.is_done():
             if operation.kind == "insert":
-                halfway = operation.ready_at - self.delay / 2
-                return "PROVISIONING" if not operation.finished.is_set() or now < halfway else "STAGING"
-            return "STAGING" if operation.kind == "start" else "STOPPING"
-        host = next((h for h in self.cloud.pool.hosts() if h.name == vm.host), None)
+                return "STAGING" if host is not None and host.state in UP else "PROVISIONING"
+            return "STAGING" if operation.kind == "start" else "STOPPING"  # stop, delete, a preemption's notice
         if vm.deleted or host is None:
             vm.deleted = True  # destroyed behind the API's back is deleted all the same
             return None
@@ -324,54 +408,55 @@ class GcpEmulator:
             self._save(vm)
         return "TERMINATED"
 
+    def _notice_dead_hosts(self, project: str, zone: str) -> None:
+        for vm in [v for v in self.vms.values() if (v.project, v.zone) == (project, zone)]:
+            self._status(vm)  # records hostError operations, so a listing shows them
+
     def _instance_json(self, vm: Vm, status: str) -> dict[str, Any]:
-        host = self.cloud.pool.get(vm.host)
-        port = host.port if host.state in UP and status in ("RUNNING", "STAGING", "STOPPING") else None
-        return vm.as_json(self._base(vm.project, vm.zone), status, port, host.user)
+        host = self._host(vm)
+        up = host is not None and host.state in UP and status in ("RUNNING", "STAGING", "STOPPING")
+        return vm.as_json(self.ops.project_url(vm.project), status, address=host.address if host else None,
+                          ssh_port=host.port if host and up else None)
 
     async def _destroy_host(self, vm: Vm) -> None:
-        if any(h.name == vm.host for h in self.cloud.pool.hosts()):
+        if self._host(vm) is not None:
             await self.cloud.pool.destroy(vm.host)
         vm.deleted = True
 
-    def _operation(self, vm: Vm, kind: str) -> Operation:
-        ready_at = asyncio.get_running_loop().time() + (0.0 if kind == HOST_ERROR else self.delay)
-        operation = Operation(kind, vm.project, vm.zone, vm.name, vm.id, ready_at)
-        self.operations[(vm.project, vm.zone, operation.name)] = operation
-        if kind != HOST_ERROR:
+    async def _act(self, vm: Vm, kind: str, work: Work) -> web.Response:
+        """Run one of the VM's lifecycle calls as an operation (``gcp_operations.py``)."""
+        early = self.faults.pending_next > 0
+        if early:
+            self.faults.pending_next -= 1
+        return await self.ops.perform(self._operation(vm, kind, record=False), work, lock=vm.lock, early=early,
+                                      after=lambda: self._save(vm))
+
+    def _operation(self, vm: Vm, kind: str, *, record: bool = True) -> Operation:
+        operation = Operation(kind, vm.project, vm.zone, vm.target, vm.id)
+        if record:
+            self.ops.record(operation)
+        if kind in LIFECYCLE:
             vm.current = operation
         return operation
 
-    def _operation_response(self, operation: Operation) -> web.Response:
-        now = asyncio.get_running_loop().time()
-        return json_response(operation.as_json(self._base(operation.project, operation.zone), now))
-
-    def _find(self, request: web.Request) -> tuple[Vm | None, str | None]:
+    def _find(self, request: web.Request) -> tuple[Vm, str]:
         info = request.match_info
         vm = self.vms.get((info["project"], info["zone"], info["name"]))
-        return vm, self._status(vm) if vm else None
-
-    def _find_operation(self, request: web.Request) -> Operation | None:
-        info = request.match_info
-        return self.operations.get((info["project"], info["zone"], info["operation"]))
-
-    def _base(self, project: str, zone: str) -> str:
-        return self.url + ZONE_PATH.format(project=project, zone=zone)
+        status = self._status(vm) if vm else None
+        if vm is None or status is None:
+            raise not_found(_path(info["project"], info["zone"], info["name"]))
+        return vm, status
 
 
 def _path(project: str, zone: str, name: str) -> str:
     return f"projects/{project}/zones/{zone}/instances/{name}"
 
 
-def _error(status: int, reason: str, message: str) -> web.Response:
-    return json_response(error_body(status, reason, message), status=status)
-
-
-def _not_found(request: web.Request) -> web.Response:
-    info = request.match_info
-    kind, name = ("operations", info["operation"]) if "operation" in info else ("instances", info.get("name", ""))
-    resource = f"projects/{info['project']}/zones/{info['zone']}/{kind}/{name}"
-    return _error(404, "notFound", f"The resource '{resource}' was not found")
+def _filter(request: web.Request) -> Callable[[Mapping[str, Any]], bool]:
+    try:
+        return parse_filter(request.query.get("filter", ""))
+    except ValueError as exc:
+        raise ApiError(400, "invalid", f"Invalid value for field 'filter': {exc}") from None
 
 
 def _seconds(env: str, default: float) -> float:

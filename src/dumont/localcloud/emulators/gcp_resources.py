@@ -6,6 +6,9 @@ Pure apart from the clock reads each record is given: the HTTP side lives in ``g
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import re
 import secrets
 import time
@@ -17,10 +20,9 @@ from typing import Any
 PREEMPTED = "compute.instances.preempted"
 HOST_ERROR = "compute.instances.hostError"  # GCE's record of a VM whose host died under it
 SYSTEM_OPERATIONS = frozenset({PREEMPTED, HOST_ERROR})
-# The emulator's additions to a VM's metadata: every local VM shares 127.0.0.1 and the local user's account.
-SSH_PORT_KEY, SSH_USER_KEY = "dumont-ssh-port", "dumont-ssh-user"
+# The emulator's addition to a VM's metadata: every local VM is on 127.0.0.0/8, each sshd on a port of its own.
+SSH_PORT_KEY = "dumont-ssh-port"
 NAME_PATTERN = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
-_PUBLIC_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+")
 
 
 def rfc3339(wall: float) -> str:
@@ -35,14 +37,13 @@ def numeric_id() -> str:
 
 @dataclass
 class Operation:
-    """One zone operation; DONE once its work finished and its configured delay has passed."""
+    """One operation: zonal (an instance's) or global (a firewall's, the project's); DONE once its work is."""
 
-    kind: str  # operationType: insert, stop, start, delete, compute.instances.preempted, ...
+    kind: str  # operationType: insert, stop, start, delete, setMetadata, compute.instances.preempted, ...
     project: str
-    zone: str
-    target: str  # the VM's name
+    zone: str | None  # None for a global operation
+    target: str  # the target's path under the project: zones/Z/instances/N, global/firewalls/F, or "" (itself)
     target_id: str
-    ready_at: float  # loop time before which it reports RUNNING
     name: str = field(default_factory=lambda: f"operation-{int(time.time() * 1000)}-{secrets.token_hex(6)}")
     id: str = field(default_factory=numeric_id)
     inserted: float = field(default_factory=time.time)
@@ -50,26 +51,38 @@ class Operation:
     error: tuple[int, str, str] | None = None  # HTTP status, GCE error code, message
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def scope(self) -> str:
+        """Where it lives under its project: ``zones/Z`` or ``global``."""
+        return f"zones/{self.zone}" if self.zone else "global"
+
+    @property
+    def target_name(self) -> str:
+        """The last part of its target's path (a VM's or a firewall's name)."""
+        return self.target.rsplit("/", 1)[-1]
+
     def finish(self, error: tuple[int, str, str] | None = None) -> None:
         """Mark the operation's work as done (with its error, if it failed)."""
         self.error, self.ended = error, time.time()
         self.finished.set()
 
-    def is_done(self, now: float) -> bool:
-        """Whether it reports DONE at loop time ``now``."""
-        return self.finished.is_set() and now >= self.ready_at
+    def is_done(self) -> bool:
+        """Whether its work is over (it reports DONE)."""
+        return self.finished.is_set()
 
-    def as_json(self, base: str, now: float) -> dict[str, Any]:
-        """The Operation resource; ``base`` is ``<url>/compute/v1/projects/P/zones/Z``."""
-        done = self.is_done(now)
+    def as_json(self, project_url: str) -> dict[str, Any]:
+        """The Operation resource; ``project_url`` is ``<url>/compute/v1/projects/P``."""
+        done, scope_url = self.is_done(), f"{project_url}/{self.scope}"
         data: dict[str, Any] = {
-            "kind": "compute#operation", "id": self.id, "name": self.name, "zone": base,
-            "operationType": self.kind, "targetLink": f"{base}/instances/{self.target}", "targetId": self.target_id,
-            "status": "DONE" if done else "RUNNING", "progress": 100 if done else 0,
+            "kind": "compute#operation", "id": self.id, "name": self.name,
+            "operationType": self.kind, "targetLink": f"{project_url}/{self.target}".rstrip("/"),
+            "targetId": self.target_id, "status": "DONE" if done else "RUNNING", "progress": 100 if done else 0,
             "user": "system" if self.kind in SYSTEM_OPERATIONS else "dumont-local@local",
             "insertTime": rfc3339(self.inserted), "startTime": rfc3339(self.inserted),
-            "selfLink": f"{base}/operations/{self.name}",
+            "selfLink": f"{scope_url}/operations/{self.name}",
         }
+        if self.zone:
+            data["zone"] = scope_url
         if done:
             data["endTime"] = rfc3339(max(self.ended or self.inserted, self.inserted))
             if self.error:
@@ -97,6 +110,11 @@ class Vm:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
+    def target(self) -> str:
+        """Its path under the project, as operations name their target."""
+        return f"zones/{self.zone}/instances/{self.name}"
+
+    @property
     def is_spot(self) -> bool:
         """Whether it was created with provisioningModel SPOT."""
         return bool(self.body.get("scheduling", {}).get("provisioningModel") == "SPOT")
@@ -106,18 +124,41 @@ class Vm:
         """STOP (default) or DELETE: what a preemption does to it."""
         return str(self.body.get("scheduling", {}).get("instanceTerminationAction") or "STOP")
 
-    def as_json(self, base: str, status: str, ssh_port: int | None, ssh_user: str = "") -> dict[str, Any]:
-        """The Instance resource as ``instances.get`` returns it; the NAT IP only while it has a host up."""
-        body = self.body
+    @property
+    def metadata_items(self) -> list[dict[str, str]]:
+        """Its metadata items as last set (without the emulator's own)."""
+        return list((self.body.get("metadata") or {}).get("items") or [])
+
+    @property
+    def metadata_dict(self) -> dict[str, str]:
+        """Its metadata as a dict."""
+        return {str(i["key"]): str(i.get("value", "")) for i in self.metadata_items if i.get("key")}
+
+    @property
+    def tags(self) -> list[str]:
+        """Its network tags (``tags.items``), which firewall rules target."""
+        return [str(tag) for tag in (self.body.get("tags") or {}).get("items") or []]
+
+    @property
+    def network(self) -> str:
+        """Its first interface's network, as inserted (``global/networks/default`` when none was named)."""
+        nics = self.body.get("networkInterfaces") or [{}]
+        return str((nics[0] or {}).get("network") or "global/networks/default")
+
+    def as_json(self, project_url: str, status: str, *, address: str | None, ssh_port: int | None) -> dict[str, Any]:
+        """The Instance resource as ``instances.get`` returns it; the NAT IP and port only while its host is up."""
+        body, base = self.body, f"{project_url}/zones/{self.zone}"
         machine = str(body.get("machineType", "e2-medium")).rsplit("/", 1)[-1]
+        nat_ip = address if ssh_port is not None else None
         data: dict[str, Any] = {
             "kind": "compute#instance", "id": self.id, "creationTimestamp": rfc3339(self.created),
             "name": self.name, "machineType": f"{base}/machineTypes/{machine}", "status": status,
-            "zone": base, "networkInterfaces": _interfaces(body, with_ip=ssh_port is not None),
-            "disks": _disks(body, base, self.name), "metadata": _metadata(body, ssh_port, ssh_user),
+            "zone": base, "networkInterfaces": _interfaces(body, project_url, nat_ip, self.id),
+            "disks": _disks(body, base, self.name), "metadata": _metadata(self.metadata_items, ssh_port),
+            "tags": {"items": self.tags, "fingerprint": _digest(self.tags)},
             "labels": dict(body.get("labels") or {}), "scheduling": _scheduling(body),
             "selfLink": f"{base}/instances/{self.name}", "deletionProtection": False, "startRestricted": False,
-            "fingerprint": secrets.token_urlsafe(8),
+            "fingerprint": _digest(body),
         }
         if self.last_start is not None:
             data["lastStartTimestamp"] = rfc3339(self.last_start)
@@ -141,21 +182,23 @@ def load_record(data: Mapping[str, Any]) -> tuple[Vm, list[Operation]]:
     operations = []
     for raw in data.get("operations", []):
         error = raw.get("error")
-        operation = Operation(raw["kind"], vm.project, vm.zone, vm.name, vm.id, ready_at=0.0, name=raw["name"],
-                              id=raw["id"], inserted=raw["inserted"])
+        operation = Operation(raw["kind"], vm.project, vm.zone, vm.target, vm.id, name=raw["name"], id=raw["id"],
+                              inserted=raw["inserted"])
         operation.finish(tuple(error) if error else None)
         operation.ended = raw.get("ended") or operation.inserted
         operations.append(operation)
     return vm, operations
 
 
-def _interfaces(body: Mapping[str, Any], *, with_ip: bool) -> list[dict[str, Any]]:
+def _interfaces(body: Mapping[str, Any], project_url: str, nat_ip: str | None, vm_id: str) -> list[dict[str, Any]]:
     out = []
     for index, nic in enumerate(body.get("networkInterfaces") or [{}]):
-        configs = [{**ac, "kind": "compute#accessConfig", **({"natIP": "127.0.0.1"} if with_ip else {})}
+        configs = [{**ac, "kind": "compute#accessConfig", **({"natIP": nat_ip} if nat_ip else {})}
                    for ac in nic.get("accessConfigs") or []]
-        out.append({**nic, "kind": "compute#networkInterface", "name": f"nic{index}", "networkIP": "127.0.0.1",
-                    "accessConfigs": configs})
+        network = str(nic.get("network") or "global/networks/default").rsplit("/", 1)[-1]
+        internal = f"10.128.{int(vm_id) % 250}.{index + 2}"  # stays the same across stop and start, as in GCE
+        out.append({**nic, "kind": "compute#networkInterface", "name": f"nic{index}", "networkIP": internal,
+                    "network": f"{project_url}/global/networks/{network}", "accessConfigs": configs})
     return out
 
 
@@ -170,14 +213,22 @@ def _disks(body: Mapping[str, Any], base: str, name: str) -> list[dict[str, Any]
     return out
 
 
-def _metadata(body: Mapping[str, Any], ssh_port: int | None, ssh_user: str) -> dict[str, Any]:
-    ours = (SSH_PORT_KEY, SSH_USER_KEY)
-    items = [i for i in (body.get("metadata") or {}).get("items") or [] if i.get("key") not in ours]
+def _metadata(items: list[dict[str, str]], ssh_port: int | None) -> dict[str, Any]:
+    shown = list(items)
     if ssh_port is not None:
-        items.append({"key": SSH_PORT_KEY, "value": str(ssh_port)})
-    if ssh_user:
-        items.append({"key": SSH_USER_KEY, "value": ssh_user})
-    return {"kind": "compute#metadata", "fingerprint": secrets.token_urlsafe(8), "items": items}
+        shown.append({"key": SSH_PORT_KEY, "value": str(ssh_port)})
+    # The fingerprint covers what was set, not what the emulator adds, so a read-modify-write stays valid.
+    return {"kind": "compute#metadata", "fingerprint": metadata_fingerprint(items), "items": shown}
+
+
+def metadata_fingerprint(items: list[dict[str, str]]) -> str:
+    """A metadata fingerprint: a hash of the items (the same items give the same one, any change another)."""
+    return _digest(sorted((str(i.get("key")), str(i.get("value", ""))) for i in items))
+
+
+def _digest(value: object) -> str:
+    canonical = json.dumps(value, sort_keys=True, default=str).encode()
+    return base64.b64encode(hashlib.sha256(canonical).digest()[:8]).decode()
 
 
 def _scheduling(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -190,19 +241,6 @@ def _scheduling(body: Mapping[str, Any]) -> dict[str, Any]:
         scheduling.setdefault("onHostMaintenance", "MIGRATE")
         scheduling.setdefault("provisioningModel", "STANDARD")
     return scheduling
-
-
-def ssh_keys(body: Mapping[str, Any]) -> list[str]:
-    """The public keys of the ``ssh-keys`` metadata item (``user:key`` lines; other lines are skipped)."""
-    items = (body.get("metadata") or {}).get("items") or []
-    value = next((str(i.get("value", "")) for i in items if i.get("key") == "ssh-keys"), "")
-    keys = []
-    for line in value.splitlines():
-        _user, sep, key = line.strip().partition(":")
-        match = _PUBLIC_KEY.match(key.strip()) if sep else None
-        if match:
-            keys.append(key.strip())
-    return keys
 
 
 def error_body(status: int, reason: str, message: str) -> dict[str, Any]:
@@ -237,10 +275,11 @@ def _matches(resource: Mapping[str, Any], name: str, op: str, expected: str) -> 
     actual: Any = resource
     for part in name.split("."):
         actual = actual.get(part) if isinstance(actual, Mapping) else None
+    values = actual if isinstance(actual, list) else [actual]  # a repeated field matches if one element does
     if op == ":":
-        return actual is not None and (expected == "*" or expected in _text(actual))
+        return any(v is not None and (expected == "*" or expected in _text(v)) for v in values)
     pattern = ".*".join(re.escape(part) for part in expected.split("*"))  # "=" takes * as a wildcard
-    equal = actual is not None and re.fullmatch(pattern, _text(actual)) is not None
+    equal = any(v is not None and re.fullmatch(pattern, _text(v)) is not None for v in values)
     return equal if op == "=" else not equal
 
 

@@ -149,27 +149,44 @@ def _load_adc() -> tuple[Credentials, str | None]:
     return credentials, project
 
 
+class MetadataChanged(ProviderUnavailable):
+    """A metadata write lost a race (412 conditionNotMet: a stale fingerprint): read it again and retry."""
+
+
 class ComputeApi:
-    """The instances and zone-operations clients, built with the same endpoint and credentials."""
+    """Every Compute client the standby needs, all built with the same endpoint and credentials."""
 
     def __init__(self, access: Access, *, call_timeout: float = CALL_TIMEOUT) -> None:
         self.access = access
         self.project, self.zone = access.project, access.zone
         self.call_timeout = call_timeout
         options = ClientOptions(api_endpoint=access.api_endpoint) if access.api_endpoint else None
-        self.instances = compute_v1.InstancesClient(credentials=access.credentials, client_options=options,
-                                                    transport="rest")
-        self.operations = compute_v1.ZoneOperationsClient(credentials=access.credentials, client_options=options,
-                                                          transport="rest")
+        c, o = access.credentials, options
+        self.instances = compute_v1.InstancesClient(credentials=c, client_options=o, transport="rest")
+        self.operations = compute_v1.ZoneOperationsClient(credentials=c, client_options=o, transport="rest")
+        self.global_operations = compute_v1.GlobalOperationsClient(credentials=c, client_options=o, transport="rest")
+        self.firewalls = compute_v1.FirewallsClient(credentials=c, client_options=o, transport="rest")
+        self.projects = compute_v1.ProjectsClient(credentials=c, client_options=o, transport="rest")
+        self.zones = compute_v1.ZonesClient(credentials=c, client_options=o, transport="rest")
+        self.regions = compute_v1.RegionsClient(credentials=c, client_options=o, transport="rest")
+
+    def close(self) -> None:
+        """Close every client's HTTP session."""
+        for client in (self.instances, self.operations, self.global_operations, self.firewalls, self.projects,
+                       self.zones, self.regions):
+            client.transport.close()  # type: ignore[no-untyped-call]
 
     async def call(self, what: str, method: Callable[..., T], /, *, timeout: float | None = None,
-                   **kwargs: Any) -> T:
-        """Run one blocking library call in a thread with its timeout; translate every failure."""
+                   zonal: bool = True, **kwargs: Any) -> T:
+        """Run one blocking library call in a thread with its timeout; translate every failure.
+
+        The call gets the project, and the zone too unless ``zonal`` is False (project-level resources).
+        """
         limit = timeout or self.call_timeout
+        where = {"project": self.project, **({"zone": self.zone} if zonal else {})}
         try:
             async with asyncio.timeout(limit + 5):  # the library's timeout should fire first
-                return await asyncio.to_thread(method, retry=None, timeout=limit, project=self.project,
-                                               zone=self.zone, **kwargs)
+                return await asyncio.to_thread(method, retry=None, timeout=limit, **where, **kwargs)
         except TimeoutError as exc:
             raise ProviderUnavailable(f"GCP did not answer {what} within {limit:g} s",
                                       hint="retry later") from exc
@@ -193,8 +210,10 @@ class ComputeApi:
                 raise ProviderUnavailable(
                     f"GCP {what} (operation {operation.name}) was still {operation.status.name} after {deadline:g} s",
                     hint="it may still finish: read the VM's state before trying again")
+            zonal = bool(operation.zone)  # a firewall's or the project's operation is global
+            waiter = self.operations.wait if zonal else self.global_operations.wait
             try:
-                operation = await self.call(f"wait for {what}", self.operations.wait, operation=operation.name,
+                operation = await self.call(f"wait for {what}", waiter, operation=operation.name, zonal=zonal,
                                             timeout=min(remaining, WAIT_CALL_TIMEOUT))
             except ProviderUnavailable:
                 # A failed wait says nothing about the operation: ask again, backing off so that an API that
@@ -211,6 +230,13 @@ def translate(exc: gexc.GoogleAPICallError, what: str) -> ProviderError:
     detail = exc.message or type(exc).__name__
     if isinstance(exc, gexc.NotFound):
         return InstanceNotFound(f"GCP {what}: not found ({detail})", hint="the VM was deleted or never existed")
+    if "QUOTA_EXCEEDED" in detail:  # a 403 like a refused credential, but the fix is a quota, not a key
+        return ProviderRequestError(f"GCP refused {what}: {detail}",
+                                    hint="raise the quota (IAM & Admin > Quotas) or use a gcp.zone in another "
+                                         "region; `dumont doctor` shows the region's quotas")
+    if isinstance(exc, gexc.PreconditionFailed):
+        return MetadataChanged(f"GCP refused {what}: the metadata changed since it was read ({detail})",
+                               hint="read it again and retry")
     if isinstance(exc, (gexc.Unauthorized, gexc.Forbidden)):  # REST gives these for 401/403
         return ProviderAuthError(f"GCP refused {what} ({exc.code}): {detail}",
                                  hint="check gcp.credentials_file or ADC and the account's Compute roles")

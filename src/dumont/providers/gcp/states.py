@@ -16,9 +16,8 @@ from dumont.providers.base import Instance, InstanceState
 
 PROVIDER = "gcp"
 PREEMPTED_OPERATION = "compute.instances.preempted"
-# Optional metadata items for a VM whose sshd is not the guest's usual one (the local cloud's VMs share 127.0.0.1
-# and one account): where it listens and whom it lets in.
-SSH_PORT_KEY, SSH_USER_KEY = "dumont-ssh-port", "dumont-ssh-user"
+# An optional metadata item for a VM whose sshd is not on port 22 (the local cloud's VMs share 127.0.0.0/8).
+SSH_PORT_KEY = "dumont-ssh-port"
 DEFAULT_SSH_PORT = 22
 
 STATUS_MAP: Mapping[str, InstanceState] = {
@@ -129,13 +128,10 @@ def ssh_port(vm: Mapping[str, Any]) -> int:
 
 
 def ssh_user(vm: Mapping[str, Any]) -> str:
-    """The ``dumont-ssh-user`` item, else the user of the first ``ssh-keys`` entry (``user:key``), else root."""
-    items = metadata_items(vm)
-    if items.get(SSH_USER_KEY, "").strip():
-        return items[SSH_USER_KEY].strip()
-    for line in items.get("ssh-keys", "").splitlines():
+    """The user of the first non-root ``ssh-keys`` entry (``user:key``; Google's images refuse root), else root."""
+    for line in metadata_items(vm).get("ssh-keys", "").splitlines():
         user, sep, key = line.strip().partition(":")
-        if sep and user and key.strip():
+        if sep and user and user != "root" and key.strip():
             return user
     return "root"
 

@@ -22,6 +22,7 @@ from dumont.providers.base import (
 )
 from dumont.providers.gcp.client import (
     ComputeApi,
+    MetadataChanged,
     is_loopback_endpoint,
     raise_for_operation,
     resolve_access,
@@ -33,8 +34,9 @@ from dumont.providers.gcp.provider import preemption_filter, standby_resource
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKE guard@host"
 
 
-def test_the_standby_is_a_spot_vm_with_its_disk_ip_keys_and_labels() -> None:
-    """Given the default spec, then the body is the one of cloud-apis.md §2.2, less the fields GCE fixes for spot."""
+def test_the_standby_is_a_spot_vm_with_its_disk_ip_keys_tag_and_labels() -> None:
+    """Given the default spec, then the body is the one of cloud-apis.md §2.2, less the fields GCE fixes for spot,
+    plus the network tag the SSH rule targets and OS Login off on the VM."""
     spec = StandbySpec(name="standby-1", ssh_user="guard", ssh_public_keys=[KEY, "  "], labels={"role": "standby"})
     body = to_json(standby_resource(spec, "asia-southeast1-b"))
     assert body == {
@@ -46,28 +48,46 @@ def test_the_standby_is_a_spot_vm_with_its_disk_ip_keys_and_labels() -> None:
         "networkInterfaces": [{"network": "global/networks/default",
                                "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT",
                                                   "networkTier": "PREMIUM"}]}],
+        "tags": {"items": ["dumont-standby"]},
         "scheduling": {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP"},
-        "metadata": {"items": [{"key": "ssh-keys", "value": f"guard:{KEY}"}]},
+        "metadata": {"items": [{"key": "ssh-keys", "value": f"guard:{KEY}"},
+                               {"key": "enable-oslogin", "value": "FALSE"}]},
         "labels": {"role": "standby"},
     }
 
 
-def test_the_spec_chooses_termination_action_disk_image_and_machine() -> None:
-    """Given a spec with DELETE, a bigger disk and another image, then the body says so."""
+def test_the_spec_chooses_termination_action_disk_image_machine_tag_and_startup_script() -> None:
+    """Given a spec with DELETE, a bigger disk, another image, tag and a startup script, then the body says so;
+    the keys are for the default user, dumont."""
     spec = StandbySpec(name="s", machine_type="e2-small", disk_gb=30, image="projects/p/global/images/i",
-                       termination_action="DELETE", ssh_public_keys=[KEY, KEY.replace("FAKE", "TWO")])
+                       termination_action="DELETE", ssh_public_keys=[KEY, KEY.replace("FAKE", "TWO")],
+                       network_tag="standby-net", startup_script="apt-get install -y rsync")
     body = to_json(standby_resource(spec, "z"))
     assert body["scheduling"] == {"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE"}
     assert body["disks"][0]["initializeParams"] == {"sourceImage": "projects/p/global/images/i", "diskSizeGb": "30"}
     assert body["machineType"] == "zones/z/machineTypes/e2-small"
-    assert body["metadata"]["items"][0]["value"].splitlines() == [f"root:{KEY}", f"root:{KEY.replace('FAKE', 'TWO')}"]
+    assert body["tags"] == {"items": ["standby-net"]}
+    items = {i["key"]: i["value"] for i in body["metadata"]["items"]}
+    assert items["ssh-keys"].splitlines() == [f"dumont:{KEY}", f"dumont:{KEY.replace('FAKE', 'TWO')}"]
+    assert (items["enable-oslogin"], items["startup-script"]) == ("FALSE", "apt-get install -y rsync")
 
 
-def test_a_standard_vm_has_no_spot_scheduling_and_no_keys_means_no_metadata_item() -> None:
+def test_a_standard_vm_has_no_spot_scheduling_and_no_keys_means_no_ssh_keys_item() -> None:
     """Given spot off and no keys, then neither the spot model nor an empty ssh-keys item is sent."""
     body = to_json(standby_resource(StandbySpec(name="s", spot=False), "z"))
     assert "scheduling" not in body or "provisioningModel" not in body["scheduling"]
-    assert body.get("metadata", {}).get("items", []) == []
+    assert body["metadata"]["items"] == [{"key": "enable-oslogin", "value": "FALSE"}]
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"ssh_user": "root"}, "refuse root over SSH"),
+    ({"ssh_user": " "}, "refuse root over SSH"),
+    ({"network_tag": ""}, "no network tag"),
+])
+def test_a_standby_google_would_never_let_in_is_refused(changes: dict[str, str], match: str) -> None:
+    """Given root as the SSH user, or no network tag for the firewall rule, then it is a request error."""
+    with pytest.raises(ProviderRequestError, match=match):
+        standby_resource(StandbySpec(name="s", ssh_public_keys=[KEY], **changes), "z")  # type: ignore[arg-type]
 
 
 def test_the_preemption_filter_is_the_documented_one() -> None:
@@ -81,6 +101,7 @@ def test_the_preemption_filter_is_the_documented_one() -> None:
     (gexc.Unauthenticated("who"), ProviderAuthError, Recovery.STOP),
     (gexc.PermissionDenied("no"), ProviderAuthError, Recovery.STOP),
     (gexc.Forbidden("no"), ProviderAuthError, Recovery.STOP),
+    (gexc.Forbidden("QUOTA_EXCEEDED: Quota 'CPUS' exceeded."), ProviderRequestError, Recovery.STOP),
     (gexc.TooManyRequests("slow down"), ProviderUnavailable, Recovery.RETRY),
     (gexc.InternalServerError("oops"), ProviderUnavailable, Recovery.RETRY),
     (gexc.ServiceUnavailable("later"), ProviderUnavailable, Recovery.RETRY),
@@ -90,6 +111,7 @@ def test_the_preemption_filter_is_the_documented_one() -> None:
     (gexc.BadRequest("Invalid value for field 'resource.name'"), ProviderRequestError, Recovery.STOP),
     (gexc.InvalidArgument("bad"), ProviderRequestError, Recovery.STOP),
     (gexc.Conflict("The resource 'x' already exists"), ProviderRequestError, Recovery.STOP),
+    (gexc.PreconditionFailed("Supplied fingerprint does not match"), MetadataChanged, Recovery.RETRY),
 ])
 def test_google_errors_become_ours(error: gexc.GoogleAPICallError, expected: type[ProviderError],
                                    recovery: Recovery) -> None:

@@ -114,12 +114,12 @@ def test_missing_fields_give_defaults_never_errors(vm: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(("items", "expected"), [
-    ([{"key": "ssh-keys", "value": "root:ssh-ed25519 AAAA"}, {"key": "dumont-ssh-user", "value": "alice"}], "alice"),
-    ([{"key": "ssh-keys", "value": "root:ssh-ed25519 AAAA"}, {"key": "dumont-ssh-user", "value": " "}], "root"),
+    ([{"key": "ssh-keys", "value": "root:ssh-ed25519 AAAA\ndumont:ssh-ed25519 AAAA"}], "dumont"),
+    ([{"key": "ssh-keys", "value": "root:ssh-ed25519 AAAA"}], "root"),
     ([{"key": "ssh-keys", "value": ":ssh-ed25519 AAAA\nbob:"}], "root"),
 ])
-def test_the_login_user_comes_from_metadata(items: list[dict[str, str]], expected: str) -> None:
-    """Given a declared login user or ssh-keys entries, then the record's user is the declared one, else the keys'."""
+def test_the_login_user_comes_from_the_first_non_root_key(items: list[dict[str, str]], expected: str) -> None:
+    """Given ssh-keys entries, then the record's user is the first that is not root (Google refuses root)."""
     assert states.ssh_user({"metadata": {"items": items}}) == expected
 
 
