@@ -7,7 +7,9 @@ root only; GCP debian-12: no rsync, root refused), so each test meets what a rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from dumont.config import load_config, to_toml
+from dumont.drill.stack import build_stack, tear_down
 from dumont.transport.ssh import run_local
 from tests.integration.stack import Stack, running_stack
 
@@ -47,6 +51,19 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         yield s
 
 
+@contextlib.asynccontextmanager
+async def faulty_stack(tmp_path: Path, emulator_name: str, action: str, body: dict[str, Any]) -> AsyncIterator[Stack]:
+    """A stack whose emulator has a fault armed before the controller first starts."""
+    stack = await build_stack(tmp_path, QUICK_FAILURES)
+    try:
+        await fault(stack, emulator_name, action, body)
+        await stack.start_controller()
+        yield stack
+    finally:
+        leftovers = await tear_down(stack)
+        assert not leftovers, f"processes of the local cloud survived teardown: {sorted(leftovers)}"
+
+
 async def test_a_gpu_that_holds_only_the_users_key_is_readied_and_protected(stack: Stack) -> None:
     """Given a GPU rented as a person does (only the account's key), when `dumont run` adopts it, then it attaches
     its key through the Vast API, installs rsync on both bare hosts, finds the conda Python, and syncs."""
@@ -55,10 +72,15 @@ async def test_a_gpu_that_holds_only_the_users_key_is_readied_and_protected(stac
     gpu = vast.instances[int(status["primary"]["instance_id"])]
     controller_key = stack.controller.ctx.controller_public_key().split()[1]
     assert any(controller_key in key for key in gpu.keys.values()), "the controller's key was attached by the API"
-    readied = {e["data"]["host"]: e["data"] for e in stack.events("host_readied")}
+    readied: dict[str, dict[str, Any]] = {}
+    for event in stack.events("host_readied"):
+        readied.setdefault(event["data"]["host"], event["data"])  # the first time each host was readied
     gpu_alias, cpu_alias = status["primary"]["alias"], status["standby"]["alias"]
     assert readied[gpu_alias]["installed"] == ["rsync"] and readied[gpu_alias]["python"] == "/opt/conda/bin/python3"
-    assert readied[cpu_alias]["installed"] == ["rsync"]
+    # Google's image has no rsync either: the standby's startup script installed it as root while it booted.
+    assert readied[cpu_alias]["user"] == "dumont" and readied[cpu_alias]["rsync"].endswith("/rsync")
+    cpu = stack.host(status["standby"]["instance_id"])
+    assert "rsync" in cpu.files.installed.read_text().split()
 
 
 async def test_the_standby_refuses_root_and_replicates_as_its_own_user(stack: Stack) -> None:
@@ -80,13 +102,15 @@ async def test_the_standby_refuses_root_and_replicates_as_its_own_user(stack: St
     assert login.stdout.strip() == "dumont"
 
 
-async def test_a_standby_that_never_answers_is_deleted_before_the_next_attempt(stack: Stack) -> None:
+async def test_a_standby_that_never_answers_is_deleted_before_the_next_attempt(tmp_path: Path) -> None:
     """Given standby creation that fails five times in a row (VMs whose SSH never answers), at the end the only
     VMs that exist are the healthy one, listed with google-cloud-compute, and the failure was alerted once."""
-    await stack.stop_controller()
-    await fault(stack, "gcp", "nossh", {"next": 5})
-    await stack.start_controller()
-    await stack.wait_for("a standby at last", synced, 240)
+    async with faulty_stack(tmp_path, "gcp", "nossh", {"next": 5}) as stack:
+        await stack.wait_for("a standby at last", synced, 240)
+        await _only_the_healthy_standby_is_left(stack)
+
+
+async def _only_the_healthy_standby_is_left(stack: Stack) -> None:
     from google.api_core.client_options import ClientOptions
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import compute_v1
@@ -107,8 +131,9 @@ async def test_rentals_that_never_answer_leave_nothing_rented(stack: Stack) -> N
     await fault(stack, "vast", "nossh", {"next": 5})
     gpu = stack.host(stack.status()["primary"]["instance_id"])
     await stack.cloud.pool.kill(gpu.name)
-    status = await stack.wait_for("the recovery", lambda s: s["state"] == "syncing"
-                                  and s["primary"]["instance_id"] != gpu.instance_id, 300)
+    status = await stack.wait_for("the recovery and its clean-up", lambda s: s["state"] == "syncing"
+                                  and s["primary"]["instance_id"] != gpu.instance_id
+                                  and (s["operation"] is None or s["operation"]["finished"]), 300)
     vast = emulator(stack, "vast")
     assert sorted(vast.instances) == [int(status["primary"]["instance_id"])]
     assert len([e for e in stack.events("instance_destroyed")]) >= 6  # five unusable rentals and the dead GPU
@@ -116,18 +141,26 @@ async def test_rentals_that_never_answer_leave_nothing_rented(stack: Stack) -> N
     assert len(alerts) <= 1
 
 
-async def test_an_unpublished_image_is_refused_quickly_with_its_name(tmp_path: Path) -> None:
-    """Given a gpu_image that is not published, a rental fails at once naming the image, not after the wait."""
-    async for stack in running_stack(tmp_path, {**QUICK_FAILURES, "gpu_image": "pytorch/pytorch:9.9.9-nope",
-                                                "vast": {"max_attempts": 1, "launch_timeout_seconds": 600}}):
-        await stack.wait_for("the first pass", synced, 180)
-        gpu = stack.host(stack.status()["primary"]["instance_id"])
-        killed = time.monotonic()
-        await stack.cloud.pool.kill(gpu.name)
-        await stack.wait_for("the failed rental", lambda _, s=stack: bool(s.events("offer_failed")), 60)
-        assert time.monotonic() - killed < 30
-        reason = stack.events("offer_failed")[0]["reason"]
-        assert "pytorch/pytorch:9.9.9-nope" in reason
+async def test_an_unpublished_image_is_refused_quickly_with_its_name(stack: Stack) -> None:
+    """Given a gpu_image the market does not have (changed after the pair was adopted: doctor refuses it before),
+    a rental fails at once with an error naming the image, not after the launch wait."""
+    await stack.wait_for("the first pass", synced, 180)
+    await stack.stop_controller()
+    data = tomllib.loads(stack.config_path.read_text())
+    data["gpu_image"] = "pytorch/pytorch:9.9.9-nope"
+    data["vast"].update(max_attempts=1, launch_timeout_seconds=600)
+    stack.config_path.write_text(to_toml(data))
+    stack.config = load_config(stack.config_path)
+    await stack.start_controller()
+    gpu = stack.host(stack.status()["primary"]["instance_id"])
+    killed = time.monotonic()
+    await stack.cloud.pool.kill(gpu.name)
+    await stack.wait_for("the failed rental", lambda _: bool(stack.events("offer_failed")), 60)
+    assert time.monotonic() - killed < 30
+    reason = stack.events("offer_failed")[0]["reason"]
+    assert "pytorch/pytorch:9.9.9-nope" in reason and "will never run" in reason
+    vast = emulator(stack, "vast")
+    assert all(i.image != "pytorch/pytorch:9.9.9-nope" for i in vast.instances.values()), "the rental was destroyed"
 
 
 async def test_a_standby_stopped_and_started_on_a_new_address_is_followed(stack: Stack) -> None:

@@ -70,10 +70,11 @@ class ControllerContext:
             target = SshTarget(ref.alias, ref.ssh_host, ref.ssh_port, ref.ssh_user)
             ready = await ready_host(self.transport, target, timeout=self.config.controller.bootstrap_timeout_seconds)
             self._readiness[ref.alias] = ready
-            if ready.installed:
-                self.event(None, "host_readied", f"{ref.alias}: installed {', '.join(ready.installed)}; "
-                                                 f"Python {ready.python_version} at {ready.python}",
-                           {"host": ref.alias, "installed": list(ready.installed), "python": ready.python})
+            installed = f"installed {', '.join(ready.installed)}" if ready.installed else "nothing to install"
+            self.event(None, "host_readied", f"{ref.alias} is ready for Dumont ({installed}; Python "
+                                             f"{ready.python_version} at {ready.python}, rsync at {ready.rsync})",
+                       {"host": ref.alias, "installed": list(ready.installed), "python": ready.python,
+                        "rsync": ready.rsync, "user": ready.user})
         return ready
 
     async def forget(self, ref: HostRef) -> None:

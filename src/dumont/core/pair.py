@@ -76,7 +76,9 @@ def replication_policy(ctx: ControllerContext, *, keep_candidate: bool = True) -
 
 
 async def ensure_paired(ctx: ControllerContext, rt: PairRuntime, source: HostRef, target: HostRef) -> None:
-    """Set direct mode up for ``source`` -> ``target`` at the pair's epoch (idempotent per epoch)."""
+    """Ready both hosts, and set direct mode up for ``source`` -> ``target`` at the pair's epoch (idempotent)."""
+    await ctx.ensure_ready(source)
+    await ctx.ensure_ready(target)
     if ctx.config.replication.mode != "direct" or rt.paired_epoch == rt.epoch:
         return
     await ctx.agent(source).set_epoch(rt.epoch)
@@ -101,8 +103,6 @@ async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None
     started = ctx.clock()
     rt.sync = SyncStatus(rt.sync.last_good_at, started, rt.sync.consecutive_failures, True, rt.sync.last_error)
     try:
-        await ctx.ensure_ready(rt.primary)
-        await ctx.ensure_ready(rt.standby)
         await ensure_paired(ctx, rt, rt.primary, rt.standby)
         report = await replicator(ctx, rt, rt.primary, rt.standby).run_pass()
     except asyncio.CancelledError:

@@ -12,10 +12,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from dumont.core.bootstrap import boot_script
 from dumont.core.context import ControllerContext, host_ref, wait_for_ssh
 from dumont.core.model import HostRef, RecoveryStep
 from dumont.errors import DumontError, Recovery
 from dumont.providers.base import Instance, InstanceState, LaunchRequest, Offer, OfferQuery, ProviderError
+from dumont.providers.vast.bids import bid_for
 
 log = logging.getLogger("dumont.controller")
 
@@ -75,8 +77,10 @@ async def _try_offer(ctx: ControllerContext, pair: str, offer: Offer, progress: 
     progress(RecoveryStep.RENTING, {"offer_id": offer.offer_id, "price_per_hour": offer.price_per_hour,
                                     "country": offer.country, "gpu_name": offer.gpu_name})
     keys = [ctx.controller_public_key(), *ctx.user_public_keys()]
+    # A bid of exactly the minimum is the first to be outbid again; the margin stays under the price ceiling.
+    bid = bid_for(offer, ctx.config.gpu_max_price, ctx.config.vast.bid_margin) if offer.interruptible else None
     request = LaunchRequest(offer=offer, image=ctx.config.gpu_image, disk_gb=ctx.config.gpu_disk_gb,
-                            label=f"dumont-{pair}", ssh_public_keys=keys)
+                            label=f"dumont-{pair}", ssh_public_keys=keys, bid_price=bid, onstart=boot_script())
     instance = await ctx.gpu_market.create(request)
     ctx.store.record_host(instance.provider, instance.instance_id, pair, "gpu", f"rented from offer {offer.offer_id}")
     progress(RecoveryStep.RENTING, {"instance_id": instance.instance_id})
@@ -97,6 +101,11 @@ async def _wait_ready(ctx: ControllerContext, instance: Instance, progress: Prog
     while instance.state != InstanceState.RUNNING or not instance.ssh_host:
         if instance.state in (InstanceState.TERMINATED, InstanceState.OFFLINE, InstanceState.OUTBID):
             raise RentingFailed(f"instance {instance.instance_id} went {instance.state} ({instance.raw_state})")
+        if instance.state.is_failed:
+            raise RentingFailed(f"instance {instance.instance_id} will never run with image {ctx.config.gpu_image}: "
+                                f"{instance.status_message or instance.raw_state}",
+                                hint="gpu_image must be a published tag (pytorch's end in -runtime or -devel); "
+                                     "dumont doctor checks it")
         if ctx.clock() > deadline:
             raise RentingFailed(f"instance {instance.instance_id} was not running after {launch:g} s "
                                 f"(state {instance.raw_state})", hint="a first launch can take many minutes; "

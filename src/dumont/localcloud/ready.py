@@ -1,8 +1,9 @@
 """The ready-to-run config ``dumont local up`` writes: one pair protected on the local cloud.
 
 Like a person starting out, it rents a GPU on the local Vast market (through our own Vast client, against the
-emulator) that accepts the controller's key and the local user key, and writes a config naming that instance as
-the primary. The standby is left to the controller, which creates it on the local GCP on its first run.
+emulator) with nothing but the account's key (the local user's), and writes a config naming that instance as
+the primary. The GPU does not know the controller's key: `dumont run` attaches it through the Vast API, as it
+must on the real Vast. The standby is left to the controller, which creates it on the local GCP on its first run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from dumont.config import VastConfig, default_config, to_toml
-from dumont.core.layout import ControllerLayout
 from dumont.errors import LocalCloudError
 from dumont.localcloud import layout
 from dumont.providers.base import InstanceState, LaunchRequest, OfferQuery
@@ -21,9 +21,6 @@ from dumont.providers.vast.provider import VastMarket
 from dumont.transport.keys import ensure_keypair, write_private
 
 PAIR = "main"
-# The seed's image (pytorch 2.1.0, CUDA 12.1, cuDNN 8) under a tag that is published: the config's default lacks
-# the -runtime/-devel suffix every pytorch tag has, and the local Vast, like Vast, never runs an unpublished one.
-GPU_IMAGE = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime"
 LOCAL_PROJECT, LOCAL_ZONE = "dumont-local", "local-a"
 
 
@@ -50,16 +47,14 @@ async def ensure_ready_config(state_dir: Path, ready: dict[str, Any]) -> Path:
     path = config_path(state_dir)
     if path.exists():
         return path
-    controller_key = ControllerLayout(controller_dir(state_dir)).controller_key
     controller_dir(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    keys = [ensure_keypair(controller_key, "dumont-controller"),
-            ensure_keypair(layout.user_key(state_dir), "dumont-local-user")]
-    instance_id = await _rent_first_gpu(state_dir, ready["vast_url"], keys)
+    ensure_keypair(layout.user_key(state_dir), "dumont-local-user")  # the account's key on the local Vast
+    instance_id = await _rent_first_gpu(state_dir, ready["vast_url"])
     write_private(path, to_toml(_config(state_dir, ready, instance_id)), mode=0o644)
     return path
 
 
-async def _rent_first_gpu(state_dir: Path, vast_url: str, keys: list[str]) -> str:
+async def _rent_first_gpu(state_dir: Path, vast_url: str) -> str:
     defaults = default_config()
     vast = VastConfig(api_url=vast_url, api_key_file=state_dir / "vast_api_key")
     market = VastMarket.from_config(vast, environ={})
@@ -67,8 +62,8 @@ async def _rent_first_gpu(state_dir: Path, vast_url: str, keys: list[str]) -> st
         offers = await market.search_offers(OfferQuery(
             min_gpu_ram_gb=defaults.gpu_min_ram_gb, max_price_per_hour=defaults.gpu_max_price,
             regions=tuple(defaults.gpu_preferred_regions), disk_gb=defaults.gpu_disk_gb))
-        instance = await market.create(LaunchRequest(offers[0], GPU_IMAGE, defaults.gpu_disk_gb,
-                                                     f"dumont-{PAIR}", keys))
+        instance = await market.create(LaunchRequest(offers[0], defaults.gpu_image, defaults.gpu_disk_gb,
+                                                     f"dumont-{PAIR}", ssh_public_keys=[]))
         for _ in range(300):  # the emulator brings the instance up; at most 60 s
             current = await market.get(instance.instance_id)
             if current.state == InstanceState.RUNNING and current.ssh_port is not None:
@@ -82,10 +77,10 @@ async def _rent_first_gpu(state_dir: Path, vast_url: str, keys: list[str]) -> st
 def _config(state_dir: Path, ready: dict[str, Any], instance_id: str) -> dict[str, Any]:
     return {
         "state_dir": str(controller_dir(state_dir)),
-        "gpu_image": GPU_IMAGE,
         "controller": {"api_listen": f"127.0.0.1:{free_port()}",
                        "user_keys_file": str(layout.user_key(state_dir)) + ".pub"},
-        "vast": {"api_url": ready["vast_url"], "api_key_file": str(state_dir / "vast_api_key")},
+        "vast": {"api_url": ready["vast_url"], "api_key_file": str(state_dir / "vast_api_key"),
+                 **({"image_registry_url": ready["registry_url"]} if ready.get("registry_url") else {})},
         "gcp": {"project": LOCAL_PROJECT, "zone": LOCAL_ZONE, "api_endpoint": ready["gcp_url"]},
         "pairs": [{
             "name": PAIR,

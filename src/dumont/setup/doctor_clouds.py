@@ -30,7 +30,10 @@ async def vast_checks(config: Config) -> list[Check]:
             return ok("vast credentials", f"the API key works (account {name})")
 
         async def image() -> Check:
-            if await image_exists(config.gpu_image, registry_url=config.vast.image_registry_url):
+            found = await image_exists(config.gpu_image, registry_url=config.vast.image_registry_url)
+            if found is None:
+                return ok("gpu image", f"{config.gpu_image} is not on Docker Hub, so it cannot be checked here")
+            if found:
                 return ok("gpu image", f"{config.gpu_image} is published")
             return fail("gpu image", f"{config.gpu_image} is not published in {config.vast.image_registry_url}",
                         "use a published tag (pytorch's end in -runtime or -devel), e.g. "
