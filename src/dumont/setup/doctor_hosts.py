@@ -92,8 +92,10 @@ async def _login(config: Config, pair: PairConfig, instance: Instance) -> list[C
 
 async def _disk(config: Config, transport: SshTransport, target: SshTarget) -> Check:
     """The standby's disk holds a snapshot of the GPU's workspace, the promotion candidate and the reserve."""
-    result = await transport.run(target, ["sh", "-c", 'du -sk "${DUMONT_WORKSPACE:-/workspace}" 2>/dev/null | '
-                                                      'cut -f1'], timeout=120, check=False)
+    # The apparent size: what a copy needs when sparse files are not kept sparse (busybox du lacks the option).
+    script = ('ws="${DUMONT_WORKSPACE:-/workspace}"; '
+              '{ du -sk --apparent-size "$ws" 2>/dev/null || du -sk "$ws" 2>/dev/null; } | cut -f1')
+    result = await transport.run(target, ["sh", "-c", script], timeout=120, check=False)
     text = result.text.strip().splitlines()[-1:] or ["0"]
     size_gb = int(text[0]) / 1024**2 if text[0].isdigit() else 0.0
     usable = config.standby.disk_gb * (1 - config.replication.min_free_fraction) - 3  # the image takes ~3 GB
