@@ -21,9 +21,6 @@ from dumont.providers.vast.provider import VastMarket
 from dumont.transport.keys import ensure_keypair, write_private
 
 PAIR = "main"
-# The seed's image (pytorch 2.1.0, CUDA 12.1, cuDNN 8) under a tag that is published: the config's default lacks
-# the -runtime/-devel suffix every pytorch tag has, and the local Vast, like Vast, never runs an unpublished one.
-GPU_IMAGE = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime"
 LOCAL_PROJECT, LOCAL_ZONE = "dumont-local", "local-a"
 
 
@@ -67,7 +64,7 @@ async def _rent_first_gpu(state_dir: Path, vast_url: str, keys: list[str]) -> st
         offers = await market.search_offers(OfferQuery(
             min_gpu_ram_gb=defaults.gpu_min_ram_gb, max_price_per_hour=defaults.gpu_max_price,
             regions=tuple(defaults.gpu_preferred_regions), disk_gb=defaults.gpu_disk_gb))
-        instance = await market.create(LaunchRequest(offers[0], GPU_IMAGE, defaults.gpu_disk_gb,
+        instance = await market.create(LaunchRequest(offers[0], defaults.gpu_image, defaults.gpu_disk_gb,
                                                      f"dumont-{PAIR}", keys))
         for _ in range(300):  # the emulator brings the instance up; at most 60 s
             current = await market.get(instance.instance_id)
@@ -82,10 +79,10 @@ async def _rent_first_gpu(state_dir: Path, vast_url: str, keys: list[str]) -> st
 def _config(state_dir: Path, ready: dict[str, Any], instance_id: str) -> dict[str, Any]:
     return {
         "state_dir": str(controller_dir(state_dir)),
-        "gpu_image": GPU_IMAGE,
         "controller": {"api_listen": f"127.0.0.1:{free_port()}",
                        "user_keys_file": str(layout.user_key(state_dir)) + ".pub"},
-        "vast": {"api_url": ready["vast_url"], "api_key_file": str(state_dir / "vast_api_key")},
+        "vast": {"api_url": ready["vast_url"], "api_key_file": str(state_dir / "vast_api_key"),
+                 "image_registry_url": ready["registry_url"]},  # the local Docker Hub: no internet here
         "gcp": {"project": LOCAL_PROJECT, "zone": LOCAL_ZONE, "api_endpoint": ready["gcp_url"]},
         "pairs": [{
             "name": PAIR,
