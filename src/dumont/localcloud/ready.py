@@ -80,7 +80,7 @@ def _config(state_dir: Path, ready: dict[str, Any], instance_id: str) -> dict[st
         "controller": {"api_listen": f"127.0.0.1:{free_port()}",
                        "user_keys_file": str(layout.user_key(state_dir)) + ".pub"},
         "vast": {"api_url": ready["vast_url"], "api_key_file": str(state_dir / "vast_api_key"),
-                 **({"image_registry_url": ready["registry_url"]} if ready.get("registry_url") else {})},
+                 "image_registry_url": ready["registry_url"]},  # the local Docker Hub: no internet here
         "gcp": {"project": LOCAL_PROJECT, "zone": LOCAL_ZONE, "api_endpoint": ready["gcp_url"]},
         "pairs": [{
             "name": PAIR,
