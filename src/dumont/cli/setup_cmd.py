@@ -43,13 +43,15 @@ def _ask(value: str | None, flag: str, prompt: str) -> str:
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="The controller's state directory.")
 @click.option("--user-keys-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Public keys you log in with (default: ~/.ssh/id_ed25519.pub if it exists).")
+@click.option("--api-listen", help="Where the controller's API listens (default 127.0.0.1:8787).")
 @click.option("--vast-url", help="Another Vast API (the local cloud's emulator, to try it out).")
 @click.option("--gcp-endpoint", help="Another Compute API endpoint (the local cloud's emulator).")
+@click.option("--registry-url", help="Another Docker Hub API to check gpu_image against (the local cloud's).")
 @json_option
 def init_command(config_path: Path, vast_instance: str | None, gcp_project: str | None, gcp_zone: str | None,
                  vast_api_key_file: Path | None, gcp_credentials_file: Path | None, pair: str, endpoint: str,
-                 state_dir: Path | None, user_keys_file: Path | None, vast_url: str | None, gcp_endpoint: str | None,
-                 as_json: bool) -> None:
+                 state_dir: Path | None, user_keys_file: Path | None, api_listen: str | None, vast_url: str | None,
+                 gcp_endpoint: str | None, registry_url: str | None, as_json: bool) -> None:
     """Write a checked config and the controller's keys for one pair. Starts nothing and spends nothing."""
     from dumont.setup.init import InitAnswers, write_config
 
@@ -61,7 +63,7 @@ def init_command(config_path: Path, vast_instance: str | None, gcp_project: str 
         vast_api_key_file=_absolute(vast_api_key_file), gcp_credentials_file=_absolute(gcp_credentials_file),
         pair=pair, endpoint=endpoint, state_dir=_absolute(state_dir),
         user_keys_file=_absolute(user_keys_file) or (default_keys if default_keys.exists() else None),
-        vast_url=vast_url, gcp_endpoint=gcp_endpoint)
+        api_listen=api_listen, vast_url=vast_url, gcp_endpoint=gcp_endpoint, registry_url=registry_url)
     result = write_config(config_path.expanduser().resolve(), answers)
     emit(result, as_json=as_json, human=_init_text)
 

@@ -31,8 +31,10 @@ class InitAnswers:
     endpoint: str = "127.0.0.1:2222"
     state_dir: Path | None = None
     user_keys_file: Path | None = None
+    api_listen: str | None = None
     vast_url: str | None = None  # the local cloud's emulators, for trying it out
     gcp_endpoint: str | None = None
+    registry_url: str | None = None
 
 
 def config_data(answers: InitAnswers) -> dict[str, Any]:
@@ -40,13 +42,20 @@ def config_data(answers: InitAnswers) -> dict[str, Any]:
     data: dict[str, Any] = {}
     if answers.state_dir is not None:
         data["state_dir"] = str(answers.state_dir)
+    controller: dict[str, Any] = {}
     if answers.user_keys_file is not None:
-        data["controller"] = {"user_keys_file": str(answers.user_keys_file)}
+        controller["user_keys_file"] = str(answers.user_keys_file)
+    if answers.api_listen:
+        controller["api_listen"] = answers.api_listen
+    if controller:
+        data["controller"] = controller
     vast: dict[str, Any] = {}
     if answers.vast_api_key_file is not None:
         vast["api_key_file"] = str(answers.vast_api_key_file)
     if answers.vast_url:
         vast["api_url"] = answers.vast_url
+    if answers.registry_url:
+        vast["image_registry_url"] = answers.registry_url
     gcp: dict[str, Any] = {"project": answers.gcp_project, "zone": answers.gcp_zone}
     if answers.gcp_credentials_file is not None:
         gcp["credentials_file"] = str(answers.gcp_credentials_file)
