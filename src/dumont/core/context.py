@@ -77,9 +77,11 @@ class ControllerContext:
                         "rsync": ready.rsync, "user": ready.user})
         return ready
 
-    async def forget(self, ref: HostRef) -> None:
-        """Close the agent channel and shared connection of a host we no longer use."""
-        self._readiness.pop(ref.alias, None)
+    async def forget(self, ref: HostRef, *, still_ready: bool = False) -> None:
+        """Close the agent channel and shared connection of a host we no longer use (or reach anew:
+        ``still_ready`` keeps what readying found, for a host whose key or address changed but not its disk)."""
+        if not still_ready:
+            self._readiness.pop(ref.alias, None)
         agent = self._agents.pop(ref.alias, None)
         if agent is not None:
             await agent.close()
@@ -165,10 +167,11 @@ async def present_pair_host_key(ctx: ControllerContext, ref: HostRef, pair: str)
     public = read_public_key(key_path)
     if ctx.known_hosts.keys_for(ref.alias) == [" ".join(public.split()[:2])]:
         return
+    # Both keys are trusted while sshd reloads, so a probe that lands in between sees no stranger.
+    ctx.known_hosts.pin(ref.alias, public, keep_existing=True)
     await ctx.agent(ref).install_host_key(private_key=key_path.read_text(), public_key=public)
-    ctx.known_hosts.pin(ref.alias, public, keep_existing=True)  # both keys until sshd has reloaded
     target = SshTarget(ref.alias, ref.ssh_host, ref.ssh_port, ref.ssh_user)
-    await ctx.forget(ref)
+    await ctx.forget(ref, still_ready=True)
     ctx.known_hosts.pin(ref.alias, public)
     loop_deadline = ctx.clock() + 20
     while True:

@@ -188,7 +188,7 @@ class Controller:
         if old is None or (old.ssh_host, old.ssh_port) == (action.ssh_host, action.ssh_port):
             return
         new = dataclasses.replace(old, ssh_host=action.ssh_host, ssh_port=action.ssh_port)
-        await self.ctx.forget(old)
+        await self.ctx.forget(old, still_ready=True)
         if action.role == "primary":
             rt.primary = new
             rt.relay.point_to((new.ssh_host, new.ssh_port), reason=f"{new.alias} moved to a new address")

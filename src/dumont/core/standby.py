@@ -69,7 +69,7 @@ async def _restart(ctx: ControllerContext, rt: PairRuntime, op_id: int, old: Hos
     try:
         async with asyncio.timeout(ctx.config.standby.boot_timeout_seconds):
             await ctx.standby_cloud.start(old.instance_id)
-        await ctx.forget(old)  # its address changed: old channels and connections lead nowhere
+        await ctx.forget(old, still_ready=True)  # a new address: old channels lead nowhere; its disk is the same
         await _fill(ctx, rt, op_id, await ctx.standby_cloud.get(old.instance_id))
     except (DumontError, TimeoutError) as exc:
         why = exc.message if isinstance(exc, DumontError) else "timed out"

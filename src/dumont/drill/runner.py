@@ -253,9 +253,16 @@ async def _standby_loss(run: DrillRun) -> None:
     failover.note = "not needed: the GPU kept serving the endpoint while the standby was replaced"
     failover.ended = failover.started
     phase = run.timeline.begin("recovery", deadline_seconds=cfg.ssh_wait_timeout + 600)
-    await run.stack.wait_for("the new standby", lambda s: _synced(s) and s["standby"]["instance_id"] != standby_before,
-                             phase.deadline_seconds or 1800)
-    phase.figures.update(new_standby=run.stack.status()["standby"]["instance_id"],
+
+    def protected_again(status: dict[str, Any]) -> bool:
+        # A preempted standby keeps its disk: it is started again (same VM) or, failing that, replaced.
+        restarted = run.timeline.events_of("standby_restarted", phase.started)
+        return _synced(status) and (bool(restarted) or status["standby"]["instance_id"] != standby_before)
+
+    await run.stack.wait_for("the standby back", protected_again, phase.deadline_seconds or 1800)
+    restarted = bool(run.timeline.events_of("standby_restarted", phase.started))
+    phase.figures.update(standby=run.stack.status()["standby"]["instance_id"],
+                         standby_came_back="started again, disk kept" if restarted else "replaced by a new VM",
                          gpu_untouched=run.stack.status()["primary"]["instance_id"] == gpu_before
                          and not run.timeline.events_of("failover"))
 
