@@ -243,3 +243,16 @@ def _pair(setup: Setup, instance_id: str) -> dict[str, Any]:
     pair = tomllib.loads(setup.path.read_text())["pairs"][0]
     pair["primary"]["instance_id"] = instance_id
     return pair
+
+
+async def test_run_refuses_to_create_anything_while_a_check_fails(setup: Setup) -> None:
+    """`dumont run` on a setup the doctor fails: it says which check and creates no standby VM."""
+    from dumont.core.service import serve
+    from dumont.errors import DumontError
+
+    config = setup.config(gpu_image="pytorch/pytorch:2.1.0-cuda12.1-cudnn8")
+    with pytest.raises(DumontError) as caught:
+        await serve(config)
+    assert "nothing was created" in str(caught.value) and "gpu image" in str(caught.value)
+    vms = await setup.gcp("GET", "/compute/v1/projects/dumont-local/zones/local-a/instances")
+    assert vms.get("items", []) == []
