@@ -78,7 +78,7 @@ class ApiServer:
 
     def app(self) -> web.Application:
         """The aiohttp application."""
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._errors, self._auth])
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/api/status", self._status)
         app.router.add_get("/api/events", self._events)
@@ -110,6 +110,19 @@ class ApiServer:
                 self._new_event.notify_all()
 
         asyncio.get_running_loop().create_task(notify())
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A bug in a handler is one internal_error event and a 500, never a dead API or a traceback per call."""
+        try:
+            return await handler(request)
+        except (web.HTTPException, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            route = request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+            self.controller.ctx.internal_errors.report(f"the API's {request.method} {route}", exc)
+            return json_response({"error": "internal error; it was reported in the controller's log and events"},
+                                 status=500)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -12,6 +12,7 @@ from typing import Any
 
 from dumont.config import Config
 from dumont.core.bootstrap import HostReadiness, ready_host
+from dumont.core.faults import InternalErrors
 from dumont.core.layout import ControllerLayout
 from dumont.core.model import HostRef
 from dumont.errors import DumontError, HostUnreachable
@@ -41,6 +42,10 @@ class ControllerContext:
     listeners: list[EventSink] = field(default_factory=list)
     _agents: dict[str, HostAgent] = field(default_factory=dict)
     _readiness: dict[str, HostReadiness] = field(default_factory=dict)
+    internal_errors: InternalErrors = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.internal_errors = InternalErrors(self._record_quietly)
 
     def event(self, pair: str | None, kind: str, reason: str, data: dict[str, Any] | None = None) -> None:
         """Record an event (the one reason sentence) and tell the listeners (notifier, metrics, logs)."""
@@ -49,8 +54,17 @@ class ControllerContext:
         # The one log line of each transition; a state change names both ends (the reason says why).
         what = f"{kind} {payload['from']} -> {payload['to']}" if kind == "state" and "to" in payload else kind
         log.info("%s%s: %s", f"{pair}: " if pair else "", what, reason, extra={"pair": pair, "event": kind})
-        for listener in self.listeners:
-            listener(pair, kind, reason, payload)
+        for listener in list(self.listeners):
+            try:
+                listener(pair, kind, reason, payload)
+            except Exception as exc:  # a broken listener (metrics, notifier) must not stop the one who reported
+                self.internal_errors.report(f"event listener {getattr(listener, '__qualname__', listener)}", exc,
+                                            pair)
+
+    def _record_quietly(self, pair: str | None, kind: str, reason: str, data: dict[str, Any]) -> None:
+        """An event for the store and the log only: listeners may be what failed."""
+        self.store.add_event(pair, kind, reason, data)
+        log.info("%s%s: %s", f"{pair}: " if pair else "", kind, reason, extra={"pair": pair, "event": kind})
 
     def agent(self, ref: HostRef) -> HostAgent:
         """The agent of ``ref`` (one channel per host, kept open), run by the Python the host was readied with."""

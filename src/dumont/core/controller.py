@@ -77,6 +77,7 @@ class Controller:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.ticks = 0
+        self.last_tick_at: float | None = None
         self.tick_listeners: list[Callable[[int], None]] = []  # told after every tick (tests, drills)
 
     def wake(self) -> None:
@@ -89,12 +90,15 @@ class Controller:
         self._wake.set()
 
     async def run(self) -> None:
-        """Tick until stopped, then stop background work (a restart resumes it)."""
+        """Tick until stopped, then stop background work (a restart resumes it). Nothing escapes a tick."""
         interval = self.ctx.config.health_check_interval
         try:
             while not self._stop.is_set():
                 started = self.ctx.clock()
-                await self.tick()
+                try:
+                    await self.tick()
+                except Exception as exc:
+                    self.ctx.internal_errors.report("the controller's tick", exc)
                 left = interval - (self.ctx.clock() - started)
                 self._wake.clear()
                 if left > 0:
@@ -109,17 +113,39 @@ class Controller:
                 await cancel(rt.op_task, timeout=30)
 
     async def tick(self) -> None:
-        """Observe, decide and act once for every pair."""
+        """Observe, decide and act once for every pair; a pair whose step fails unexpectedly is reported, the others
+        go on."""
         self.ticks += 1
+        self.last_tick_at = self.ctx.clock()
         network = await probes.network_ok(network_targets(self.ctx.config),
                                           self.ctx.config.health.probe_timeout_seconds)
-        observations = await asyncio.gather(*(self.observe(rt, network) for rt in self.pairs.values()))
+        observations = await asyncio.gather(*(self._observe_safely(rt, network) for rt in self.pairs.values()))
         for rt, observation in zip(self.pairs.values(), observations, strict=True):
-            decision = decide(observation, rt.memory, self.policy)
+            if observation is None:
+                continue
+            try:
+                decision = decide(observation, rt.memory, self.policy)
+            except Exception as exc:
+                self.ctx.internal_errors.report("decide", exc, rt.name)
+                continue
             rt.memory, rt.observation = decision.memory, observation
+            if observation.outcome is rt.outcome:
+                rt.outcome = None  # decided on once
             await self.act(rt, decision)
-        for listener in self.tick_listeners:
-            listener(self.ticks)
+            if rt.outcome is not None:
+                self.wake()  # an effector reported something: decide on it now, not a whole interval later
+        for listener in list(self.tick_listeners):
+            try:
+                listener(self.ticks)
+            except Exception as exc:
+                self.ctx.internal_errors.report("a tick listener", exc)
+
+    async def _observe_safely(self, rt: PairRuntime, network: bool | None) -> Observation | None:
+        try:
+            return await self.observe(rt, network)
+        except Exception as exc:
+            self.ctx.internal_errors.report("observing the pair", exc, rt.name)
+            return None
 
     async def observe(self, rt: PairRuntime, network: bool | None) -> Observation:
         """One frozen snapshot of a pair: probes of both hosts, sync, operation, pending intents."""
@@ -141,7 +167,8 @@ class Controller:
         attempts = ctx.store.operations_since(rt.name, "replace_standby", now - 3600)
         return Observation(now=now, state=rt.state, has_standby=rt.standby is not None, primary=primary,
                            standby=standby, network_ok=network, sync=rt.sync, operation=rt.operation,
-                           intents=intents, recoveries_today=max(0, recoveries), standby_attempts_last_hour=attempts)
+                           intents=intents, recoveries_today=max(0, recoveries), standby_attempts_last_hour=attempts,
+                           outcome=rt.outcome)
 
     async def act(self, rt: PairRuntime, decision: Decision) -> None:
         """Carry out a decision's actions, in order."""
@@ -156,6 +183,8 @@ class Controller:
                 failure = f"{type(action).__name__} failed: {exc}"
                 if failure != rt.last_action_error:  # the same failure every tick is reported once
                     self.ctx.event(rt.name, "action_failed", failure)
+            except Exception as exc:  # a bug: reported once, the other actions and pairs go on
+                self.ctx.internal_errors.report(f"the {type(action).__name__} action", exc, rt.name)
         rt.last_action_error = failure
 
     async def _do(self, rt: PairRuntime, action: Action, reason: str) -> None:
@@ -172,7 +201,7 @@ class Controller:
             ctx.event(rt.name, "alert", action.message, {"alert": action.kind})
         elif isinstance(action, RunSync):
             if rt.sync_task is None or rt.sync_task.done():
-                rt.sync_task = start_background(rt, "sync", lambda: run_sync(ctx, rt))
+                rt.sync_task = start_background(ctx, rt, "sync", lambda: run_sync(ctx, rt))
         elif isinstance(action, FailOver):
             await fail_over(ctx, rt, action.cause)
         elif isinstance(action, StartRecovery):
@@ -232,4 +261,20 @@ class Controller:
             ctx.store.finish_operation(op_id, succeeded=False, error=error)
             rt.operation = OperationStatus(kind, "crashed", row.started_at, True, False, error)
 
-        rt.op_task = start_background(rt, kind, lambda: work(ctx, rt, op_id), on_crash=crashed)
+        rt.op_task = start_background(ctx, rt, kind, lambda: work(ctx, rt, op_id), on_crash=crashed)
+
+
+async def watch_the_loop(controller: Controller, *, every: float, stalled_after: float) -> None:
+    """Say so, once, when the loop stops ticking (a stuck await somewhere), and when it ticks again."""
+    ctx, stalled = controller.ctx, False
+    while True:
+        await asyncio.sleep(every)  # a watchdog samples; nothing announces that something did not happen
+        last = controller.last_tick_at
+        age = ctx.clock() - last if last is not None else 0.0
+        if age > stalled_after and not stalled:
+            stalled = True
+            ctx.event(None, "loop_stalled", f"the controller's loop has not ticked for {age:.0f} s: no failure is "
+                                            "detected meanwhile; the log says what it waits for")
+        elif age <= stalled_after and stalled:
+            stalled = False
+            ctx.event(None, "loop_resumed", "the controller's loop ticks again")

@@ -139,6 +139,11 @@ def _starting(plan: _Plan, policy: Policy) -> None:
 def _protecting(plan: _Plan, policy: Policy) -> None:
     """GPU primary, CPU standby: judge both, fail over or replace the standby if needed, keep syncing."""
     obs = plan.observation
+    if obs.outcome is not None and obs.outcome.kind == "failover" and obs.outcome.succeeded:
+        plan.memory = replace(plan.memory, primary_failures=0, standby_failures=0)
+        plan.become(PairState.FAILED_OVER)
+        plan.say(f"failed over to the standby: {obs.outcome.detail}")
+        return
     operator_failover = _take_intent(plan, "failover")
     primary_failures = _count(plan.memory.primary_failures, obs.primary)
     standby_failures = _count(plan.memory.standby_failures, obs.standby)

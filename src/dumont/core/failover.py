@@ -13,7 +13,7 @@ import logging
 
 from dumont.core.context import ControllerContext
 from dumont.core.endpoint import publish_endpoint
-from dumont.core.model import HostRef, PairState
+from dumont.core.model import HostRef, Outcome
 from dumont.core.pair import PairRuntime, cancel, start_background
 from dumont.errors import DumontError
 from dumont.replication.pairing import fence_primary
@@ -37,7 +37,7 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
     switched = ctx.clock()
     # Sessions still open to the old primary (a partitioned one may come back) must not keep writing there.
     closed = rt.relay.close_existing(reason=cause)
-    rt.epoch, rt.primary, rt.standby, rt.state = new_epoch, standby, None, PairState.FAILED_OVER
+    rt.epoch, rt.primary, rt.standby = new_epoch, standby, None
     rt.failed.append(old)
     rt.paired_epoch = None
     rt.timings.update(decided_at=decided, endpoint_switched_at=switched)
@@ -48,7 +48,9 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
         "decision_to_switch_seconds": round(switched - decided, 4), "receives_killed": fenced.get("killed", 0),
         "snapshot_files": promoted["files"], "sessions_closed": closed,
     })
-    start_background(rt, "fence-by-provider", lambda: fence_by_provider(ctx, rt, old))
+    # The state moves on in the next decision, which this outcome wakes at once.
+    rt.outcome = Outcome("failover", True, cause, ctx.clock())
+    start_background(ctx, rt, "fence-by-provider", lambda: fence_by_provider(ctx, rt, old))
 
 
 async def fence_by_provider(ctx: ControllerContext, rt: PairRuntime, old: HostRef) -> None:

@@ -126,6 +126,16 @@ class OperationStatus:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What an effector that ran inline reports for the next decision (it never sets a state itself)."""
+
+    kind: str  # "failover"
+    succeeded: bool
+    detail: str  # the cause of a failover, or why it failed
+    at: float
+
+
+@dataclass(frozen=True)
 class Intent:
     """An operator's request recorded by the API or CLI, waiting for the loop."""
 
@@ -149,6 +159,7 @@ class Observation:
     intents: tuple[Intent, ...] = ()
     recoveries_today: int = 0
     standby_attempts_last_hour: int = 0  # replace_standby operations started in the last hour
+    outcome: Outcome | None = None  # reported by an inline effector since the last decision
 
 
 @dataclass(frozen=True)

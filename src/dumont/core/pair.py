@@ -11,7 +11,7 @@ from typing import Any
 
 from dumont.config import PairConfig
 from dumont.core.context import ControllerContext, host_from_dict
-from dumont.core.model import HostRef, Memory, Observation, OperationStatus, PairState, SyncStatus
+from dumont.core.model import HostRef, Memory, Observation, OperationStatus, Outcome, PairState, SyncStatus
 from dumont.endpoint.relay import EndpointRelay
 from dumont.errors import DumontError
 from dumont.replication.engine import PassReport, ReplicationPolicy, Replicator
@@ -46,6 +46,7 @@ class PairRuntime:
     timings: dict[str, float] = field(default_factory=dict)
     observation: Observation | None = None  # the last tick's snapshot, for metrics and the dashboard
     awaiting_host_key: bool = False  # adopted: the endpoint holds connections until the primary is re-keyed
+    outcome: Outcome | None = None  # what an inline effector reported, for the next decision only
 
     @property
     def name(self) -> str:
@@ -142,9 +143,9 @@ async def run_operation(ctx: ControllerContext, rt: PairRuntime, op_id: int, kin
     show_operation(ctx, rt, op_id, kind, finished=True)
 
 
-def start_background(rt: PairRuntime, name: str, work: Callable[[], Awaitable[Any]], *,
+def start_background(ctx: ControllerContext, rt: PairRuntime, name: str, work: Callable[[], Awaitable[Any]], *,
                      on_crash: Callable[[str], None] | None = None) -> asyncio.Task[None]:
-    """Run ``work`` as a tracked task whose unexpected errors are logged and reported, never lost."""
+    """Run ``work`` as a tracked task whose unexpected errors become one ``internal_error`` event, never lost."""
 
     async def runner() -> None:
         try:
@@ -152,7 +153,7 @@ def start_background(rt: PairRuntime, name: str, work: Callable[[], Awaitable[An
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("%s: %s crashed; please report it as a bug", rt.name, name)
+            ctx.internal_errors.report(f"the background {name}", exc, rt.name)
             if on_crash is not None:
                 on_crash(f"{name} crashed: {type(exc).__name__}: {exc}")
 

@@ -7,6 +7,7 @@ never stall the loop. All probes of a host run concurrently and finish within th
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -16,6 +17,7 @@ from dumont.providers.base import Instance, InstanceState
 from dumont.transport.ssh import SshTarget, SshTransport
 
 GetInstance = Callable[[HostRef], Awaitable[Instance]]
+log = logging.getLogger("dumont.controller")
 
 
 async def probe_host(
@@ -43,7 +45,11 @@ async def probe_host(
 
 async def _timed(name: str, probe: Awaitable[tuple[Health, str]]) -> ProbeResult:
     started = time.monotonic()
-    health, detail = await probe
+    try:
+        health, detail = await probe
+    except Exception as exc:  # a bug in a probe is no verdict on the host
+        log.exception("the %s probe failed unexpectedly", name)
+        health, detail = Health.UNKNOWN, f"probe failed unexpectedly: {type(exc).__name__}: {exc}"
     return ProbeResult(name, health, detail, time.monotonic() - started)
 
 
@@ -57,6 +63,9 @@ async def _provider_state(get_instance: GetInstance, ref: HostRef,
         return None, f"provider did not answer within {timeout:g} s", None
     except DumontError as exc:
         return None, f"provider error: {exc.message}", None
+    except Exception as exc:  # a bug in a provider plug-in: the host is not judged by it, the loop goes on
+        log.exception("%s: the provider probe failed unexpectedly", ref.alias)
+        return None, f"provider probe failed unexpectedly: {type(exc).__name__}: {exc}", None
     address = None
     if instance.state == InstanceState.RUNNING and instance.ssh_host and instance.ssh_port:
         address = (instance.ssh_host, int(instance.ssh_port))

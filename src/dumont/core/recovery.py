@@ -14,7 +14,7 @@ from typing import Any
 
 from dumont.core.context import ControllerContext, present_pair_host_key
 from dumont.core.endpoint import publish_endpoint
-from dumont.core.model import HostRef, PairState, RecoveryStep
+from dumont.core.model import HostRef, RecoveryStep
 from dumont.core.pair import PairRuntime, ensure_paired, replicator, run_operation, show_operation
 from dumont.core.renting import destroy_quietly, rent_gpu
 from dumont.errors import DumontError, IntegrityError
@@ -132,7 +132,6 @@ async def _catch_up_and_switch(ctx: ControllerContext, rt: PairRuntime, *, cpu: 
     await ctx.agent(cpu).set_epoch(new_epoch)
     await ctx.agent(cpu).retire_workspace(epoch=new_epoch)
     rt.epoch, rt.primary, rt.standby, rt.paired_epoch = new_epoch, gpu, cpu, None
-    rt.state = PairState.SYNCING
     rt.sync = type(rt.sync)()
     ctx.store.save_pair(rt.row())
     publish_endpoint(ctx, rt)

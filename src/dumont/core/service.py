@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -12,7 +13,7 @@ from collections.abc import Callable
 
 from dumont.api.server import ApiServer, Extension
 from dumont.config import Config, split_host_port
-from dumont.core.controller import Controller
+from dumont.core.controller import Controller, watch_the_loop
 from dumont.core.pair import cancel, start_background
 from dumont.core.startup import (
     api_token,
@@ -47,7 +48,7 @@ async def serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None 
                 await start_endpoint(ctx, rt)
             await api.start()
             # Hosts are reached after the API answers: an unreachable host must not keep `dumont status` waiting.
-            reaching = [start_background(rt, "reach", functools.partial(reach_hosts, ctx, rt)) for rt in pairs]
+            reaching = [start_background(ctx, rt, "reach", functools.partial(reach_hosts, ctx, rt)) for rt in pairs]
             for rt in pairs:
                 if rt.operation is not None and not rt.operation.finished:
                     controller.resume_operation(rt)
@@ -55,8 +56,16 @@ async def serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None 
             ctx.event(None, "controller_started", f"protecting {len(pairs)} pair(s); API at {api.url}")
             if on_ready is not None:
                 on_ready(api)
-            async with telemetry:
-                await controller.run()
+            interval = config.health_check_interval
+            watchdog = asyncio.create_task(watch_the_loop(
+                controller, every=interval, stalled_after=3 * interval + 2 * config.health.probe_timeout_seconds + 30))
+            try:
+                async with telemetry:
+                    await controller.run()
+            finally:
+                watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watchdog
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

@@ -76,6 +76,10 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("dumont_controller_network_up", "gauge", "1 if the controller reached its network targets at the last "
                "check, 0 if not (it suspends judgement then).", ()),
     MetricSpec("dumont_controller_ticks_total", "counter", "Observe-decide-act cycles of the controller loop.", ()),
+    MetricSpec("dumont_controller_last_tick_age_seconds", "gauge", "Seconds since the loop last started a tick "
+               "(grows without bound when the loop is stuck).", ()),
+    MetricSpec("dumont_internal_errors_total", "counter", "Unexpected exceptions the controller caught and went on "
+               "from (each distinct one is also an internal_error event).", ()),
     # --- failover and recovery
     MetricSpec("dumont_failovers_total", "counter", "Failovers to the standby.", P, "event"),
     MetricSpec("dumont_failover_detection_seconds", "histogram",
@@ -236,6 +240,10 @@ class _StateCollector:
         families = {spec.name: family(spec.name) for spec in METRICS if spec.source == "state"}
         controller = self.metrics.controller
         families["dumont_controller_ticks_total"].add_metric([], controller.ticks)
+        if controller.last_tick_at is not None:
+            families["dumont_controller_last_tick_age_seconds"].add_metric(
+                [], max(0.0, controller.ctx.clock() - controller.last_tick_at))
+        families["dumont_internal_errors_total"].add_metric([], controller.ctx.internal_errors.total)
         network = [rt.observation.network_ok for rt in controller.pairs.values()
                    if rt.observation is not None and rt.observation.network_ok is not None]
         if network:

@@ -106,7 +106,10 @@ class Sampler:
         """Sample every pair every ``interval`` seconds, or sooner when woken, until cancelled."""
         while True:
             self._wake.clear()
-            await self.sample()
+            try:
+                await self.sample()
+            except Exception as exc:  # one bad answer must not end the sampler for good
+                self.ctx.internal_errors.report("the telemetry sampler", exc)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._wake.wait()
