@@ -202,10 +202,21 @@ def _secret_advice(path: str) -> str:
     return f"{advice}set {path}_file{alternative}"
 
 
+# Keys a later release will read. Until then they are refused rather than accepted and ignored.
+NOT_SUPPORTED_YET: Final = {
+    "replication.on_change": "change-triggered sync is not built yet; passes run every sync_interval_seconds",
+    "replication.change_debounce_seconds": "change-triggered sync is not built yet",
+    "controller.salvage_outbid": "salvaging files from an outbid GPU is not built yet; it is destroyed after the "
+                                 "failback",
+}
+
+
 def _refuse_unknown_keys(cls: type[Any], raw: Mapping[str, Any], prefix: str, reading: _Reading) -> None:
     known = [spec.name for spec in fields(cls)]
     for key, value in raw.items():
-        if key not in known and not _is_secret_name(key):
+        if prefix + key in NOT_SUPPORTED_YET:
+            reading.note(f"{prefix}{key}: not supported yet ({NOT_SUPPORTED_YET[prefix + key]}); remove it")
+        elif key not in known and not _is_secret_name(key):
             # Only numbers and booleans are echoed: an unknown string could be a secret under another name.
             shown = _show(value) if isinstance(value, int | float) else f"<{_kind(value)}>"
             reading.note(f"{prefix}{key} = {shown}: unknown key; {_suggest_key(key, known, prefix)}")

@@ -122,8 +122,6 @@ class ReplicationConfig:
     transfer_timeout_seconds: float = field(default=3600.0, metadata=_checked_by(_SECONDS))
     io_timeout_seconds: int = field(default=60, metadata=_checked_by(_whole("a whole number of seconds",
                                                                             at_least=5)))
-    on_change: bool = field(default=False, metadata=_checked_by(_FLAG))
-    change_debounce_seconds: float = field(default=1.0, metadata=_checked_by(_SECONDS))
     standby_disk_alert_fraction: float = field(default=0.8, metadata=_checked_by(_number(
         "a fraction", above=0, at_most=1)))
 
@@ -147,7 +145,6 @@ class ControllerConfig:
     api_token_file: Path | None = field(default=None, metadata=_checked_by(
         _SECRET_FILE, example="~/.config/dumont/api_token"))
     fence_action: FenceAction = field(default="stop", metadata=_checked_by(_choice(FenceAction)))
-    salvage_outbid: bool = field(default=False, metadata=_checked_by(_FLAG))
     max_recoveries_per_day: int = field(default=3, metadata=_checked_by(_whole("a whole number", at_least=0)))
     # A standby that cannot be created (or never becomes usable) is deleted; this bounds the retries.
     max_standby_attempts_per_hour: int = field(default=3, metadata=_checked_by(_whole("a whole number",

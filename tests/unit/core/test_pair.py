@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 from dumont.config import InstanceConfig, PairConfig
+from dumont.core.faults import InternalErrors
 from dumont.core.model import PairState
 from dumont.core.pair import PairRuntime, cancel, start_background
 from dumont.endpoint.relay import EndpointRelay
+
+
+def errors_ctx(events: list[tuple[str | None, str, str]]) -> Any:
+    """What start_background needs of the controller: somewhere to report an unexpected error."""
+    return SimpleNamespace(internal_errors=InternalErrors(lambda pair, kind, reason, data: events.append(
+        (pair, kind, reason))))
 
 
 def runtime() -> PairRuntime:
@@ -23,9 +31,12 @@ async def test_a_crash_is_reported_to_the_owner() -> None:
     async def broken() -> None:
         raise KeyError("surprise")
 
-    task = start_background(runtime(), "recovery", broken, on_crash=reported.append)
+    events: list[tuple[str | None, str, str]] = []
+    task = start_background(errors_ctx(events), runtime(), "recovery", broken, on_crash=reported.append)
     await task
     assert reported == ["recovery crashed: KeyError: 'surprise'"]
+    assert [(pair, kind) for pair, kind, _ in events] == [("main", "internal_error")]
+    assert "KeyError" in events[0][2]
 
 
 async def test_cancellation_propagates() -> None:
@@ -35,7 +46,7 @@ async def test_cancellation_propagates() -> None:
         started.set()
         await asyncio.Event().wait()
 
-    task = start_background(runtime(), "sync", forever)
+    task = start_background(errors_ctx([]), runtime(), "sync", forever)
     await started.wait()
     await cancel(task)
     assert task.cancelled()

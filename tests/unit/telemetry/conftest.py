@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from dumont.config import Config, InstanceConfig, PairConfig
+from dumont.core.faults import InternalErrors
 from dumont.core.model import HostRef, PairState
 from dumont.core.pair import PairRuntime
 from dumont.endpoint.relay import EndpointRelay
@@ -40,6 +41,7 @@ class FakeController:
     ctx: Any
     pairs: dict[str, PairRuntime]
     ticks: int = 0
+    last_tick_at: float | None = None
     events: list[tuple[str | None, str, str, dict[str, Any]]] = field(default_factory=list)
 
     def event(self, pair: str | None, kind: str, reason: str, data: dict[str, Any] | None = None) -> None:
@@ -68,5 +70,6 @@ def controller(tmp_path: Path, clock: Clock) -> Iterator[FakeController]:
     ctx = SimpleNamespace(config=Config(), store=store, clock=clock, listeners=[])
     fake = FakeController(ctx, {"main": make_pair()})
     ctx.event = fake.event
+    ctx.internal_errors = InternalErrors(fake.event)
     yield fake
     store.close()
