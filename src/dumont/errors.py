@@ -27,6 +27,8 @@ The tree, written down once::
     │   ├── InstanceNotFound         the provider does not know the instance      (STOP)
     │   └── ProviderRequestError     the provider rejected the request as invalid (STOP)
     ├── RentingFailed                no offer could be rented and reached (core/renting.py) (STOP)
+    ├── EpochConflict                another writer took the pair's next epoch first          (STOP)
+    ├── ControllerAlreadyRunning     another controller holds this state directory            (STOP)
     └── LocalCloudError              the embedded local cloud cannot do what was asked (STOP)
 
 Vendor and subprocess errors are translated where they enter (``raise ... from exc``). Messages name the
@@ -169,6 +171,14 @@ class HostNotReady(DumontError):
     """A host lacks a tool Dumont needs (rsync, Python >= 3.8, a writable workspace) and it could not be set up."""
 
     recovery = Recovery.RETRY
+
+
+class EpochConflict(DumontError):
+    """The pair's epoch moved on under us (another controller acted on it): nothing was changed."""
+
+
+class ControllerAlreadyRunning(DumontError):
+    """Another controller already acts on this state directory (the message names its pid and host)."""
 
 
 class LocalCloudError(DumontError):

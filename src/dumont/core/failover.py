@@ -28,7 +28,9 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
     decided = ctx.clock()
     old, standby = rt.primary, rt.standby
     await cancel(rt.sync_task)
-    new_epoch = rt.epoch + 1
+    # The epoch is taken by compare-and-set: a second controller on this pair fails here, before fencing anything.
+    new_epoch = ctx.store.advance_epoch(rt.name, rt.epoch)
+    rt.epoch = new_epoch
     await ctx.ensure_ready(standby)  # known already, unless the controller restarted while it was unreachable
     agent = ctx.agent(standby)
     fenced = await fence_primary(pair=rt.name, new_epoch=new_epoch, standby=agent)
@@ -37,7 +39,7 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
     switched = ctx.clock()
     # Sessions still open to the old primary (a partitioned one may come back) must not keep writing there.
     closed = rt.relay.close_existing(reason=cause)
-    rt.epoch, rt.primary, rt.standby = new_epoch, standby, None
+    rt.primary, rt.standby = standby, None
     rt.failed.append(old)
     rt.paired_epoch = None
     rt.timings.update(decided_at=decided, endpoint_switched_at=switched)

@@ -117,7 +117,8 @@ async def _catch_up_and_switch(ctx: ControllerContext, rt: PairRuntime, *, cpu: 
         closed = rt.relay.close_existing(reason="failing back to the new GPU")
         final = await replicator(ctx, rt, cpu, gpu, keep_candidate=False).run_pass()
         progress(RecoveryStep.SWITCHING_BACK, {"catch_up_files": final.files_copied, "closed_sessions": closed})
-        new_epoch = rt.epoch + 1
+        new_epoch = ctx.store.advance_epoch(rt.name, rt.epoch)  # compare-and-set: one writer per epoch
+        rt.epoch = new_epoch
         gpu_agent = ctx.agent(gpu)
         if final.snapshot_seq is None:
             raise IntegrityError("the catch-up pass left no snapshot on the new GPU to promote")
@@ -131,7 +132,7 @@ async def _catch_up_and_switch(ctx: ControllerContext, rt: PairRuntime, *, cpu: 
         rt.relay.release()
     await ctx.agent(cpu).set_epoch(new_epoch)
     await ctx.agent(cpu).retire_workspace(epoch=new_epoch)
-    rt.epoch, rt.primary, rt.standby, rt.paired_epoch = new_epoch, gpu, cpu, None
+    rt.primary, rt.standby, rt.paired_epoch = gpu, cpu, None
     rt.sync = type(rt.sync)()
     ctx.store.save_pair(rt.row())
     publish_endpoint(ctx, rt)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dumont.api.server import ApiServer, Extension
 from dumont.config import Config, split_host_port
 from dumont.core.controller import Controller, watch_the_loop
+from dumont.core.lock import hold_state
 from dumont.core.pair import cancel, start_background
 from dumont.core.startup import (
     api_token,
@@ -31,7 +32,16 @@ log = logging.getLogger("dumont.controller")
 
 async def serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None = None,
                 extensions: tuple[Extension, ...] = ()) -> None:
-    """Protect every configured pair until SIGINT or SIGTERM (or until the returned controller is stopped)."""
+    """Protect every configured pair until SIGINT or SIGTERM (or until the returned controller is stopped).
+
+    :raises ControllerAlreadyRunning: another controller holds this state directory (its pid and host are named).
+    """
+    with hold_state(config.state_dir, api=config.controller.api_listen):
+        await _serve(config, on_ready=on_ready, extensions=extensions)
+
+
+async def _serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None,
+                 extensions: tuple[Extension, ...]) -> None:
     async with controller_context(config) as ctx:
         await refuse_unready_setup(ctx)
         pairs = [await load_pair(ctx, pair) for pair in config.pairs]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dumont.errors import EpochConflict
+
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -154,10 +156,27 @@ class Store:
             "SELECT name, state, epoch, primary_host, standby_host, updated_at FROM pairs ORDER BY name")]
 
     def save_pair(self, row: PairRow) -> None:
-        """Insert or replace a pair's state."""
+        """Insert or update a pair's state; its epoch never goes back (only :meth:`advance_epoch` moves it on)."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO pairs VALUES (?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO pairs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                       "state=excluded.state, epoch=MAX(epoch, excluded.epoch), primary_host=excluded.primary_host, "
+                       "standby_host=excluded.standby_host, updated_at=excluded.updated_at",
                        (row.name, row.state, row.epoch, _json(row.primary), _json(row.standby), time.time()))
+
+    def advance_epoch(self, pair: str, expected: int) -> int:
+        """Take the pair's next epoch, compare-and-set: only if it is still ``expected``; return the new one.
+
+        :raises EpochConflict: the epoch is not ``expected`` (another writer took it): nothing was changed.
+        """
+        with self._tx() as db:
+            moved = db.execute("UPDATE pairs SET epoch = epoch + 1, updated_at = ? WHERE name = ? AND epoch = ?",
+                               (time.time(), pair, expected)).rowcount
+            if moved != 1:
+                row = db.execute("SELECT epoch FROM pairs WHERE name = ?", (pair,)).fetchone()
+                raise EpochConflict(f"pair {pair}: the epoch is {row[0] if row else 'unknown'}, not {expected}: "
+                                    "another controller moved it on",
+                                    hint="only one controller may act on a pair; stop the other one")
+        return expected + 1
 
     # ------------------------------------------------------------------ events
 
