@@ -50,7 +50,7 @@ async def test_gpu_killed_fails_over_fast_and_recovers_with_cpu_writes(stack: St
     login = await stack.endpoint_ssh("sh", "-c", write)
     assert login.returncode == 0, login.stderr
     assert login.stdout.strip() == cpu.name
-    agent = stack.controller.ctx.agent(stack.pair.primary)  # the CPU, now primary
+    agent = stack.controller.ctx.hosts.agent(stack.pair.primary)  # type: ignore[attr-defined]  # the CPU
     standby_status = await agent.status()
     assert standby_status.latest is not None
     manifest = await agent.manifest(standby_status.latest.seq)

@@ -49,7 +49,7 @@ async def test_a_partitioned_gpu_can_never_write_to_the_standby_again(stack: Sta
     before = sorted((p.relative_to(cpu.base), p.stat().st_mtime_ns) for p in cpu.base.rglob("*") if p.is_file()
                     and "log" not in p.parts)
     # The zombie tries exactly what it did before the failover: a direct push with its pair key.
-    zombie = stack.controller.ctx.agent(stack.pair.failed[-1])
+    zombie = stack.controller.ctx.hosts.agent(stack.pair.failed[-1])  # type: ignore[attr-defined]
     run = await zombie.push(["data.bin"], timeout=30, io_timeout=10)
     assert run.returncode != 0
     assert "refused" in run.stderr or "Permission denied" in run.stderr, run.stderr

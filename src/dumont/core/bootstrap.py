@@ -42,6 +42,7 @@ class HostReadiness:
     rsync: str  # absolute path of rsync
     installed: tuple[str, ...]  # packages this bootstrap installed
     user: str  # who the controller logs in as
+    fresh: bool = True  # readied by this call (False: answered from memory)
 
 
 def boot_script() -> str:

@@ -155,7 +155,7 @@ class Controller:
         async def check(ref: HostRef | None) -> HostHealth | None:
             if ref is None or rt.state == PairState.PAUSED:
                 return None
-            return await probes.probe_host(ref, get_instance=ctx.instance, transport=ctx.transport,
+            return await probes.probe_host(ref, get_instance=ctx.instance, hosts=ctx.hosts,
                                            timeout=timeout, command=command if ref.role == "gpu" else None)
 
         primary, standby = await asyncio.gather(check(rt.primary), check(rt.standby))
@@ -217,7 +217,7 @@ class Controller:
         if old is None or (old.ssh_host, old.ssh_port) == (action.ssh_host, action.ssh_port):
             return
         new = dataclasses.replace(old, ssh_host=action.ssh_host, ssh_port=action.ssh_port)
-        await self.ctx.forget(old, still_ready=True)
+        await self.ctx.hosts.forget(old, still_ready=True)
         if action.role == "primary":
             rt.primary = new
             rt.relay.point_to((new.ssh_host, new.ssh_port), reason=f"{new.alias} moved to a new address")

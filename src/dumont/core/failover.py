@@ -16,7 +16,6 @@ from dumont.core.endpoint import publish_endpoint
 from dumont.core.model import HostRef, Outcome
 from dumont.core.pair import PairRuntime, cancel, start_background
 from dumont.errors import DumontError
-from dumont.replication.pairing import fence_primary
 
 log = logging.getLogger("dumont.controller")
 
@@ -32,9 +31,8 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
     new_epoch = ctx.store.advance_epoch(rt.name, rt.epoch)
     rt.epoch = new_epoch
     await ctx.ensure_ready(standby)  # known already, unless the controller restarted while it was unreachable
-    agent = ctx.agent(standby)
-    fenced = await fence_primary(pair=rt.name, new_epoch=new_epoch, standby=agent)
-    promoted = await agent.promote(epoch=new_epoch, mode="candidate")
+    fenced = await ctx.hosts.fence(rt.name, standby, new_epoch)
+    promoted = await ctx.hosts.promote(standby, epoch=new_epoch, mode="candidate")
     rt.relay.point_to((standby.ssh_host, standby.ssh_port), reason=cause)
     switched = ctx.clock()
     # Sessions still open to the old primary (a partitioned one may come back) must not keep writing there.

@@ -14,11 +14,9 @@ from dumont.core.context import ControllerContext, host_from_dict
 from dumont.core.model import HostRef, Memory, Observation, OperationStatus, Outcome, PairState, SyncStatus
 from dumont.endpoint.relay import EndpointRelay
 from dumont.errors import DumontError
-from dumont.replication.engine import PassReport, ReplicationPolicy, Replicator
+from dumont.replication.engine import PassReport, ReplicationPolicy
 from dumont.replication.guards import GuardPolicy
-from dumont.replication.pairing import pair_hosts
 from dumont.store.sqlite import PairRow
-from dumont.transport.ssh import SshTarget
 
 log = logging.getLogger("dumont.controller")
 
@@ -82,19 +80,14 @@ async def ensure_paired(ctx: ControllerContext, rt: PairRuntime, source: HostRef
     await ctx.ensure_ready(target)
     if ctx.config.replication.mode != "direct" or rt.paired_epoch == rt.epoch:
         return
-    await ctx.agent(source).set_epoch(rt.epoch)
-    await pair_hosts(pair=rt.name, epoch=rt.epoch, primary=ctx.agent(source), standby=ctx.agent(target),
-                     standby_address=SshTarget("dumont-standby", target.ssh_host, target.ssh_port, target.ssh_user),
-                     standby_host_key=ctx.known_hosts.keys_for(target.alias)[0], pair_key=ctx.layout.pair_key(rt.name))
+    await ctx.hosts.pair(rt.name, rt.epoch, source, target)
     rt.paired_epoch = rt.epoch
 
 
-def replicator(ctx: ControllerContext, rt: PairRuntime, source: HostRef, target: HostRef, *,
-               keep_candidate: bool = True) -> Replicator:
-    """A replicator from ``source`` to ``target`` with the pair's settings."""
-    policy = replication_policy(ctx, keep_candidate=keep_candidate)
-    return Replicator(rt.name, ctx.agent(source), ctx.agent(target), policy, transport=ctx.transport,
-                      relay_dir=ctx.layout.relay_dir(rt.name), clock=ctx.clock)
+async def run_pass(ctx: ControllerContext, rt: PairRuntime, source: HostRef, target: HostRef, *,
+                   keep_candidate: bool = True) -> PassReport:
+    """One pass from ``source`` to ``target`` with the pair's settings."""
+    return await ctx.hosts.run_pass(rt.name, source, target, replication_policy(ctx, keep_candidate=keep_candidate))
 
 
 async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None:
@@ -105,7 +98,7 @@ async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None
     rt.sync = SyncStatus(rt.sync.last_good_at, started, rt.sync.consecutive_failures, True, rt.sync.last_error)
     try:
         await ensure_paired(ctx, rt, rt.primary, rt.standby)
-        report = await replicator(ctx, rt, rt.primary, rt.standby).run_pass()
+        report = await run_pass(ctx, rt, rt.primary, rt.standby)
     except asyncio.CancelledError:
         rt.sync = SyncStatus(rt.sync.last_good_at, started, rt.sync.consecutive_failures, False, "cancelled")
         raise

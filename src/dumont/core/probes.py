@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from dumont.core.model import Health, HostHealth, HostRef, ProbeResult
+from dumont.core.ports import HostAccess
 from dumont.errors import CommandTimeout, DumontError, HostKeyMismatch
 from dumont.providers.base import Instance, InstanceState
 from dumont.transport.ssh import SshTarget, SshTransport
@@ -24,11 +25,25 @@ async def probe_host(
     ref: HostRef,
     *,
     get_instance: GetInstance,
-    transport: SshTransport,
+    hosts: HostAccess,
     timeout: float,
     command: str | None = None,
 ) -> HostHealth:
-    """Probe one host every way at once; return what each probe found."""
+    """Probe one host every way at once (its provider, and its machine through ``hosts``); return what each found."""
+    provider_task = asyncio.ensure_future(_provider_state(get_instance, ref, timeout))
+    try:
+        results = await hosts.probe(ref, timeout=timeout, command=command)
+    except Exception as exc:  # a bug in the probes is no verdict on the host
+        log.exception("%s: the machine probes failed unexpectedly", ref.alias)
+        results = (ProbeResult("ssh", Health.UNKNOWN, f"probes failed unexpectedly: {type(exc).__name__}: {exc}"),)
+    state, detail, address = await provider_task
+    moved = address if address is not None and address != (ref.ssh_host, ref.ssh_port) else None
+    return HostHealth(state, detail, tuple(results), moved)
+
+
+async def probe_ssh(ref: HostRef, *, transport: SshTransport, timeout: float,
+                    command: str | None = None) -> tuple[ProbeResult, ...]:
+    """TCP connect, a fresh SSH login and the optional command against the machine, concurrently."""
     target = SshTarget(ref.alias, ref.ssh_host, ref.ssh_port, ref.ssh_user)
     probes: list[Awaitable[ProbeResult]] = [
         _timed("tcp", tcp_probe(ref.ssh_host, ref.ssh_port, timeout)),
@@ -36,11 +51,7 @@ async def probe_host(
     ]
     if command:
         probes.append(_timed("command", command_probe(transport, target, command, timeout)))
-    provider_task = asyncio.ensure_future(_provider_state(get_instance, ref, timeout))
-    results = await asyncio.gather(*probes)
-    state, detail, address = await provider_task
-    moved = address if address is not None and address != (ref.ssh_host, ref.ssh_port) else None
-    return HostHealth(state, detail, tuple(results), moved)
+    return tuple(await asyncio.gather(*probes))
 
 
 async def _timed(name: str, probe: Awaitable[tuple[Health, str]]) -> ProbeResult:

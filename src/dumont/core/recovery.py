@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dumont.core.context import ControllerContext, present_pair_host_key
+from dumont.core.context import ControllerContext
 from dumont.core.endpoint import publish_endpoint
 from dumont.core.model import HostRef, RecoveryStep
-from dumont.core.pair import PairRuntime, ensure_paired, replicator, run_operation, show_operation
+from dumont.core.pair import PairRuntime, ensure_paired, run_operation, run_pass, show_operation
 from dumont.core.renting import destroy_quietly, rent_gpu
 from dumont.errors import DumontError, IntegrityError
 from dumont.replication.engine import PassReport
@@ -65,14 +65,14 @@ async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
     try:
         await ctx.ensure_ready(cpu)
         await ctx.ensure_ready(gpu)
-        await present_pair_host_key(ctx, gpu, rt.name)
+        await ctx.hosts.present_pair_key(gpu, rt.name)
         await _restore(ctx, rt, cpu, gpu, progress)
         await _catch_up_and_switch(ctx, rt, cpu=cpu, gpu=gpu, progress=progress)
     except DumontError as exc:
         # A half-restored GPU is worth nothing and costs money: start clean next time. (Cancellation keeps it:
         # a restarted controller resumes with the same instance.)
         await destroy_quietly(ctx, rt.name, gpu.instance_id, f"the restore failed ({exc.message})")
-        await ctx.forget(gpu)
+        await ctx.hosts.forget(gpu)
         raise
     await _clean_up_failed(ctx, rt)
 
@@ -98,13 +98,12 @@ async def _restore(ctx: ControllerContext, rt: PairRuntime, cpu: HostRef, gpu: H
     """Fill the new GPU from the CPU with ordinary passes until one finds (almost) nothing left to copy."""
     rt.paired_epoch = None
     await ensure_paired(ctx, rt, cpu, gpu)
-    restore = replicator(ctx, rt, cpu, gpu, keep_candidate=False)
-    report = await restore.run_pass()
+    report = await run_pass(ctx, rt, cpu, gpu, keep_candidate=False)
     for _ in range(RESTORE_PASSES - 1):
         progress(RecoveryStep.RESTORING, {"restored_bytes": report.bytes_scanned, "pass_seq": report.seq})
         if not report.copied:
             break
-        report = await restore.run_pass()
+        report = await run_pass(ctx, rt, cpu, gpu, keep_candidate=False)
     return report
 
 
@@ -115,23 +114,22 @@ async def _catch_up_and_switch(ctx: ControllerContext, rt: PairRuntime, *, cpu: 
     rt.relay.hold()
     try:
         closed = rt.relay.close_existing(reason="failing back to the new GPU")
-        final = await replicator(ctx, rt, cpu, gpu, keep_candidate=False).run_pass()
+        final = await run_pass(ctx, rt, cpu, gpu, keep_candidate=False)
         progress(RecoveryStep.SWITCHING_BACK, {"catch_up_files": final.files_copied, "closed_sessions": closed})
         new_epoch = ctx.store.advance_epoch(rt.name, rt.epoch)  # compare-and-set: one writer per epoch
         rt.epoch = new_epoch
-        gpu_agent = ctx.agent(gpu)
         if final.snapshot_seq is None:
             raise IntegrityError("the catch-up pass left no snapshot on the new GPU to promote")
-        manifest = await gpu_agent.manifest(final.snapshot_seq)
-        await gpu_agent.promote(epoch=new_epoch, mode="take")
-        if not await gpu_agent.verify_promoted(manifest):
+        manifest = await ctx.hosts.snapshot_manifest(gpu, final.snapshot_seq)
+        await ctx.hosts.promote(gpu, epoch=new_epoch, mode="take")
+        if not await ctx.hosts.verify_promoted(gpu, manifest):
             raise IntegrityError(f"the new GPU's workspace does not match snapshot {final.snapshot_seq}",
                                  hint="the endpoint stays on the CPU; the recovery will be retried")
         rt.relay.point_to((gpu.ssh_host, gpu.ssh_port), reason="failback to the new GPU")
     finally:
         rt.relay.release()
-    await ctx.agent(cpu).set_epoch(new_epoch)
-    await ctx.agent(cpu).retire_workspace(epoch=new_epoch)
+    await ctx.hosts.set_epoch(cpu, new_epoch)
+    await ctx.hosts.retire_workspace(cpu, epoch=new_epoch)
     rt.primary, rt.standby, rt.paired_epoch = gpu, cpu, None
     rt.sync = type(rt.sync)()
     ctx.store.save_pair(rt.row())
@@ -149,5 +147,5 @@ async def _clean_up_failed(ctx: ControllerContext, rt: PairRuntime) -> None:
         if role == "gpu" and provider == ctx.gpu_market.name and instance_id not in keep:
             await destroy_quietly(ctx, rt.name, instance_id, "it failed and has been replaced")
     for ref in list(rt.failed):
-        await ctx.forget(ref)
+        await ctx.hosts.forget(ref)
         rt.failed.remove(ref)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from dumont.core.bootstrap import boot_script
-from dumont.core.context import ControllerContext, host_ref, wait_for_ssh
+from dumont.core.context import ControllerContext, host_ref
 from dumont.core.model import HostRef, RecoveryStep
 from dumont.errors import DumontError, Recovery
 from dumont.providers.base import Instance, InstanceState, LaunchRequest, Offer, OfferQuery, ProviderError
@@ -67,7 +67,7 @@ async def rent_gpu(ctx: ControllerContext, pair: str, *, exclude_machines: froze
                                             f"${offer.price_per_hour:.2f}/h, {offer.country}) failed: {reason}")
             if isinstance(exc, ProviderError) and exc.recovery == Recovery.STOP:
                 break
-            await asyncio.sleep(min(delay, ctx.config.vast.backoff_max_seconds))  # backoff between attempts
+            await ctx.sleep(min(delay, ctx.config.vast.backoff_max_seconds))  # backoff between attempts
             delay *= 2
     raise RentingFailed(f"every attempt to rent a GPU failed ({'; '.join(failures) or 'no attempt'})",
                         hint="the pair stays on the CPU; check the limits or try `dumont recover` later")
@@ -110,10 +110,10 @@ async def _wait_ready(ctx: ControllerContext, instance: Instance, progress: Prog
             raise RentingFailed(f"instance {instance.instance_id} was not running after {launch:g} s "
                                 f"(state {instance.raw_state})", hint="a first launch can take many minutes; "
                                                                       "raise vast.launch_timeout_seconds")
-        await asyncio.sleep(1.0)  # the provider has no push notification; poll, bounded by the deadline
+        await ctx.sleep(1.0)  # the provider has no push notification; poll, bounded by the deadline
         instance = await ctx.gpu_market.get(instance.instance_id)
     ref = host_ref(instance, "gpu")
-    await wait_for_ssh(ctx, ref, deadline=ctx.clock() + ctx.config.ssh_wait_timeout)
+    await ctx.hosts.reach(ref, deadline=ctx.clock() + ctx.config.ssh_wait_timeout)
     await ctx.ensure_ready(ref)
     return ref, instance
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from dumont.core.context import ControllerContext, host_ref, present_pair_host_key, wait_for_ssh
+from dumont.core.context import ControllerContext, host_ref
 from dumont.core.model import HostRef
-from dumont.core.pair import PairRuntime, ensure_paired, replicator, run_operation, show_operation
+from dumont.core.pair import PairRuntime, ensure_paired, run_operation, run_pass, show_operation
 from dumont.errors import DumontError
 from dumont.providers.base import Instance, InstanceState, StandbySpec
 
@@ -69,7 +69,7 @@ async def _restart(ctx: ControllerContext, rt: PairRuntime, op_id: int, old: Hos
     try:
         async with asyncio.timeout(ctx.config.standby.boot_timeout_seconds):
             await ctx.standby_cloud.start(old.instance_id)
-        await ctx.forget(old, still_ready=True)  # a new address: old channels lead nowhere; its disk is the same
+        await ctx.hosts.forget(old, still_ready=True)  # a new address: old channels lead nowhere; its disk is the same
         await _fill(ctx, rt, op_id, await ctx.standby_cloud.get(old.instance_id))
     except (DumontError, TimeoutError) as exc:
         why = exc.message if isinstance(exc, DumontError) else "timed out"
@@ -85,7 +85,7 @@ async def _fill(ctx: ControllerContext, rt: PairRuntime, op_id: int, instance: I
     _step(ctx, rt, op_id, "waiting_ssh", {"instance_id": instance.instance_id})
     new = await _wait_running(ctx, instance)
     await ctx.ensure_ready(new)
-    await present_pair_host_key(ctx, new, rt.name)
+    await ctx.hosts.present_pair_key(new, rt.name)
     _step(ctx, rt, op_id, "syncing", {})
     rt.standby, rt.paired_epoch = new, None
     ctx.store.save_pair(rt.row())
@@ -136,10 +136,10 @@ async def _wait_running(ctx: ControllerContext, instance: Instance) -> HostRef:
                               f"{ctx.config.standby.boot_timeout_seconds:g} s (state {instance.raw_state})")
         if instance.state in RESTARTABLE:
             await ctx.standby_cloud.start(instance.instance_id)
-        await asyncio.sleep(1.0)  # the provider has no push notification; poll, bounded by the deadline
+        await ctx.sleep(1.0)  # the provider has no push notification; poll, bounded by the deadline
         instance = await ctx.standby_cloud.get(instance.instance_id)
     ref = host_ref(instance, "cpu")
-    await wait_for_ssh(ctx, ref, deadline=ctx.clock() + ctx.config.ssh_wait_timeout)
+    await ctx.hosts.reach(ref, deadline=ctx.clock() + ctx.config.ssh_wait_timeout)
     return ref
 
 
@@ -148,7 +148,7 @@ async def _first_pass(ctx: ControllerContext, rt: PairRuntime, primary: HostRef,
     for _ in range(FIRST_PASS_ATTEMPTS):
         try:
             await ensure_paired(ctx, rt, primary, standby)
-            report = await replicator(ctx, rt, primary, standby).run_pass()
+            report = await run_pass(ctx, rt, primary, standby)
         except DumontError as exc:
             last = exc
             continue
@@ -170,5 +170,5 @@ async def _delete(ctx: ControllerContext, rt: PairRuntime, provider: str, instan
         return
     ctx.store.release_host(provider, instance_id, f"deleted: {why}")
     if ref is not None:
-        await ctx.forget(ref)
+        await ctx.hosts.forget(ref)
     ctx.event(rt.name, "standby_deleted", f"deleted standby VM {instance_id}: {why}", {"instance_id": instance_id})

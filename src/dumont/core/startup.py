@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 from dumont.config import Config, PairConfig, split_host_port
-from dumont.core.context import ControllerContext, host_ref, present_pair_host_key, wait_for_ssh
+from dumont.core.context import ControllerContext, host_ref
 from dumont.core.endpoint import publish_endpoint
+from dumont.core.hosts import SshHosts
 from dumont.core.layout import ControllerLayout
 from dumont.core.model import HostRef, OperationStatus, PairState
 from dumont.core.pair import PairRuntime
@@ -60,16 +62,19 @@ async def controller_context(config: Config) -> AsyncIterator[ControllerContext]
     known = KnownHosts(layout.known_hosts)
     transport = SshTransport(identity=layout.controller_key, known_hosts=known,
                              connect_timeout=max(1.0, config.health.probe_timeout_seconds))
+    hosts = SshHosts(transport, known, layout, bootstrap_timeout=config.controller.bootstrap_timeout_seconds,
+                     clock=time.time)
     market = VastMarket.from_config(config.vast)
     cloud = await GcpStandbyCloud.connect(config.gcp)
     store = Store(layout.database)
-    ctx = ControllerContext(config, layout, store, transport, known, market, cloud)
+    ctx = ControllerContext(config, layout, store, hosts, market, cloud)
     try:
         yield ctx
     finally:
-        await ctx.close()
+        await hosts.close()
         await transport.close()
         await market.close()
+        await cloud.close()
         store.close()
 
 
@@ -145,9 +150,9 @@ def _resume_operation(ctx: ControllerContext, rt: PairRuntime) -> None:
 async def _reach(ctx: ControllerContext, rt: PairRuntime, ref: HostRef) -> None:
     """Pin the host's key (first contact) and make it present the pair's host key; a failure is left to probes."""
     try:
-        await wait_for_ssh(ctx, ref, deadline=ctx.clock() + min(60.0, ctx.config.ssh_wait_timeout))
+        await ctx.hosts.reach(ref, deadline=ctx.clock() + min(60.0, ctx.config.ssh_wait_timeout))
         await ctx.ensure_ready(ref)
-        await present_pair_host_key(ctx, ref, rt.name)
+        await ctx.hosts.present_pair_key(ref, rt.name)
     except DumontError as exc:
         ctx.event(rt.name, "host_unreachable", f"could not reach {ref.alias} at start-up: {exc}")
 

@@ -68,7 +68,7 @@ async def _login(config: Config, pair: PairConfig, instance: Instance) -> list[C
         return [*checks, by_run(f"{name} controller key", "the controller has no key yet",
                                 "dumont init (or run) creates it; run attaches it to the GPU through the Vast API")]
     with tempfile.TemporaryDirectory(prefix="dumont-doctor-") as scratch:
-        from dumont.core.context import scan_host_key
+        from dumont.core.hosts import scan_host_key
 
         known = KnownHosts(Path(scratch) / "known_hosts")
         known.pin("gpu", await scan_host_key(host, port, 10))

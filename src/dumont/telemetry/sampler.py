@@ -163,11 +163,11 @@ class Sampler:
     async def _sample_disk(self, rt: PairRuntime, cpu: HostRef, samples: PairSamples) -> None:
         try:
             async with asyncio.timeout(max(5.0, self.ctx.config.health.probe_timeout_seconds * 2)):
-                info = await self.ctx.agent(cpu).info()
+                free, total = await self.ctx.hosts.disk(cpu)
         except (DumontError, TimeoutError) as exc:
             log.debug("%s: no disk sample from %s: %s", rt.name, cpu.alias, exc)
             return
-        samples.disk = DiskSample(cpu.instance_id, info.free_bytes, info.total_bytes, self.ctx.clock())
+        samples.disk = DiskSample(cpu.instance_id, free, total, self.ctx.clock())
 
     def _judge_disk(self, rt: PairRuntime, samples: PairSamples) -> None:
         limit = self.ctx.config.replication.standby_disk_alert_fraction

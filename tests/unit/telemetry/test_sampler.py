@@ -9,7 +9,6 @@ import pytest
 from dumont.core.model import HostRef, PairState
 from dumont.errors import HostUnreachable
 from dumont.providers.base import Instance, InstanceState
-from dumont.replication.hostagent import HostInfo
 from dumont.telemetry.sampler import Sampler
 from tests.unit.telemetry.conftest import Clock, FakeController
 
@@ -32,21 +31,18 @@ class FakeHosts:
         return Instance(ref.provider, ref.instance_id, InstanceState.RUNNING, "running",
                         price_per_hour=self.prices.get(ref.instance_id))
 
-    def agent(self, ref: HostRef) -> FakeHosts:
-        return self
-
-    async def info(self) -> HostInfo:
+    async def disk(self, ref: HostRef) -> tuple[int, int]:
         self.disk_calls += 1
         if not self.reachable:
             raise HostUnreachable("the standby does not answer")
-        return HostInfo("/workspace", "/var/lib/dumont", 1, "3.11", "3.2", self.free, self.total)
+        return self.free, self.total
 
 
 @pytest.fixture
 def hosts(controller: FakeController) -> FakeHosts:
     fake = FakeHosts()
     controller.ctx.instance = fake.instance
-    controller.ctx.agent = fake.agent
+    controller.ctx.hosts = fake
     return fake
 
 

@@ -1,0 +1,183 @@
+"""The controller's machines over OpenSSH and the host agent: the product's :class:`~dumont.core.ports.HostAccess`.
+
+One agent channel per host, kept open; host keys pinned per alias in the controller's own known_hosts (trust on
+first use only for a machine just created, through ``ssh-keyscan``); every host readied once (``bootstrap``) and
+its agent started with the Python found there; the pair's host key installed on every host so the endpoint's
+identity never changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+from dumont.core import probes
+from dumont.core.bootstrap import HostReadiness, ready_host
+from dumont.core.layout import ControllerLayout
+from dumont.core.model import HostRef, ProbeResult
+from dumont.core.ports import Clock, Sleep
+from dumont.errors import DumontError, HostUnreachable
+from dumont.replication.engine import PassReport, ReplicationPolicy, Replicator
+from dumont.replication.hostagent import HostAgent
+from dumont.replication.manifest import Manifest
+from dumont.replication.pairing import fence_primary, pair_hosts
+from dumont.transport.keys import KnownHosts, read_public_key
+from dumont.transport.ssh import SshTarget, SshTransport, run_local
+
+log = logging.getLogger("dumont.controller")
+
+def target_of(ref: HostRef) -> SshTarget:
+    """How to reach ``ref`` over SSH."""
+    return SshTarget(ref.alias, ref.ssh_host, ref.ssh_port, ref.ssh_user)
+
+
+class SshHosts:
+    """Every host of the controller, reached over one shared SSH transport."""
+
+    def __init__(self, transport: SshTransport, known_hosts: KnownHosts, layout: ControllerLayout, *,
+                 bootstrap_timeout: float, clock: Clock, sleep: Sleep = asyncio.sleep) -> None:
+        self.transport = transport
+        self.known_hosts = known_hosts
+        self.layout = layout
+        self.bootstrap_timeout = bootstrap_timeout
+        self.clock, self.sleep = clock, sleep
+        self._agents: dict[str, HostAgent] = {}
+        self._readiness: dict[str, HostReadiness] = {}
+
+    # ------------------------------------------------------------------ channels
+
+    def agent(self, ref: HostRef) -> HostAgent:
+        """The agent of ``ref`` (one channel per host, kept open), run by the Python the host was readied with."""
+        agent = self._agents.get(ref.alias)
+        ready = self._readiness.get(ref.alias)
+        python = ready.python if ready is not None else "python3"
+        if agent is None or agent.target != target_of(ref) or agent.python != python:
+            agent = HostAgent(self.transport, target_of(ref), python=python)
+            self._agents[ref.alias] = agent
+        return agent
+
+    async def forget(self, ref: HostRef, *, still_ready: bool = False) -> None:
+        """Close the agent channel and shared connection of a host (``still_ready`` keeps what readying found)."""
+        if not still_ready:
+            self._readiness.pop(ref.alias, None)
+        agent = self._agents.pop(ref.alias, None)
+        if agent is not None:
+            await agent.close()
+        await self.transport.forget_connection(target_of(ref))
+
+    async def close(self) -> None:
+        """Close every agent channel."""
+        for agent in list(self._agents.values()):
+            await agent.close()
+        self._agents.clear()
+
+    # ------------------------------------------------------------------ reaching and readying
+
+    async def reach(self, ref: HostRef, *, deadline: float) -> None:
+        """Wait until the host accepts our key over SSH, pinning its host key on first contact."""
+        last = "no attempt"
+        while self.clock() < deadline:
+            try:
+                left = max(1.0, deadline - self.clock())
+                if not self.known_hosts.keys_for(ref.alias):
+                    self.known_hosts.pin(ref.alias, await scan_host_key(ref.ssh_host, ref.ssh_port, min(10.0, left)))
+                await self.transport.check_reachable(target_of(ref), timeout=min(15.0, left))
+                return
+            except DumontError as exc:
+                last = exc.message
+            await self.sleep(min(1.0, max(0.0, deadline - self.clock())))  # the host is booting; poll, bounded
+        raise HostUnreachable(f"{ref.alias} did not accept SSH before the deadline: {last}",
+                              hint="the instance will be destroyed and the next offer tried")
+
+    async def ready(self, ref: HostRef) -> HostReadiness:
+        """Ready a host for the agent once (find Python, install rsync...); later calls answer from memory."""
+        ready = self._readiness.get(ref.alias)
+        if ready is not None:
+            return dataclasses.replace(ready, fresh=False)
+        ready = await ready_host(self.transport, target_of(ref), timeout=self.bootstrap_timeout)
+        self._readiness[ref.alias] = ready
+        return ready
+
+    async def present_pair_key(self, ref: HostRef, pair: str) -> None:
+        """Make the host present the pair's host key, and pin that key for it."""
+        key_path = self.layout.pair_host_key(pair)
+        public = read_public_key(key_path)
+        if self.known_hosts.keys_for(ref.alias) == [" ".join(public.split()[:2])]:
+            return
+        # Both keys are trusted while sshd reloads, so a probe that lands in between sees no stranger.
+        self.known_hosts.pin(ref.alias, public, keep_existing=True)
+        await self.agent(ref).install_host_key(private_key=key_path.read_text(), public_key=public)
+        await self.forget(ref, still_ready=True)
+        self.known_hosts.pin(ref.alias, public)
+        deadline = self.clock() + 20
+        while True:
+            try:
+                await self.transport.check_reachable(target_of(ref), timeout=10)
+                return
+            except DumontError:
+                if self.clock() > deadline:
+                    raise
+            await self.sleep(0.1)  # sshd re-executes itself on SIGHUP; bounded by the deadline above
+
+    async def probe(self, ref: HostRef, *, timeout: float, command: str | None) -> tuple[ProbeResult, ...]:
+        """TCP, a fresh SSH login and the optional command, concurrently; never raises."""
+        return await probes.probe_ssh(ref, transport=self.transport, timeout=timeout, command=command)
+
+    # ------------------------------------------------------------------ replication
+
+    async def pair(self, pair: str, epoch: int, source: HostRef, target: HostRef) -> None:
+        """Direct mode for ``source`` -> ``target`` at ``epoch``."""
+        await self.agent(source).set_epoch(epoch)
+        await pair_hosts(pair=pair, epoch=epoch, primary=self.agent(source), standby=self.agent(target),
+                         standby_address=SshTarget("dumont-standby", target.ssh_host, target.ssh_port,
+                                                   target.ssh_user),
+                         standby_host_key=self.known_hosts.keys_for(target.alias)[0],
+                         pair_key=self.layout.pair_key(pair))
+
+    async def run_pass(self, pair: str, source: HostRef, target: HostRef, policy: ReplicationPolicy) -> PassReport:
+        """One replication pass with the pair's settings."""
+        replicator = Replicator(pair, self.agent(source), self.agent(target), policy, transport=self.transport,
+                                relay_dir=self.layout.relay_dir(pair), clock=self.clock)
+        return await replicator.run_pass()
+
+    async def fence(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:
+        """Fence the former primary on the standby: the epoch moves on, its key goes, its pushes die."""
+        return dict(await fence_primary(pair=pair, new_epoch=new_epoch, standby=self.agent(standby)))
+
+    async def promote(self, ref: HostRef, *, epoch: int, mode: str) -> dict[str, Any]:
+        """Make the newest snapshot the live workspace."""
+        return await self.agent(ref).promote(epoch=epoch, mode=mode)
+
+    async def snapshot_manifest(self, ref: HostRef, seq: int) -> Manifest:
+        """The manifest of snapshot ``seq``."""
+        return await self.agent(ref).manifest(seq)
+
+    async def verify_promoted(self, ref: HostRef, manifest: Manifest) -> bool:
+        """Whether the promoted workspace matches ``manifest``."""
+        return await self.agent(ref).verify_promoted(manifest)
+
+    async def set_epoch(self, ref: HostRef, epoch: int) -> int:
+        """Raise the host's epoch."""
+        return await self.agent(ref).set_epoch(epoch)
+
+    async def retire_workspace(self, ref: HostRef, *, epoch: int) -> None:
+        """Move a former primary's workspace aside."""
+        await self.agent(ref).retire_workspace(epoch=epoch)
+
+    async def disk(self, ref: HostRef) -> tuple[int, int]:
+        """Free and total bytes of the host's data disk."""
+        info = await self.agent(ref).info()
+        return info.free_bytes, info.total_bytes
+
+
+async def scan_host_key(host: str, port: int, timeout: float) -> str:
+    """The ed25519 host key a host presents (trust on first use, for a machine we just created)."""
+    result = await run_local(["ssh-keyscan", "-T", str(max(1, int(timeout))), "-t", "ed25519", "-p", str(port), host],
+                             timeout=timeout + 5, what=f"ssh-keyscan {host}:{port}")
+    for line in result.text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == "ssh-ed25519":
+            return f"{parts[1]} {parts[2]}"
+    raise HostUnreachable(f"{host}:{port} did not present an ed25519 host key", hint="is sshd running there?")

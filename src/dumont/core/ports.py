@@ -1,0 +1,190 @@
+"""The core's ports: every kind of I/O the controller does, as a small typed interface.
+
+The effectors (failover, recovery, renting, standby replacement, start-up) and the loop reach the outside only
+through these, plus the providers' ``GpuMarket``/``StandbyCloud`` (``providers/base.py``) and the endpoint's
+``Endpoint`` (``endpoint/ports.py``). The product wires the real ones (``core/hosts.py`` over OpenSSH and the
+host agent, ``store/sqlite.py``, ``time.time`` and ``asyncio.sleep``); the unit tests wire the in-memory fakes of
+``core/fakes.py`` and move a virtual clock, so a whole recovery runs in milliseconds of wall time.
+
+Error contracts: a ``HostAccess`` method raises only ``DumontError`` subclasses (``TransportError`` when the host
+cannot be reached or its channel broke, ``ReplicationError`` when the agent refused or a pass failed,
+``HostNotReady`` when readying failed); a ``StateStore`` method raises ``EpochConflict`` from ``advance_epoch``
+and nothing else on purpose. Anything else is a bug, which the loop reports once and survives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from dumont.core.bootstrap import HostReadiness
+from dumont.core.model import HostRef, ProbeResult
+from dumont.replication.engine import PassReport, ReplicationPolicy
+from dumont.replication.manifest import Manifest
+from dumont.store.sqlite import EventRow, IntentRow, OperationRow, PairRow
+
+Clock = Callable[[], float]
+"""Wall-clock seconds now (``time.time`` in the product)."""
+
+Sleep = Callable[[float], Awaitable[None]]
+"""Wait this many seconds (``asyncio.sleep`` in the product; a virtual clock's advance in tests)."""
+
+
+class HostAccess(Protocol):
+    """What the controller does to its machines: reach, ready, probe, replicate, fence and promote."""
+
+    async def reach(self, ref: HostRef, *, deadline: float) -> None:
+        """Wait until the host accepts our key over SSH (pinning its host key on first contact), by ``deadline``."""
+        ...
+
+    async def ready(self, ref: HostRef) -> HostReadiness:
+        """Ready the host for the agent once (Python, rsync, workspace); later calls answer from memory."""
+        ...
+
+    async def present_pair_key(self, ref: HostRef, pair: str) -> None:
+        """Make the host present the pair's host key, and pin that key for it."""
+        ...
+
+    async def probe(self, ref: HostRef, *, timeout: float, command: str | None) -> tuple[ProbeResult, ...]:
+        """TCP, SSH round trip and the optional check command, concurrently; never raises (failures are data)."""
+        ...
+
+    async def pair(self, pair: str, epoch: int, source: HostRef, target: HostRef) -> None:
+        """Direct mode: ``source`` at ``epoch`` pushes to ``target`` with the pair key, for that epoch only."""
+        ...
+
+    async def run_pass(self, pair: str, source: HostRef, target: HostRef, policy: ReplicationPolicy) -> PassReport:
+        """One replication pass ``source`` -> ``target`` (guards, staging, commit); raises if it did not land."""
+        ...
+
+    async def fence(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:
+        """Move the standby to ``new_epoch``: the old primary's key is revoked and its running pushes killed."""
+        ...
+
+    async def promote(self, ref: HostRef, *, epoch: int, mode: str) -> dict[str, Any]:
+        """Make the newest snapshot the live workspace (``candidate`` on a standby, ``take`` on a restored GPU)."""
+        ...
+
+    async def snapshot_manifest(self, ref: HostRef, seq: int) -> Manifest:
+        """The manifest of the host's snapshot ``seq``."""
+        ...
+
+    async def verify_promoted(self, ref: HostRef, manifest: Manifest) -> bool:
+        """Whether the promoted workspace matches ``manifest``."""
+        ...
+
+    async def set_epoch(self, ref: HostRef, epoch: int) -> int:
+        """Raise the host's epoch to ``epoch``; return the host's epoch."""
+        ...
+
+    async def retire_workspace(self, ref: HostRef, *, epoch: int) -> None:
+        """Move a former primary's live workspace aside as it becomes a standby."""
+        ...
+
+    async def disk(self, ref: HostRef) -> tuple[int, int]:
+        """Free and total bytes of the host's data disk."""
+        ...
+
+    async def forget(self, ref: HostRef, *, still_ready: bool = False) -> None:
+        """Close the host's channels (``still_ready``: its key or address changed, not its disk)."""
+        ...
+
+    async def close(self) -> None:
+        """Close every channel."""
+        ...
+
+
+class StateStore(Protocol):
+    """The controller's durable state (``store/sqlite.py``)."""
+
+    def get_pair(self, name: str) -> PairRow | None:
+        """The pair called ``name``, if known."""
+        ...
+
+    def save_pair(self, row: PairRow) -> None:
+        """Insert or update a pair; its epoch never goes back."""
+        ...
+
+    def advance_epoch(self, pair: str, expected: int) -> int:
+        """Take the pair's next epoch if it is still ``expected`` (compare-and-set); raise EpochConflict if not."""
+        ...
+
+    def add_event(self, pair: str | None, kind: str, reason: str, data: dict[str, Any] | None = None) -> int:
+        """Append an event."""
+        ...
+
+    def events(self, *, after: int = 0, pair: str | None = None, limit: int = 500) -> list[EventRow]:
+        """Events after an id, oldest first."""
+        ...
+
+    def add_intent(self, pair: str, kind: str) -> int:
+        """Record an operator's intent."""
+        ...
+
+    def pending_intents(self, pair: str) -> list[IntentRow]:
+        """Intents not yet consumed."""
+        ...
+
+    def consume_intent(self, intent_id: int, outcome: str) -> None:
+        """Mark an intent handled."""
+        ...
+
+    def start_operation(self, pair: str, kind: str, step: str, data: dict[str, Any] | None = None) -> int:
+        """Open a long operation; return its id."""
+        ...
+
+    def update_operation(self, op_id: int, *, step: str | None = None, data: dict[str, Any] | None = None) -> None:
+        """Record an operation's progress."""
+        ...
+
+    def finish_operation(self, op_id: int, *, succeeded: bool, error: str | None = None) -> None:
+        """Close an operation."""
+        ...
+
+    def operation(self, op_id: int) -> OperationRow | None:
+        """One operation."""
+        ...
+
+    def open_operation(self, pair: str) -> OperationRow | None:
+        """The pair's unfinished operation, if any."""
+        ...
+
+    def operations_since(self, pair: str, kind: str, since: float) -> int:
+        """How many operations of ``kind`` started since ``since``."""
+        ...
+
+    def record_pass(self, pair: str, report: dict[str, Any]) -> None:
+        """Record a completed pass."""
+        ...
+
+    def record_host(self, provider: str, instance_id: str, pair: str, role: str, note: str = "") -> None:
+        """Record an instance the pair holds (rented, created or adopted)."""
+        ...
+
+    def release_host(self, provider: str, instance_id: str, note: str = "") -> None:
+        """Record that an instance is no longer held."""
+        ...
+
+    def held_hosts(self, pair: str) -> list[tuple[str, str, str]]:
+        """(provider, instance id, role) of every instance the pair still holds."""
+        ...
+
+    def last_event_id(self) -> int:
+        """The newest event's id (0 when there is none)."""
+        ...
+
+    def intent(self, intent_id: int) -> IntentRow | None:
+        """One intent."""
+        ...
+
+    def last_pass(self, pair: str) -> dict[str, Any] | None:
+        """The pair's newest recorded pass."""
+        ...
+
+    def passes_since(self, pair: str, finished_after: float, limit: int = 1000) -> list[dict[str, Any]]:
+        """Passes that finished after a time, oldest first."""
+        ...
+
+    def recent_passes(self, pair: str, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest passes, oldest first."""
+        ...
