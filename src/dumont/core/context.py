@@ -15,7 +15,7 @@ from dumont.core.bootstrap import HostReadiness
 from dumont.core.faults import InternalErrors
 from dumont.core.layout import ControllerLayout
 from dumont.core.model import HostRef
-from dumont.core.ports import Clock, HostAccess, Sleep, StateStore
+from dumont.core.ports import Clock, HostAccess, NetworkCheck, Sleep, StateStore
 from dumont.errors import HostUnreachable
 from dumont.providers.base import GpuMarket, Instance, StandbyCloud
 from dumont.transport.keys import read_public_key
@@ -37,6 +37,7 @@ class ControllerContext:
     standby_cloud: StandbyCloud
     clock: Clock = time.time
     sleep: Sleep = asyncio.sleep
+    network: NetworkCheck | None = None  # the controller's own network (None: the real check of its targets)
     listeners: list[EventSink] = field(default_factory=list)
     internal_errors: InternalErrors = field(init=False)
 
@@ -72,6 +73,14 @@ class ControllerContext:
                        {"host": ref.alias, "installed": list(ready.installed), "python": ready.python,
                         "rsync": ready.rsync, "user": ready.user})
         return ready
+
+    async def network_ok(self) -> bool | None:
+        """Whether the controller's own network is up (None: nothing to check)."""
+        if self.network is not None:
+            return await self.network()
+        from dumont.core.probes import network_ok, network_targets
+
+        return await network_ok(network_targets(self.config), self.config.health.probe_timeout_seconds)
 
     async def instance(self, ref: HostRef) -> Instance:
         """The provider's record of a host."""

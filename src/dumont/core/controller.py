@@ -11,9 +11,8 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
-from urllib.parse import urlparse
 
-from dumont.config import Config, split_host_port
+from dumont.config import Config
 from dumont.core import probes
 from dumont.core.context import ControllerContext
 from dumont.core.decide import decide
@@ -41,6 +40,7 @@ from dumont.core.pair import PairRuntime, cancel, run_sync, start_background
 from dumont.core.recovery import recover
 from dumont.core.standby import replace_standby
 from dumont.errors import DumontError
+from dumont.providers.base import Instance, ProviderUnavailable
 
 log = logging.getLogger("dumont.controller")
 
@@ -52,19 +52,6 @@ def policy_of(config: Config) -> Policy:
                   sync_interval=config.sync_interval_seconds,
                   max_recoveries_per_day=config.controller.max_recoveries_per_day,
                   max_standby_attempts_per_hour=config.controller.max_standby_attempts_per_hour)
-
-
-def network_targets(config: Config) -> list[tuple[str, int]]:
-    """Where the controller checks its own network: configured targets, else the provider APIs."""
-    if config.health.network_check_targets:
-        return [split_host_port(t) for t in config.health.network_check_targets]
-    targets = []
-    for url in (config.vast.api_url, config.gcp.api_endpoint):
-        if url:
-            parsed = urlparse(url)
-            if parsed.hostname:
-                targets.append((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)))
-    return targets
 
 
 class Controller:
@@ -117,8 +104,7 @@ class Controller:
         go on."""
         self.ticks += 1
         self.last_tick_at = self.ctx.clock()
-        network = await probes.network_ok(network_targets(self.ctx.config),
-                                          self.ctx.config.health.probe_timeout_seconds)
+        network = await self.ctx.network_ok()
         observations = await asyncio.gather(*(self._observe_safely(rt, network) for rt in self.pairs.values()))
         for rt, observation in zip(self.pairs.values(), observations, strict=True):
             if observation is None:
@@ -152,10 +138,20 @@ class Controller:
         ctx, timeout = self.ctx, self.ctx.config.health.probe_timeout_seconds
         command = ctx.config.health.gpu_check_command
 
+        async def instance(ref: HostRef) -> Instance:
+            try:
+                return await ctx.instance(ref)
+            except DumontError:
+                raise
+            except Exception as exc:  # a bug in a provider plug-in: reported once, the host is not judged by it
+                ctx.internal_errors.report(f"the {ref.provider} provider's get", exc, rt.name)
+                raise ProviderUnavailable(f"the {ref.provider} provider failed unexpectedly: "
+                                          f"{type(exc).__name__}") from exc
+
         async def check(ref: HostRef | None) -> HostHealth | None:
             if ref is None or rt.state == PairState.PAUSED:
                 return None
-            return await probes.probe_host(ref, get_instance=ctx.instance, hosts=ctx.hosts,
+            return await probes.probe_host(ref, get_instance=instance, hosts=ctx.hosts,
                                            timeout=timeout, command=command if ref.role == "gpu" else None)
 
         primary, standby = await asyncio.gather(check(rt.primary), check(rt.standby))

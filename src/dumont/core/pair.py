@@ -102,9 +102,12 @@ async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None
     except asyncio.CancelledError:
         rt.sync = SyncStatus(rt.sync.last_good_at, started, rt.sync.consecutive_failures, False, "cancelled")
         raise
-    except DumontError as exc:
+    except Exception as exc:  # a failed pass, whatever failed: the next one retries; a bug is also reported once
+        if not isinstance(exc, DumontError):
+            ctx.internal_errors.report("a sync pass", exc, rt.name)
+        message = exc.message if isinstance(exc, DumontError) else f"unexpected {type(exc).__name__}: {exc}"
         failures = rt.sync.consecutive_failures + 1
-        rt.sync = SyncStatus(rt.sync.last_good_at, started, failures, False, exc.message)
+        rt.sync = SyncStatus(rt.sync.last_good_at, started, failures, False, message)
         if failures == 1:
             ctx.event(rt.name, "sync_failed", f"a sync pass failed: {exc}")
         return None

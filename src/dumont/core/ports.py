@@ -29,6 +29,9 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 """Wait this many seconds (``asyncio.sleep`` in the product; a virtual clock's advance in tests)."""
 
+NetworkCheck = Callable[[], Awaitable[bool | None]]
+"""Whether the controller's own network is up (True/False), or None when there is nothing to check."""
+
 
 class HostAccess(Protocol):
     """What the controller does to its machines: reach, ready, probe, replicate, fence and promote."""

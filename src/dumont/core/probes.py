@@ -10,7 +10,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from urllib.parse import urlparse
 
+from dumont.config import Config, split_host_port
 from dumont.core.model import Health, HostHealth, HostRef, ProbeResult
 from dumont.core.ports import HostAccess
 from dumont.errors import CommandTimeout, DumontError, HostKeyMismatch
@@ -128,3 +130,16 @@ async def network_ok(targets: Sequence[tuple[str, int]], timeout: float) -> bool
         return None
     results = await asyncio.gather(*(tcp_probe(host, port, timeout) for host, port in targets))
     return any(health == Health.OK for health, _ in results)
+
+
+def network_targets(config: Config) -> list[tuple[str, int]]:
+    """Where the controller checks its own network: configured targets, else the provider APIs."""
+    if config.health.network_check_targets:
+        return [split_host_port(t) for t in config.health.network_check_targets]
+    targets = []
+    for url in (config.vast.api_url, config.gcp.api_endpoint):
+        if url:
+            parsed = urlparse(url)
+            if parsed.hostname:
+                targets.append((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)))
+    return targets

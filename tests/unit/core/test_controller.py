@@ -1,0 +1,107 @@
+"""The loop on fakes: every state change is a decision with its reason, and nothing escapes a tick."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from dumont.core.controller import Controller
+from dumont.core.model import PairState
+from dumont.core.pair import PairRuntime
+from tests.unit.core.world import World, controller_of, make_world, synced_pair
+
+
+async def tick_until(world: World, controller: Controller, rt: PairRuntime, state: PairState, *,
+                     ticks: int = 200) -> None:
+    """Tick (one health interval of virtual time each) until the pair is in ``state``, letting background work run."""
+    for _ in range(ticks):
+        await controller.tick()
+        await world.clock.sleep(world.ctx.config.health_check_interval)
+        if rt.state == state and (rt.op_task is None or rt.op_task.done()):
+            return
+    raise AssertionError(f"the pair stayed {rt.state}; last reason: {rt.last_reason}")
+
+
+def state_changes(world: World) -> list[tuple[str, str, str]]:
+    """(from, to, reason) of every state event in the store, in order."""
+    return [(str(e.data["from"]), str(e.data["to"]), e.reason)
+            for e in world.ctx.store.events(limit=10_000) if e.kind == "state"]
+
+
+async def test_a_failover_and_failback_are_each_state_change_once_with_its_reason(tmp_path: Path) -> None:
+    """Given a synced pair whose GPU stops answering, the log shows degraded, failed over, recovering and, once the
+    new GPU serves, "recovered in N s": each change once, each with the sentence that caused it."""
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        controller = controller_of(world, rt)
+        world.machine(rt.primary).reachable = False
+        await tick_until(world, controller, rt, PairState.RECOVERING)
+        await tick_until(world, controller, rt, PairState.SYNCING)
+        changes = state_changes(world)
+        assert [(a, b) for a, b, _ in changes] == [("syncing", "degraded"), ("degraded", "failed_over"),
+                                                   ("failed_over", "recovering"), ("recovering", "syncing")]
+        reasons = [r for _, _, r in changes]
+        assert reasons[1].startswith("failed over to the standby: the GPU failed 3 consecutive health checks")
+        assert reasons[3].startswith("recovered in ") and "the new GPU serves the endpoint" in reasons[3]
+        assert rt.primary is not None and rt.primary.instance_id == "30000002" and rt.epoch == 3
+
+
+async def test_an_agent_answering_garbage_is_one_internal_error_and_the_loop_ticks_on(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        controller = controller_of(world, rt)
+        world.machine(rt.standby).fail["run_pass"] = json.JSONDecodeError("Expecting value", "Welcome!", 0)
+        for _ in range(10):
+            await controller.tick()
+            await world.clock.sleep(world.ctx.config.sync_interval_seconds)
+            if rt.sync_task is not None:
+                await asyncio.wait({rt.sync_task}, timeout=5)
+        assert controller.ticks == 10
+        errors = [e for e in world.ctx.store.events() if e.kind == "internal_error"]
+        assert len(errors) == 1 and "JSONDecodeError" in errors[0].reason and errors[0].pair == "main"
+        assert world.ctx.internal_errors.total >= 5, "every repeat is counted, none reported twice"
+
+
+async def test_a_provider_raising_the_unexpected_is_reported_once_and_judges_nothing(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        controller = controller_of(world, rt)
+        world.market.fail["get"] = KeyError("actual_status")
+        for _ in range(6):
+            await controller.tick()
+            await world.clock.sleep(1)
+        assert controller.ticks == 6 and rt.state == PairState.SYNCING, "an unknown is not a failure"
+        errors = [e for e in world.ctx.store.events() if e.kind == "internal_error"]
+        assert len(errors) == 1 and "KeyError" in errors[0].reason and "vast" in errors[0].reason
+
+
+async def test_a_listener_that_throws_is_reported_once_and_the_others_still_hear(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    heard: list[str] = []
+
+    def broken(pair: str | None, kind: str, reason: str, data: dict[str, object]) -> None:
+        raise RuntimeError("the notifier is down")
+
+    world.ctx.listeners.insert(0, broken)
+    world.ctx.listeners.append(lambda pair, kind, reason, data: heard.append(kind))
+    for n in range(3):
+        world.ctx.event("main", "sync_failed", f"pass {n} failed")
+    assert heard == ["sync_failed"] * 3
+    errors = [e for e in world.ctx.store.events() if e.kind == "internal_error"]
+    assert len(errors) == 1 and "RuntimeError" in errors[0].reason
+
+
+async def test_a_bug_in_an_action_keeps_the_endpoint_listening(tmp_path: Path) -> None:
+    """A KeyError inside a failover (the review's probe) used to end `dumont run` and close the endpoint."""
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        controller = controller_of(world, rt)
+        world.machine(rt.standby).fail["fence"] = KeyError("epoch")
+        world.ctx.store.add_intent("main", "failover")
+        for _ in range(3):
+            await controller.tick()
+        assert controller.ticks == 3 and rt.relay.stats().target is not None
+        _, writer = await asyncio.open_connection(*rt.relay.address)  # still accepting
+        writer.close()
+        assert [e.kind for e in world.ctx.store.events()].count("internal_error") == 1
