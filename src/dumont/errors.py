@@ -27,6 +27,9 @@ The tree, written down once::
     │   ├── InstanceNotFound         the provider does not know the instance      (STOP)
     │   └── ProviderRequestError     the provider rejected the request as invalid (STOP)
     ├── RentingFailed                no offer could be rented and reached (core/renting.py) (STOP)
+    ├── EndpointError                the endpoint process refused a request (endpoint/) (STOP)
+    │   ├── EndpointUnavailable      its control socket did not answer in time    (RETRY)
+    │   └── StaleRouteRefused        a route older (lower epoch) than the one served (STOP)
     └── LocalCloudError              the embedded local cloud cannot do what was asked (STOP)
 
 Vendor and subprocess errors are translated where they enter (``raise ... from exc``). Messages name the
@@ -169,6 +172,20 @@ class HostNotReady(DumontError):
     """A host lacks a tool Dumont needs (rsync, Python >= 3.8, a writable workspace) and it could not be set up."""
 
     recovery = Recovery.RETRY
+
+
+class EndpointError(DumontError):
+    """The endpoint process refused a request (a bad value, a port it cannot listen on, a second process)."""
+
+
+class EndpointUnavailable(EndpointError):
+    """The endpoint process did not answer on its control socket in time (not running, or stuck)."""
+
+    recovery = Recovery.RETRY
+
+
+class StaleRouteRefused(EndpointError):
+    """A route was published with an epoch older than the one the endpoint serves: its sender is out of date."""
 
 
 class LocalCloudError(DumontError):
