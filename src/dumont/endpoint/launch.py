@@ -18,7 +18,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from dumont.endpoint.control import request
@@ -53,16 +52,7 @@ async def ensure_endpoint_daemon(root: Path, *, timeout: float = DEFAULT_START_T
     if pid is not None:
         return pid
     layout.create()
-    read_end, write_end = os.pipe()
-    try:
-        await _spawn(layout, write_end, timeout=timeout)
-        os.close(write_end)
-        write_end = -1
-        line, timed_out = await asyncio.to_thread(_read_line, read_end, timeout)
-    finally:
-        os.close(read_end)
-        if write_end >= 0:
-            os.close(write_end)
+    line, timed_out = await _start_and_wait(layout, timeout)
     if line.strip().isdigit():
         return int(line)
     # No pid: it may have lost a race for the lock to a process that answers now.
@@ -124,6 +114,24 @@ def is_alive(pid: int) -> bool:
     return raw[raw.rfind(")") + 2 :].split()[0] not in ("Z", "X")
 
 
+async def _start_and_wait(layout: EndpointLayout, timeout: float) -> tuple[bytes, bool]:
+    """Start the daemon; return what it wrote to the readiness pipe (its pid, or nothing) and whether it timed out."""
+    read_end, write_end = os.pipe()
+    try:
+        pipe, ready = await _watch_pipe(read_end)
+    except BaseException:
+        os.close(write_end)
+        raise
+    try:
+        try:
+            await _spawn(layout, write_end, timeout=timeout)
+        finally:
+            os.close(write_end)  # only the daemon holds it now: its exit closes the pipe
+        return await _read_line(ready, timeout)
+    finally:
+        pipe.close()
+
+
 async def _spawn(layout: EndpointLayout, ready_fd: int, *, timeout: float) -> None:
     """Start the daemon in a new session; the first process forks it off and exits at once."""
     argv = [sys.executable, "-m", "dumont.endpoint.daemon", "--dir", str(layout.root), "--background",
@@ -144,19 +152,21 @@ async def _spawn(layout: EndpointLayout, ready_fd: int, *, timeout: float) -> No
                             f"{_log_tail(layout)}", hint=f"its whole log is {layout.log}")
 
 
-def _read_line(fd: int, timeout: float) -> tuple[bytes, bool]:
-    """Read up to a newline from ``fd`` for at most ``timeout`` seconds; return (what was read, timed out)."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while not data.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return data, True
-        chunk = os.read(fd, 256)
-        if not chunk:
-            return data, False
-        data += chunk
-    return data, False
+async def _watch_pipe(fd: int) -> tuple[asyncio.ReadTransport, asyncio.StreamReader]:
+    """Read the readiness pipe from the event loop; closing the transport closes ``fd``."""
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+    return transport, reader
+
+
+async def _read_line(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, bool]:
+    """One line (empty when the pipe closed first) and whether ``timeout`` seconds passed before either."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await reader.readline(), False
+    except TimeoutError:
+        return b"", True
 
 
 def _log_tail(layout: EndpointLayout, lines: int = 5) -> str:
