@@ -29,6 +29,9 @@ The tree, written down once::
     ├── RentingFailed                no offer could be rented and reached (core/renting.py) (STOP)
     ├── EpochConflict                another writer took the pair's next epoch first          (STOP)
     ├── ControllerAlreadyRunning     another controller holds this state directory            (STOP)
+    ├── EndpointError                the endpoint process refused a request (endpoint/) (STOP)
+    │   ├── EndpointUnavailable      its control socket did not answer in time    (RETRY)
+    │   └── StaleRouteRefused        a route older (lower epoch) than the one served (STOP)
     └── LocalCloudError              the embedded local cloud cannot do what was asked (STOP)
 
 Vendor and subprocess errors are translated where they enter (``raise ... from exc``). Messages name the
@@ -179,6 +182,18 @@ class EpochConflict(DumontError):
 
 class ControllerAlreadyRunning(DumontError):
     """Another controller already acts on this state directory (the message names its pid and host)."""
+class EndpointError(DumontError):
+    """The endpoint process refused a request (a bad value, a port it cannot listen on, a second process)."""
+
+
+class EndpointUnavailable(EndpointError):
+    """The endpoint process did not answer on its control socket in time (not running, or stuck)."""
+
+    recovery = Recovery.RETRY
+
+
+class StaleRouteRefused(EndpointError):
+    """A route was published with an epoch older than the one the endpoint serves: its sender is out of date."""
 
 
 class LocalCloudError(DumontError):

@@ -37,7 +37,7 @@ class Endpoint:
 
     def ssh_argv(self, *remote: str, config: Path | None = None) -> list[str]:
         """The user's command line: their ssh_config (strict host keys), batch mode, the pair's alias."""
-        return ["ssh", "-F", str(config or self.config), "-o", "BatchMode=yes", host_alias(PAIR), "--", *remote]
+        return user_ssh_argv(config or self.config, *remote)
 
     async def ssh(self, *remote: str, config: Path | None = None) -> CommandResult:
         """Run ``remote`` through the endpoint exactly as a user would."""
@@ -51,8 +51,8 @@ def write_user_config(cloud: Cloud, name: str, host: str, port: int, user: str) 
     return path
 
 
-@pytest.fixture
-async def endpoint(cloud: Cloud) -> AsyncIterator[Endpoint]:
+async def hosts_with_pair_key(cloud: Cloud) -> tuple[LocalHost, LocalHost]:
+    """gpu-1 and cpu-1, both presenting the pair's host key, which the user trusts under the pair's alias only."""
     gpu, cpu = await cloud.host("gpu-1"), await cloud.host("cpu-1")
     public = generate_keypair(cloud.root / "pair_host_key", "dumont-pair-host")
     for host in (gpu, cpu):
@@ -63,26 +63,35 @@ async def endpoint(cloud: Cloud) -> AsyncIterator[Endpoint]:
             await agent.close()
     # The user trusts the pair's key under its alias and nothing else: no host's own key, no address.
     write_private(cloud.root / "user ssh" / "known_hosts", known_hosts_line(PAIR, public) + "\n", mode=0o644)
+    for machine in (gpu, cpu):
+        await wait_for_pair_key(cloud, machine)
+    return gpu, cpu
 
+
+@pytest.fixture
+async def endpoint(cloud: Cloud) -> AsyncIterator[Endpoint]:
+    gpu, cpu = await hosts_with_pair_key(cloud)
     relay = EndpointRelay(PAIR, ("127.0.0.1", 0))
     await relay.start()
     try:
         listen_host, listen_port = relay.address
         config = write_user_config(cloud, "config", listen_host, listen_port, gpu.user)
-        endpoint = Endpoint(cloud, gpu, cpu, relay, config)
-        for machine in (gpu, cpu):
-            await wait_for_pair_key(endpoint, machine)
-        yield endpoint
+        yield Endpoint(cloud, gpu, cpu, relay, config)
     finally:
         await relay.stop()
 
 
-async def wait_for_pair_key(endpoint: Endpoint, host: LocalHost) -> None:
+def user_ssh_argv(config: Path, *remote: str) -> list[str]:
+    """The user's command line: their ssh_config (strict host keys), batch mode, the pair's alias."""
+    return ["ssh", "-F", str(config), "-o", "BatchMode=yes", host_alias(PAIR), "--", *remote]
+
+
+async def wait_for_pair_key(cloud: Cloud, host: LocalHost) -> None:
     """Wait until ``host``'s sshd, re-executed by SIGHUP, presents the pair key (checked directly, not relayed)."""
-    direct = write_user_config(endpoint.cloud, f"direct-{host.name}", "127.0.0.1", host.port, host.user)
+    direct = write_user_config(cloud, f"direct-{host.name}", "127.0.0.1", host.port, host.user)
 
     async def presents_pair_key() -> None:
-        result = await endpoint.ssh("true", config=direct)
+        result = await run_local(user_ssh_argv(direct, "true"), timeout=20, what=f"ssh {host.name}")
         if result.returncode != 0:
             raise classify_ssh_failure(host.name, result.stderr.decode(errors="replace"))
 

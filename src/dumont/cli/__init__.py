@@ -17,6 +17,7 @@ from dumont.cli.common import run_guarded
 from dumont.cli.config_cmd import config_group
 from dumont.cli.controller_cmd import INTENT_COMMANDS, events_command, run_command, status_command
 from dumont.cli.drill_cmd import drill_command
+from dumont.cli.endpoint_cmd import endpoint_group
 from dumont.cli.local import local_group
 from dumont.cli.offers import offers_command
 from dumont.cli.replication import sync_command, verify_command
@@ -51,6 +52,7 @@ for _command in INTENT_COMMANDS:
 cli.add_command(offers_command)
 cli.add_command(init_command)
 cli.add_command(doctor_command)
+cli.add_command(endpoint_group)
 
 
 def main() -> None:

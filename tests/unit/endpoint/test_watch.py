@@ -1,0 +1,26 @@
+"""Whether a controller is heard: transitions are reported once, and status says for how long none has been."""
+
+from __future__ import annotations
+
+from dumont.endpoint.watch import Change, ControllerWatch
+
+
+def test_a_controller_arrives_is_replaced_and_leaves_once() -> None:
+    watch = ControllerWatch(started_at=100.0)
+    assert watch.summary(105.0) == "no controller for 5 s (none since the endpoint started); serving the saved routes"
+    assert watch.deadline() is None
+
+    assert watch.heard(11, now=110.0, wall=0.0, expect_within=10.0) is Change.ARRIVED
+    assert watch.heard(11, now=112.0, wall=0.0) is Change.NONE
+    assert watch.heard(12, now=114.0, wall=0.0) is Change.REPLACED
+    assert watch.deadline() == 124.0
+    assert watch.summary(115.0) == "controller 12 heard 1 s ago"
+
+    assert watch.look(124.0) is Change.NONE  # at the deadline it is still present
+    assert watch.look(124.5) is Change.LEFT
+    assert watch.look(130.0) is Change.NONE  # said once
+    assert watch.deadline() is None
+    assert watch.summary(156.0) == "no controller for 42 s (last: pid 12); serving the last published routes"
+
+    assert watch.heard(13, now=157.0, wall=0.0) is Change.ARRIVED
+    assert watch.expect_within == 10.0  # kept until a controller says otherwise
