@@ -186,6 +186,8 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("controller.fence_action", "kill", "'kill'", "must be one of 'stop', 'destroy'"),
     ("controller.max_recoveries_per_day", -1, "-1", "must be a whole number, at least 0 (e.g. 3)"),
     ("controller.max_standby_attempts_per_hour", 0, "0", "must be a whole number, at least 1 (e.g. 3)"),
+    ("controller.endpoint", "sidecar", "'sidecar'", "must be one of 'process', 'external', 'in-process'"),
+    ("controller.endpoint_dir", 3, "3", "must be a path"),
     ("controller.bootstrap_timeout_seconds", -1, "-1", "must be a number of seconds greater than 0 (e.g. 900)"),
     ("controller.user_keys_file", 7, "7", "must be a path"),
     ("vast.api_url", "ftp://console.vast.ai", "'ftp://console.vast.ai'", "an http:// or https:// URL"),

@@ -35,7 +35,7 @@ def pair_status(controller: Controller, rt: PairRuntime) -> dict[str, Any]:
     now = controller.ctx.clock()
     last = controller.ctx.store.last_pass(rt.name)
     try:
-        host, port = rt.relay.address
+        host, port = rt.endpoint.address
     except DumontError:
         host, port = "", 0
     op = rt.operation
@@ -54,7 +54,7 @@ def pair_status(controller: Controller, rt: PairRuntime) -> dict[str, Any]:
                       "error": op.error} if op else None,
         "reason": rt.last_reason,
         "endpoint_switches": [{"at": s.at, "target": list(s.target) if s.target else None, "reason": s.reason}
-                              for s in rt.relay.history],
+                              for s in rt.endpoint.history],
     }
 
 

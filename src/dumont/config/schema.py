@@ -38,6 +38,7 @@ from dumont.config.rules import (
 TerminationAction = Literal["STOP", "DELETE"]
 ReplicationMode = Literal["direct", "relay"]
 FenceAction = Literal["stop", "destroy"]
+EndpointMode = Literal["process", "external", "in-process"]
 ProviderName = Literal["vast", "gcp", "local"]
 
 
@@ -151,6 +152,12 @@ class ControllerConfig:
                                                                                       at_least=1)))
     # Readying a fresh host (find Python, install rsync with its package manager) may wait for a slow mirror.
     bootstrap_timeout_seconds: float = field(default=900.0, metadata=_checked_by(_SECONDS))
+    # The users' SSH endpoints: "process" runs them in an endpoint process of their own (started if none answers),
+    # so sessions survive a controller restart; "external" only connects to one started elsewhere (the
+    # dumont-endpoint systemd unit); "in-process" keeps them inside the controller (its sessions end with it).
+    endpoint: EndpointMode = field(default="process", metadata=_checked_by(_choice(EndpointMode)))
+    endpoint_dir: Path | None = field(default=None, metadata=_checked_by(
+        _LOCAL_PATH, example="/var/lib/dumont/endpoint"))
     # Public keys (authorized_keys format) people log in with; every host the controller creates accepts them.
     user_keys_file: Path | None = field(default=None, metadata=_checked_by(
         _LOCAL_PATH, example="~/.ssh/id_ed25519.pub"))

@@ -104,6 +104,7 @@ class Controller:
         go on."""
         self.ticks += 1
         self.last_tick_at = self.ctx.clock()
+        await asyncio.gather(*(self._refresh_endpoint(rt) for rt in self.pairs.values()))
         network = await self.ctx.network_ok()
         observations = await asyncio.gather(*(self._observe_safely(rt, network) for rt in self.pairs.values()))
         for rt, observation in zip(self.pairs.values(), observations, strict=True):
@@ -125,6 +126,23 @@ class Controller:
                 listener(self.ticks)
             except Exception as exc:
                 self.ctx.internal_errors.report("a tick listener", exc)
+
+    async def _refresh_endpoint(self, rt: PairRuntime) -> None:
+        """Tell the endpoint we are alive and read its counters; its loss is said once, and its return."""
+        try:
+            await rt.endpoint.refresh()
+        except DumontError as exc:
+            if not rt.endpoint_lost:
+                rt.endpoint_lost = True
+                self.ctx.event(rt.name, "endpoint_unreachable", f"the pair's endpoint does not answer: {exc}; it "
+                                                                 "keeps serving the last primary it was given")
+            return
+        except Exception as exc:
+            self.ctx.internal_errors.report("refreshing the endpoint", exc, rt.name)
+            return
+        if rt.endpoint_lost:
+            rt.endpoint_lost = False
+            self.ctx.event(rt.name, "endpoint_reachable", "the pair's endpoint answers again")
 
     async def _observe_safely(self, rt: PairRuntime, network: bool | None) -> Observation | None:
         try:
@@ -216,7 +234,8 @@ class Controller:
         await self.ctx.hosts.forget(old, still_ready=True)
         if action.role == "primary":
             rt.primary = new
-            rt.relay.point_to((new.ssh_host, new.ssh_port), reason=f"{new.alias} moved to a new address")
+            await rt.endpoint.point_to((new.ssh_host, new.ssh_port), reason=f"{new.alias} moved to a new address",
+                                       epoch=rt.epoch)
         else:
             rt.standby = new
         rt.paired_epoch = None  # the primary's way to the standby is set up again

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def publish_endpoint(ctx: ControllerContext, rt: PairRuntime) -> None:
     """(Re)write the pair's ``Host dumont-<pair>`` snippet and known_hosts for the primary it serves now."""
-    host, port = rt.relay.address
+    host, port = rt.endpoint.address
     folder = ctx.layout.ssh_dir(rt.name)
     folder.mkdir(parents=True, exist_ok=True)
     known = folder / "known_hosts"

@@ -33,10 +33,10 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
     await ctx.ensure_ready(standby)  # known already, unless the controller restarted while it was unreachable
     fenced = await ctx.hosts.fence(rt.name, standby, new_epoch)
     promoted = await ctx.hosts.promote(standby, epoch=new_epoch, mode="candidate")
-    rt.relay.point_to((standby.ssh_host, standby.ssh_port), reason=cause)
+    await rt.endpoint.point_to((standby.ssh_host, standby.ssh_port), reason=cause, epoch=new_epoch)
     switched = ctx.clock()
     # Sessions still open to the old primary (a partitioned one may come back) must not keep writing there.
-    closed = rt.relay.close_existing(reason=cause)
+    closed = await rt.endpoint.close_existing(reason=cause)
     rt.primary, rt.standby = standby, None
     rt.failed.append(old)
     rt.paired_epoch = None

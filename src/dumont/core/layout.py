@@ -48,6 +48,11 @@ class ControllerLayout:
         """The user's ssh_config snippet and known_hosts for the pair's endpoint."""
         return self.root / "ssh" / pair
 
+    @property
+    def endpoint_dir(self) -> Path:
+        """The endpoint process's directory (socket, routes, log) when the config names none."""
+        return self.root / "endpoint"
+
     def relay_dir(self, pair: str) -> Path:
         """The relay mode's copy of the workspace."""
         return self.root / "relay" / pair

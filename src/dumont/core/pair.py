@@ -12,7 +12,7 @@ from typing import Any
 from dumont.config import PairConfig
 from dumont.core.context import ControllerContext, host_from_dict
 from dumont.core.model import HostRef, Memory, Observation, OperationStatus, Outcome, PairState, SyncStatus
-from dumont.endpoint.relay import EndpointRelay
+from dumont.endpoint.ports import Endpoint
 from dumont.errors import DumontError
 from dumont.replication.engine import PassReport, ReplicationPolicy
 from dumont.replication.guards import GuardPolicy
@@ -30,7 +30,7 @@ class PairRuntime:
     epoch: int
     primary: HostRef | None
     standby: HostRef | None
-    relay: EndpointRelay
+    endpoint: Endpoint
     memory: Memory = field(default_factory=Memory)
     sync: SyncStatus = field(default_factory=SyncStatus)
     operation: OperationStatus | None = None
@@ -45,6 +45,7 @@ class PairRuntime:
     observation: Observation | None = None  # the last tick's snapshot, for metrics and the dashboard
     awaiting_host_key: bool = False  # adopted: the endpoint holds connections until the primary is re-keyed
     outcome: Outcome | None = None  # what an inline effector reported, for the next decision only
+    endpoint_lost: bool = False  # the endpoint did not answer the last refresh (said once)
 
     @property
     def name(self) -> str:
@@ -57,10 +58,10 @@ class PairRuntime:
                        self.standby.as_dict() if self.standby else None, 0.0)
 
     @classmethod
-    def from_row(cls, config: PairConfig, row: PairRow, relay: EndpointRelay) -> PairRuntime:
+    def from_row(cls, config: PairConfig, row: PairRow, endpoint: Endpoint) -> PairRuntime:
         """Rebuild a pair from the store (a controller restart)."""
         return cls(config, PairState(row.state), row.epoch, host_from_dict(row.primary) if row.primary else None,
-                   host_from_dict(row.standby) if row.standby else None, relay)
+                   host_from_dict(row.standby) if row.standby else None, endpoint)
 
 
 def replication_policy(ctx: ControllerContext, *, keep_candidate: bool = True) -> ReplicationPolicy:

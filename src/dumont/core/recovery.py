@@ -111,9 +111,9 @@ async def _catch_up_and_switch(ctx: ControllerContext, rt: PairRuntime, *, cpu: 
                                progress: Any) -> None:
     """Hold the endpoint, carry the last CPU writes over, promote the GPU, point the endpoint at it."""
     progress(RecoveryStep.CATCHING_UP, {})
-    rt.relay.hold()
+    await rt.endpoint.hold(reason="failing back: the last CPU writes are carried over first")
     try:
-        closed = rt.relay.close_existing(reason="failing back to the new GPU")
+        closed = await rt.endpoint.close_existing(reason="failing back to the new GPU")
         final = await run_pass(ctx, rt, cpu, gpu, keep_candidate=False)
         progress(RecoveryStep.SWITCHING_BACK, {"catch_up_files": final.files_copied, "closed_sessions": closed})
         new_epoch = ctx.store.advance_epoch(rt.name, rt.epoch)  # compare-and-set: one writer per epoch
@@ -125,9 +125,9 @@ async def _catch_up_and_switch(ctx: ControllerContext, rt: PairRuntime, *, cpu: 
         if not await ctx.hosts.verify_promoted(gpu, manifest):
             raise IntegrityError(f"the new GPU's workspace does not match snapshot {final.snapshot_seq}",
                                  hint="the endpoint stays on the CPU; the recovery will be retried")
-        rt.relay.point_to((gpu.ssh_host, gpu.ssh_port), reason="failback to the new GPU")
+        await rt.endpoint.point_to((gpu.ssh_host, gpu.ssh_port), reason="failback to the new GPU", epoch=new_epoch)
     finally:
-        rt.relay.release()
+        await rt.endpoint.release(reason="the catch-up is over")
     await ctx.hosts.set_epoch(cpu, new_epoch)
     await ctx.hosts.retire_workspace(cpu, epoch=new_epoch)
     rt.primary, rt.standby, rt.paired_epoch = gpu, cpu, None

@@ -84,5 +84,5 @@ async def _serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None
                 await cancel(task)
             await api.stop()
             for rt in pairs:
-                await rt.relay.stop()
+                await rt.endpoint.detach()  # an endpoint process keeps serving the users meanwhile
             ctx.event(None, "controller_stopped", "the controller stopped; a restart resumes every pair")

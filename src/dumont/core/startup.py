@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +24,9 @@ from dumont.core.hosts import SshHosts
 from dumont.core.layout import ControllerLayout
 from dumont.core.model import HostRef, OperationStatus, PairState
 from dumont.core.pair import PairRuntime
-from dumont.endpoint.relay import EndpointRelay
+from dumont.endpoint.client import EndpointClient
+from dumont.endpoint.local import LocalEndpoint
+from dumont.endpoint.ports import Endpoint
 from dumont.errors import ConfigError, DumontError
 from dumont.providers.gcp.provider import GcpStandbyCloud
 from dumont.providers.vast.provider import VastMarket
@@ -93,17 +96,26 @@ async def refuse_unready_setup(ctx: ControllerContext) -> None:
 
 async def load_pair(ctx: ControllerContext, pair: PairConfig) -> PairRuntime:
     """Resume a known pair from the store, or adopt a new one from the config."""
-    # Connections arriving during a failback's catch-up pass wait for it (bounded by the transfer timeout).
-    relay = EndpointRelay(pair.name, split_host_port(pair.endpoint_listen),
-                          hold_timeout=ctx.config.replication.transfer_timeout_seconds)
+    endpoint = make_endpoint(ctx, pair)
     row = ctx.store.get_pair(pair.name)
     if row is not None:
-        rt = PairRuntime.from_row(pair, row, relay)
+        rt = PairRuntime.from_row(pair, row, endpoint)
         _resume_operation(ctx, rt)
         ctx.event(pair.name, "resumed", f"resumed as {rt.state} at epoch {rt.epoch} after a controller restart")
     else:
-        rt = await _adopt(ctx, pair, relay)
+        rt = await _adopt(ctx, pair, endpoint)
     return rt
+
+
+def make_endpoint(ctx: ControllerContext, pair: PairConfig) -> Endpoint:
+    """The pair's endpoint as ``controller.endpoint`` says: in its own process (started or not), or in this one."""
+    cfg = ctx.config.controller
+    if cfg.endpoint == "in-process":
+        return LocalEndpoint(pair.name)
+    # The endpoint process releases a hold of a controller it no longer hears from (a crash mid-failback).
+    silence = 3 * ctx.config.health_check_interval + 2 * ctx.config.health.probe_timeout_seconds + 10
+    return EndpointClient(cfg.endpoint_dir or ctx.layout.endpoint_dir, pair.name,
+                          start_daemon=cfg.endpoint == "process", expect_within=silence, controller_pid=os.getpid())
 
 
 async def reach_hosts(ctx: ControllerContext, rt: PairRuntime) -> None:
@@ -115,10 +127,10 @@ async def reach_hosts(ctx: ControllerContext, rt: PairRuntime) -> None:
     finally:
         if rt.awaiting_host_key:
             rt.awaiting_host_key = False
-            rt.relay.release(reason="the adopted primary was reached")
+            await rt.endpoint.release(reason="the adopted primary was reached")
 
 
-async def _adopt(ctx: ControllerContext, pair: PairConfig, relay: EndpointRelay) -> PairRuntime:
+async def _adopt(ctx: ControllerContext, pair: PairConfig, endpoint: Endpoint) -> PairRuntime:
     if pair.primary.provider != "vast" or not pair.primary.instance_id:
         raise ConfigError(f"pairs.{pair.name}.primary must name a vast instance_id (the GPU to protect)")
     keys = [ctx.controller_public_key(), *ctx.user_public_keys()]
@@ -132,8 +144,7 @@ async def _adopt(ctx: ControllerContext, pair: PairConfig, relay: EndpointRelay)
         await ctx.standby_cloud.set_ssh_keys(pair.standby.instance_id, ctx.config.standby.ssh_user, keys)
         standby = host_ref(await ctx.standby_cloud.get(pair.standby.instance_id), "cpu")
         ctx.store.record_host(standby.provider, standby.instance_id, pair.name, "cpu", "adopted as the standby")
-    relay.hold(reason="the adopted primary does not present the pair's host key yet")
-    rt = PairRuntime(pair, PairState.STARTING, 1, primary, standby, relay, awaiting_host_key=True)
+    rt = PairRuntime(pair, PairState.STARTING, 1, primary, standby, endpoint, awaiting_host_key=True)
     ctx.store.save_pair(rt.row())
     ctx.event(pair.name, "adopted", f"protecting GPU {primary.instance_id}"
               + (f" with standby {standby.instance_id}" if standby else "; a standby will be created"))
@@ -158,8 +169,16 @@ async def _reach(ctx: ControllerContext, rt: PairRuntime, ref: HostRef) -> None:
 
 
 async def start_endpoint(ctx: ControllerContext, rt: PairRuntime) -> None:
-    """Serve the pair's stable SSH endpoint and write the user's ssh_config snippet."""
-    await rt.relay.start()
+    """Serve the pair's stable SSH endpoint and write the user's ssh_config snippet.
+
+    An endpoint process that outlived a previous controller already serves the pair: this only confirms its route.
+    """
+    # Connections arriving during a failback's catch-up pass wait for it (bounded by the transfer timeout).
+    await rt.endpoint.start(split_host_port(rt.config.endpoint_listen),
+                            ctx.config.replication.transfer_timeout_seconds)
     if rt.primary is not None:
-        rt.relay.point_to((rt.primary.ssh_host, rt.primary.ssh_port), reason=f"serving {rt.primary.alias}")
+        await rt.endpoint.point_to((rt.primary.ssh_host, rt.primary.ssh_port), reason=f"serving {rt.primary.alias}",
+                                   epoch=rt.epoch)
+    if rt.awaiting_host_key:
+        await rt.endpoint.hold(reason="the adopted primary does not present the pair's host key yet")
     publish_endpoint(ctx, rt)

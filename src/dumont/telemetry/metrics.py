@@ -321,7 +321,7 @@ def _probe_metrics(families: Families, rt: PairRuntime) -> None:
 
 
 def _relay_metrics(families: Families, rt: PairRuntime) -> None:
-    name, stats = rt.name, rt.relay.stats()
+    name, stats = rt.name, rt.endpoint.stats()
     for metric, value in (("dumont_endpoint_connections_active", stats.active),
                           ("dumont_endpoint_connections_parked", stats.parked),
                           ("dumont_endpoint_held", float(stats.held)),

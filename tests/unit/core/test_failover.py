@@ -24,7 +24,7 @@ async def test_a_failover_fences_promotes_and_switches_then_reports_its_outcome(
         standby = world.machine(cpu)
         assert standby.epoch == 2 and standby.paired_for is None, "fenced: the old GPU's key no longer works"
         assert standby.workspace == {"model.pt": b"weights", "data.csv": b"a,b\n1,2\n"}
-        assert rt.relay.stats().target == (cpu.ssh_host, cpu.ssh_port)
+        assert rt.endpoint.stats().target == (cpu.ssh_host, cpu.ssh_port)
         assert (rt.primary, rt.standby, rt.failed, rt.epoch) == (cpu, None, [gpu], 2)
         assert rt.state == PairState.SYNCING, "only decide() changes the state"
         assert rt.outcome is not None and rt.outcome.kind == "failover" and "3 consecutive" in rt.outcome.detail
@@ -43,7 +43,7 @@ async def test_a_second_writer_that_moved_the_epoch_stops_the_failover_before_an
         with pytest.raises(EpochConflict):
             await fail_over(world.ctx, rt, "the provider reports the GPU offline")
         assert world.machine(rt.standby).epoch == 1 and ("fence", rt.standby.alias) not in world.hosts.calls  # type: ignore[union-attr]
-        assert rt.relay.stats().target == (rt.primary.ssh_host, rt.primary.ssh_port)  # type: ignore[union-attr]
+        assert rt.endpoint.stats().target == (rt.primary.ssh_host, rt.primary.ssh_port)  # type: ignore[union-attr]
 
 
 async def test_a_promotion_that_fails_leaves_the_endpoint_on_the_gpu(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ async def test_a_promotion_that_fails_leaves_the_endpoint_on_the_gpu(tmp_path: P
         world.machine(rt.standby).fail["promote:candidate"] = IntegrityError("the candidate is incomplete")
         with pytest.raises(DumontError, match="incomplete"):
             await fail_over(world.ctx, rt, "an operator asked for a failover")
-        assert rt.primary == gpu and rt.relay.stats().target == (gpu.ssh_host, gpu.ssh_port)
+        assert rt.primary == gpu and rt.endpoint.stats().target == (gpu.ssh_host, gpu.ssh_port)
         assert rt.outcome is None
 
 

@@ -10,7 +10,7 @@ from dumont.config import InstanceConfig, PairConfig
 from dumont.core.faults import InternalErrors
 from dumont.core.model import PairState
 from dumont.core.pair import PairRuntime, cancel, start_background
-from dumont.endpoint.relay import EndpointRelay
+from dumont.endpoint.local import LocalEndpoint
 
 
 def errors_ctx(events: list[tuple[str | None, str, str]]) -> Any:
@@ -22,7 +22,7 @@ def errors_ctx(events: list[tuple[str | None, str, str]]) -> Any:
 def runtime() -> PairRuntime:
     config = PairConfig(name="main", endpoint_listen="127.0.0.1:2222", primary=InstanceConfig("vast", "1"),
                         standby=InstanceConfig("gcp", None))
-    return PairRuntime(config, PairState.SYNCING, 1, None, None, EndpointRelay("main", ("127.0.0.1", 0)))
+    return PairRuntime(config, PairState.SYNCING, 1, None, None, LocalEndpoint("main"))
 
 
 async def test_a_crash_is_reported_to_the_owner() -> None:

@@ -52,7 +52,7 @@ async def test_a_recovery_rents_restores_catches_up_and_fails_back(world: World,
     assert world.machine(gpu).workspace == world.machine(cpu).workspace, "nothing written on the CPU is lost"
     assert world.machine(gpu).workspace["written-on-cpu.txt"] == b"kept"
     assert rt.standby == cpu and world.machine(cpu).retired and rt.epoch == 3
-    assert rt.relay.stats().target == (gpu.ssh_host, gpu.ssh_port) and not rt.relay.stats().held
+    assert rt.endpoint.stats().target == (gpu.ssh_host, gpu.ssh_port) and not rt.endpoint.stats().held
     assert world.market.destroyed == ["30000001"], "the failed GPU, and only it"
     assert sorted(world.market.instances) == ["30000002"]
     steps = [data["step"] for _, kind, _, data in world.events if kind == "recovery_step"]
@@ -100,7 +100,7 @@ async def test_a_restore_that_fails_destroys_the_new_gpu(world: World, failed_ov
     succeeded, error = await run_recovery(world, failed_over)
     assert not succeeded and "connection unexpectedly closed" in (error or "")
     assert "30000002" in world.market.destroyed
-    assert failed_over.relay.stats().target == (failed_over.primary.ssh_host, failed_over.primary.ssh_port)  # type: ignore[union-attr]
+    assert failed_over.endpoint.stats().target == (failed_over.primary.ssh_host, failed_over.primary.ssh_port)  # type: ignore[union-attr]
 
 
 async def test_a_promotion_that_does_not_verify_keeps_the_cpu_serving(world: World, failed_over: PairRuntime) -> None:
@@ -109,7 +109,7 @@ async def test_a_promotion_that_does_not_verify_keeps_the_cpu_serving(world: Wor
     assert not succeeded and "data.csv differs" in (error or "")
     cpu = failed_over.primary
     assert cpu is not None and cpu.role == "cpu"
-    stats = failed_over.relay.stats()
+    stats = failed_over.endpoint.stats()
     assert stats.target == (cpu.ssh_host, cpu.ssh_port) and not stats.held, "released, still on the CPU"
     assert "30000002" in world.market.destroyed
 

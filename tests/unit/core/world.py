@@ -14,7 +14,7 @@ from dumont.core.fakes import FakeCloud, FakeHosts, FakeMachine, FakeMarket, Vir
 from dumont.core.model import HostRef, PairState
 from dumont.core.pair import PairRuntime
 from dumont.core.startup import prepare_state
-from dumont.endpoint.relay import EndpointRelay
+from dumont.endpoint.local import LocalEndpoint
 from dumont.store.sqlite import PairRow, Store
 
 FAST = {"health_check_interval": 1, "failover_threshold": 3, "sync_interval_seconds": 2, "ssh_wait_timeout": 30,
@@ -92,17 +92,17 @@ async def synced_pair(world: World, files: dict[str, bytes] | None = None) -> As
     world.machine(cpu).snapshots = [dict(world.machine(gpu).workspace)]
     world.machine(cpu).presents_pair_key = world.machine(gpu).presents_pair_key = True
     config = world.ctx.config.pairs[0]
-    relay = EndpointRelay("main", ("127.0.0.1", 0))
-    await relay.start()
-    relay.point_to((gpu.ssh_host, gpu.ssh_port), reason="serving the GPU")
-    rt = PairRuntime(config, PairState.SYNCING, 1, gpu, cpu, relay)
+    endpoint = LocalEndpoint("main")
+    await endpoint.start(("127.0.0.1", 0), 30)
+    await endpoint.point_to((gpu.ssh_host, gpu.ssh_port), reason="serving the GPU", epoch=1)
+    rt = PairRuntime(config, PairState.SYNCING, 1, gpu, cpu, endpoint)
     world.ctx.store.save_pair(PairRow("main", "syncing", 1, gpu.as_dict(), cpu.as_dict(), 0))
     for ref in (gpu, cpu):
         world.ctx.store.record_host(ref.provider, ref.instance_id, "main", ref.role, "test")
     try:
         yield rt
     finally:
-        await relay.stop()
+        await endpoint.stop()
 
 
 def controller_of(world: World, rt: PairRuntime) -> Controller:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +14,7 @@ from dumont.config import Config, InstanceConfig, PairConfig
 from dumont.core.faults import InternalErrors
 from dumont.core.model import HostRef, PairState
 from dumont.core.pair import PairRuntime
-from dumont.endpoint.relay import EndpointRelay
+from dumont.endpoint.local import LocalEndpoint
 from dumont.store.sqlite import Store
 
 GPU = HostRef("vast", "7001", "127.0.0.1", 40001, "root", "gpu", "vast-7001")
@@ -56,7 +56,7 @@ def make_pair(name: str = "main") -> PairRuntime:
     """A synced pair: GPU primary, CPU standby."""
     config = PairConfig(name=name, endpoint_listen="127.0.0.1:0", primary=InstanceConfig(provider="vast"),
                         standby=InstanceConfig(provider="gcp"))
-    return PairRuntime(config, PairState.SYNCING, 1, GPU, CPU, EndpointRelay(name, ("127.0.0.1", 0)))
+    return PairRuntime(config, PairState.SYNCING, 1, GPU, CPU, LocalEndpoint(name))
 
 
 @pytest.fixture
@@ -65,11 +65,14 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def controller(tmp_path: Path, clock: Clock) -> Iterator[FakeController]:
+async def controller(tmp_path: Path, clock: Clock) -> AsyncIterator[FakeController]:
     store = Store(tmp_path / "state.db")
     ctx = SimpleNamespace(config=Config(), store=store, clock=clock, listeners=[])
-    fake = FakeController(ctx, {"main": make_pair()})
+    pair = make_pair()
+    await pair.endpoint.start(("127.0.0.1", 0), 30)
+    fake = FakeController(ctx, {"main": pair})
     ctx.event = fake.event
     ctx.internal_errors = InternalErrors(fake.event)
     yield fake
+    await pair.endpoint.stop()
     store.close()
