@@ -168,10 +168,13 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 async def tear_down(stack: Stack) -> set[int]:
-    """Stop the controller, the emulators and every host; return the pids that survived (should be none)."""
+    """Stop the controller, its endpoint process, the emulators and every host; return the pids that survived."""
+    from dumont.endpoint.launch import stop_endpoint_daemon
+
     try:
         await stack.stop_controller()
     finally:
+        await stop_endpoint_daemon(stack.config.controller.endpoint_dir or controller_dir(stack.root) / "endpoint")
         await stack.cloud.stop_emulators()
         await stack.cloud.pool.shutdown()
     return stack.cloud.pool.leftover_processes()

@@ -86,6 +86,11 @@ def stop(state_dir: Path) -> set[int]:
     if pid and not procs.wait_for_exit(pid, STOP_TIMEOUT):
         os.kill(pid, signal.SIGKILL)
     killed: set[int] = set()
+    from dumont.endpoint.launch import stop_endpoint_daemon
+    from dumont.localcloud.ready import controller_dir
+
+    # The ready config's controller keeps its users' endpoints in a process of their own: it goes with the cloud.
+    asyncio.run(stop_endpoint_daemon(controller_dir(state_dir) / "endpoint"))
     if (state_dir / "cloud_id").exists():
         from dumont.localcloud.pool import HostPool
 
