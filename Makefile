@@ -35,8 +35,9 @@ lint: deps
 	$(VENV)/bin/mypy
 	$(VENV)/bin/vermin --quiet --no-tips --violations -t=3.8- src/dumont/agent
 
+# Both benchmarks run even when the first fails; the target fails if either did.
 bench: deps
-	$(PY) bench/sync_cycle.py
+	$(PY) bench/sync_cycle.py; sync=$$?; $(PY) bench/cli.py && exit $$sync
 
 drill: deps
 	$(PY) -m dumont drill $(DRILL_ARGS)

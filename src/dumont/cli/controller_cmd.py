@@ -8,15 +8,15 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 
 from dumont.cli.common import emit, json_option
-from dumont.config import Config, load_config, split_host_port
-from dumont.core.layout import ControllerLayout
 from dumont.errors import DumontError, UsageError
+
+if TYPE_CHECKING:
+    from dumont.config import Config
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -31,6 +31,8 @@ def resolve_config(config_path: Path | None) -> Config:
     if path is None:
         raise UsageError("no config given", hint="pass --config FILE or set DUMONT_CONFIG "
                                                  "(`dumont local up` writes one for the local cloud)")
+    from dumont.config import load_config
+
     return load_config(path)
 
 
@@ -38,11 +40,16 @@ class ControllerClient:
     """The running controller's API, found from its config."""
 
     def __init__(self, config: Config) -> None:
+        from dumont.config import split_host_port
+        from dumont.core.layout import ControllerLayout
+
         host, port = split_host_port(config.controller.api_listen)
         token_file = config.controller.api_token_file or ControllerLayout(config.state_dir).api_token
         if not token_file.exists():
             raise DumontError(f"no controller has run with this config yet (no token at {token_file})",
                               hint="start one with: dumont run --config FILE")
+        import httpx  # only once there is a controller to call: every other path needs no HTTP client
+
         self.config = config
         self.url = f"http://{host}:{port}"
         self._http = httpx.Client(base_url=self.url, timeout=90,
@@ -57,6 +64,8 @@ class ControllerClient:
         return self._call("POST", path, {})
 
     def _call(self, method: str, path: str, params: dict[str, Any]) -> Any:
+        import httpx
+
         try:
             response = self._http.request(method, path, params=params)
         except httpx.HTTPError as exc:

@@ -10,9 +10,7 @@ from pathlib import Path
 import click
 
 from dumont.cli.common import json_option
-from dumont.drill.report import write_reports
-from dumont.drill.runner import PROFILES, SCENARIOS, DrillOptions, run_drill
-from dumont.drill.workspace import parse_size
+from dumont.drill.profiles import PROFILES, SCENARIOS
 from dumont.errors import DumontError
 
 
@@ -35,6 +33,10 @@ def drill_command(size: str, files: int, profile: str, scenario: str, out: Path 
     Exits 1 when any check fails (an integrity mismatch, an RPO above the profile's bound, a phase past its
     deadline); the report says which.
     """
+    from dumont.drill.report import write_reports
+    from dumont.drill.runner import DrillOptions, run_drill
+    from dumont.drill.workspace import parse_size
+
     options = DrillOptions(scenario=scenario, profile=profile, size_bytes=parse_size(size), files=files,
                            corrupt_standby=corrupt_standby, keep_cloud=keep_cloud, quiet=as_json)
     folder = out or Path("reports") / time.strftime("drill-%Y%m%d-%H%M%S")

@@ -10,7 +10,6 @@ import click
 
 from dumont.cli.common import emit, json_option
 from dumont.localcloud import control, layout
-from dumont.localcloud.ready import ensure_ready_config
 
 state_dir_option = click.option(
     "--state-dir",
@@ -39,6 +38,8 @@ def local_group() -> None:
 @json_option
 def up(state_dir: Path | None, as_json: bool) -> None:
     """Start the local cloud (a second `up` on a running one changes nothing)."""
+    from dumont.localcloud.ready import ensure_ready_config
+
     directory = resolve_state_dir(state_dir)
     ready, was_running = control.start(directory)
     config = asyncio.run(ensure_ready_config(directory, ready))

@@ -5,21 +5,21 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dumont.cli.common import emit, json_option
 from dumont.cli.local import resolve_state_dir, state_dir_option
-from dumont.config import Config, default_config, load_config
 from dumont.errors import LocalCloudError, UsageError
 from dumont.localcloud import control
-from dumont.providers.base import Offer, OfferQuery
-from dumont.providers.vast import RetryPolicy, VastClient, VastMarket, load_api_key
-from dumont.providers.vast.offers import expand_region
-from dumont.providers.vast.provider import OfferCache
 
-CLI_RETRY = RetryPolicy(budget_seconds=30.0)
+if TYPE_CHECKING:
+    from dumont.config import Config
+    from dumont.providers.base import Offer, OfferQuery
+    from dumont.providers.vast import VastMarket
+
+CLI_RETRY_BUDGET_SECONDS = 30.0  # each Vast call of the command, all its attempts together
 
 
 def _regions(text: str | None) -> tuple[str, ...] | None:
@@ -37,6 +37,8 @@ def build_query(config: Config, *, max_price: float | None, min_gpu_ram: float |
                 min_reliability: float | None, gpu_name: str | None, num_gpus: int | None,
                 interruptible: bool | None, exclude: tuple[str, ...], limit: int) -> OfferQuery:
     """The recovery's criteria from the config, with each option given on the command line taking over."""
+    from dumont.providers.base import OfferQuery
+
     return OfferQuery(
         min_gpu_ram_gb=config.gpu_min_ram_gb if min_gpu_ram is None else min_gpu_ram,
         max_price_per_hour=config.gpu_max_price if max_price is None else max_price,
@@ -53,15 +55,19 @@ def build_query(config: Config, *, max_price: float | None, min_gpu_ram: float |
 
 def _market(config_file: Path | None, config: Config, state_dir: Path | None) -> tuple[VastMarket, str]:
     """The Vast market of the config, or else of the running local cloud; and the URL it talks to."""
+    from dumont.providers.vast import RetryPolicy, VastClient, VastMarket, load_api_key
+    from dumont.providers.vast.provider import OfferCache
+
+    retry = RetryPolicy(budget_seconds=CLI_RETRY_BUDGET_SECONDS)
     if config_file is not None:
-        return VastMarket.from_config(config.vast, retry=CLI_RETRY), config.vast.api_url
+        return VastMarket.from_config(config.vast, retry=retry), config.vast.api_url
     directory = resolve_state_dir(state_dir)
     ready = control.read_ready(directory)
     if ready is None or not ready.get("vast_url"):
         raise LocalCloudError(f"no local cloud with a Vast API is running in {directory}",
                               hint="start one with `dumont local up`, or pass --config for the real Vast.ai")
     url = str(ready["vast_url"])
-    client = VastClient(url, load_api_key(directory / "vast_api_key"), retry=CLI_RETRY)
+    client = VastClient(url, load_api_key(directory / "vast_api_key"), retry=retry)
     return VastMarket(client, cache=OfferCache(size=0, ttl_seconds=0)), url
 
 
@@ -125,6 +131,9 @@ def offers_command(config_file: Path | None, max_price: float | None, min_gpu_ra
                    interruptible: bool | None, exclude: tuple[str, ...], limit: int, state_dir: Path | None,
                    as_json: bool) -> None:
     """Show what the recovery would rent now: the matching offers, preferred regions first, then cheapest."""
+    from dumont.config import default_config, load_config
+    from dumont.providers.vast.offers import expand_region
+
     config = load_config(config_file) if config_file is not None else default_config()
     query = build_query(config, max_price=max_price, min_gpu_ram=min_gpu_ram, regions=regions,
                         min_reliability=min_reliability, gpu_name=gpu_name, num_gpus=num_gpus,

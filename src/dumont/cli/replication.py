@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dumont.cli.common import emit, json_option
 from dumont.cli.local import resolve_state_dir, state_dir_option
 from dumont.errors import IntegrityError, UsageError
-from dumont.localcloud.access import LocalHostRef, local_hosts, local_transport, pick, ready_agent, sync_once
-from dumont.replication.engine import DIRECT, RELAY, PassReport, ReplicationPolicy
-from dumont.replication.guards import GuardPolicy, human_bytes
+from dumont.replication.modes import DIRECT, RELAY
+
+if TYPE_CHECKING:
+    from dumont.localcloud.access import LocalHostRef
+    from dumont.replication.engine import PassReport
 
 
 def describe_pass(report: PassReport) -> str:
     """One human paragraph about a pass."""
+    from dumont.replication.guards import human_bytes
+
     if not report.copied:
         head = f"pass {report.seq}: no change; snapshot {report.snapshot_seq} is current"
     else:
@@ -56,6 +60,10 @@ def sync_command(source: str | None, standby: str | None, mode: str, pair: str |
         return
     if source is None or standby is None:
         raise UsageError("--from and --to go together", hint="give both, or neither to ask the controller")
+    from dumont.localcloud.access import local_hosts, pick, sync_once
+    from dumont.replication.engine import ReplicationPolicy
+    from dumont.replication.guards import GuardPolicy
+
     directory = resolve_state_dir(state_dir)
     hosts = local_hosts(directory)
     primary, target = pick(hosts, source, "--from"), pick(hosts, standby, "--to")
@@ -78,6 +86,8 @@ def sync_command(source: str | None, standby: str | None, mode: str, pair: str |
 def verify_command(host: str, seq: int | None, check_workspace: bool, against: str | None,
                    state_dir: Path | None, as_json: bool) -> None:
     """Re-hash every file of HOST's snapshot (or workspace) and compare it with the manifest."""
+    from dumont.localcloud.access import local_hosts, pick
+
     directory = resolve_state_dir(state_dir)
     hosts = local_hosts(directory)
     checked = pick(hosts, host, "HOST")
@@ -98,6 +108,8 @@ def verify_command(host: str, seq: int | None, check_workspace: bool, against: s
 
 async def _verify(state_dir: Path, checked: LocalHostRef, reference: LocalHostRef, seq: int | None,
                   check_workspace: bool) -> dict[str, Any]:
+    from dumont.localcloud.access import local_transport, ready_agent
+
     async with local_transport(state_dir, [checked, reference]) as transport:
         agent, ref_agent = await ready_agent(transport, checked), await ready_agent(transport, reference)
         try:

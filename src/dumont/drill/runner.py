@@ -23,15 +23,13 @@ import httpx
 
 from dumont.drill import checks
 from dumont.drill.integrity import TreeHashes, hash_tree
-from dumont.drill.stack import FAST, SEED, Stack, build_stack, tear_down
+from dumont.drill.profiles import PROFILES, SCENARIOS
+from dumont.drill.stack import Stack, build_stack, tear_down
 from dumont.drill.timeline import Timeline
 from dumont.drill.workspace import build_workspace
 from dumont.drill.writer import Writer
 from dumont.errors import DumontError, UsageError
 from dumont.localcloud.ready import controller_dir
-
-SCENARIOS = ("gpu-kill", "gpu-outbid", "gpu-partition", "standby-preempt")
-PROFILES = {"fast": FAST, "seed": SEED}
 
 
 @dataclass(frozen=True)

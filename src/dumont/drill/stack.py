@@ -21,19 +21,13 @@ from dumont.config import Config, load_config, to_toml
 from dumont.core.controller import Controller
 from dumont.core.pair import PairRuntime
 from dumont.core.service import serve
+from dumont.drill.profiles import FAST
 from dumont.localcloud import layout
 from dumont.localcloud.daemon import LocalCloud
 from dumont.localcloud.hosts import LocalHost
 from dumont.localcloud.ready import controller_dir, ensure_ready_config, free_port
 from dumont.transport.keys import ensure_keypair
 from dumont.transport.ssh import quote_remote, run_local
-
-# Profiles: the seed's production values, and a fast one that fails over within seconds (SPEC §5).
-FAST: dict[str, Any] = {"health_check_interval": 1, "failover_threshold": 3, "sync_interval_seconds": 2,
-                        "ssh_wait_timeout": 60, "health": {"probe_timeout_seconds": 0.8},
-                        "vast": {"launch_timeout_seconds": 120}, "standby": {"boot_timeout_seconds": 120}}
-SEED: dict[str, Any] = {"health_check_interval": 10, "failover_threshold": 3, "sync_interval_seconds": 30,
-                        "ssh_wait_timeout": 300, "health": {"probe_timeout_seconds": 5}}
 
 
 @dataclass

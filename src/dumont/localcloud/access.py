@@ -9,8 +9,9 @@ from pathlib import Path
 
 from dumont.errors import UsageError
 from dumont.localcloud import control, layout
-from dumont.replication.engine import DIRECT, PassReport, ReplicationPolicy, Replicator
+from dumont.replication.engine import PassReport, ReplicationPolicy, Replicator
 from dumont.replication.hostagent import HostAgent
+from dumont.replication.modes import DIRECT
 from dumont.replication.pairing import pair_hosts
 from dumont.transport.keys import KnownHosts, ensure_keypair
 from dumont.transport.ssh import SshTarget, SshTransport

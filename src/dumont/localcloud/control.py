@@ -14,11 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from dumont.errors import LocalCloudError, UsageError
 from dumont.localcloud import layout, procs
-from dumont.localcloud.pool import HostPool
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -90,6 +87,8 @@ def stop(state_dir: Path) -> set[int]:
         os.kill(pid, signal.SIGKILL)
     killed: set[int] = set()
     if (state_dir / "cloud_id").exists():
+        from dumont.localcloud.pool import HostPool
+
         killed = asyncio.run(HostPool(state_dir).shutdown())
     (state_dir / "daemon.pid").unlink(missing_ok=True)
     layout.ready_file(state_dir).unlink(missing_ok=True)
@@ -117,6 +116,8 @@ class ControlClient:
     """The daemon's control API."""
 
     def __init__(self, base_url: str, token: str) -> None:
+        import httpx  # here, not at the top: `dumont local --help` needs no HTTP client
+
         self._http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
     def get(self, path: str) -> Any:
@@ -128,6 +129,8 @@ class ControlClient:
         return self._call("POST", path, body)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        import httpx
+
         try:
             response = self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:

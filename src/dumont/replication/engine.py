@@ -32,12 +32,11 @@ from dumont.replication.manifest import (
     expected_after_pass,
     path_key,
 )
+from dumont.replication.modes import DIRECT, RELAY
 from dumont.transport.rsync import check_exit, parse_stats, rsync_argv, run_rsync
 from dumont.transport.ssh import SshTransport
 
 log = logging.getLogger(__name__)
-
-DIRECT, RELAY = "direct", "relay"
 
 
 @dataclass(frozen=True)
