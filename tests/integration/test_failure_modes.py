@@ -85,18 +85,20 @@ async def test_outbid_fails_over_without_waiting_for_the_threshold(stack: Stack)
     assert stack.pair.timings["decided_at"] - outbid_at < 2 * stack.config.health_check_interval + 1
 
 
-async def test_a_preempted_standby_is_replaced_and_the_gpu_untouched(stack: Stack) -> None:
-    """Given a synced pair, when the standby is preempted, then a new standby is created and fully synced, and the
-    GPU keeps serving with its files untouched."""
+async def test_a_preempted_standby_is_brought_back_and_the_gpu_untouched(stack: Stack) -> None:
+    """Given a synced pair, when the standby is preempted, then it is started again (its disk kept, on a new address)
+    and synced, and the GPU keeps serving with its files untouched."""
     status = stack.status()
     gpu_id, old_standby = status["primary"]["instance_id"], status["standby"]["instance_id"]
     gpu = stack.host(gpu_id)
     (gpu.workspace / "train.log").write_text("epoch 1\n")
     gcp = next(e for e in stack.cloud.emulators if e.name == "gcp")
+    seq = status["last_sync"]["seq"]
     await gcp.fault("preempt", stack.host(old_standby))
-    status = await stack.wait_for("a new standby", lambda s: synced(s) and s["standby"]["instance_id"] != old_standby,
-                                  120)
+    status = await stack.wait_for("the standby back", lambda s: synced(s) and bool(stack.events("standby_restarted"))
+                                  and s["last_sync"]["seq"] > seq, 120)
     assert status["primary"]["instance_id"] == gpu_id and stack.events("failover") == []
+    assert status["standby"]["instance_id"] == old_standby and stack.events("standby_created")[1:] == []
     assert (gpu.workspace / "train.log").read_text() == "epoch 1\n"
     new = stack.host(status["standby"]["instance_id"])
     snapshots = sorted((new.data_dir / "snapshots").iterdir())

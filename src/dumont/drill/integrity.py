@@ -44,9 +44,12 @@ def _hash_tree(root: Path, where: str) -> TreeHashes:
                 out[rel] = "link:" + os.fsdecode(os.readlink(full))
                 continue
             digest = hashlib.sha256()
-            with open(full, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
+            try:
+                with open(full, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(chunk)
+            except FileNotFoundError:
+                continue  # renamed or removed while the tree was walked (a writer's temporary file): not in it
             out[rel] = digest.hexdigest()
     return TreeHashes(where, out)
 
