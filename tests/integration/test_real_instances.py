@@ -132,7 +132,7 @@ async def test_rentals_that_never_answer_leave_nothing_rented(stack: Stack) -> N
     gpu = stack.host(stack.status()["primary"]["instance_id"])
     await stack.cloud.pool.kill(gpu.name)
     status = await stack.wait_for("the recovery and its clean-up", lambda s: s["state"] == "syncing"
-                                  and s["primary"]["instance_id"] != gpu.instance_id
+                                  and s["primary"]["role"] == "gpu" and s["primary"]["instance_id"] != gpu.instance_id
                                   and (s["operation"] is None or s["operation"]["finished"]), 300)
     vast = emulator(stack, "vast")
     assert sorted(vast.instances) == [int(status["primary"]["instance_id"])]

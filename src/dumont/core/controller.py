@@ -82,13 +82,13 @@ class Controller:
         try:
             while not self._stop.is_set():
                 started = self.ctx.clock()
+                self._wake.clear()  # a wake during the tick (an intent, an effector's outcome) ticks again at once
                 try:
                     await self.tick()
                 except Exception as exc:
                     self.ctx.internal_errors.report("the controller's tick", exc)
                 left = interval - (self.ctx.clock() - started)
-                self._wake.clear()
-                if left > 0:
+                if left > 0 and not self._wake.is_set():
                     try:
                         async with asyncio.timeout(left):
                             await self._wake.wait()
