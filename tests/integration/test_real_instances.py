@@ -172,7 +172,7 @@ async def test_a_standby_stopped_and_started_on_a_new_address_is_followed(stack:
     name = status["standby"]["instance_id"]
     from dumont.providers.gcp.provider import GcpStandbyCloud
 
-    cloud = stack.controller.ctx.standby_cloud
+    cloud = stack.controller.ctx.cloud("gcp")
     assert isinstance(cloud, GcpStandbyCloud) and gcp is not None
     await cloud.stop(name)
     await cloud.start(name)

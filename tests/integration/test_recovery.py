@@ -62,7 +62,7 @@ async def test_bad_offers_are_destroyed_and_the_next_one_is_used(tmp_path: Path)
     async for stack in running_stack(tmp_path, QUICK_RENT):
         await stack.wait_for("the first pass", synced, 120)
         old_id = stack.status()["primary"]["instance_id"]
-        market = stack.controller.ctx.gpu_market
+        market = stack.controller.ctx.market("vast")
         old_machine = (await market.get(old_id)).machine_id
         vast = vast_of(stack)
         vast.faults.vanish_next, vast.faults.nossh_next = 1, 1

@@ -26,7 +26,7 @@ def test_defaults_are_the_seeds_recommended_values() -> None:
 def test_a_good_file_passes(tmp_path: Path) -> None:
     path = tmp_path / "dumont.toml"
     path.write_text('sync_interval_seconds = 15\n[[pairs]]\nname = "main"\nendpoint_listen = "127.0.0.1:2222"\n'
-                    '[pairs.primary]\nprovider = "local"\n[pairs.standby]\nprovider = "local"\n')
+                    '[pairs.primary]\nprovider = "vast"\n[pairs.standby]\nprovider = "vast"\n')
     result = dumont("config", "check", str(path))
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout

@@ -168,7 +168,7 @@ def controller_config(tmp_path: Path, fake_api: FakeApi) -> Path:
     path = tmp_path / "dumont.toml"
     path.write_text(f'state_dir = "{state}"\n[controller]\napi_listen = "{fake_api.address}"\n'
                     '[[pairs]]\nname = "main"\nendpoint_listen = "127.0.0.1:2222"\n'
-                    '[pairs.primary]\nprovider = "local"\n[pairs.standby]\nprovider = "local"\n')
+                    '[pairs.primary]\nprovider = "vast"\n[pairs.standby]\nprovider = "vast"\n')
     return path
 
 

@@ -61,7 +61,7 @@ def problems_of(data: dict[str, Any], base_dir: Path) -> list[str]:
 
 
 def pair(name: str = "train", endpoint: str = "127.0.0.1:2222", primary: str = "vast",
-         standby: str = "local", **extra: Any) -> dict[str, Any]:
+         standby: str = "vast", **extra: Any) -> dict[str, Any]:
     return {"name": name, "endpoint_listen": endpoint, "primary": {"provider": primary},
             "standby": {"provider": standby}, **extra}
 
@@ -151,6 +151,8 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("gpu_preferred_regions", "JP", "'JP'", "(e.g. ['TH', 'VN', 'JP', 'EU'])"),
     ("gpu_image", "", "''", "must be a non-empty string (e.g. 'pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime')"),
     ("gpu_disk_gb", 0, "0", "must be a whole number of GB, at least 1 (e.g. 50)"),
+    ("gpu_markets", ["gcp"], "['gcp']", "a non-empty list, without repeats, of GPU markets ('vast')"),
+    ("gpu_markets", [], "[]", "(e.g. ['vast'])"),
     ("ssh_wait_timeout", float("inf"), "inf", "must be a number of seconds greater than 0 (e.g. 300)"),
     ("gcp_spot", "true", "'true'", "must be true or false"),
     ("state_dir", "", "''", "must be a path (~ and paths relative to the config file's folder work)"
@@ -232,9 +234,9 @@ BAD_PAIR_VALUES: list[tuple[str, Any, str, str]] = [
     ("workspace", "workspace", "'workspace'", "must be an absolute path other than \"/\", without \"..\""),
     ("workspace", "/", "'/'", "(e.g. '/workspace')"),
     ("workspace", "/data/../etc", "'/data/../etc'", "without \"..\""),
-    ("primary.provider", "aws", "'aws'", "must be one of 'vast', 'gcp', 'local'"),
+    ("primary.provider", "aws", "'aws'", "must be a registered provider ('gcp', 'vast')"),
     ("primary.instance_id", "", "''", "must be a non-empty string (e.g. '12345678')"),
-    ("standby.provider", 5, "5", "must be one of 'vast', 'gcp', 'local'"),
+    ("standby.provider", 5, "5", "must be a registered provider ('gcp', 'vast')"),
     ("standby.instance_id", 5, "5", "must be a non-empty string"),
 ]
 
@@ -250,7 +252,10 @@ def test_a_bad_pair_value_names_the_pair_field_the_value_and_the_expected_form(
 def leaf_paths(cls: type[Any], prefix: str = "") -> set[str]:
     paths: set[str] = set()
     for spec in dataclasses.fields(cls):
-        table = spec.metadata["setting"].table
+        setting = spec.metadata["setting"]
+        if setting.internal:
+            continue  # filled by the loader (plug-in providers' tables), never a key of the file
+        table = setting.table
         paths |= leaf_paths(table, f"{prefix}{spec.name}.") if table else {prefix + spec.name}
     return paths
 
@@ -490,7 +495,7 @@ def test_the_same_port_on_two_addresses_is_fine(tmp_path: Path) -> None:
 def test_duplicates_are_found_next_to_other_pair_problems(tmp_path: Path) -> None:
     data = {"pairs": [pair("a", primary="aws"), pair("a")]}
     assert problems_of(data, tmp_path) == [
-        f"{SOURCE}: pairs[0].primary.provider = 'aws': must be one of 'vast', 'gcp', 'local'",
+        f"{SOURCE}: pairs[0].primary.provider = 'aws': must be a registered provider ('gcp', 'vast') (e.g. 'vast')",
         f"{SOURCE}: pairs[1].name = 'a': already used by pairs[0]; each pair needs its own name",
         f"{SOURCE}: pairs[1].endpoint_listen = '127.0.0.1:2222': clashes with pairs[0].endpoint_listen = "
         "'127.0.0.1:2222'; each listener needs its own port",

@@ -7,6 +7,7 @@ the text, broken timing rules, pairs that share a name or a port -- in a ``_Read
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import re
@@ -51,7 +52,10 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
     """Check parsed TOML ``data`` from ``source`` (paths resolve against ``base_dir``); raise ConfigError."""
     reading = _Reading(source, base_dir)
     _refuse_secrets(data, "", reading)
+    data, plugin_tables = _plugin_tables(data, reading)
     config = cast(Config, _read_table(Config, data, "", reading))  # Config has no required keys
+    if config is not _INVALID and plugin_tables:
+        config = dataclasses.replace(config, provider_tables=plugin_tables)
     _check_timing(config, reading)
     _check_pairs(data, config, reading)
     if reading.problems:
@@ -113,11 +117,32 @@ class _Reading:
         return not any(path == bad or path.startswith((bad + ".", bad + "[")) for bad in self.invalid)
 
 
+def _plugin_tables(data: Mapping[str, Any], reading: _Reading) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split off the [<name>] tables of plug-in providers, each read with its own schema."""
+    from dumont.providers.registry import plugins
+
+    tables: dict[str, Any] = {}
+    rest = dict(data)
+    for plugin in plugins():
+        if plugin.builtin or plugin.table is None:
+            continue
+        raw = rest.pop(plugin.name, {})
+        if not isinstance(raw, Mapping):
+            reading.refuse(plugin.name, raw, f"must be a [{plugin.name}] table")
+            continue
+        table = _read_table(plugin.table, raw, f"{plugin.name}.", reading)
+        if table is not _INVALID:
+            tables[plugin.name] = table
+    return rest, tables
+
+
 def _read_table(cls: type[Any], raw: Mapping[str, Any], prefix: str, reading: _Reading) -> Any:
     _refuse_unknown_keys(cls, raw, prefix, reading)
     values: dict[str, Any] = {}
     complete = True
     for spec in fields(cls):
+        if _setting_of(spec).internal:
+            continue
         path = prefix + spec.name
         if spec.name in raw:
             value = _read_value(spec, raw[spec.name], path, reading)
@@ -212,7 +237,7 @@ NOT_SUPPORTED_YET: Final = {
 
 
 def _refuse_unknown_keys(cls: type[Any], raw: Mapping[str, Any], prefix: str, reading: _Reading) -> None:
-    known = [spec.name for spec in fields(cls)]
+    known = [spec.name for spec in fields(cls) if not _setting_of(spec).internal]
     for key, value in raw.items():
         if prefix + key in NOT_SUPPORTED_YET:
             reading.note(f"{prefix}{key}: not supported yet ({NOT_SUPPORTED_YET[prefix + key]}); remove it")

@@ -202,5 +202,27 @@ _NETWORK_TAG = _when("a GCP network tag (1 to 63 lowercase letters, digits and d
                      is not None)
 _CIDRS = _when('a non-empty list of address ranges like "203.0.113.0/24"',
                lambda raw: _is_list_of(_is_cidr, raw) and len(raw) > 0, tuple)
+def _is_provider(role: str | None, raw: Any) -> bool:
+    from dumont.providers.registry import plugins
+
+    return isinstance(raw, str) and any(p.name == raw for p in plugins(role))  # type: ignore[arg-type]
+
+
+def _provider_rule(role: str | None, what: str) -> _Rule:
+    from dumont.providers.registry import plugins
+
+    names = ", ".join(repr(p.name) for p in plugins(role))  # type: ignore[arg-type]
+    return _when(f"{what} ({names})", functools.partial(_is_provider, role))
+
+
+def _providers_rule(role: str, what: str) -> _Rule:
+    from dumont.providers.registry import plugins
+
+    names = ", ".join(repr(p.name) for p in plugins(role))  # type: ignore[arg-type]
+    return _when(f"a non-empty list, without repeats, of {what} ({names})",
+                 lambda raw: isinstance(raw, list) and len(raw) > 0 and len(set(map(str, raw))) == len(raw)
+                 and all(_is_provider(role, item) for item in raw), tuple)
+
+
 _LOCAL_PATH = _Rule("a path (~ and paths relative to the config file's folder work)", _local_path)
 _SECRET_FILE = _Rule("the path of a file only you can read (mode 0600)", _secret_file)

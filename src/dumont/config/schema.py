@@ -30,6 +30,8 @@ from dumont.config.rules import (
     ALL_EVENTS,
     _choice,
     _number,
+    _provider_rule,
+    _providers_rule,
     _Rule,
     _show_example,
     _whole,
@@ -39,7 +41,7 @@ TerminationAction = Literal["STOP", "DELETE"]
 ReplicationMode = Literal["direct", "relay"]
 FenceAction = Literal["stop", "destroy"]
 EndpointMode = Literal["process", "external", "in-process"]
-ProviderName = Literal["vast", "gcp", "local"]
+ProviderName = str  # a provider registered in providers/registry.py
 
 
 # --- Settings: each dataclass field carries its default and, in its metadata, the rule that checks it -----
@@ -53,6 +55,7 @@ class _Setting:
     example: object = None  # None: the field's default is the example
     table: type[Any] | None = None
     many: bool = False  # an array of tables, like [[pairs]]
+    internal: bool = False  # filled by the loader, never written in the file (plug-in providers' tables)
 
 
 def _checked_by(rule: _Rule, *, example: object = None) -> dict[str, _Setting]:
@@ -221,7 +224,8 @@ class NotificationsConfig:
 class InstanceConfig:
     """[pairs.primary] or [pairs.standby]: where one side of a pair runs."""
 
-    provider: ProviderName = field(metadata=_checked_by(_choice(ProviderName)))
+    provider: ProviderName = field(metadata=_checked_by(_provider_rule(None, "a registered provider"),
+                                                        example="vast"))
     instance_id: str | None = field(default=None, metadata=_checked_by(_TEXT, example="12345678"))
 
 
@@ -254,6 +258,9 @@ class Config:
                                                    metadata=_checked_by(_REGIONS))
     # The seed's image (pytorch 2.1.0, CUDA 12.1, cuDNN 8) as it is published: pytorch's tags end in -runtime or
     # -devel (research/cloud-apis.md §1.5 records this one in a real `vastai create instance` body).
+    # The GPU markets a recovery rents from, in order of preference (each a provider registered as a market).
+    gpu_markets: tuple[str, ...] = field(default=("vast",), metadata=_checked_by(
+        _providers_rule("gpu", "GPU markets")))
     gpu_image: str = field(default="pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime", metadata=_checked_by(_TEXT))
     gpu_disk_gb: int = field(default=50, metadata=_checked_by(_whole("a whole number of GB", at_least=1)))
     # How long a running instance may take to answer SSH (the seed's 300 s); pulling the image and booting get
@@ -272,6 +279,8 @@ class Config:
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig,
                                                metadata=_holds(NotificationsConfig))
     pairs: tuple[PairConfig, ...] = field(default=(), metadata=_holds(PairConfig, many=True))
+    # The [<name>] tables of plug-in providers (registered in providers/registry.py), read by the same loader.
+    provider_tables: dict[str, Any] = field(default_factory=dict, metadata={"setting": _Setting(internal=True)})
 
     @property
     def detection_worst_case_seconds(self) -> float:
@@ -283,6 +292,8 @@ def _known_paths(cls: type[Any], prefix: str = "") -> list[str]:
     paths: list[str] = []
     for spec in fields(cls):
         setting = _setting_of(spec)
+        if setting.internal:
+            continue
         paths.append(prefix + spec.name)
         if setting.table is not None:
             paths += _known_paths(setting.table, f"{prefix}{spec.name}.")

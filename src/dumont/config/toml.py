@@ -14,12 +14,16 @@ from dumont.config.schema import Config
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     """The config as JSON-ready data: paths as strings, tuples as lists, unset values as None, no secrets."""
-    return cast(dict[str, Any], _plain(config))
+    data = cast(dict[str, Any], _plain(config))
+    data.update(data.pop("provider_tables", {}))  # each plug-in's table under its own name, as in the file
+    return data
 
 
 def _plain(value: Any) -> Any:
     if is_dataclass(value):
         return {spec.name: _plain(getattr(value, spec.name)) for spec in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     if isinstance(value, PurePath):

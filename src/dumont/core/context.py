@@ -10,13 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dumont.config import Config
+from dumont.config import Config, PairConfig
 from dumont.core.bootstrap import HostReadiness
 from dumont.core.faults import InternalErrors
 from dumont.core.layout import ControllerLayout
 from dumont.core.model import HostRef
 from dumont.core.ports import Clock, HostAccess, NetworkCheck, Sleep, StateStore
-from dumont.errors import HostUnreachable
+from dumont.errors import DumontError, HostUnreachable
 from dumont.providers.base import GpuMarket, Instance, StandbyCloud
 from dumont.transport.keys import read_public_key
 
@@ -33,8 +33,8 @@ class ControllerContext:
     layout: ControllerLayout
     store: StateStore
     hosts: HostAccess
-    gpu_market: GpuMarket
-    standby_cloud: StandbyCloud
+    markets: dict[str, GpuMarket]  # the GPU markets opened, by provider name
+    clouds: dict[str, StandbyCloud]  # the standby clouds opened, by provider name
     clock: Clock = time.time
     sleep: Sleep = asyncio.sleep
     network: NetworkCheck | None = None  # the controller's own network (None: the real check of its targets)
@@ -82,11 +82,27 @@ class ControllerContext:
 
         return await network_ok(network_targets(self.config), self.config.health.probe_timeout_seconds)
 
+    def market(self, name: str) -> GpuMarket:
+        """The GPU market called ``name`` (opened at start-up for the markets and primaries of the config)."""
+        if name not in self.markets:
+            raise DumontError(f"no GPU market {name!r} is open", hint=f"open ones: {', '.join(self.markets)}")
+        return self.markets[name]
+
+    def cloud(self, name: str) -> StandbyCloud:
+        """The standby cloud called ``name``."""
+        if name not in self.clouds:
+            raise DumontError(f"no standby cloud {name!r} is open", hint=f"open ones: {', '.join(self.clouds)}")
+        return self.clouds[name]
+
+    def standby_cloud_of(self, pair: PairConfig) -> StandbyCloud:
+        """Where the pair's standby VMs are created."""
+        return self.cloud(pair.standby.provider)
+
     async def instance(self, ref: HostRef) -> Instance:
-        """The provider's record of a host."""
-        if ref.role == "gpu":
-            return await self.gpu_market.get(ref.instance_id)
-        return await self.standby_cloud.get(ref.instance_id)
+        """The record of a host, from the provider it came from."""
+        if ref.provider in self.markets:
+            return await self.markets[ref.provider].get(ref.instance_id)
+        return await self.cloud(ref.provider).get(ref.instance_id)
 
     def controller_public_key(self) -> str:
         """The controller's public key (given to every host it creates)."""

@@ -59,10 +59,10 @@ async def fence_by_provider(ctx: ControllerContext, rt: PairRuntime, old: HostRe
     try:
         async with asyncio.timeout(120):
             if action == "destroy":
-                await ctx.gpu_market.destroy(old.instance_id)
+                await ctx.market(old.provider).destroy(old.instance_id)
                 ctx.store.release_host(old.provider, old.instance_id, "destroyed at failover")
             else:
-                await ctx.gpu_market.stop(old.instance_id)
+                await ctx.market(old.provider).stop(old.instance_id)
     except (DumontError, TimeoutError) as exc:
         ctx.event(rt.name, "fence_failed", f"could not {action} the old GPU {old.instance_id} through its "
                                            f"provider: {exc}; it is fenced on the standby regardless")

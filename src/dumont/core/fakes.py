@@ -34,6 +34,7 @@ from dumont.providers.base import (
     Offer,
     OfferQuery,
     OfferUnavailable,
+    RentPolicy,
     StandbySpec,
 )
 from dumont.replication.engine import PassReport, ReplicationPolicy
@@ -282,13 +283,23 @@ class FakeMarket(_Provider):
     """:class:`~dumont.providers.base.GpuMarket` with a list of offers; each rent makes an instance."""
 
     def __init__(self, clock: VirtualClock, hosts: FakeHosts, offers: Sequence[Offer] = (), *,
-                 name: str = "vast", boot_seconds: float = 5.0) -> None:
+                 name: str = "vast", boot_seconds: float = 5.0, policy: RentPolicy | None = None,
+                 first_id: int = 30_000_001) -> None:
         super().__init__(clock, hosts, boot_seconds=boot_seconds)
         self.name = name
+        self.policy = policy or RentPolicy(backoff_initial_seconds=1, backoff_max_seconds=4,
+                                           launch_timeout_seconds=60)
         self.offers = list(offers)
         self.gone: set[str] = set()  # offer ids already taken by someone else
         self.failing_images: set[str] = set()  # images whose pull fails: the instance never runs
-        self._ids = itertools.count(30_000_001)
+        self._ids = itertools.count(first_id)
+
+    def bid_for(self, offer: Offer) -> float | None:
+        """The minimum bid plus a fifth, for an interruptible offer."""
+        return round(offer.min_bid * 1.2, 4) if offer.interruptible and offer.min_bid else None
+
+    async def close(self) -> None:
+        """Nothing to close."""
 
     async def search_offers(self, query: OfferQuery) -> list[Offer]:
         self._check("search_offers")
@@ -335,6 +346,9 @@ class FakeCloud(_Provider):
     async def delete(self, instance_id: str) -> None:
         await self._destroy(instance_id)
 
+    async def close(self) -> None:
+        """Nothing to close."""
+
     async def set_ssh_keys(self, instance_id: str, user: str, public_keys: Sequence[str]) -> None:
         self._check("set_ssh_keys")
         keys = self.instances[instance_id].keys
@@ -346,10 +360,10 @@ class FakeCloud(_Provider):
 
 
 def offer(offer_id: str, *, machine: str | None = None, price: float = 0.3, country: str = "TH",
-          provider: str = "vast") -> Offer:
+          provider: str = "vast", region_rank: int = 0) -> Offer:
     """A rentable GPU offer."""
     return Offer(provider, offer_id, machine or f"m{offer_id}", "RTX 4090", 1, 24.0, price, 0.99, country, True,
-                 min_bid=price * 0.8)
+                 min_bid=price * 0.8, region_rank=region_rank)
 
 
 def timed_out(what: str) -> CommandTimeout:

@@ -53,7 +53,8 @@ async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
             ctx.event(rt.name, "recovery_step", f"recovery: {STEP_SENTENCES[step]}", {"step": str(step), **data})
 
     op = ctx.store.operation(op_id)
-    known = op.data.get("instance_id") if op else None
+    known = (str(op.data.get("provider") or ctx.config.gpu_markets[0]), str(op.data["instance_id"])) \
+        if op and op.data.get("instance_id") else None
     # Instances the store knows are the pair's own (failed, current); an unknown one with the pair's label was
     # rented by a controller that died before recording it, and is adopted instead of renting another.
     in_use = frozenset(i for _, i, _ in ctx.store.held_hosts(rt.name)) | {cpu.instance_id}
@@ -71,7 +72,7 @@ async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
     except DumontError as exc:
         # A half-restored GPU is worth nothing and costs money: start clean next time. (Cancellation keeps it:
         # a restarted controller resumes with the same instance.)
-        await destroy_quietly(ctx, rt.name, gpu.instance_id, f"the restore failed ({exc.message})")
+        await destroy_quietly(ctx, rt.name, gpu.provider, gpu.instance_id, f"the restore failed ({exc.message})")
         await ctx.hosts.forget(gpu)
         raise
     await _clean_up_failed(ctx, rt)
@@ -82,10 +83,10 @@ async def _failed_machines(ctx: ControllerContext, rt: PairRuntime) -> frozenset
     machines = set()
     current = rt.primary.instance_id if rt.primary else None
     for provider, instance_id, role in ctx.store.held_hosts(rt.name):
-        if role != "gpu" or provider != ctx.gpu_market.name or instance_id == current:
+        if role != "gpu" or provider not in ctx.markets or instance_id == current:
             continue
         try:
-            instance = await ctx.gpu_market.get(instance_id)
+            instance = await ctx.market(provider).get(instance_id)
         except DumontError:
             continue
         if instance.machine_id:
@@ -144,8 +145,8 @@ async def _clean_up_failed(ctx: ControllerContext, rt: PairRuntime) -> None:
     controller failed over from), so no paid instance is ever left behind."""
     keep = {h.instance_id for h in (rt.primary, rt.standby) if h is not None}
     for provider, instance_id, role in ctx.store.held_hosts(rt.name):
-        if role == "gpu" and provider == ctx.gpu_market.name and instance_id not in keep:
-            await destroy_quietly(ctx, rt.name, instance_id, "it failed and has been replaced")
+        if role == "gpu" and provider in ctx.markets and instance_id not in keep:
+            await destroy_quietly(ctx, rt.name, provider, instance_id, "it failed and has been replaced")
     for ref in list(rt.failed):
         await ctx.hosts.forget(ref)
         rt.failed.remove(ref)

@@ -60,7 +60,7 @@ async def _replace(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
 async def _restart(ctx: ControllerContext, rt: PairRuntime, op_id: int, old: HostRef) -> bool:
     """Start a stopped or preempted standby again; True when it is back with a complete snapshot."""
     try:
-        instance = await ctx.standby_cloud.get(old.instance_id)
+        instance = await ctx.standby_cloud_of(rt.config).get(old.instance_id)
     except DumontError:
         return False
     if instance.state not in RESTARTABLE:
@@ -68,9 +68,9 @@ async def _restart(ctx: ControllerContext, rt: PairRuntime, op_id: int, old: Hos
     _step(ctx, rt, op_id, "restarting", {"instance_id": old.instance_id})
     try:
         async with asyncio.timeout(ctx.config.standby.boot_timeout_seconds):
-            await ctx.standby_cloud.start(old.instance_id)
+            await ctx.standby_cloud_of(rt.config).start(old.instance_id)
         await ctx.hosts.forget(old, still_ready=True)  # a new address: old channels lead nowhere; its disk is the same
-        await _fill(ctx, rt, op_id, await ctx.standby_cloud.get(old.instance_id))
+        await _fill(ctx, rt, op_id, await ctx.standby_cloud_of(rt.config).get(old.instance_id))
     except (DumontError, TimeoutError) as exc:
         why = exc.message if isinstance(exc, DumontError) else "timed out"
         ctx.event(rt.name, "standby_restart_failed", f"could not bring standby {old.instance_id} back ({why}); "
@@ -102,12 +102,12 @@ def _step(ctx: ControllerContext, rt: PairRuntime, op_id: int, step: str, data: 
 async def _create_or_find(ctx: ControllerContext, rt: PairRuntime, name: str) -> Instance:
     """The VM called ``name``: created now, or found if a restarted controller had created it already."""
     try:
-        existing = await ctx.standby_cloud.get(name)
+        existing = await ctx.standby_cloud_of(rt.config).get(name)
     except DumontError:
         existing = None
     if existing is not None and existing.state not in (InstanceState.TERMINATED, InstanceState.UNKNOWN):
         return existing
-    instance = await ctx.standby_cloud.create_standby(standby_spec(ctx, rt, name))
+    instance = await ctx.standby_cloud_of(rt.config).create_standby(standby_spec(ctx, rt, name))
     ctx.store.record_host(instance.provider, instance.instance_id, rt.name, "cpu", "created as the standby")
     cfg = ctx.config
     ctx.event(rt.name, "standby_created", f"created standby VM {instance.instance_id} ({cfg.standby.machine_type}, "
@@ -129,15 +129,16 @@ def standby_spec(ctx: ControllerContext, rt: PairRuntime, name: str) -> StandbyS
 
 
 async def _wait_running(ctx: ControllerContext, instance: Instance) -> HostRef:
+    cloud = ctx.cloud(instance.provider)
     deadline = ctx.clock() + ctx.config.standby.boot_timeout_seconds
     while instance.state != InstanceState.RUNNING or not instance.ssh_host:
         if ctx.clock() > deadline:
             raise DumontError(f"standby {instance.instance_id} was not running after "
                               f"{ctx.config.standby.boot_timeout_seconds:g} s (state {instance.raw_state})")
         if instance.state in RESTARTABLE:
-            await ctx.standby_cloud.start(instance.instance_id)
+            await cloud.start(instance.instance_id)
         await ctx.sleep(1.0)  # the provider has no push notification; poll, bounded by the deadline
-        instance = await ctx.standby_cloud.get(instance.instance_id)
+        instance = await cloud.get(instance.instance_id)
     ref = host_ref(instance, "cpu")
     await ctx.hosts.reach(ref, deadline=ctx.clock() + ctx.config.ssh_wait_timeout)
     return ref
@@ -163,7 +164,7 @@ async def _delete(ctx: ControllerContext, rt: PairRuntime, provider: str, instan
     """Delete a standby VM and forget it; report, never raise (a failure says to delete it by hand)."""
     try:
         async with asyncio.timeout(DELETE_TIMEOUT):
-            await ctx.standby_cloud.delete(instance_id)
+            await ctx.cloud(provider).delete(instance_id)
     except (DumontError, TimeoutError) as exc:
         ctx.event(rt.name, "cleanup_failed", f"could not delete standby VM {instance_id} ({why}): {exc}; "
                                              "delete it by hand to stop paying for it")

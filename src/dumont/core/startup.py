@@ -28,8 +28,8 @@ from dumont.endpoint.client import EndpointClient
 from dumont.endpoint.local import LocalEndpoint
 from dumont.endpoint.ports import Endpoint
 from dumont.errors import ConfigError, DumontError
-from dumont.providers.gcp.provider import GcpStandbyCloud
-from dumont.providers.vast.provider import VastMarket
+from dumont.providers.base import GpuMarket, StandbyCloud
+from dumont.providers.registry import open_cloud, open_market
 from dumont.store.sqlite import Store
 from dumont.transport.keys import KnownHosts, ensure_keypair, write_private
 from dumont.transport.ssh import SshTransport
@@ -67,17 +67,22 @@ async def controller_context(config: Config) -> AsyncIterator[ControllerContext]
                              connect_timeout=max(1.0, config.health.probe_timeout_seconds))
     hosts = SshHosts(transport, known, layout, bootstrap_timeout=config.controller.bootstrap_timeout_seconds,
                      clock=time.time)
-    market = VastMarket.from_config(config.vast)
-    cloud = await GcpStandbyCloud.connect(config.gcp)
+    markets: dict[str, GpuMarket] = {}
+    clouds: dict[str, StandbyCloud] = {}
     store = Store(layout.database)
-    ctx = ControllerContext(config, layout, store, hosts, market, cloud)
     try:
-        yield ctx
+        for name in dict.fromkeys([*config.gpu_markets, *(p.primary.provider for p in config.pairs)]):
+            markets[name] = await open_market(config, name)
+        for name in dict.fromkeys(p.standby.provider for p in config.pairs):
+            clouds[name] = await open_cloud(config, name)
+        yield ControllerContext(config, layout, store, hosts, markets, clouds)
     finally:
         await hosts.close()
         await transport.close()
-        await market.close()
-        await cloud.close()
+        for market in markets.values():
+            await market.close()
+        for cloud in clouds.values():
+            await cloud.close()
         store.close()
 
 
@@ -131,18 +136,21 @@ async def reach_hosts(ctx: ControllerContext, rt: PairRuntime) -> None:
 
 
 async def _adopt(ctx: ControllerContext, pair: PairConfig, endpoint: Endpoint) -> PairRuntime:
-    if pair.primary.provider != "vast" or not pair.primary.instance_id:
-        raise ConfigError(f"pairs.{pair.name}.primary must name a vast instance_id (the GPU to protect)")
+    if pair.primary.provider not in ctx.markets or not pair.primary.instance_id:
+        raise ConfigError(f"pairs.{pair.name}.primary must name the instance_id of a GPU on a market "
+                          f"(provider {pair.primary.provider!r} is not one)")
+    market = ctx.market(pair.primary.provider)
     keys = [ctx.controller_public_key(), *ctx.user_public_keys()]
     # Vast copies account keys only into instances created after them: the GPU a user already rents does not
     # know the controller's key until it is attached through the API (research/real-instances.md B1).
-    await ctx.gpu_market.attach_keys(pair.primary.instance_id, keys)
-    primary = host_ref(await ctx.gpu_market.get(pair.primary.instance_id), "gpu")
+    await market.attach_keys(pair.primary.instance_id, keys)
+    primary = host_ref(await market.get(pair.primary.instance_id), "gpu")
     ctx.store.record_host(primary.provider, primary.instance_id, pair.name, "gpu", "adopted as the primary")
     standby = None
     if pair.standby.instance_id:
-        await ctx.standby_cloud.set_ssh_keys(pair.standby.instance_id, ctx.config.standby.ssh_user, keys)
-        standby = host_ref(await ctx.standby_cloud.get(pair.standby.instance_id), "cpu")
+        cloud = ctx.standby_cloud_of(pair)
+        await cloud.set_ssh_keys(pair.standby.instance_id, ctx.config.standby.ssh_user, keys)
+        standby = host_ref(await cloud.get(pair.standby.instance_id), "cpu")
         ctx.store.record_host(standby.provider, standby.instance_id, pair.name, "cpu", "adopted as the standby")
     rt = PairRuntime(pair, PairState.STARTING, 1, primary, standby, endpoint, awaiting_host_key=True)
     ctx.store.save_pair(rt.row())

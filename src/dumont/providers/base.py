@@ -133,6 +133,20 @@ class StandbySpec:
     startup_script: str | None = None
 
 
+@dataclass(frozen=True)
+class RentPolicy:
+    """How a market is rented from: what may be asked of it, how often to try, how long a launch may take."""
+
+    min_reliability: float = 0.98
+    num_gpus: int = 1
+    gpu_name: str | None = None
+    interruptible: bool = True
+    max_attempts: int = 5
+    backoff_initial_seconds: float = 5.0
+    backoff_max_seconds: float = 60.0
+    launch_timeout_seconds: float = 3600.0  # from the rent until it runs (image pull and boot)
+
+
 class GpuMarket(Protocol):
     """A market that rents GPU instances (Vast.ai).
 
@@ -141,6 +155,15 @@ class GpuMarket(Protocol):
     """
 
     name: str
+    policy: RentPolicy
+
+    def bid_for(self, offer: Offer) -> float | None:
+        """What to bid for an interruptible offer (None: rent it on demand)."""
+        ...
+
+    async def close(self) -> None:
+        """Close the market's connections."""
+        ...
 
     async def search_offers(self, query: OfferQuery) -> list[Offer]:
         """Offers that satisfy ``query``, preferred regions first, then cheapest."""
@@ -202,6 +225,10 @@ class StandbyCloud(Protocol):
 
     async def set_ssh_keys(self, instance_id: str, user: str, public_keys: Sequence[str]) -> None:
         """Let ``public_keys`` log in to an existing VM as ``user`` (idempotent)."""
+        ...
+
+    async def close(self) -> None:
+        """Close the cloud's connections."""
         ...
 
 

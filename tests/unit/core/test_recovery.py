@@ -86,8 +86,7 @@ async def test_an_image_that_will_never_run_fails_fast_naming_it(world: World, f
 async def test_a_gpu_that_never_boots_is_destroyed_at_the_launch_deadline(world: World,
                                                                         failed_over: PairRuntime) -> None:
     world.market.boot_seconds = 10_000
-    config = world.ctx.config
-    world.ctx.config = dataclasses.replace(config, vast=dataclasses.replace(config.vast, max_attempts=1))
+    world.market.policy = dataclasses.replace(world.market.policy, max_attempts=1)  # one offer shows the deadline
     started = world.clock()
     succeeded, error = await run_recovery(world, failed_over)
     assert not succeeded and "was not running after 60 s" in (error or "")

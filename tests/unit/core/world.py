@@ -64,8 +64,8 @@ def make_world(tmp_path: Path, overrides: dict[str, Any] | None = None) -> World
     async def network_up() -> bool:
         return True
 
-    ctx = ControllerContext(config, layout, Store(Path(":memory:")), hosts, market, cloud, clock=clock,
-                            sleep=clock.sleep, network=network_up)
+    ctx = ControllerContext(config, layout, Store(Path(":memory:")), hosts, {"vast": market}, {"gcp": cloud},
+                            clock=clock, sleep=clock.sleep, network=network_up)
     world = World(clock, hosts, market, cloud, ctx)
     ctx.listeners.append(lambda pair, kind, reason, data: world.events.append((pair, kind, reason, data)))
     return world

@@ -27,7 +27,9 @@ from dumont.providers.base import (
     ProviderError,
     ProviderRequestError,
     ProviderUnavailable,
+    RentPolicy,
 )
+from dumont.providers.vast.bids import bid_for
 from dumont.providers.vast.client import Clock, RetryPolicy, VastClient
 from dumont.providers.vast.credentials import load_api_key
 from dumont.providers.vast.offers import parse_offers, rank_offers, search_bodies
@@ -103,17 +105,35 @@ class VastMarket:
 
     name = PROVIDER
 
-    def __init__(self, client: VastClient, *, cache: OfferCache | None = None) -> None:
+    def __init__(self, client: VastClient, *, cache: OfferCache | None = None, policy: RentPolicy | None = None,
+                 bid_margin: float = 0.2, max_price_per_hour: float | None = None) -> None:
         self.client = client
         self.cache = cache or OfferCache(size=8, ttl_seconds=60)
+        self.policy = policy or RentPolicy()
+        self.bid_margin = bid_margin
+        self.max_price_per_hour = max_price_per_hour
 
     @classmethod
     def from_config(cls, vast: VastConfig, environ: Mapping[str, str] | None = None,
-                    *, api_url: str | None = None, retry: RetryPolicy | None = None) -> VastMarket:
+                    *, api_url: str | None = None, retry: RetryPolicy | None = None,
+                    max_price_per_hour: float | None = None) -> VastMarket:
         """A market for the ``[vast]`` settings; the key comes from ``vast.api_key_file`` or ``$VAST_API_KEY``."""
         key = load_api_key(vast.api_key_file, environ)
         client = VastClient(api_url or vast.api_url, key, retry=retry)
-        return cls(client, cache=OfferCache(size=vast.offer_cache_size, ttl_seconds=60))
+        policy = RentPolicy(min_reliability=vast.min_reliability, num_gpus=vast.num_gpus, gpu_name=vast.gpu_name,
+                            interruptible=vast.interruptible, max_attempts=vast.max_attempts,
+                            backoff_initial_seconds=vast.backoff_initial_seconds,
+                            backoff_max_seconds=vast.backoff_max_seconds,
+                            launch_timeout_seconds=vast.launch_timeout_seconds)
+        return cls(client, cache=OfferCache(size=vast.offer_cache_size, ttl_seconds=60), policy=policy,
+                   bid_margin=vast.bid_margin, max_price_per_hour=max_price_per_hour)
+
+    def bid_for(self, offer: Offer) -> float | None:
+        """A margin over the minimum bid (a bid of exactly the minimum is outbid first), under the price ceiling."""
+        if not offer.interruptible:
+            return None
+        ceiling = self.max_price_per_hour if self.max_price_per_hour is not None else offer.price_per_hour * 2
+        return bid_for(offer, ceiling, self.bid_margin)
 
     async def close(self) -> None:
         """Close the HTTP connections."""
