@@ -47,6 +47,7 @@ from dumont.config.schema import (
     StandbyConfig,
     TerminationAction,
     VastConfig,
+    plugin_setting,
 )
 from dumont.config.toml import config_to_dict, to_toml
 
@@ -73,5 +74,6 @@ __all__ = [
     "load_config",
     "parse_config",
     "split_host_port",
+    "plugin_setting",
     "to_toml",
 ]

@@ -7,6 +7,7 @@ defaults and accepted forms live in one place; loading walks these fields.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Literal, cast
@@ -34,6 +35,7 @@ from dumont.config.rules import (
     _providers_rule,
     _Rule,
     _show_example,
+    _when,
     _whole,
 )
 
@@ -60,6 +62,12 @@ class _Setting:
 
 def _checked_by(rule: _Rule, *, example: object = None) -> dict[str, _Setting]:
     return {"setting": _Setting(rule, example)}
+
+
+def plugin_setting(default: Any, expected: str, is_valid: Callable[[Any], bool], *,
+                   convert: Callable[[Any], Any] = lambda raw: raw) -> Any:
+    """A field of a plug-in provider's ``[<name>]`` table: its default, what it must be, and the check."""
+    return field(default=default, metadata=_checked_by(_when(expected, is_valid, convert)))
 
 
 def _holds(table: type[Any], *, many: bool = False) -> dict[str, _Setting]:
