@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from dumont.errors import DumontError
 
 INTENTS = ("failover", "sync", "recover", "pause", "resume")
 SHUTDOWN_SECONDS = 1.0
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger id names nothing
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Extension = Callable[[web.Application], None]
 
@@ -127,12 +129,19 @@ class ApiServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         public = request.path == "/healthz" or getattr(handler, "public", False)
-        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ") or request.query.get("token", "")
-        if not public and not hmac.compare_digest(supplied, self.token):
+        if not public and not self._token_ok(request):
             return json_response({"error": "missing or wrong API token",
                                   "hint": "send Authorization: Bearer <token from the controller's api_token file>"},
                                  status=401)
         return await handler(request)
+
+    def _token_ok(self, request: web.Request) -> bool:
+        """``Authorization: Bearer <token>`` (the scheme in any case, RFC 6750) or ``?token=`` (the dashboard)."""
+        scheme, _, supplied = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            supplied = request.query.get("token", "")
+        # Compared as bytes: a token with characters outside ASCII is a wrong token, not a crash.
+        return hmac.compare_digest(supplied.strip().encode("utf-8", "surrogateescape"), self.token.encode())
 
     async def _health(self, request: web.Request) -> web.Response:
         return json_response({"ok": True, "ticks": self.controller.ticks})
@@ -151,9 +160,13 @@ class ApiServer:
         store = self.controller.ctx.store
         try:
             after = int(request.query.get("after", "0"))
-            wait = min(60.0, float(request.query.get("wait", "0")))
+            wait = float(request.query.get("wait", "0"))
         except ValueError:
-            return json_response({"error": "after must be an integer and wait a number of seconds"}, status=400)
+            after, wait = -1, -1.0
+        if not 0 <= after <= MAX_ID or not (math.isfinite(wait) and wait >= 0):
+            return json_response({"error": "after must be an event id (0 or more) and wait a number of seconds",
+                                  "hint": "e.g. ?after=120&wait=25"}, status=400)
+        wait = min(60.0, wait)
         pair = request.query.get("pair")
         events = store.events(after=after, pair=pair)
         if not events and wait > 0:
@@ -179,10 +192,8 @@ class ApiServer:
         return json_response({"intent": intent_id, "pair": pair, "kind": kind, "accepted": True}, status=202)
 
     async def _intent_state(self, request: web.Request) -> web.Response:
-        try:
-            row = self.controller.ctx.store.intent(int(request.match_info["id"]))
-        except ValueError:
-            row = None
+        raw = request.match_info["id"]
+        row = self.controller.ctx.store.intent(int(raw)) if raw.isdigit() and int(raw) <= MAX_ID else None
         if row is None:
             return json_response({"error": "no such intent"}, status=404)
         return json_response({"intent": row.id, "pair": row.pair, "kind": row.kind, "consumed_at": row.consumed_at,
