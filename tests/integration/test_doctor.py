@@ -247,8 +247,8 @@ def _pair(setup: Setup, instance_id: str) -> dict[str, Any]:
 
 async def test_run_refuses_to_create_anything_while_a_check_fails(setup: Setup) -> None:
     """`dumont run` on a setup the doctor fails: it says which check and creates no standby VM."""
-    from dumont.core.service import serve
     from dumont.errors import DumontError
+    from dumont.service import serve
 
     config = setup.config(gpu_image="pytorch/pytorch:2.1.0-cuda12.1-cudnn8")
     with pytest.raises(DumontError) as caught:

@@ -179,7 +179,11 @@ MUTATING = {"set_epoch", "stage", "revert", "commit", "record_pass", "authorize_
 
 
 def run_locked(operation: Operation, args: Json) -> Json:
-    """Run a mutating operation under this host's lock, so two controllers can never interleave a pass."""
+    """Run a mutating operation under this host's lock, so two of them never change its data at the same instant.
+
+    The lock is held per call, not per pass (a pass is several calls): what keeps two passes apart is that only one
+    controller acts on a state directory (``core/lock.py``) and on a pair's epoch (compare-and-set in the store).
+    """
     os.makedirs(data_dir(), exist_ok=True)
     fd = os.open(os.path.join(data_dir(), "lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:

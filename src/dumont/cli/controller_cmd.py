@@ -94,7 +94,7 @@ class ControllerClient:
 @config_option
 def run_command(config_path: Path | None) -> None:
     """Run the controller in the foreground: protect every configured pair until Ctrl-C."""
-    from dumont.core.service import serve
+    from dumont.service import serve
 
     config = resolve_config(config_path)
     # A running controller's log is its transitions, one line each at INFO: shown without -v (which adds detail).

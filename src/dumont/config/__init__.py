@@ -73,7 +73,7 @@ __all__ = [
     "default_config",
     "load_config",
     "parse_config",
-    "split_host_port",
     "plugin_setting",
+    "split_host_port",
     "to_toml",
 ]

@@ -183,7 +183,6 @@ class Memory:
 
     primary_failures: int = 0
     standby_failures: int = 0
-    network_down: bool = False
     paused_from: PairState | None = None
     alerted: frozenset[str] = frozenset()  # alert kinds already raised and not yet cleared
 

@@ -86,19 +86,6 @@ async def controller_context(config: Config) -> AsyncIterator[ControllerContext]
         store.close()
 
 
-async def refuse_unready_setup(ctx: ControllerContext) -> None:
-    """Before a new pair is adopted (and anything is created for it), every doctor check must pass."""
-    if all(ctx.store.get_pair(pair.name) is not None for pair in ctx.config.pairs):
-        return  # resuming: a host that is down now is the loop's business, not a reason to refuse
-    from dumont.setup.doctor import run_doctor
-
-    failed = [c for c in await run_doctor(ctx.config) if c.status == "fail"]
-    if failed:
-        raise DumontError("the setup is not ready, so nothing was created: "
-                          + "; ".join(f"{c.name}: {c.detail} ({c.fix})" for c in failed),
-                          hint="run `dumont doctor --config FILE` for the full report")
-
-
 async def load_pair(ctx: ControllerContext, pair: PairConfig) -> PairRuntime:
     """Resume a known pair from the store, or adopt a new one from the config."""
     endpoint = make_endpoint(ctx, pair)

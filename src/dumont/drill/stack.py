@@ -1,6 +1,6 @@
 """A whole Dumont stack in one process: the local cloud (hosts, Vast and GCP emulators) and a controller.
 
-The drill and the integration tests run on it. The controller is the real one (``dumont.core.service.serve``),
+The drill and the integration tests run on it. The controller is the real one (``dumont.service.serve``),
 talking to the emulators through the real provider clients over HTTP and to the hosts over real SSH; nothing in
 it knows it is on the local cloud.
 """
@@ -20,12 +20,12 @@ from dumont.api.server import ApiServer
 from dumont.config import Config, load_config, to_toml
 from dumont.core.controller import Controller
 from dumont.core.pair import PairRuntime
-from dumont.core.service import serve
 from dumont.drill.profiles import FAST
 from dumont.localcloud import layout
 from dumont.localcloud.daemon import LocalCloud
 from dumont.localcloud.hosts import LocalHost
 from dumont.localcloud.ready import controller_dir, ensure_ready_config, free_port
+from dumont.service import serve
 from dumont.transport.keys import ensure_keypair
 from dumont.transport.ssh import quote_remote, run_local
 

@@ -151,7 +151,8 @@ class GpuMarket(Protocol):
     """A market that rents GPU instances (Vast.ai).
 
     Every method raises only :class:`ProviderError` subclasses: ``ProviderUnavailable`` (retry later),
-    ``OfferUnavailable`` (try the next offer), ``ProviderAuthError`` (stop and alert).
+    ``OfferUnavailable`` (try the next offer), ``ProviderAuthError`` (stop and alert), ``InstanceNotFound`` (the
+    instance is gone; ``get`` answers TERMINATED instead) and ``ProviderRequestError`` (a bad request: stop).
     """
 
     name: str

@@ -1,4 +1,8 @@
-"""Running the controller as a service: everything up in order, everything down on SIGINT/SIGTERM."""
+"""Running the controller as a service (the composition root): everything up in order, down on SIGINT/SIGTERM.
+
+It lives outside ``core`` because it wires ``core`` to the API and telemetry, which both read ``core``: the
+packages then import in one direction only (``service`` -> ``api``, ``telemetry`` -> ``core``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from collections.abc import Callable
 
 from dumont.api.server import ApiServer, Extension
 from dumont.config import Config, split_host_port
+from dumont.core.context import ControllerContext
 from dumont.core.controller import Controller, watch_the_loop
 from dumont.core.lock import hold_state
 from dumont.core.pair import cancel, start_background
@@ -21,9 +26,10 @@ from dumont.core.startup import (
     controller_context,
     load_pair,
     reach_hosts,
-    refuse_unready_setup,
     start_endpoint,
 )
+from dumont.errors import DumontError
+from dumont.setup.doctor import run_doctor
 from dumont.telemetry import Telemetry
 from dumont.transport.keys import write_private
 
@@ -86,3 +92,14 @@ async def _serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None
             for rt in pairs:
                 await rt.endpoint.detach()  # an endpoint process keeps serving the users meanwhile
             ctx.event(None, "controller_stopped", "the controller stopped; a restart resumes every pair")
+
+
+async def refuse_unready_setup(ctx: ControllerContext) -> None:
+    """Before a new pair is adopted (and anything is created for it), every doctor check must pass."""
+    if all(ctx.store.get_pair(pair.name) is not None for pair in ctx.config.pairs):
+        return  # resuming: a host that is down now is the loop's business, not a reason to refuse
+    failed = [c for c in await run_doctor(ctx.config) if c.status == "fail"]
+    if failed:
+        raise DumontError("the setup is not ready, so nothing was created: "
+                          + "; ".join(f"{c.name}: {c.detail} ({c.fix})" for c in failed),
+                          hint="run `dumont doctor --config FILE` for the full report")
