@@ -32,7 +32,7 @@ async def test_gpu_killed_fails_over_fast_and_recovers_with_cpu_writes(stack: St
     gpu = stack.host(gpu_id)
     (gpu.workspace / "model.pt").write_bytes(b"weights" * 10_000)
     first = await stack.endpoint_ssh("printenv", "DUMONT_HOST")
-    assert first.stdout.strip() == gpu.name, first.stderr
+    assert first.last_line == gpu.name, first.stderr
     before = stack.status()["last_sync"]["seq"]
     await stack.wait_for("a pass with model.pt", lambda s: s["last_sync"]["seq"] > before + 1, 30)
 
@@ -49,7 +49,7 @@ async def test_gpu_killed_fails_over_fast_and_recovers_with_cpu_writes(stack: St
     write = 'printenv DUMONT_HOST; echo "written on the cpu" > "$DUMONT_WORKSPACE/cpu-notes.txt"'
     login = await stack.endpoint_ssh("sh", "-c", write)
     assert login.returncode == 0, login.stderr
-    assert login.stdout.strip() == cpu.name
+    assert login.last_line == cpu.name
     agent = stack.controller.ctx.hosts.agent(stack.pair.primary)  # type: ignore[attr-defined]  # the CPU
     standby_status = await agent.status()
     assert standby_status.latest is not None
@@ -63,7 +63,7 @@ async def test_gpu_killed_fails_over_fast_and_recovers_with_cpu_writes(stack: St
     assert (new_gpu.workspace / "cpu-notes.txt").read_text() == "written on the cpu\n"
     assert (new_gpu.workspace / "model.pt").read_bytes() == b"weights" * 10_000
     final = await stack.endpoint_ssh("printenv", "DUMONT_HOST")
-    assert final.stdout.strip() == new_gpu.name, final.stderr
+    assert final.last_line == new_gpu.name, final.stderr
     assert status["standby"]["instance_id"] == cpu_id
     destroyed = [e for e in stack.events("instance_destroyed") if gpu_id in e["reason"]]
     assert destroyed, "the failed GPU is destroyed after the failback"

@@ -97,7 +97,7 @@ async def test_when_every_offer_fails_the_pair_stays_on_the_cpu(tmp_path: Path) 
         assert alerts and "every attempt to rent a GPU failed" in alerts[0]["reason"]
         assert live_instances(stack) == {old_id}, "nothing rented during the recovery is left behind"
         ssh = await stack.endpoint_ssh("printenv", "DUMONT_HOST")
-        assert ssh.stdout.strip() == stack.host(status["primary"]["instance_id"]).name
+        assert ssh.last_line == stack.host(status["primary"]["instance_id"]).name
 
 
 async def test_a_controller_killed_mid_recovery_resumes_with_the_same_instance(tmp_path: Path) -> None:

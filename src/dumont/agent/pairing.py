@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from . import cleanchan
 from .common import Failure, Json, data_dir, incoming_dir, read_epoch, read_json, snapshot_path, write_atomic
 from .common import workspace_dir as workspace
 
@@ -33,6 +34,12 @@ def agent_command() -> str:
     """How sshd should start this agent (the zip file we were started from)."""
     python = os.environ.get("DUMONT_PYTHON") or sys.executable or "python3"
     return f"{shlex.quote(python)} {shlex.quote(os.path.abspath(sys.argv[0]))}"
+
+
+def clean_shell() -> str:
+    """The start of rsync's ``-e`` that drops a chatty login's output before the standby's rsync speaks."""
+    python = os.environ.get("DUMONT_PYTHON") or sys.executable or "python3"
+    return f"'{python}' '{os.path.abspath(sys.argv[0])}' clean-ssh"
 
 
 def authorize_pair(args: Json) -> Json:
@@ -114,7 +121,7 @@ def push(args: Json) -> Json:
         raise Failure("NotPaired", "this host has no pair key; the controller must install it first")
     # --ignore-times: every listed path is known to differ; rsync's quick check only compares whole seconds.
     argv = ["rsync", "-aHS", "--numeric-ids", "--ignore-times", "--files-from=-", "--from0", "--stats",
-            f"--timeout={int(args.get('io_timeout', 60))}", "-e", f"ssh -F '{config}' -T"]
+            f"--timeout={int(args.get('io_timeout', 60))}", "-e", f"{clean_shell()} ssh -F '{config}' -T"]
     if args.get("bwlimit"):
         argv.append(f"--bwlimit={int(args['bwlimit'])}")
     argv += [workspace() + "/", "dumont-standby:incoming/"]
@@ -184,6 +191,7 @@ def receive(epoch: int) -> None:
         sys.stderr.write(f"dumont: refused: {failure.message}\n")
         sys.exit(3)
     os.environ["DUMONT_RECEIVE_EPOCH"] = str(epoch)  # lets a fence find and kill this receive
+    os.write(1, cleanchan.MARK)  # whatever the login shell printed before this is dropped by the sender
     os.execvp("rsync", argv)  # noqa: S606 - replaces this process with the validated receive
 
 

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable
 
-from . import pairing, promotion, snapshots
+from . import cleanchan, pairing, promotion, snapshots
 from .common import (
     Failure,
     Json,
@@ -250,15 +250,17 @@ def serve() -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``serve`` | ``receive EPOCH`` | ``call OP < args.json``."""
+    """``serve`` | ``receive EPOCH`` | ``call OP < args.json`` | ``clean-ssh SSH-ARGV...``."""
     os.umask(0o022)
     if argv[1:2] == ["serve"]:
         serve()
     elif argv[1:2] == ["receive"] and len(argv) == 3:
         pairing.receive(int(argv[2]))
+    elif argv[1:2] == ["clean-ssh"] and len(argv) > 2:
+        sys.exit(cleanchan.main(argv[2:]))
     elif argv[1:2] == ["call"] and len(argv) == 3:
         request = {"id": 0, "op": argv[2], "args": json.loads(sys.stdin.read() or "{}")}
         sys.stdout.buffer.write(handle(dump_json(request)))
     else:
-        sys.stderr.write("usage: agent.pyz serve | receive EPOCH | call OP < args.json\n")
+        sys.stderr.write("usage: agent.pyz serve | receive EPOCH | call OP < args.json | clean-ssh SSH-ARGV...\n")
         sys.exit(2)

@@ -13,7 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dumont.errors import DumontError
+
 log = logging.getLogger("dumont.controller")
+
+
+def reason_of(exc: BaseException) -> str:
+    """A failure in a few words for an event: our errors' message, a deadline, or a bug's type and text."""
+    if isinstance(exc, DumontError):
+        return exc.message
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"unexpected {type(exc).__name__}: {exc}"
 
 EventRecorder = Callable[[str | None, str, str, dict[str, Any]], None]
 

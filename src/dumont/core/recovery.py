@@ -14,6 +14,7 @@ from typing import Any
 
 from dumont.core.context import ControllerContext
 from dumont.core.endpoint import publish_endpoint
+from dumont.core.faults import reason_of
 from dumont.core.model import HostRef, RecoveryStep
 from dumont.core.pair import PairRuntime, ensure_paired, run_operation, run_pass, show_operation
 from dumont.core.renting import destroy_quietly, rent_gpu
@@ -69,10 +70,10 @@ async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
         await ctx.hosts.present_pair_key(gpu, rt.name)
         await _restore(ctx, rt, cpu, gpu, progress)
         await _catch_up_and_switch(ctx, rt, cpu=cpu, gpu=gpu, progress=progress)
-    except DumontError as exc:
-        # A half-restored GPU is worth nothing and costs money: start clean next time. (Cancellation keeps it:
-        # a restarted controller resumes with the same instance.)
-        await destroy_quietly(ctx, rt.name, gpu.provider, gpu.instance_id, f"the restore failed ({exc.message})")
+    except Exception as exc:
+        # A half-restored GPU is worth nothing and costs money, whatever went wrong (a bug included): start clean
+        # next time. (Cancellation keeps it: a restarted controller resumes with the same instance.)
+        await destroy_quietly(ctx, rt.name, gpu.provider, gpu.instance_id, f"the restore failed ({reason_of(exc)})")
         await ctx.hosts.forget(gpu)
         raise
     await _clean_up_failed(ctx, rt)

@@ -116,7 +116,7 @@ async def _try_offer(ctx: ControllerContext, pair: str, offer: Offer, progress: 
     progress(RecoveryStep.RENTING, {"instance_id": instance.instance_id, "provider": instance.provider})
     try:
         return await _wait_ready(ctx, instance, progress)
-    except (DumontError, TimeoutError):
+    except Exception:  # a bug too: what this attempt rented must not outlive it
         # Cancellation (a controller shutting down) keeps the instance: the restarted controller resumes with it.
         await destroy_quietly(ctx, pair, instance.provider, instance.instance_id, "it did not become usable")
         raise
@@ -166,7 +166,7 @@ async def _resume(ctx: ControllerContext, pair: str, known: tuple[str, str] | No
                                             "nothing new is rented")
         try:
             return await _wait_ready(ctx, instance, progress)
-        except DumontError:
+        except Exception:  # a bug too: the resumed instance must not outlive this attempt
             await destroy_quietly(ctx, pair, provider, instance_id, "it did not become usable after the restart")
     return None
 
@@ -176,7 +176,7 @@ async def destroy_quietly(ctx: ControllerContext, pair: str, provider: str, inst
     try:
         async with asyncio.timeout(120):
             await ctx.market(provider).destroy(instance_id)
-    except (DumontError, TimeoutError) as exc:
+    except Exception as exc:  # never raise: the caller is already handling a failure
         ctx.event(pair, "cleanup_failed", f"could not destroy instance {instance_id} on {provider} ({why}): {exc}; "
                                           "destroy it by hand to stop paying for it")
         return

@@ -14,6 +14,7 @@ import asyncio
 import logging
 
 from dumont.core.context import ControllerContext, host_ref
+from dumont.core.faults import reason_of
 from dumont.core.model import HostRef
 from dumont.core.pair import PairRuntime, ensure_paired, run_operation, run_pass, show_operation
 from dumont.errors import DumontError
@@ -43,13 +44,13 @@ async def _replace(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
     instance = await _create_or_find(ctx, rt, name)
     try:
         new = await _fill(ctx, rt, op_id, instance)
-    except (DumontError, TimeoutError) as exc:
+    except Exception as exc:  # a bug too: the VM this operation created must not outlive it
         # Cancellation (a controller stopping) keeps the VM: the restarted controller finds it by name.
         unusable = rt.standby if rt.standby is not old else None
         rt.standby, rt.paired_epoch = old, None
         ctx.store.save_pair(rt.row())
-        why = exc.message if isinstance(exc, DumontError) else "timed out"
-        await _delete(ctx, rt, instance.provider, instance.instance_id, f"it never became a usable standby ({why})",
+        await _delete(ctx, rt, instance.provider, instance.instance_id,
+                      f"it never became a usable standby ({reason_of(exc)})",
                       ref=unusable)
         raise
     ctx.event(rt.name, "standby_replaced", f"the new standby {new.instance_id} holds a complete snapshot")
@@ -72,9 +73,8 @@ async def _restart(ctx: ControllerContext, rt: PairRuntime, op_id: int, old: Hos
         await ctx.hosts.forget(old, still_ready=True)  # a new address: old channels lead nowhere; its disk is the same
         await _fill(ctx, rt, op_id, await ctx.standby_cloud_of(rt.config).get(old.instance_id))
     except (DumontError, TimeoutError) as exc:
-        why = exc.message if isinstance(exc, DumontError) else "timed out"
-        ctx.event(rt.name, "standby_restart_failed", f"could not bring standby {old.instance_id} back ({why}); "
-                                                     "creating a new one")
+        ctx.event(rt.name, "standby_restart_failed",
+                  f"could not bring standby {old.instance_id} back ({reason_of(exc)}); creating a new one")
         return False
     ctx.event(rt.name, "standby_restarted", f"standby {old.instance_id} is back with a complete snapshot")
     return True
@@ -165,7 +165,7 @@ async def _delete(ctx: ControllerContext, rt: PairRuntime, provider: str, instan
     try:
         async with asyncio.timeout(DELETE_TIMEOUT):
             await ctx.cloud(provider).delete(instance_id)
-    except (DumontError, TimeoutError) as exc:
+    except Exception as exc:  # never raise: the caller is already handling a failure
         ctx.event(rt.name, "cleanup_failed", f"could not delete standby VM {instance_id} ({why}): {exc}; "
                                              "delete it by hand to stop paying for it")
         return

@@ -213,8 +213,8 @@ async def _after_failover(run: DrillRun, figures: dict[str, Any]) -> None:
                                          'failover\\n" > "$DUMONT_WORKSPACE/cpu-notes.txt"')
     figures.update(decision_to_switch_seconds=round(run.stack.pair.timings["endpoint_switched_at"]
                                                     - run.stack.pair.timings["decided_at"], 4),
-                   first_login_seconds=round(time.time() - login_started, 3), login_host=login.stdout.strip(),
-                   login_ok=login.returncode == 0 and login.stdout.strip() == cpu.name, cpu=cpu.name)
+                   first_login_seconds=round(time.time() - login_started, 3), login_host=login.last_line,
+                   login_ok=login.returncode == 0 and login.last_line == cpu.name, cpu=cpu.name)
     run.hashes["standby_at_failover"] = await hash_tree(cpu.workspace, f"{cpu.name} (standby) after the failover")
     run.facts["cpu"] = cpu.name
 

@@ -21,7 +21,7 @@ from dumont.config import Config, load_config, to_toml
 from dumont.core.controller import Controller
 from dumont.core.pair import PairRuntime
 from dumont.drill.profiles import FAST
-from dumont.localcloud import layout
+from dumont.localcloud import images, layout
 from dumont.localcloud.daemon import LocalCloud
 from dumont.localcloud.hosts import LocalHost
 from dumont.localcloud.ready import controller_dir, ensure_ready_config, free_port
@@ -142,11 +142,22 @@ class Login:
     stdout: str
     stderr: str
 
+    @property
+    def last_line(self) -> str:
+        """The command's own answer: the last line it printed, after whatever the login shell said first."""
+        lines = self.stdout.strip().splitlines()
+        return lines[-1].strip() if lines else ""
+
+
+LOGIN_BANNER = "Welcome to a Dumont local-cloud host.\nThis line stands for every MOTD and chatty ~/.bashrc."
+
 
 async def build_stack(root: Path, overrides: dict[str, Any] | None = None, profile: dict[str, Any] = FAST) -> Stack:
     """Start the local cloud in-process, rent the first GPU, and write a config (profile + overrides) for it."""
     os.environ.setdefault("DUMONT_LOCAL_VAST_DELAY_SECONDS", "0")
     os.environ.setdefault("DUMONT_LOCAL_GCP_DELAY_SECONDS", "0")
+    # Every host greets every login, as real ones with a chatty ~/.bashrc do; the product must not mind.
+    os.environ.setdefault(images.LOGIN_BANNER_ENV, LOGIN_BANNER)
     state = root / "local"
     state.mkdir(parents=True)
     cloud = LocalCloud(state)

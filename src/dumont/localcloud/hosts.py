@@ -273,6 +273,7 @@ def create_files(root: Path, name: str, mark: str, authorized_keys: list[str], *
                      image=image)
     if profile.is_machine:
         write_private(host.authorized_keys, "".join(k.strip() + "\n" for k in authorized_keys))
+        images.write_shell_files(root / "home", profile)
     else:
         images.nss_wrapper()  # fail now, with what to install, rather than at the first login
         host.address = new_address()

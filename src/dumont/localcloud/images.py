@@ -105,6 +105,7 @@ def nss_wrapper() -> str:
     return found
 
 
+LOGIN_BANNER_ENV: Final = "DUMONT_LOCAL_LOGIN_BANNER"  # text every login shell prints, even for ``ssh host cmd``
 NO_NAMESPACE_ENV: Final = "DUMONT_LOCAL_NO_NAMESPACE"  # "1": restrict only the PATH, as for an ordinary user
 
 
@@ -191,8 +192,7 @@ def write_users(files: HostFiles, image: Image, users: dict[str, list[str]]) -> 
         home = files.home(name)
         (home / ".ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
         _replace_managed_keys(home / ".ssh" / "authorized_keys", keys)
-        if image.auto_tmux:
-            _write_shell_files(home)
+        write_shell_files(home, image)
 
 
 def _replace_managed_keys(keys_file: Path, keys: list[str]) -> None:
@@ -207,15 +207,30 @@ def _replace_managed_keys(keys_file: Path, keys: list[str]) -> None:
     _write(managed, "".join(f"{line}\n" for line in wanted), 0o600)
 
 
-def _write_shell_files(home: Path) -> None:
-    # Vast: "when you connect via SSH you will by default be placed into a tmux session"; `touch ~/.no_auto_tmux`
-    # turns it off (docs: guides/instances/connect/ssh). Only logins with a terminal are wrapped.
-    bashrc = (
-        '# Vast.ai: an interactive SSH login starts in tmux unless ~/.no_auto_tmux exists.\n'
-        'if [ -t 0 ] && [ -n "${SSH_TTY:-}" ] && [ -z "${TMUX:-}" ] && [ ! -e "$HOME/.no_auto_tmux" ]; then\n'
-        '  exec tmux new-session -A -s ssh_tmux\n'
-        'fi\n'
-    )
+def login_banner() -> str:
+    """What every login shell of every host prints first (``$DUMONT_LOCAL_LOGIN_BANNER``; empty: nothing)."""
+    return os.environ.get(LOGIN_BANNER_ENV, "")
+
+
+def write_shell_files(home: Path, image: Image) -> None:
+    """A login user's ``~/.bashrc``: the login banner, if any, and Vast's automatic tmux."""
+    bashrc = ""
+    banner = login_banner()
+    if banner:
+        # A chatty ~/.bashrc, as people have: Debian's bash reads it even for `ssh host cmd`, so the banner lands
+        # on stdout ahead of whatever the command prints (hostile-review.md #4).
+        bashrc += "".join(f"printf '%s\\n' {shlex.quote(line)}\n" for line in banner.splitlines())
+    if image.auto_tmux:
+        # Vast: "when you connect via SSH you will by default be placed into a tmux session"; `touch
+        # ~/.no_auto_tmux` turns it off (docs: guides/instances/connect/ssh). Only logins with a terminal.
+        bashrc += (
+            '# Vast.ai: an interactive SSH login starts in tmux unless ~/.no_auto_tmux exists.\n'
+            'if [ -t 0 ] && [ -n "${SSH_TTY:-}" ] && [ -z "${TMUX:-}" ] && [ ! -e "$HOME/.no_auto_tmux" ]; then\n'
+            '  exec tmux new-session -A -s ssh_tmux\n'
+            'fi\n'
+        )
+    if not bashrc:
+        return
     _write(home / ".bashrc", bashrc, 0o644)
     _write(home / ".profile", '[ -f "$HOME/.bashrc" ] && . "$HOME/.bashrc"\n', 0o644)
 

@@ -30,11 +30,15 @@ from dumont.transport.ssh import SSH_FAILED, SshTarget, SshTransport, classify_s
 
 log = logging.getLogger(__name__)
 
+# What a host prints before our own output (a login banner, ~/.bashrc chatter) is never taken for an answer: the
+# install script frames its one line, the agent its ready line, and every answer must be the agent's JSON.
+PATH_MARK = "DUMONT-AGENT-PATH "
 _INSTALL = (
     'd="${DUMONT_DATA_DIR:-/var/lib/dumont}"; f="$d/agent/agent-' + AGENT_VERSION + '.pyz"; '
     'if [ -f "$f" ]; then cat >/dev/null; else mkdir -p "$d/agent" && cat >"$f.$$" && mv "$f.$$" "$f"; fi; '
-    'printf "%s" "$f"'
+    f'printf "{PATH_MARK}%s\\n" "$f"'
 )
+NOISE_LINES = 200  # lines a host may print before the agent's ready line
 _SERVE = 'exec "${DUMONT_PYTHON:-$1}" -X utf8 "$0" serve'
 
 _ERRORS: dict[str, type[DumontError]] = {
@@ -171,7 +175,18 @@ class HostAgent:
                 raise
             if not raw:
                 raise await self._broken_channel(op)
-        return self._unwrap(op, json.loads(raw))
+            try:
+                response = json.loads(raw)
+                if not isinstance(response, dict) or response.get("id") != self._next_id:
+                    raise ValueError("not an answer to this request")
+            except ValueError:
+                # Something other than the agent wrote to the channel: nothing it says can be trusted.
+                await self._drop_channel()
+                self._path = None
+                raise AgentError(f"{op} on {self.name}: the host answered with something that is not the agent's "
+                                 f"reply: {_shown(raw)}", hint="check what the host's login prints "
+                                                              "(~/.bashrc, a MOTD) and the agent's log") from None
+        return self._unwrap(op, response)
 
     def _unwrap(self, op: str, response: dict[str, Any]) -> dict[str, Any]:
         if response.get("ok"):
@@ -192,20 +207,40 @@ class HostAgent:
             result = await self.transport.run(
                 self.target, ["sh", "-c", _INSTALL], input=AGENT_ZIP, timeout=self.start_timeout
             )
-            self._path = result.text.strip()
+            self._path = _installed_path(self.name, result.text)
         proc = await self.transport.start(self.target, ["sh", "-c", _SERVE, self._path, self.python])
         self._proc = proc
         try:
             async with asyncio.timeout(self.start_timeout):
-                assert proc.stdout is not None
-                ready = await proc.stdout.readline()
+                ready = await self._wait_ready(proc)
         except TimeoutError:
             await self._drop_channel()
             raise CommandTimeout(f"the agent on {self.name} did not start within {self.start_timeout:g} s") from None
-        if not ready:
+        if ready is None:
             self._path = None  # the host may have been replaced: reinstall next time
             raise await self._broken_channel("starting the agent")
         return proc
+
+    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> dict[str, Any] | None:
+        """The agent's ready line, past whatever the host printed first; None when the channel closed."""
+        assert proc.stdout is not None
+        noise: list[bytes] = []
+        while len(noise) < NOISE_LINES:
+            line = await proc.stdout.readline()
+            if not line:
+                return None
+            with contextlib.suppress(ValueError):
+                ready = json.loads(line)
+                if isinstance(ready, dict) and ready.get("ready") is True:
+                    if noise:
+                        log.debug("%s printed %d line(s) before the agent: %s", self.name, len(noise),
+                                  _shown(b"".join(noise[:3])))
+                    return ready
+            noise.append(line)
+        await self._drop_channel()
+        self._path = None
+        raise AgentError(f"the agent on {self.name} never said it was ready; the host printed "
+                         f"{_shown(b''.join(noise[:3]))}...", hint="check what the host's login prints")
 
     async def _broken_channel(self, op: str) -> TransportError:
         proc, self._proc = self._proc, None
@@ -370,3 +405,18 @@ class HostAgent:
     async def install_host_key(self, *, private_key: str, public_key: str) -> None:
         """Make the host's sshd present ``public_key`` from now on."""
         await self.call("install_host_key", {"private_key": private_key, "public_key": public_key})
+
+
+def _installed_path(host: str, output: str) -> str:
+    """The agent's path from the install script's framed line (a login banner around it is ignored)."""
+    for line in output.splitlines():
+        if line.startswith(PATH_MARK):
+            return line[len(PATH_MARK):].strip()
+    raise AgentError(f"installing the agent on {host} printed no path: {_shown(output.encode())}",
+                     hint="check that the host can write its data directory, and what its login prints")
+
+
+def _shown(raw: bytes) -> str:
+    """Text a host printed, short and safe to put in a message."""
+    text = raw.decode(errors="replace").strip().replace("\n", " | ")
+    return repr(text[:200] + ("..." if len(text) > 200 else ""))

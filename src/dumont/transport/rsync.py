@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dumont.agent.cleanchan import RSYNC_PATH
 from dumont.errors import TransportError
 from dumont.transport.ssh import CommandResult, run_local
 
@@ -52,12 +54,21 @@ def rsync_argv(
 ) -> list[str]:
     """The rsync options every pass uses; callers append source and destination."""
     argv = ["rsync", "-aHS", "--numeric-ids", "--ignore-times", "--files-from=-", "--from0", "--stats",
-            f"--timeout={io_timeout}", "-e", rsh]
+            f"--timeout={io_timeout}", *clean_channel(rsh)]
     if link_dest:
         argv.append(f"--link-dest={link_dest}")
     if bwlimit:
         argv.append(f"--bwlimit={bwlimit}")
     return argv
+
+
+def clean_channel(rsh: str) -> list[str]:
+    """``-e`` and ``--rsync-path`` that keep a chatty remote login (a ``.bashrc`` that prints) out of the protocol.
+
+    The remote side prints :data:`~dumont.agent.cleanchan.MARK` before it becomes rsync; the local relay
+    (``python -m dumont.agent clean-ssh``) drops everything up to it.
+    """
+    return ["-e", f"'{sys.executable}' -m dumont.agent clean-ssh {rsh}", f"--rsync-path={RSYNC_PATH}"]
 
 
 def path_list(paths: Sequence[str]) -> bytes:

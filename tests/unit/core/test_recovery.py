@@ -102,6 +102,17 @@ async def test_a_restore_that_fails_destroys_the_new_gpu(world: World, failed_ov
     assert failed_over.endpoint.stats().target == (failed_over.primary.ssh_host, failed_over.primary.ssh_port)  # type: ignore[union-attr]
 
 
+async def test_a_restore_that_crashes_on_a_bug_still_destroys_the_new_gpu(world: World,
+                                                                          failed_over: PairRuntime) -> None:
+    """hostile-review #4: a garbled answer raised JSONDecodeError mid-restore and the rented GPU stayed running."""
+    world.hosts.machine("vast-30000002").fail["present_pair_key"] = ValueError("Expecting value: line 1 column 1")
+    with pytest.raises(ValueError, match="Expecting value"):
+        await run_recovery(world, failed_over)
+    assert "30000002" in world.market.destroyed and "30000002" not in world.market.instances
+    destroyed = world.reasons("instance_destroyed")
+    assert any("unexpected ValueError: Expecting value" in reason for reason in destroyed), destroyed
+
+
 async def test_a_promotion_that_does_not_verify_keeps_the_cpu_serving(world: World, failed_over: PairRuntime) -> None:
     world.hosts.machine("vast-30000002").fail["verify_promoted"] = IntegrityError("data.csv differs")
     succeeded, error = await run_recovery(world, failed_over)

@@ -1,0 +1,75 @@
+"""A clean byte channel through a chatty login: ssh, with everything the remote shell prints first thrown away.
+
+OpenSSH runs every remote command through the user's shell, and Debian's bash reads ``~/.bashrc`` even for
+``ssh host cmd``: one ``echo`` there ends up in front of rsync's protocol and breaks it ("protocol version
+mismatch -- is your shell clean?"). Dumont does not ask people to clean their shells. The remote side prints
+:data:`MARK` on a line of its own just before it becomes rsync (the pair key's forced command does, and relay mode
+passes ``--rsync-path``); this side runs ssh, drops what comes before the mark, and then relays bytes both ways
+unchanged. Used as rsync's ``-e``: ``python agent.pyz clean-ssh ssh -F config -T`` (stdlib only, Python >= 3.8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+
+MARK = b"DUMONT-CHANNEL-OPEN\n"
+NOISE_LIMIT = 256 * 1024  # what a remote login may print before the mark
+CHUNK = 1 << 20
+RSYNC_PATH = "printf 'DUMONT-CHANNEL-OPEN\\n'; exec rsync"  # relay mode's --rsync-path
+
+
+def _pump(source: int, target: int) -> None:
+    """Copy bytes from ``source`` to ``target`` until end of file, then close ``target``."""
+    try:
+        while True:
+            data = os.read(source, CHUNK)
+            if not data:
+                break
+            view = memoryview(data)
+            while view:
+                view = view[os.write(target, view):]
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(target)
+
+
+def _skip_to_mark(fd: int) -> bytes:
+    """Read ``fd`` one byte at a time up to and including the mark; return what came before it."""
+    seen = bytearray()
+    line = bytearray()
+    while len(seen) < NOISE_LIMIT:
+        byte = os.read(fd, 1)
+        if not byte:
+            raise EOFError(bytes(seen))
+        line += byte
+        if byte == b"\n":
+            if bytes(line) == MARK:
+                return bytes(seen)
+            seen += line
+            line.clear()
+    raise EOFError(bytes(seen))
+
+
+def main(argv: list[str]) -> int:
+    """Run ``argv`` (an ssh command line) with a clean stdout; return its exit status."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    inbound = threading.Thread(target=_pump, args=(sys.stdin.fileno(), os.dup(proc.stdin.fileno())), daemon=True)
+    proc.stdin.close()
+    inbound.start()
+    try:
+        _skip_to_mark(proc.stdout.fileno())
+    except EOFError as exc:
+        shown = exc.args[0][-400:].decode(errors="replace") if exc.args else ""
+        sys.stderr.write("dumont: the remote side never opened the channel"
+                         + (f"; it printed: {shown!r}" if shown else "") + "\n")
+        proc.wait()
+        return proc.returncode or 12
+    _pump(proc.stdout.fileno(), os.dup(sys.stdout.fileno()))
+    return proc.wait()
