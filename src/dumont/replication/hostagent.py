@@ -190,9 +190,15 @@ class HostAgent:
 
     def _unwrap(self, op: str, response: dict[str, Any]) -> dict[str, Any]:
         if response.get("ok"):
-            result: dict[str, Any] = response["result"]
+            result = response.get("result")
+            if not isinstance(result, dict):
+                shown = _shown(repr(response).encode())
+                raise AgentError(f"{op} on {self.name}: the agent's answer holds no result: {shown}",
+                                 hint="the agent on the host may be damaged; it is reinstalled when it changes")
             return result
-        error = response.get("error") or {}
+        error = response.get("error")
+        if not isinstance(error, dict):
+            error = {}
         kind, message = str(error.get("kind", "AgentError")), str(error.get("message", "no message"))
         error_type = _ERRORS.get(kind)
         text = f"{op} on {self.name}: {message}"
