@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from dumont.errors import AgentError
-from dumont.localcloud import images
 from dumont.replication.modes import DIRECT, RELAY
 from dumont.replication.pairing import pair_hosts
 from dumont.transport.keys import generate_keypair
@@ -19,9 +18,9 @@ BANNER = "Welcome to your cloud VM\nTip: run `nvidia-smi` to see your GPU"
 
 
 @pytest.fixture
-async def chatty_pair(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> Pair:
+async def chatty_pair(cloud: Cloud) -> Pair:
     """gpu-1 and cpu-1 whose ~/.bashrc prints two lines for every login, paired for direct mode."""
-    monkeypatch.setenv(images.LOGIN_BANNER_ENV, BANNER)
+    cloud.pool.login_banner = BANNER
     gpu, cpu = await cloud.host("gpu-1", "gpu"), await cloud.host("cpu-1", "cpu")
     assert "Welcome to your cloud VM" in (gpu.base / "home" / ".bashrc").read_text()
     primary, standby = cloud.agent(gpu), cloud.agent(cpu)

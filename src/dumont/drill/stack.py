@@ -21,7 +21,7 @@ from dumont.config import Config, load_config, to_toml
 from dumont.core.controller import Controller
 from dumont.core.pair import PairRuntime
 from dumont.drill.profiles import FAST
-from dumont.localcloud import images, layout
+from dumont.localcloud import layout
 from dumont.localcloud.daemon import LocalCloud
 from dumont.localcloud.hosts import LocalHost
 from dumont.localcloud.ready import controller_dir, ensure_ready_config, free_port
@@ -156,11 +156,11 @@ async def build_stack(root: Path, overrides: dict[str, Any] | None = None, profi
     """Start the local cloud in-process, rent the first GPU, and write a config (profile + overrides) for it."""
     os.environ.setdefault("DUMONT_LOCAL_VAST_DELAY_SECONDS", "0")
     os.environ.setdefault("DUMONT_LOCAL_GCP_DELAY_SECONDS", "0")
-    # Every host greets every login, as real ones with a chatty ~/.bashrc do; the product must not mind.
-    os.environ.setdefault(images.LOGIN_BANNER_ENV, LOGIN_BANNER)
     state = root / "local"
     state.mkdir(parents=True)
-    cloud = LocalCloud(state)
+    # Every host greets every login, as real ones with a chatty ~/.bashrc do; the product must not mind. A setting
+    # of this cloud only: the process's environment (and so every later local cloud in it) is left as it was.
+    cloud = LocalCloud(state, login_banner=LOGIN_BANNER)
     ensure_keypair(layout.user_key(state), "dumont-test-user")
     await cloud.start_emulators()
     path = await ensure_ready_config(state, cloud.urls)

@@ -20,7 +20,8 @@ from dumont.transport.ssh import quote_remote
 
 log = logging.getLogger("dumont.drill")
 
-# Runs on the host (any Python 3): write one record every INTERVAL seconds, print "seq time host" once durable.
+# Runs on the host (any Python 3): write one record every INTERVAL seconds, print "ACK seq time host" once
+# durable. The marker matters: a real host may print a banner or a shell's noise on the same channel.
 REMOTE = r"""
 import os, sys, time
 ws = os.environ.get("DUMONT_WORKSPACE") or "/workspace"
@@ -39,7 +40,7 @@ while True:
     dirfd = os.open(folder, os.O_RDONLY)
     os.fsync(dirfd)
     os.close(dirfd)
-    print("%d %.6f %s" % (seq, now, host), flush=True)
+    print("ACK %d %.6f %s" % (seq, now, host), flush=True)
     seq += 1
     time.sleep(interval)
 """
@@ -117,9 +118,22 @@ class Writer:
         assert self._proc.stdout is not None
         try:
             while line := await self._proc.stdout.readline():
-                seq, at, host = line.decode().split()
-                self.records.append(Record(int(seq), float(at), host, at))
+                record = parse_ack(line)
+                if record is not None:
+                    self.records.append(record)
         finally:
             if self._proc.returncode is None:
                 self._proc.kill()
             await self._proc.wait()
+
+
+def parse_ack(line: bytes) -> Record | None:
+    """The record an ``ACK seq time host`` line acknowledges, or None for any other line (a banner, noise)."""
+    fields = line.decode(errors="replace").split()
+    if len(fields) != 4 or fields[0] != "ACK" or not fields[1].isdigit():
+        return None
+    try:
+        at = float(fields[2])
+    except ValueError:
+        return None
+    return Record(int(fields[1]), at, fields[3], fields[2])

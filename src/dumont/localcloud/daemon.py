@@ -40,9 +40,9 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 class LocalCloud:
     """The running local cloud: the pool plus its control API."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, login_banner: str | None = None) -> None:
         self.state_dir = state_dir
-        self.pool = HostPool(state_dir)
+        self.pool = HostPool(state_dir, login_banner=login_banner)
         self.token = secrets.token_urlsafe(24)
         self.stopping = asyncio.Event()
         self.emulators: list[Emulator] = []

@@ -73,6 +73,7 @@ class LocalHost:
     login_users: list[str] = field(default_factory=list)  # image hosts: who may log in (besides a refused root)
     reachable: bool = True  # False: a firewall keeps every new connection out
     namespace: bool = False  # its sshd runs in a mount namespace of its own (set at each start)
+    login_banner: str = ""  # what every login shell prints first, as a chatty ~/.bashrc does (its pool's setting)
 
     @property
     def base(self) -> Path:
@@ -259,7 +260,7 @@ def load(path: Path) -> LocalHost:
 
 
 def create_files(root: Path, name: str, mark: str, authorized_keys: list[str], *, image: str = images.MACHINE_NAME,
-                 login_users: dict[str, list[str]] | None = None) -> LocalHost:
+                 login_users: dict[str, list[str]] | None = None, login_banner: str = "") -> LocalHost:
     """Lay out a new host's directory tree, host key and login users with their authorized keys."""
     check_alias(name)
     if root.exists():
@@ -270,10 +271,10 @@ def create_files(root: Path, name: str, mark: str, authorized_keys: list[str], *
     host_key = root / "etc" / "ssh_host_ed25519_key"
     public = generate_keypair(host_key, f"dumont-local-{name}")
     host = LocalHost(name=name, root=str(root), port=0, user=getpass.getuser(), mark=mark, host_public_key=public,
-                     image=image)
+                     image=image, login_banner=login_banner)
     if profile.is_machine:
         write_private(host.authorized_keys, "".join(k.strip() + "\n" for k in authorized_keys))
-        images.write_shell_files(root / "home", profile)
+        images.write_shell_files(root / "home", profile, login_banner)
     else:
         images.nss_wrapper()  # fail now, with what to install, rather than at the first login
         host.address = new_address()
@@ -286,7 +287,7 @@ def create_files(root: Path, name: str, mark: str, authorized_keys: list[str], *
 
 def set_login_users(host: LocalHost, users: dict[str, list[str]]) -> None:
     """Give an image host these login users, each with its keys (as a cloud's guest agent does from metadata)."""
-    images.write_users(host.files, host.profile, users)
+    images.write_users(host.files, host.profile, users, host.login_banner)
     allowed = [u for u in users if u != "root" or host.profile.root_login]
     host.login_users = sorted(allowed)
     default = host.profile.default_user

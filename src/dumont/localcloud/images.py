@@ -178,7 +178,7 @@ def lay_out(root: Path) -> None:
         (root / sub).mkdir(parents=True, exist_ok=True, mode=0o755)
 
 
-def write_users(files: HostFiles, image: Image, users: dict[str, list[str]]) -> None:
+def write_users(files: HostFiles, image: Image, users: dict[str, list[str]], banner: str = "") -> None:
     """Write the host's passwd/group and each login user's home and authorized keys (as a guest agent does)."""
     uid, gid = os.getuid(), os.getgid()
     names = dict(users)
@@ -192,7 +192,7 @@ def write_users(files: HostFiles, image: Image, users: dict[str, list[str]]) -> 
         home = files.home(name)
         (home / ".ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
         _replace_managed_keys(home / ".ssh" / "authorized_keys", keys)
-        write_shell_files(home, image)
+        write_shell_files(home, image, banner)
 
 
 def _replace_managed_keys(keys_file: Path, keys: list[str]) -> None:
@@ -208,14 +208,13 @@ def _replace_managed_keys(keys_file: Path, keys: list[str]) -> None:
 
 
 def login_banner() -> str:
-    """What every login shell of every host prints first (``$DUMONT_LOCAL_LOGIN_BANNER``; empty: nothing)."""
+    """The default login banner of a new pool (``$DUMONT_LOCAL_LOGIN_BANNER``; empty: nothing)."""
     return os.environ.get(LOGIN_BANNER_ENV, "")
 
 
-def write_shell_files(home: Path, image: Image) -> None:
+def write_shell_files(home: Path, image: Image, banner: str = "") -> None:
     """A login user's ``~/.bashrc``: the login banner, if any, and Vast's automatic tmux."""
     bashrc = ""
-    banner = login_banner()
     if banner:
         # A chatty ~/.bashrc, as people have: Debian's bash reads it even for `ssh host cmd`, so the banner lands
         # on stdout ahead of whatever the command prints (hostile-review.md #4).

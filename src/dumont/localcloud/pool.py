@@ -24,8 +24,10 @@ from dumont.transport.keys import write_private
 class HostPool:
     """Every local host under ``<state_dir>/hosts``, and the sshd processes this pool started."""
 
-    def __init__(self, state_dir: Path, cloud_id: str | None = None) -> None:
+    def __init__(self, state_dir: Path, cloud_id: str | None = None, *, login_banner: str | None = None) -> None:
         self.state_dir = state_dir
+        # What every new host's login shells print first (a chatty ~/.bashrc); default ``$DUMONT_LOCAL_LOGIN_BANNER``.
+        self.login_banner = images.login_banner() if login_banner is None else login_banner
         self.hosts_dir = state_dir / "hosts"
         self.hosts_dir.mkdir(parents=True, exist_ok=True)
         id_file = state_dir / "cloud_id"
@@ -79,7 +81,8 @@ class HostPool:
         if name in self._hosts:
             raise LocalCloudError(f"local host {name} already exists", hint="pick another name")
         host = hostlib.create_files(self.hosts_dir / name, name, f"{self.cloud_id}/{name}", authorized_keys,
-                                    image=image or images.MACHINE_NAME, login_users=login_users)
+                                    image=image or images.MACHINE_NAME, login_users=login_users,
+                                    login_banner=self.login_banner)
         host.role, host.provider, host.instance_id = role, provider, instance_id
         if boot_script is not None:
             self._write_boot_script(host, boot_script)
