@@ -6,7 +6,13 @@ Snapshots share unchanged files as hard links, so a live workspace made of links
 commit by copying only what changed. Failing over is then one rename of the candidate (``mode="candidate"``).
 
 A freshly rented GPU being restored has no history worth keeping, so it promotes by taking its newest snapshot's
-tree itself and dropping all its snapshots (``mode="take"``): still one rename, and no copy at all.
+tree itself and dropping all its snapshots (``mode="take"``): still one rename, and no copy at all. A standby
+whose candidate is not complete does the same, rather than copy a whole tree at the worst moment (a full disk,
+hostile-review.md #1): a failover never needs free space.
+
+Taking over (``take_over``) is the failover as one step on the standby: drop the pair key and kill every receive,
+promote, and only then move the epoch on. A promotion that fails leaves the epoch where it was, so the standby is
+never left ahead of the controller refusing the primary (hostile-review.md #5); the controller pairs again.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import shutil
 import stat
 import time
 
+from . import pairing
 from .common import (
     DATA,
     KIND,
@@ -24,14 +31,15 @@ from .common import (
     Entry,
     Failure,
     Json,
-    accept_epoch,
     data_dir,
     dump_json,
+    read_epoch,
     read_json,
     remove_tree,
     snapshot_path,
     workspace_dir,
     write_atomic,
+    write_epoch,
 )
 from .scan import CHUNK, manifest_digest, scan_tree
 from .snapshots import apply_attributes, list_snapshots, snapshot_manifest
@@ -42,23 +50,33 @@ def candidate_dir() -> str:
     return os.path.join(data_dir(), "candidate")
 
 
-def _candidate_seq() -> int | None:
+def _candidate_manifest_path() -> str:
+    return os.path.join(data_dir(), "candidate-manifest.json")
+
+
+def candidate_seq() -> int | None:
+    """The snapshot the candidate is a complete copy of, or None while it is not one."""
     meta = read_json(os.path.join(data_dir(), "candidate.json"), {}) or {}
     seq = meta.get("seq")
-    return int(seq) if seq is not None and os.path.isdir(candidate_dir()) else None
+    complete = os.path.isdir(candidate_dir()) and os.path.exists(_candidate_manifest_path())
+    return int(seq) if seq is not None and complete else None
+
+
+def _invalidate_candidate() -> None:
+    write_atomic(os.path.join(data_dir(), "candidate.json"), dump_json({"seq": None}))
 
 
 def refresh_candidate(seq: int) -> Json:
     """Make the candidate an independent copy of snapshot ``seq``, copying only what differs from its last state."""
     started = time.time()
-    previous = _candidate_seq()
+    previous = candidate_seq()
     old: dict[str, Entry] = {}
     if previous is not None and previous in list_snapshots():
         old = {e[PATH]: e for e in snapshot_manifest(previous)}
     else:
         remove_tree(candidate_dir())  # unknown state (a crash mid-refresh): rebuild it whole
     # Marked invalid while it changes: a crash here leaves a candidate nobody will promote.
-    write_atomic(os.path.join(data_dir(), "candidate.json"), dump_json({"seq": None}))
+    _invalidate_candidate()
     entries = snapshot_manifest(seq)
     source = os.fsencode(os.path.join(snapshot_path(seq), "tree"))
     target = os.fsencode(candidate_dir())
@@ -71,8 +89,30 @@ def refresh_candidate(seq: int) -> Json:
         if entry[PATH] != "." and old.get(entry[PATH]) != entry:
             copied += _place(entry, source, target)
     apply_attributes(target, entries)
+    # Its own copy of the manifest: the candidate stays promotable even if the snapshots are pruned or lost.
+    shutil.copyfile(os.path.join(snapshot_path(seq), "manifest.json"), _candidate_manifest_path())
     write_atomic(os.path.join(data_dir(), "candidate.json"), dump_json({"seq": seq}))
     return {"seq": seq, "copied_bytes": copied, "seconds": time.time() - started}
+
+
+def refresh_candidate_op(args: Json) -> Json:
+    """Bring a stale candidate up to the newest snapshot (after a failback, when no pass changed anything)."""
+    seqs = list_snapshots()
+    if not seqs:
+        return {"seq": None, "copied_bytes": 0}
+    if candidate_seq() == seqs[-1]:
+        return {"seq": seqs[-1], "copied_bytes": 0}
+    return refresh_candidate(seqs[-1])
+
+
+def commit_candidate(seq: int) -> Json:
+    """Refresh the candidate after a commit; a failure (a full disk) leaves it invalid, and the commit stands."""
+    try:
+        return refresh_candidate(seq)
+    except OSError as exc:
+        _invalidate_candidate()
+        return {"seq": None, "error": f"the promotion candidate could not be refreshed: {exc}; a failover will "
+                                      f"take the newest snapshot whole instead"}
 
 
 def _remove(path: bytes) -> None:
@@ -136,32 +176,59 @@ def _copy_changes(source: bytes, dest: bytes) -> int:
     return written
 
 
+def _refuse_older(epoch: int) -> None:
+    current = read_epoch()
+    if epoch < current:
+        raise Failure("StaleEpochRefused",
+                      f"epoch {epoch} is older than this host's epoch {current}: another controller moved it on")
+
+
 def promote(args: Json) -> Json:
-    """Make the newest snapshot the live workspace (``candidate`` or ``take``, see the module docstring)."""
+    """Make the newest data the live workspace (``candidate`` or ``take``, see the module docstring); the epoch
+    moves on only once the workspace is in place."""
     started = time.time()
-    epoch = accept_epoch(int(args["epoch"]))
-    seqs = list_snapshots()
-    if not seqs:
-        raise Failure("NothingToPromote", "this host holds no complete snapshot to promote")
-    seq, mode = seqs[-1], args.get("mode", "candidate")
-    entries = snapshot_manifest(seq)
-    if mode == "take":
-        tree = os.path.join(snapshot_path(seq), "tree")
+    epoch = int(args["epoch"])
+    _refuse_older(epoch)
+    seqs, mode = list_snapshots(), args.get("mode", "candidate")
+    candidate = candidate_seq() if mode == "candidate" else None
+    if candidate is not None and (not seqs or candidate >= seqs[-1]):
+        seq, tree, used = candidate, candidate_dir(), "candidate"
+        entries = read_json(_candidate_manifest_path())
+    elif seqs:
+        seq, used = seqs[-1], "take"  # no complete candidate: take the snapshot itself, never copy
+        tree, entries = os.path.join(snapshot_path(seq), "tree"), snapshot_manifest(seq)
     else:
-        if _candidate_seq() != seq:
-            refresh_candidate(seq)  # slow path: the last commit did not refresh it
-        tree = candidate_dir()
+        raise Failure("NothingToPromote", "this host holds neither a complete candidate nor a complete snapshot")
     displaced = _clear_workspace()
-    os.rename(tree, workspace_dir())
-    if mode == "take":
-        for old in seqs:
-            remove_tree(snapshot_path(old))
-    else:
-        write_atomic(os.path.join(data_dir(), "candidate.json"), dump_json({"seq": None}))
-    write_atomic(os.path.join(data_dir(), "promoted.json"),
-                 dump_json({"epoch": epoch, "seq": seq, "mode": mode, "at": time.time()}))
-    return {"seq": seq, "mode": mode, "digest": manifest_digest(entries), "displaced": displaced,
+    try:
+        os.rename(tree, workspace_dir())
+    except OSError as exc:
+        raise Failure("PromoteFailed", f"could not move {tree} to the workspace {workspace_dir()}: {exc}; both must "
+                                       f"be on one filesystem (set DUMONT_DATA_DIR beside the workspace)") from exc
+    try:
+        if used == "take":
+            for old in seqs:  # they share inodes with what is now live: an in-place write would alter them
+                remove_tree(snapshot_path(old))
+        _invalidate_candidate()
+        write_atomic(os.path.join(data_dir(), "promoted.json"),
+                     dump_json({"epoch": epoch, "seq": seq, "mode": used, "at": time.time()}))
+        if epoch > read_epoch():
+            write_epoch(epoch)
+    except OSError as exc:
+        if used == "candidate":
+            os.rename(workspace_dir(), tree)  # back as it was: the epoch did not move, the candidate is intact
+        raise Failure("PromoteFailed", f"promoted snapshot {seq} but could not record it: {exc}") from exc
+    return {"seq": seq, "mode": used, "digest": manifest_digest(entries), "displaced": displaced,
             "files": sum(1 for e in entries if e[KIND] == "f"), "seconds": time.time() - started}
+
+
+def take_over(args: Json) -> Json:
+    """Failover on the standby, as one step: fence the old primary, promote, and only then take the new epoch."""
+    epoch = int(args["epoch"])
+    _refuse_older(epoch)
+    fenced = pairing.revoke_pair({"pair": args["pair"], "all": True})
+    promoted = promote({"epoch": epoch, "mode": args.get("mode", "candidate")})
+    return {**promoted, "removed": fenced["removed"], "killed": fenced["killed"]}
 
 
 def _clear_workspace() -> str | None:
@@ -184,7 +251,10 @@ def retire_workspace(args: Json) -> Json:
     The copy is named for the epoch in which it was live (the one before ``epoch``), so the first snapshot
     committed in ``epoch`` lets it go.
     """
-    epoch = accept_epoch(int(args["epoch"]))
+    epoch = int(args["epoch"])
+    _refuse_older(epoch)
+    if epoch > read_epoch():
+        write_epoch(epoch)
     workspace = workspace_dir()
     if not os.path.lexists(workspace):
         return {"retired": None}

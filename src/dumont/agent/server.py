@@ -128,7 +128,7 @@ def status(args: Json) -> Json:
     """The replica store: epoch, snapshots, last pass, disk."""
     os.makedirs(data_dir(), exist_ok=True)
     result = {"epoch": read_epoch(), "snapshots": [snapshots.snapshot_info(s) for s in snapshots.list_snapshots()],
-              "last_pass": snapshots.last_pass()}
+              "last_pass": snapshots.last_pass(), "candidate": promotion.candidate_seq()}
     result.update(disk_usage(data_dir()))
     return result
 
@@ -157,7 +157,7 @@ def commit(args: Json) -> Json:
     """Commit the staged pass; then refresh the promotion candidate (a standby) and drop superseded retirements."""
     result = snapshots.commit(args)
     if args.get("candidate", True):
-        result["candidate"] = promotion.refresh_candidate(int(result["seq"]))
+        result["candidate"] = promotion.commit_candidate(int(result["seq"]))
     result["dropped_retired"] = promotion.drop_superseded_retirements(int(args["epoch"]))
     return result
 
@@ -168,14 +168,16 @@ OPERATIONS: dict[str, Operation] = {
     "manifest": manifest, "verify": verify,
     "stage": snapshots.stage, "inspect": snapshots.inspect, "revert": snapshots.revert,
     "commit": commit, "record_pass": snapshots.record_pass,
-    "promote": promotion.promote, "retire_workspace": promotion.retire_workspace,
+    "promote": promotion.promote, "take_over": promotion.take_over, "retire_workspace": promotion.retire_workspace,
+    "refresh_candidate": promotion.refresh_candidate_op,
     "verify_promoted": promotion.verify_promoted,
     "authorize_pair": pairing.authorize_pair, "revoke_pair": pairing.revoke_pair,
     "install_pair_client": pairing.install_pair_client, "push": pairing.push,
     "install_host_key": pairing.install_host_key,
 }
 MUTATING = {"set_epoch", "stage", "revert", "commit", "record_pass", "authorize_pair", "revoke_pair",
-            "install_pair_client", "install_host_key", "promote", "retire_workspace"}
+            "install_pair_client", "install_host_key", "promote", "take_over", "retire_workspace",
+            "refresh_candidate"}
 
 
 def run_locked(operation: Operation, args: Json) -> Json:

@@ -108,7 +108,7 @@ def stage(args: Json) -> Json:
     latest = seqs[-1] if seqs else None
     if base != latest:
         raise Failure("BaseMoved", f"the standby's latest snapshot is {latest}, not {base}; rescan and retry")
-    usage = _check_space(int(args.get("needed_bytes", 0)), float(args.get("min_free_fraction", 0.05)))
+    usage = _make_room(int(args.get("needed_bytes", 0)), float(args.get("min_free_fraction", 0.05)), base)
     for name in os.listdir(data_dir()):
         if name.startswith("incoming-"):
             remove_tree(os.path.join(data_dir(), name))  # leftovers of interrupted or fenced passes
@@ -121,13 +121,20 @@ def stage(args: Json) -> Json:
     return {"tree": tree, "link_dest": link_dest, "linked": linked, "free_bytes": usage["free_bytes"]}
 
 
-def _check_space(needed: int, min_free_fraction: float) -> Json:
-    usage = disk_usage(data_dir())
-    reserve = int(usage["total_bytes"] * min_free_fraction)
-    if usage["free_bytes"] - needed < reserve:
-        raise Failure("InsufficientSpace", f"the standby has {usage['free_bytes']} bytes free; this pass needs "
-                                           f"{needed} plus a reserve of {reserve}")
-    return usage
+def _make_room(needed: int, min_free_fraction: float, base: int | None) -> Json:
+    """Check the pass fits; when it does not, prune snapshots older than the base first (SPEC §4.6), then refuse."""
+    older = [seq for seq in list_snapshots() if base is not None and seq < base]
+    while True:
+        usage = disk_usage(data_dir())
+        reserve = int(usage["total_bytes"] * min_free_fraction)
+        if usage["free_bytes"] - needed >= reserve:
+            return usage
+        if not older:
+            raise Failure("InsufficientSpace",
+                          f"the standby has {usage['free_bytes']} bytes free; this pass needs {needed} (the files "
+                          f"and the promotion candidate's copy of them) plus a reserve of {reserve}; grow the "
+                          f"standby's disk (standby.disk_gb) or shrink the workspace")
+        remove_tree(snapshot_path(older.pop(0)))
 
 
 def _link_base(base: int, tree: str, replaced: set[str]) -> int:

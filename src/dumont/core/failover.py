@@ -1,9 +1,11 @@
 """Failover (SPEC §4.4): fence the old primary, promote the standby, switch the endpoint; then fence by API.
 
-Order matters. The epoch moves on and the standby stops accepting the old primary *before* anything is promoted,
-so a primary that is only partitioned can never write again. Promotion renames the standby's candidate into
-place (no copy), and the endpoint switch is one assignment, so the user is back within about a second of the
-decision. Stopping or destroying the old instance through its provider happens afterwards, in the background.
+Order matters. The standby stops accepting the old primary (its key revoked, its pushes killed) *before*
+anything is promoted, so a primary that is only partitioned can never write again; the standby takes the new
+epoch only once the promotion has succeeded, all in one agent call (``take_over``), so a failed promotion never
+leaves it ahead of the controller refusing every pass (hostile-review.md #5). Promotion renames the standby's
+candidate into place (no copy), and the endpoint switch is one assignment, so the user is back within about a
+second of the decision. Stopping or destroying the old instance through its provider happens afterwards.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
     # The epoch is taken by compare-and-set: a second controller on this pair fails here, before fencing anything.
     new_epoch = ctx.store.advance_epoch(rt.name, rt.epoch)
     rt.epoch = new_epoch
+    rt.paired_epoch = None  # whatever happens next, the pair key is gone from the standby: pair again
     await ctx.ensure_ready(standby)  # known already, unless the controller restarted while it was unreachable
-    fenced = await ctx.hosts.fence(rt.name, standby, new_epoch)
-    promoted = await ctx.hosts.promote(standby, epoch=new_epoch, mode="candidate")
+    promoted = await ctx.hosts.take_over(rt.name, standby, new_epoch)
+    fenced = promoted
     await rt.endpoint.point_to((standby.ssh_host, standby.ssh_port), reason=cause, epoch=new_epoch)
     switched = ctx.clock()
     # Sessions still open to the old primary (a partitioned one may come back) must not keep writing there.

@@ -154,11 +154,16 @@ class FakeHosts:
                           self.clock(), len(primary.workspace), sum(len(d) for d in primary.workspace.values()),
                           len(changed), len(deleted), sent, (), bool(changed or deleted))
 
-    async def fence(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:
-        machine = self._use("fence", standby)
-        self._accept_epoch(machine, new_epoch)
+    async def take_over(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:
+        machine = self._use("take_over", standby)
+        if new_epoch < machine.epoch:
+            raise StaleEpochRefused(f"epoch {new_epoch} is older than {standby.alias}'s {machine.epoch}")
         machine.paired_for = None
-        return {"removed": 1, "killed": 0}
+        if not machine.snapshots:
+            raise IntegrityError(f"{standby.alias} holds no snapshot to promote")  # the epoch stays where it was
+        machine.workspace = dict(machine.snapshots[-1])
+        machine.epoch = new_epoch
+        return {"seq": len(machine.snapshots), "files": len(machine.workspace), "removed": 1, "killed": 0}
 
     async def promote(self, ref: HostRef, *, epoch: int, mode: str) -> dict[str, Any]:
         machine = self._use(f"promote:{mode}", ref)
@@ -179,6 +184,9 @@ class FakeHosts:
         machine = self._use("set_epoch", ref)
         self._accept_epoch(machine, epoch)
         return machine.epoch
+
+    async def epoch(self, ref: HostRef) -> int:
+        return self._use("epoch", ref).epoch
 
     async def retire_workspace(self, ref: HostRef, *, epoch: int) -> None:
         self._use("retire_workspace", ref).retired = True

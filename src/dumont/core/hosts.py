@@ -22,7 +22,7 @@ from dumont.errors import DumontError, HostUnreachable
 from dumont.replication.engine import PassReport, ReplicationPolicy, Replicator
 from dumont.replication.hostagent import HostAgent
 from dumont.replication.manifest import Manifest
-from dumont.replication.pairing import fence_primary, pair_hosts
+from dumont.replication.pairing import pair_hosts
 from dumont.transport.keys import KnownHosts, read_public_key
 from dumont.transport.ssh import SshTarget, SshTransport, run_local
 
@@ -142,9 +142,9 @@ class SshHosts:
                                 relay_dir=self.layout.relay_dir(pair), clock=self.clock)
         return await replicator.run_pass()
 
-    async def fence(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:
-        """Fence the former primary on the standby: the epoch moves on, its key goes, its pushes die."""
-        return dict(await fence_primary(pair=pair, new_epoch=new_epoch, standby=self.agent(standby)))
+    async def take_over(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:
+        """Fence the former primary and promote the standby in one agent call; the epoch moves last."""
+        return await self.agent(standby).take_over(pair=pair, epoch=new_epoch)
 
     async def promote(self, ref: HostRef, *, epoch: int, mode: str) -> dict[str, Any]:
         """Make the newest snapshot the live workspace."""
@@ -161,6 +161,10 @@ class SshHosts:
     async def set_epoch(self, ref: HostRef, epoch: int) -> int:
         """Raise the host's epoch."""
         return await self.agent(ref).set_epoch(epoch)
+
+    async def epoch(self, ref: HostRef) -> int:
+        """The host's epoch."""
+        return (await self.agent(ref).info()).epoch
 
     async def retire_workspace(self, ref: HostRef, *, epoch: int) -> None:
         """Move a former primary's workspace aside."""

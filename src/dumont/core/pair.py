@@ -81,8 +81,22 @@ async def ensure_paired(ctx: ControllerContext, rt: PairRuntime, source: HostRef
     await ctx.ensure_ready(target)
     if ctx.config.replication.mode != "direct" or rt.paired_epoch == rt.epoch:
         return
+    await reconcile_epoch(ctx, rt, target)
     await ctx.hosts.pair(rt.name, rt.epoch, source, target)
     rt.paired_epoch = rt.epoch
+
+
+async def reconcile_epoch(ctx: ControllerContext, rt: PairRuntime, target: HostRef) -> None:
+    """A standby already at a later epoch than the controller (a takeover whose answer was lost, an older
+    version's fence): move the pair's epoch up to it, so passes are not refused for ever (hostile-review.md #5)."""
+    theirs = await ctx.hosts.epoch(target)
+    if theirs <= rt.epoch:
+        return
+    ours = rt.epoch
+    rt.epoch = ctx.store.advance_epoch(rt.name, ours, to=theirs)
+    ctx.store.save_pair(rt.row())
+    ctx.event(rt.name, "epoch_reconciled", f"{target.alias} was at epoch {theirs}, ahead of the controller's "
+                                           f"{ours}; the pair moved up to it", {"from": ours, "to": rt.epoch})
 
 
 async def run_pass(ctx: ControllerContext, rt: PairRuntime, source: HostRef, target: HostRef, *,

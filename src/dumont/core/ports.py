@@ -60,8 +60,9 @@ class HostAccess(Protocol):
         """One replication pass ``source`` -> ``target`` (guards, staging, commit); raises if it did not land."""
         ...
 
-    async def fence(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:
-        """Move the standby to ``new_epoch``: the old primary's key is revoked and its running pushes killed."""
+    async def take_over(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:
+        """Failover on the standby, one step: the old primary's key revoked and its pushes killed, the newest data
+        promoted, and only then ``new_epoch`` taken (a failed promotion leaves the standby's epoch unchanged)."""
         ...
 
     async def promote(self, ref: HostRef, *, epoch: int, mode: str) -> dict[str, Any]:
@@ -78,6 +79,10 @@ class HostAccess(Protocol):
 
     async def set_epoch(self, ref: HostRef, epoch: int) -> int:
         """Raise the host's epoch to ``epoch``; return the host's epoch."""
+        ...
+
+    async def epoch(self, ref: HostRef) -> int:
+        """The highest epoch the host has accepted."""
         ...
 
     async def retire_workspace(self, ref: HostRef, *, epoch: int) -> None:
@@ -108,8 +113,9 @@ class StateStore(Protocol):
         """Insert or update a pair; its epoch never goes back."""
         ...
 
-    def advance_epoch(self, pair: str, expected: int) -> int:
-        """Take the pair's next epoch if it is still ``expected`` (compare-and-set); raise EpochConflict if not."""
+    def advance_epoch(self, pair: str, expected: int, *, to: int | None = None) -> int:
+        """Take the pair's next epoch (or ``to`` if higher) if it is still ``expected`` (compare-and-set); raise
+        EpochConflict if not."""
         ...
 
     def add_event(self, pair: str | None, kind: str, reason: str, data: dict[str, Any] | None = None) -> int:

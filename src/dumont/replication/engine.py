@@ -127,6 +127,10 @@ class Replicator:
         report = self._report(seq, scan, latest, started, diff, files_copied=0, bytes_sent=0,
                               deferred=diff.hot, copied=False)
         await self.standby.record_pass(epoch=scan.epoch, seq=seq, record=report.as_record())
+        if self.policy.keep_candidate and latest is not None and status.candidate != latest:
+            # After a failback nothing changed, yet the candidate is stale: a failover now would take a snapshot
+            # whole instead of renaming a copy (hostile-review.md #9).
+            await self.standby.refresh_candidate()
         return report
 
     async def _copy(
@@ -141,7 +145,9 @@ class Replicator:
             base_seq=status.latest.seq if status.latest else None,
             replace=[p for p in diff.changed if not _stays_directory(p, base, source)],
             delete=list(diff.deleted),
-            needed_bytes=sum(source[p].size for p in diff.changed if source[p].kind == FILE),
+            # Room for the files and, on a standby that keeps one, the candidate's own copy of them.
+            needed_bytes=(2 if self.policy.keep_candidate else 1)
+            * sum(source[p].size for p in diff.changed if source[p].kind == FILE),
             min_free_fraction=self.policy.min_free_fraction,
         )
         to_copy, bytes_sent = list(diff.changed), 0

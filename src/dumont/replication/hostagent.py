@@ -95,6 +95,7 @@ class StandbyStatus:
     last_pass: dict[str, Any] | None
     free_bytes: int
     total_bytes: int
+    candidate: int | None = None  # the snapshot its promotion candidate is a complete copy of
 
     @property
     def latest(self) -> SnapshotInfo | None:
@@ -321,7 +322,9 @@ class HostAgent:
                          s.get("manifest_digest"))
             for s in r["snapshots"]
         )
-        return StandbyStatus(int(r["epoch"]), snaps, r.get("last_pass"), int(r["free_bytes"]), int(r["total_bytes"]))
+        candidate = r.get("candidate")
+        return StandbyStatus(int(r["epoch"]), snaps, r.get("last_pass"), int(r["free_bytes"]), int(r["total_bytes"]),
+                             int(candidate) if isinstance(candidate, int) else None)
 
     async def manifest(self, seq: int, *, timeout: float = 120.0) -> Manifest:
         """The manifest of snapshot ``seq``."""
@@ -360,6 +363,14 @@ class HostAgent:
     async def promote(self, *, epoch: int, mode: str, timeout: float = 600.0) -> dict[str, Any]:
         """Make the newest snapshot the live workspace (``candidate``: a standby; ``take``: a restored GPU)."""
         return await self.call("promote", {"epoch": epoch, "mode": mode}, timeout=timeout)
+
+    async def take_over(self, *, pair: str, epoch: int, timeout: float = 600.0) -> dict[str, Any]:
+        """Failover on this standby as one step: fence the old primary, promote, then take ``epoch``."""
+        return await self.call("take_over", {"pair": pair, "epoch": epoch, "mode": "candidate"}, timeout=timeout)
+
+    async def refresh_candidate(self, *, timeout: float = 3600.0) -> dict[str, Any]:
+        """Bring a stale promotion candidate up to the newest snapshot."""
+        return await self.call("refresh_candidate", {}, timeout=timeout)
 
     async def retire_workspace(self, *, epoch: int) -> dict[str, Any]:
         """Move a former primary's live workspace aside as it becomes a standby."""

@@ -2,6 +2,8 @@
 
 The standby accepts the pair key through a forced command bound to one epoch (the agent's ``receive``), so a
 former primary can never write anything once the epoch has moved on, even over a connection it still holds.
+Fencing is part of the standby's take-over (``HostAgent.take_over``): the key revoked and every receive killed
+before the promotion, the epoch moved on after it.
 """
 
 from __future__ import annotations
@@ -36,8 +38,3 @@ async def pair_hosts(
         private_key=private_key, standby=standby_address, standby_host_key=standby_host_key
     )
 
-
-async def fence_primary(*, pair: str, new_epoch: int, standby: HostAgent) -> dict[str, object]:
-    """Fence the former primary on the standby: move the epoch on, drop the pair key, kill its receives."""
-    await standby.set_epoch(new_epoch)
-    return await standby.revoke_pair(pair=pair)

@@ -163,20 +163,22 @@ class Store:
                        "standby_host=excluded.standby_host, updated_at=excluded.updated_at",
                        (row.name, row.state, row.epoch, _json(row.primary), _json(row.standby), time.time()))
 
-    def advance_epoch(self, pair: str, expected: int) -> int:
-        """Take the pair's next epoch, compare-and-set: only if it is still ``expected``; return the new one.
+    def advance_epoch(self, pair: str, expected: int, *, to: int | None = None) -> int:
+        """Take the pair's next epoch (or ``to``, when it is higher: a host already there), compare-and-set: only
+        if it is still ``expected``; return the new one.
 
         :raises EpochConflict: the epoch is not ``expected`` (another writer took it): nothing was changed.
         """
+        new = max(expected + 1, to or 0)
         with self._tx() as db:
-            moved = db.execute("UPDATE pairs SET epoch = epoch + 1, updated_at = ? WHERE name = ? AND epoch = ?",
-                               (time.time(), pair, expected)).rowcount
+            moved = db.execute("UPDATE pairs SET epoch = ?, updated_at = ? WHERE name = ? AND epoch = ?",
+                               (new, time.time(), pair, expected)).rowcount
             if moved != 1:
                 row = db.execute("SELECT epoch FROM pairs WHERE name = ?", (pair,)).fetchone()
                 raise EpochConflict(f"pair {pair}: the epoch is {row[0] if row else 'unknown'}, not {expected}: "
                                     "another controller moved it on",
                                     hint="only one controller may act on a pair; stop the other one")
-        return expected + 1
+        return new
 
     # ------------------------------------------------------------------ events
 

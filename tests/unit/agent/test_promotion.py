@@ -37,6 +37,16 @@ def commit_source(host: Path, seq: int, epoch: int = 1) -> dict[str, object]:
     return server.commit({"epoch": epoch, "seq": seq, "entries": entries, "keep": 3, "record": {}})
 
 
+def commit_source_without_candidate(host: Path, seq: int) -> None:
+    """A commit whose candidate refresh did not happen (as when it failed)."""
+    real = promotion.refresh_candidate
+    promotion.refresh_candidate = lambda seq: {"seq": None}  # type: ignore[assignment]
+    try:
+        commit_source(host, seq)
+    finally:
+        promotion.refresh_candidate = real  # type: ignore[assignment]
+
+
 def inodes(root: Path) -> set[int]:
     return {p.lstat().st_ino for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
 
@@ -106,8 +116,97 @@ def test_retiring_a_workspace_keeps_it_until_a_later_snapshot(host: Path) -> Non
 
 
 def test_nothing_to_promote_is_refused(host: Path) -> None:
-    with pytest.raises(common.Failure, match="no complete snapshot"):
+    with pytest.raises(common.Failure, match="neither a complete candidate nor a complete snapshot"):
         promotion.promote({"epoch": 1, "mode": "candidate"})
+
+
+def test_a_complete_candidate_is_promoted_even_with_every_snapshot_gone(host: Path) -> None:
+    """hostile-review.md #5: `rm -rf snapshots/` with the candidate intact used to refuse the failover."""
+    build(host / "source")
+    commit_source(host, 1)
+    expected = describe_tree(Path(promotion.candidate_dir()))
+    shutil.rmtree(Path(common.data_dir()) / "snapshots")
+    result = promotion.promote({"epoch": 2, "mode": "candidate"})
+    assert (result["mode"], result["seq"], result["files"]) == ("candidate", 1, 3)
+    assert describe_tree(host / "workspace") == expected and common.read_epoch() == 2
+
+
+def test_a_stale_candidate_is_never_copied_at_failover_the_snapshot_is_taken_whole(host: Path) -> None:
+    """hostile-review.md #1: promotion rebuilt the candidate at the worst moment (a full disk); now no copy."""
+    build(host / "source")
+    commit_source(host, 1)
+    (host / "source" / "sub" / "notes.txt").write_text("v2")
+    commit_source_without_candidate(host, 2)
+    expected = describe_tree(Path(common.snapshot_path(2)) / "tree")
+    result = promotion.promote({"epoch": 2, "mode": "candidate"})
+    assert (result["mode"], result["seq"]) == ("take", 2)
+    assert describe_tree(host / "workspace") == expected
+    assert snapshots.list_snapshots() == [], "snapshots sharing inodes with the live tree are dropped"
+
+
+def test_a_failed_promotion_leaves_the_epoch_where_it_was(host: Path) -> None:
+    """hostile-review.md #5: the standby used to take the new epoch before a promotion that then failed."""
+    common.write_epoch(3)
+    with pytest.raises(common.Failure):
+        promotion.take_over({"pair": "main", "epoch": 4})
+    assert common.read_epoch() == 3
+
+
+def test_take_over_revokes_the_pair_key_then_promotes_then_takes_the_epoch(
+        host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = host / "authorized_keys"
+    keys.write_text('command="x receive 1",restrict ssh-ed25519 AAAA dumont-pair=main\nssh-ed25519 BBBB user\n')
+    monkeypatch.setenv("DUMONT_AUTHORIZED_KEYS", str(keys))
+    build(host / "source")
+    commit_source(host, 1)
+    result = promotion.take_over({"pair": "main", "epoch": 2})
+    assert result["removed"] == 1 and result["mode"] == "candidate"
+    assert keys.read_text() == "ssh-ed25519 BBBB user\n"
+    assert common.read_epoch() == 2
+    with pytest.raises(common.Failure, match="older than this host's epoch 2"):
+        promotion.take_over({"pair": "main", "epoch": 1})
+
+
+def test_a_commit_stands_when_the_candidate_cannot_be_refreshed(
+        host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    build(host / "source")
+
+    def full_disk(seq: int) -> dict[str, object]:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(promotion, "refresh_candidate", full_disk)
+    result = commit_source(host, 1)
+    assert result["seq"] == 1 and "No space left" in result["candidate"]["error"]
+    assert promotion.candidate_seq() is None and snapshots.list_snapshots() == [1]
+
+
+def test_a_stale_candidate_is_brought_up_to_date_on_request(host: Path) -> None:
+    build(host / "source")
+    commit_source_without_candidate(host, 1)
+    assert promotion.candidate_seq() is None
+    assert promotion.refresh_candidate_op({})["seq"] == 1
+    assert promotion.candidate_seq() == 1
+    assert promotion.refresh_candidate_op({})["copied_bytes"] == 0
+
+
+def test_a_pass_that_does_not_fit_prunes_old_snapshots_first_then_refuses(
+        host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC §4.6: old snapshots go before a pass is refused; the refusal names the disk setting."""
+    build(host / "source")
+    for seq in (1, 2, 3):
+        (host / "source" / "sub" / "notes.txt").write_text(f"v{seq}")
+        commit_source(host, seq)
+    free = {"value": 10_000}
+
+    def usage(path: str) -> dict[str, int]:
+        return {"free_bytes": free["value"] + 5_000 * (3 - len(snapshots.list_snapshots())), "total_bytes": 100_000}
+    monkeypatch.setattr(snapshots, "disk_usage", usage)
+    snapshots.stage({"epoch": 1, "base_seq": 3, "replace": [], "delete": [], "needed_bytes": 9_000,
+                     "min_free_fraction": 0.05})
+    assert snapshots.list_snapshots() == [2, 3], "the oldest went first, and only as many as needed"
+    with pytest.raises(common.Failure, match=r"standby.disk_gb"):
+        snapshots.stage({"epoch": 1, "base_seq": 3, "replace": [], "delete": [], "needed_bytes": 90_000,
+                         "min_free_fraction": 0.05})
+    assert snapshots.list_snapshots() == [3], "the base is never pruned"
 
 
 def test_a_changed_large_file_is_refreshed_in_place_chunk_by_chunk(host: Path) -> None:

@@ -97,7 +97,7 @@ async def test_a_bug_in_an_action_keeps_the_endpoint_listening(tmp_path: Path) -
     world = make_world(tmp_path)
     async for rt in synced_pair(world):
         controller = controller_of(world, rt)
-        world.machine(rt.standby).fail["fence"] = KeyError("epoch")
+        world.machine(rt.standby).fail["take_over"] = KeyError("epoch")
         world.ctx.store.add_intent("main", "failover")
         for _ in range(3):
             await controller.tick()

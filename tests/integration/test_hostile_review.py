@@ -1,0 +1,94 @@
+"""The hostile review's findings that only real hosts can show (hostile-review.md #1, #5, #9).
+
+A standby whose root is a small tmpfs (as root; skipped with the reason elsewhere) refuses a pass that would
+fill it instead of running out of space half-way, and still fails over by renaming its candidate.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dumont.errors import InsufficientSpace
+from tests.conftest import Pair
+
+FREE_MB = 15
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[Path, int], None]]:
+    """Put a directory on a tmpfs of its own with ``free_mb`` free beyond what it already holds."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a small filesystem needs root (mount -t tmpfs); this run is not root")
+    mounted: list[Path] = []
+
+    def shrink(folder: Path, free_mb: int) -> None:
+        stash = tmp_path / "stash"
+        subprocess.run(["cp", "-a", f"{folder}/.", str(stash)], check=True)
+        shutil.rmtree(folder)
+        folder.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(folder)], check=True)
+        mounted.append(folder)
+        subprocess.run(["cp", "-a", f"{stash}/.", str(folder)], check=True)
+        usage = shutil.disk_usage(folder)
+        size = usage.total - usage.free + free_mb * 2**20
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+        free = shutil.disk_usage(folder).free
+        assert abs(free - free_mb * 2**20) < 2**20, f"the tmpfs has {free} bytes free, not {free_mb} MB"
+
+    try:
+        yield shrink
+    finally:
+        for folder in reversed(mounted):
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+async def test_a_nearly_full_standby_refuses_the_pass_and_still_fails_over_by_rename(
+        pair: Pair, small_disk: Callable[[Path, int], None], fill: Callable[[Path, dict[str, bytes]], None],
+        tree_digest: Callable[[Path], dict[bytes, tuple[object, ...]]]) -> None:
+    """hostile-review.md #1: 15 MB free and a 12 MB change filled the standby (the candidate's copy was not
+    counted), and the failover then died on ENOSPC. Now the pass is refused before anything is written."""
+    fill(pair.primary.workspace, {"data/small.bin": os.urandom(200_000), "notes.txt": b"v1\n"})
+    first = await pair.replicator().run_pass()
+    expected = tree_digest(pair.snapshot_tree(first.snapshot_seq or 0))
+    await pair.standby_agent.close()
+    await pair.cloud.pool.stop(pair.standby.name)
+    small_disk(pair.standby.base, FREE_MB)
+    await pair.cloud.pool.start(pair.standby.name)
+
+    fill(pair.primary.workspace, {"data/big.bin": os.urandom(12 * 10**6)})
+    with pytest.raises(InsufficientSpace, match=r"standby\.disk_gb") as refused:
+        await pair.replicator().run_pass()
+    usage = shutil.disk_usage(pair.standby.base)
+    print(f"refused: {refused.value.message}; {usage.free} bytes still free")
+    assert usage.free > (FREE_MB - 1) * 2**20, "nothing of the refused pass was left on the standby"
+    status = await pair.standby_agent.status()
+    assert status.candidate == first.snapshot_seq, "the candidate is still complete"
+
+    started = time.monotonic()
+    promoted = await pair.standby_agent.take_over(pair="test", epoch=2)
+    took = time.monotonic() - started
+    print(f"take_over on the nearly full standby: {took:.3f} s, mode {promoted['mode']}")
+    assert promoted["mode"] == "candidate" and promoted["seq"] == first.snapshot_seq
+    assert tree_digest(pair.standby.workspace) == expected
+    assert (await pair.standby_agent.info()).epoch == 2
+
+
+async def test_a_failback_leaves_a_complete_candidate_even_when_nothing_changed(
+        pair: Pair, fill: Callable[[Path, dict[str, bytes]], None]) -> None:
+    """hostile-review.md #9: after a failback the candidate stayed invalid until the next change, so the next
+    failover copied the whole tree. An unchanged pass now brings a stale candidate up to date."""
+    fill(pair.primary.workspace, {"model.pt": os.urandom(300_000)})
+    first = await pair.replicator(keep_candidate=False).run_pass()  # as a GPU being restored gets its passes
+    assert (await pair.standby_agent.status()).candidate is None
+    unchanged = await pair.replicator().run_pass()
+    assert not unchanged.copied
+    assert (await pair.standby_agent.status()).candidate == first.snapshot_seq
+    promoted = await pair.standby_agent.take_over(pair="test", epoch=2)
+    assert promoted["mode"] == "candidate"
