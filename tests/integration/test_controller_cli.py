@@ -68,7 +68,7 @@ async def test_intents_are_recorded_and_carried_out_by_the_loop(stack: Stack) ->
     await stack.wait_for("the failover", lambda s: s["state"] == "failed_over", 30)
     assert "an operator asked for a failover" in stack.events("failover")[-1]["reason"]
 
-    code, out, _ = await dumont(stack, "events", "--json")
+    code, out, _ = await dumont(stack, "events", "--all", "--json")
     kinds = [json.loads(line)["kind"] for line in out.splitlines()]
     assert kinds.count("intent") == 4 and "failover" in kinds
 

@@ -51,3 +51,29 @@ def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     result = dumont("config", "check", str(tmp_path / "nope.toml"))
     assert result.returncode == 2
     assert "nope.toml" in result.stderr
+
+
+def test_an_api_on_every_interface_passes_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "dumont.toml"
+    path.write_text('[controller]\napi_listen = "0.0.0.0:8787"\n[[pairs]]\nname = "main"\n'
+                    'endpoint_listen = "127.0.0.1:2222"\n[pairs.primary]\nprovider = "vast"\n'
+                    '[pairs.standby]\nprovider = "vast"\n')
+    result = dumont("config", "check", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    [warning] = json.loads(result.stdout)["warnings"]
+    assert "listens on every interface" in warning
+
+
+def test_an_empty_file_fails_the_check(tmp_path: Path) -> None:
+    path = tmp_path / "dumont.toml"
+    path.write_text("")
+    result = dumont("config", "check", str(path))
+    assert result.returncode == 2 and "protects no pair" in result.stderr
+
+
+def test_a_local_host_name_that_is_a_path_is_refused_before_anything_is_asked(tmp_path: Path) -> None:
+    """hostile-review.md #18: `local kill 'vast-1/../gcp-…-standby-1'` killed the standby."""
+    for name in ("vast-30000005/../gcp-dumont-main-standby-1", "../../etc"):
+        result = dumont("local", "kill", name, "--state-dir", str(tmp_path))
+        assert result.returncode == 2, result.stderr
+        assert "is not usable as an SSH alias" in result.stderr and "Traceback" not in result.stderr

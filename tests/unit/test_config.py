@@ -119,8 +119,8 @@ def test_defaults_are_the_seed_values(path: str, expected: object) -> None:
     assert value_at(default_config(), path) == expected
 
 
-def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
-    assert parse({}, tmp_path) == default_config()
+def test_a_file_with_only_pairs_gives_the_defaults_for_the_rest(tmp_path: Path) -> None:
+    assert dataclasses.replace(parse({"pairs": [pair()]}, tmp_path), pairs=()) == default_config()
 
 
 def test_the_default_state_dir_is_under_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -136,29 +136,29 @@ def test_detection_worst_case_is_every_failed_check_plus_the_last_timeout() -> N
 
 # (dotted path, bad value, how the value is shown, what the problem says is expected)
 BAD_VALUES: list[tuple[str, Any, str, str]] = [
-    ("sync_interval_seconds", 0, "0", "must be a number of seconds greater than 0 (e.g. 30)"),
-    ("health_check_interval", -5, "-5", "must be a number of seconds greater than 0 (e.g. 10)"),
-    ("failover_threshold", 0, "0", "must be a whole number of failed checks, at least 1 (e.g. 3)"),
-    ("failover_threshold", 2.0, "2.0", "must be a whole number of failed checks, at least 1 (e.g. 3)"),
+    ("sync_interval_seconds", 0, "0", "must be a number of seconds greater than 0 and at most 604800 (e.g. 30)"),
+    ("health_check_interval", -5, "-5", "must be a number of seconds greater than 0 and at most 604800 (e.g. 10)"),
+    ("failover_threshold", 0, "0", "must be a whole number of failed checks from 1 to 1000000 (e.g. 3)"),
+    ("failover_threshold", 2.0, "2.0", "must be a whole number of failed checks from 1 to 1000000 (e.g. 3)"),
     ("auto_failover", "yes", "'yes'", "must be true or false"),
     ("auto_recovery", 1, "1", "must be true or false"),
-    ("gpu_max_price", 0, "0", "must be a price in $/h (Vast's dph_total) greater than 0 (e.g. 0.5)"),
-    ("gpu_max_price", True, "true", "must be a price in $/h (Vast's dph_total) greater than 0 (e.g. 0.5)"),
-    ("gpu_min_ram_gb", -8, "-8", "must be a number of GB of GPU memory greater than 0 (e.g. 8)"),
+    ("gpu_max_price", 0, "0", "must be a price in $/h (Vast's dph_total) greater than 0 and at most 1000 (e.g. 0.5)"),
+    ("gpu_max_price", True, "true", "must be a price in $/h (Vast's dph_total) greater than 0 and at most 1000 (e.g. 0.5)"),
+    ("gpu_min_ram_gb", -8, "-8", "must be a number of GB of GPU memory greater than 0 and at most 10000 (e.g. 8)"),
     ("gpu_preferred_regions", [], "[]", "must be a non-empty list"),
     ("gpu_preferred_regions", ["jp"], "['jp']", "2-letter country codes or region names"),
     ("gpu_preferred_regions", ["JP", "JP"], "['JP', 'JP']", "without repeats"),
     ("gpu_preferred_regions", "JP", "'JP'", "(e.g. ['TH', 'VN', 'JP', 'EU'])"),
     ("gpu_image", "", "''", "must be a non-empty string (e.g. 'pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime')"),
-    ("gpu_disk_gb", 0, "0", "must be a whole number of GB, at least 1 (e.g. 50)"),
+    ("gpu_disk_gb", 0, "0", "must be a whole number of GB from 1 to 65536 (e.g. 50)"),
     ("gpu_markets", ["gcp"], "['gcp']", "a non-empty list, without repeats, of GPU markets ('vast')"),
     ("gpu_markets", [], "[]", "(e.g. ['vast'])"),
-    ("ssh_wait_timeout", float("inf"), "inf", "must be a number of seconds greater than 0 (e.g. 300)"),
+    ("ssh_wait_timeout", float("inf"), "inf", "must be a number of seconds greater than 0 and at most 604800 (e.g. 300)"),
     ("gcp_spot", "true", "'true'", "must be true or false"),
     ("state_dir", "", "''", "must be a path (~ and paths relative to the config file's folder work)"
                             " (e.g. '~/.local/state/dumont')"),
     ("standby.machine_type", 5, "5", "must be a non-empty string (e.g. 'e2-medium')"),
-    ("standby.disk_gb", 5, "5", "must be a whole number of GB, at least 10 (e.g. 20)"),
+    ("standby.disk_gb", 5, "5", "must be a whole number of GB from 10 to 65536 (e.g. 20)"),
     ("standby.image", " ", "' '", "must be a non-empty string"),
     ("standby.termination_action", "stop", "'stop'", "must be one of 'STOP', 'DELETE'"),
     ("standby.ssh_user", "root", "'root'", "must be a user name other than root"),
@@ -166,18 +166,18 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("standby.network_tag", "Dumont_Standby", "'Dumont_Standby'", "must be a GCP network tag"),
     ("standby.ssh_source_ranges", ["10.0.0.1/8"], "['10.0.0.1/8']", "a non-empty list of address ranges"),
     ("standby.ssh_source_ranges", [], "[]", "(e.g. ['0.0.0.0/0'])"),
-    ("standby.boot_timeout_seconds", 0, "0", "must be a number of seconds greater than 0 (e.g. 600)"),
+    ("standby.boot_timeout_seconds", 0, "0", "must be a number of seconds greater than 0 and at most 604800 (e.g. 600)"),
     ("replication.mode", "push", "'push'", "must be one of 'direct', 'relay'"),
-    ("replication.keep_snapshots", 0, "0", "must be a whole number of snapshots, at least 1 (e.g. 3)"),
+    ("replication.keep_snapshots", 0, "0", "must be a whole number of snapshots from 1 to 1000000 (e.g. 3)"),
     ("replication.max_delete_fraction", 0, "0", "must be a fraction greater than 0 and at most 1 (e.g. 0.5)"),
     ("replication.max_delete_fraction", 1.5, "1.5", "must be a fraction greater than 0 and at most 1"),
     ("replication.near_empty_fraction", 1, "1", "must be a fraction at least 0 and less than 1 (e.g. 0.05)"),
     ("replication.min_free_fraction", 0.6, "0.6", "a fraction at least 0 and at most 0.5 (e.g. 0.05)"),
-    ("replication.transfer_timeout_seconds", 0, "0", "a number of seconds greater than 0 (e.g. 3600)"),
-    ("replication.io_timeout_seconds", 4, "4", "must be a whole number of seconds, at least 5 (e.g. 60)"),
-    ("replication.io_timeout_seconds", 60.0, "60.0", "must be a whole number of seconds, at least 5"),
+    ("replication.transfer_timeout_seconds", 0, "0", "a number of seconds greater than 0 and at most 604800 (e.g. 3600)"),
+    ("replication.io_timeout_seconds", 4, "4", "must be a whole number of seconds from 5 to 1000000 (e.g. 60)"),
+    ("replication.io_timeout_seconds", 60.0, "60.0", "must be a whole number of seconds from 5 to 1000000"),
     ("replication.standby_disk_alert_fraction", 0, "0", "must be a fraction greater than 0 and at most 1"),
-    ("health.probe_timeout_seconds", 0, "0", "must be a number of seconds greater than 0 (e.g. 5)"),
+    ("health.probe_timeout_seconds", 0, "0", "must be a number of seconds greater than 0 and at most 604800 (e.g. 5)"),
     ("health.gpu_check_command", "", "''", "must be a non-empty string (e.g. 'nvidia-smi')"),
     ("health.network_check_targets", ["vast.ai"], "['vast.ai']", 'must be a list of "host:port" addresses'),
     ("health.network_check_targets", ["vast.ai:0"], "['vast.ai:0']", "(e.g. ['console.vast.ai:443'])"),
@@ -186,25 +186,25 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("controller.api_listen", ":8787", "':8787'", 'must be a "host:port" address'),
     ("controller.api_token_file", "", "''", "must be the path of a file only you can read (mode 0600)"),
     ("controller.fence_action", "kill", "'kill'", "must be one of 'stop', 'destroy'"),
-    ("controller.max_recoveries_per_day", -1, "-1", "must be a whole number, at least 0 (e.g. 3)"),
-    ("controller.max_standby_attempts_per_hour", 0, "0", "must be a whole number, at least 1 (e.g. 3)"),
+    ("controller.max_recoveries_per_day", -1, "-1", "must be a whole number from 0 to 1000000 (e.g. 3)"),
+    ("controller.max_standby_attempts_per_hour", 0, "0", "must be a whole number from 1 to 1000000 (e.g. 3)"),
     ("controller.endpoint", "sidecar", "'sidecar'", "must be one of 'process', 'external', 'in-process'"),
     ("controller.endpoint_dir", 3, "3", "must be a path"),
-    ("controller.bootstrap_timeout_seconds", -1, "-1", "must be a number of seconds greater than 0 (e.g. 900)"),
+    ("controller.bootstrap_timeout_seconds", -1, "-1", "must be a number of seconds greater than 0 and at most 604800 (e.g. 900)"),
     ("controller.user_keys_file", 7, "7", "must be a path"),
     ("vast.api_url", "ftp://console.vast.ai", "'ftp://console.vast.ai'", "an http:// or https:// URL"),
     ("vast.api_url", "console.vast.ai", "'console.vast.ai'", "(e.g. 'https://console.vast.ai')"),
     ("vast.api_key_file", 5, "5", "must be the path of a file only you can read (mode 0600)"),
     ("vast.min_reliability", 1.5, "1.5", "must be a number at least 0 and at most 1 (e.g. 0.98)"),
     ("vast.interruptible", "yes", "'yes'", "must be true or false"),
-    ("vast.num_gpus", 0, "0", "must be a whole number of GPUs, at least 1 (e.g. 1)"),
+    ("vast.num_gpus", 0, "0", "must be a whole number of GPUs from 1 to 1000000 (e.g. 1)"),
     ("vast.gpu_name", "", "''", "must be a non-empty string (e.g. 'RTX 4090')"),
-    ("vast.offer_cache_size", -1, "-1", "must be a whole number of offers, at least 0 (e.g. 8)"),
-    ("vast.max_attempts", 0, "0", "must be a whole number of attempts, at least 1 (e.g. 5)"),
-    ("vast.backoff_initial_seconds", 0, "0", "must be a number of seconds greater than 0 (e.g. 5)"),
-    ("vast.backoff_max_seconds", -1, "-1", "must be a number of seconds greater than 0 (e.g. 60)"),
-    ("vast.launch_timeout_seconds", 0, "0", "must be a number of seconds greater than 0 (e.g. 3600)"),
-    ("vast.bid_margin", -0.1, "-0.1", "must be a fraction at least 0 (e.g. 0.2)"),
+    ("vast.offer_cache_size", -1, "-1", "must be a whole number of offers from 0 to 1000000 (e.g. 8)"),
+    ("vast.max_attempts", 0, "0", "must be a whole number of attempts from 1 to 1000000 (e.g. 5)"),
+    ("vast.backoff_initial_seconds", 0, "0", "must be a number of seconds greater than 0 and at most 604800 (e.g. 5)"),
+    ("vast.backoff_max_seconds", -1, "-1", "must be a number of seconds greater than 0 and at most 604800 (e.g. 60)"),
+    ("vast.launch_timeout_seconds", 0, "0", "must be a number of seconds greater than 0 and at most 604800 (e.g. 3600)"),
+    ("vast.bid_margin", -0.1, "-0.1", "must be a fraction at least 0 and at most 10 (e.g. 0.2)"),
     ("vast.bid_margin", "20%", "'20%'", "must be a fraction"),
     ("vast.image_registry_url", "hub.docker.com", "'hub.docker.com'", "(e.g. 'https://hub.docker.com')"),
     ("gcp.project", "", "''", "must be a non-empty string (e.g. 'my-project')"),
@@ -231,9 +231,10 @@ BAD_PAIR_VALUES: list[tuple[str, Any, str, str]] = [
     ("name", "-x", "'-x'", "(e.g. 'train')"),
     ("name", "a" * 41, repr("a" * 41), "1 to 40 lowercase letters"),
     ("endpoint_listen", "2222", "'2222'", "address with a port from 1 to 65535 (e.g. '127.0.0.1:2222')"),
-    ("workspace", "workspace", "'workspace'", "must be an absolute path other than \"/\", without \"..\""),
-    ("workspace", "/", "'/'", "(e.g. '/workspace')"),
-    ("workspace", "/data/../etc", "'/data/../etc'", "without \"..\""),
+    ("workspace", "workspace", "'workspace'", "must be \"/workspace\" (another workspace path is not supported"),
+    ("workspace", "/", "'/'", "move or link the data there"),
+    ("workspace", "/data/../etc", "'/data/../etc'", "not supported yet"),
+    ("workspace", "/data", "'/data'", "not supported yet"),  # hostile-review.md #7: accepted, then ignored
     ("primary.provider", "aws", "'aws'", "must be a registered provider ('gcp', 'vast')"),
     ("primary.instance_id", "", "''", "must be a non-empty string (e.g. '12345678')"),
     ("standby.provider", 5, "5", "must be a registered provider ('gcp', 'vast')"),
@@ -447,10 +448,10 @@ def test_a_refused_value_is_not_compared_again_by_a_timing_rule(tmp_path: Path) 
 
 
 def test_a_pair_is_read(tmp_path: Path) -> None:
-    data = {"gcp": {"project": "p"}, "pairs": [pair(primary="vast", standby="gcp", workspace="/data")]}
+    data = {"gcp": {"project": "p"}, "pairs": [pair(primary="vast", standby="gcp", workspace="/workspace")]}
     [read] = parse(data, tmp_path).pairs
     assert read == PairConfig(name="train", endpoint_listen="127.0.0.1:2222", primary=InstanceConfig("vast"),
-                              standby=InstanceConfig("gcp"), workspace="/data")
+                              standby=InstanceConfig("gcp"), workspace="/workspace")
 
 
 def test_a_pair_needs_its_name_endpoint_and_both_hosts(tmp_path: Path) -> None:
@@ -547,7 +548,7 @@ def test_problems_in_a_file_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "dumont.toml"
     path.write_text("health_check_interval = -5\n")
     assert check_config_file(path) == [
-        f"{path}: health_check_interval = -5: must be a number of seconds greater than 0 (e.g. 10)"]
+        f"{path}: health_check_interval = -5: must be a number of seconds greater than 0 and at most 604800 (e.g. 10)"]
 
 
 def test_a_syntax_error_reports_its_line_and_column(tmp_path: Path) -> None:
@@ -657,3 +658,31 @@ def test_a_key_that_would_do_nothing_is_refused_as_not_supported_yet(dotted: str
     """A key the controller would ignore is refused by name, not accepted in silence."""
     problems = problems_of(nested(dotted, True), tmp_path)
     assert any(f"{dotted}: not supported yet" in p for p in problems), problems
+
+
+# --- Hostile review #17: an empty file, absurd values, a wildcard API ---------------------------------------
+
+
+def test_an_empty_file_is_refused_for_protecting_nothing(tmp_path: Path) -> None:
+    [problem] = problems_of({}, tmp_path)
+    assert "sets nothing, so it protects no pair: add a [[pairs]] table" in problem
+
+
+@pytest.mark.parametrize(("path", "absurd"), [
+    ("sync_interval_seconds", 1e308), ("failover_threshold", 99999999999999999999),
+    ("health.probe_timeout_seconds", 8 * 24 * 3600.0), ("gpu_max_price", 1e9), ("gpu_min_ram_gb", 1e6),
+    ("standby.disk_gb", 10**9), ("vast.bid_margin", 1e6), ("replication.keep_snapshots", 10**7),
+])
+def test_an_absurd_value_is_refused_with_its_range(path: str, absurd: Any, tmp_path: Path) -> None:
+    [problem] = problems_of(nested(path, absurd), tmp_path)
+    assert problem.startswith(f"{SOURCE}: {path} = ")
+    assert " to " in problem or "at most" in problem, problem
+
+
+def test_an_api_on_every_interface_is_allowed_with_a_warning(tmp_path: Path) -> None:
+    from dumont.config import config_warnings
+
+    config = parse({"controller": {"api_listen": "0.0.0.0:8787"}, "pairs": [pair()]}, tmp_path)
+    [warning] = config_warnings(config)
+    assert "listens on every interface" in warning and "127.0.0.1" in warning
+    assert config_warnings(parse({"pairs": [pair()]}, tmp_path)) == []

@@ -22,6 +22,7 @@ from dumont.errors import DumontError
 INTENTS = ("failover", "sync", "recover", "pause", "resume")
 SHUTDOWN_SECONDS = 1.0
 MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger id names nothing
+EVENT_PAGE = 500  # the most events one answer carries; a client pages on with ?after=
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Extension = Callable[[web.Application], None]
 
@@ -161,14 +162,17 @@ class ApiServer:
         try:
             after = int(request.query.get("after", "0"))
             wait = float(request.query.get("wait", "0"))
+            last = int(request.query.get("last", "0"))
         except ValueError:
-            after, wait = -1, -1.0
-        if not 0 <= after <= MAX_ID or not (math.isfinite(wait) and wait >= 0):
-            return json_response({"error": "after must be an event id (0 or more) and wait a number of seconds",
-                                  "hint": "e.g. ?after=120&wait=25"}, status=400)
+            after, wait, last = -1, -1.0, -1
+        if not 0 <= after <= MAX_ID or not (math.isfinite(wait) and wait >= 0) or not 0 <= last <= EVENT_PAGE:
+            return json_response({"error": "after must be an event id (0 or more), wait a number of seconds and "
+                                           f"last a count from 1 to {EVENT_PAGE}",
+                                  "hint": "e.g. ?after=120&wait=25, or ?last=50 for the newest 50"}, status=400)
         wait = min(60.0, wait)
         pair = request.query.get("pair")
-        events = store.events(after=after, pair=pair)
+        # Paging: ?after=ID gives the next EVENT_PAGE events in order; ?last=N the newest N (hostile-review #12).
+        events = store.events(after=after, pair=pair, limit=last or EVENT_PAGE, newest=bool(last))
         if not events and wait > 0:
             try:
                 async with asyncio.timeout(wait), self._new_event:
@@ -176,7 +180,8 @@ class ApiServer:
             except TimeoutError:
                 pass
             events = store.events(after=after, pair=pair)
-        return json_response({"events": [e.as_dict() for e in events], "last_id": store.last_event_id()})
+        return json_response({"events": [e.as_dict() for e in events], "last_id": store.last_event_id(),
+                              "page_size": EVENT_PAGE})
 
     async def _intent(self, request: web.Request) -> web.Response:
         pair, kind = request.match_info["pair"], request.match_info["kind"]

@@ -20,11 +20,13 @@ def config_group() -> None:
 @json_option
 def check(path: Path, as_json: bool) -> None:
     """Report every problem in the config file PATH (exit 2 if there is any)."""
-    from dumont.config import check_config_file
+    from dumont.config import check_config_file, config_warnings, load_config
 
     problems = check_config_file(path)
-    emit({"path": str(path), "ok": not problems, "problems": problems}, as_json=as_json,
-         human=lambda d: f"{d['path']}: ok" if d["ok"] else "")
+    warnings = [] if problems else config_warnings(load_config(path))
+    emit({"path": str(path), "ok": not problems, "problems": problems, "warnings": warnings}, as_json=as_json,
+         human=lambda d: "\n".join([f"{d['path']}: ok", *(f"warning: {w}" for w in d["warnings"])])
+         if d["ok"] else "")
     if problems:
         raise ConfigError(f"{path}: {len(problems)} problem(s)", problems,
                           hint="nothing was started or changed; fix them and check again")

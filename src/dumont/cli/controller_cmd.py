@@ -94,11 +94,14 @@ class ControllerClient:
 @config_option
 def run_command(config_path: Path | None) -> None:
     """Run the controller in the foreground: protect every configured pair until Ctrl-C."""
+    from dumont.config import config_warnings
     from dumont.service import serve
 
     config = resolve_config(config_path)
     # A running controller's log is its transitions, one line each at INFO: shown without -v (which adds detail).
     logging.getLogger("dumont").setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
+    for warning in config_warnings(config):
+        logging.getLogger("dumont").warning("config: %s", warning)
 
     def ready(api: Any) -> None:
         click.echo(f"dumont controller protecting {len(config.pairs)} pair(s); API {api.url}; Ctrl-C stops it",
@@ -136,21 +139,43 @@ def _human_status(data: dict[str, Any]) -> str:
 @config_option
 @pair_option
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
-@click.option("--after", type=int, default=0, help="Only events after this id.")
+@click.option("--last", type=click.IntRange(1, 500), default=50, show_default=True,
+              help="Show the newest N events (ignored with --all or --after).")
+@click.option("--all", "show_all", is_flag=True, help="Show every event, oldest first, page by page.")
+@click.option("--after", type=click.IntRange(min=0), default=None, help="Only events after this id, oldest first.")
 @json_option
-def events_command(config_path: Path | None, pair: str | None, follow: bool, after: int, as_json: bool) -> None:
-    """Print the event log (one reason sentence per event); --json prints one JSON object per line."""
+def events_command(config_path: Path | None, pair: str | None, follow: bool, last: int, show_all: bool,
+                   after: int | None, as_json: bool) -> None:
+    """Print the event log, newest last (one reason sentence per event); --json prints one JSON object per line.
+
+    By default the newest 50; --all or --after ID pages through the log in order.
+    """
     client = ControllerClient(resolve_config(config_path))
-    params: dict[str, Any] = {"after": after}
+    params: dict[str, Any] = {}
     if pair is not None:
         params["pair"] = client.pair(pair)
-    while True:
-        data = client.get("/api/events", **params, wait=30 if follow else 0)
-        for event in data["events"]:
-            click.echo(json.dumps(event) if as_json else _human_event(event))
-            params["after"] = event["id"]
+    paging = show_all or after is not None
+    if paging:
+        params["after"] = after or 0
+    else:
+        data = client.get("/api/events", **params, last=last)
+        params["after"] = _print_events(data["events"], as_json) or 0
+        if not data["events"]:
+            params["after"] = data["last_id"]
         if not follow:
             return
+    while True:
+        data = client.get("/api/events", **params, wait=30 if follow else 0)
+        params["after"] = _print_events(data["events"], as_json) or params["after"]
+        if not follow and len(data["events"]) < data.get("page_size", 500):
+            return
+
+
+def _print_events(events: list[dict[str, Any]], as_json: bool) -> int | None:
+    """Print ``events``; return the last one's id."""
+    for event in events:
+        click.echo(json.dumps(event) if as_json else _human_event(event))
+    return int(events[-1]["id"]) if events else None
 
 
 def _human_event(event: dict[str, Any]) -> str:

@@ -86,8 +86,19 @@ def hosts(state_dir: Path | None, as_json: bool) -> None:
     emit(listing, as_json=as_json, human=human)
 
 
+def _host_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A host's name as the control API takes it: never a path (``vast-1/../gcp-x`` once killed the standby)."""
+    from dumont.errors import UsageError
+    from dumont.transport.keys import check_alias
+
+    try:
+        return check_alias(value)
+    except UsageError as exc:
+        raise click.BadParameter(f"{exc.message}; {exc.hint}") from None
+
+
 @local_group.command("add")
-@click.argument("name")
+@click.argument("name", callback=_host_name)
 @click.option("--role", default="", help="A free-form label shown in listings (gpu, cpu, ...).")
 @state_dir_option
 @json_option
@@ -99,7 +110,7 @@ def add(name: str, role: str, state_dir: Path | None, as_json: bool) -> None:
 
 def _fault_command(action: str, summary: str) -> click.Command:
     @click.command(action, help=summary)
-    @click.argument("host")
+    @click.argument("host", callback=_host_name)
     @state_dir_option
     @json_option
     def command(host: str, state_dir: Path | None, as_json: bool) -> None:

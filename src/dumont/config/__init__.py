@@ -30,7 +30,7 @@ others can read, broken timing rules -- and raises one ``ConfigError`` that list
 enter the config, only the paths of the 0600 files that hold them. ``toml`` writes a config back out.
 """
 
-from dumont.config.loading import check_config_file, default_config, load_config, parse_config
+from dumont.config.loading import check_config_file, config_warnings, default_config, load_config, parse_config
 from dumont.config.rules import ALL_EVENTS, REGION_NAMES, split_host_port
 from dumont.config.schema import (
     Config,
@@ -69,6 +69,7 @@ __all__ = [
     "TerminationAction",
     "VastConfig",
     "check_config_file",
+    "config_warnings",
     "config_to_dict",
     "default_config",
     "load_config",

@@ -51,6 +51,9 @@ def check_config_file(path: Path) -> list[str]:
 def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Config:
     """Check parsed TOML ``data`` from ``source`` (paths resolve against ``base_dir``); raise ConfigError."""
     reading = _Reading(source, base_dir)
+    if not data:
+        reading.note("the file sets nothing, so it protects no pair: add a [[pairs]] table (`dumont local up` and "
+                     "`dumont init` write a whole config; `dumont config defaults` prints every setting)")
     _refuse_secrets(data, "", reading)
     data, plugin_tables = _plugin_tables(data, reading)
     config = cast(Config, _read_table(Config, data, "", reading))  # Config has no required keys
@@ -262,6 +265,17 @@ def _suggest_key(key: str, known: list[str], prefix: str) -> str:
         where = f"under [{table}]" if table else "before the first [table] header"
         return f"did you mean {elsewhere[0]}? (it goes {where})"
     return "known keys here: " + ", ".join(known)
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Settings that are valid but probably not meant: said by ``config check`` and logged by ``dumont run``."""
+    warnings = []
+    host, _ = split_host_port(config.controller.api_listen)
+    if host in _WILDCARD_HOSTS:
+        warnings.append(f"controller.api_listen = {_show(config.controller.api_listen)} listens on every "
+                        f"interface: anyone who can reach this machine can try the API token; prefer "
+                        f"127.0.0.1 and an SSH tunnel, unless the network in between is yours")
+    return warnings
 
 
 def _check_timing(config: Config, reading: _Reading) -> None:

@@ -95,8 +95,14 @@ def _number(what: str, *, above: float | None = None, at_least: float | None = N
                  float)
 
 
-def _whole(what: str, *, at_least: int) -> _Rule:
-    return _when(f"{what}, at least {at_least}", lambda raw: _is_whole(raw) and raw >= at_least)
+# No setting means anything beyond these; a larger value is a typo (hostile-review.md #17: 1e308 was accepted).
+MAX_WHOLE: Final = 1_000_000
+MAX_SECONDS: Final = 7 * 24 * 3600
+
+
+def _whole(what: str, *, at_least: int, at_most: int = MAX_WHOLE) -> _Rule:
+    return _when(f"{what} from {at_least} to {at_most}",
+                 lambda raw: _is_whole(raw) and at_least <= raw <= at_most)
 
 
 def _choice(options_type: object) -> _Rule:
@@ -181,7 +187,7 @@ def _secret_file(raw: Any, base_dir: Path) -> Path:
 
 
 _PAIR_NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
-_SECONDS = _number("a number of seconds", above=0)
+_SECONDS = _number("a number of seconds", above=0, at_most=MAX_SECONDS)
 _FLAG = _when("true or false", lambda raw: isinstance(raw, bool), show_example=False)
 _TEXT = _when("a non-empty string", _is_text)
 _ADDRESS = _when('a "host:port" address with a port from 1 to 65535', _is_address)
@@ -193,7 +199,10 @@ _EVENTS = _when(f'a list of event names ("{ALL_EVENTS}" for every event)',
                 functools.partial(_is_list_of, _is_text), tuple)
 _PAIR_NAME = _when("1 to 40 lowercase letters, digits and dashes, starting with a letter or digit",
                    lambda raw: isinstance(raw, str) and _PAIR_NAME_PATTERN.fullmatch(raw) is not None)
-_WORKSPACE = _when('an absolute path other than "/", without ".."', _is_workspace)
+# The agent finds the workspace from the host itself ($DUMONT_WORKSPACE, else /workspace: Vast's images and the
+# hosts Dumont readies all use it); honouring another path is not built yet, so it is refused, not ignored.
+_WORKSPACE = _when('"/workspace" (another workspace path is not supported yet; move or link the data there)',
+                   lambda raw: raw == "/workspace" and _is_workspace(raw), show_example=False)
 _LOGIN = _when("a user name other than root (lowercase letters, digits, '_' and '-', starting with a letter)",
                lambda raw: isinstance(raw, str) and raw != "root"
                and re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", raw) is not None)

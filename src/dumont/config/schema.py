@@ -103,7 +103,8 @@ class StandbyConfig:
     """[standby]: the CPU machine that keeps the hot copy (a GCP spot VM)."""
 
     machine_type: str = field(default="e2-medium", metadata=_checked_by(_TEXT))
-    disk_gb: int = field(default=20, metadata=_checked_by(_whole("a whole number of GB", at_least=10)))
+    disk_gb: int = field(default=20, metadata=_checked_by(_whole("a whole number of GB", at_least=10,
+                                                                 at_most=65536)))
     image: str = field(default="projects/debian-cloud/global/images/family/debian-12",
                        metadata=_checked_by(_TEXT))
     termination_action: TerminationAction = field(default="STOP",
@@ -197,7 +198,7 @@ class VastConfig:
     launch_timeout_seconds: float = field(default=3600.0, metadata=_checked_by(_SECONDS))
     # An interruptible GPU bids this fraction over the offer's minimum bid (0.2: 20% more), so that it is not the
     # first to be outbid; lowered when needed so that bid + storage (dph_total) stays within gpu_max_price.
-    bid_margin: float = field(default=0.2, metadata=_checked_by(_number("a fraction", at_least=0)))
+    bid_margin: float = field(default=0.2, metadata=_checked_by(_number("a fraction", at_least=0, at_most=10)))
     # Docker Hub's API, asked whether gpu_image's tag exists before a GPU is rented (an unknown tag never runs).
     image_registry_url: str = field(default="https://hub.docker.com", metadata=_checked_by(_WEB_URL))
 
@@ -259,9 +260,9 @@ class Config:
     auto_failover: bool = field(default=True, metadata=_checked_by(_FLAG))
     auto_recovery: bool = field(default=True, metadata=_checked_by(_FLAG))
     gpu_max_price: float = field(default=0.50, metadata=_checked_by(_number(
-        "a price in $/h (Vast's dph_total)", above=0)))
+        "a price in $/h (Vast's dph_total)", above=0, at_most=1000)))
     gpu_min_ram_gb: float = field(default=8.0, metadata=_checked_by(_number("a number of GB of GPU memory",
-                                                                            above=0)))
+                                                                            above=0, at_most=10000)))
     gpu_preferred_regions: tuple[str, ...] = field(default=("TH", "VN", "JP", "EU"),
                                                    metadata=_checked_by(_REGIONS))
     # The seed's image (pytorch 2.1.0, CUDA 12.1, cuDNN 8) as it is published: pytorch's tags end in -runtime or
@@ -270,7 +271,8 @@ class Config:
     gpu_markets: tuple[str, ...] = field(default=("vast",), metadata=_checked_by(
         _providers_rule("gpu", "GPU markets")))
     gpu_image: str = field(default="pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime", metadata=_checked_by(_TEXT))
-    gpu_disk_gb: int = field(default=50, metadata=_checked_by(_whole("a whole number of GB", at_least=1)))
+    gpu_disk_gb: int = field(default=50, metadata=_checked_by(_whole("a whole number of GB", at_least=1,
+                                                                     at_most=65536)))
     # How long a running instance may take to answer SSH (the seed's 300 s); pulling the image and booting get
     # their own deadlines (vast.launch_timeout_seconds, standby.boot_timeout_seconds).
     ssh_wait_timeout: float = field(default=300.0, metadata=_checked_by(_SECONDS))

@@ -122,8 +122,9 @@ class StateStore(Protocol):
         """Append an event."""
         ...
 
-    def events(self, *, after: int = 0, pair: str | None = None, limit: int = 500) -> list[EventRow]:
-        """Events after an id, oldest first."""
+    def events(self, *, after: int = 0, pair: str | None = None, limit: int = 500,
+               newest: bool = False) -> list[EventRow]:
+        """Events after an id, oldest first: the first ``limit``, or the last ``limit`` with ``newest``."""
         ...
 
     def add_intent(self, pair: str, kind: str) -> int:

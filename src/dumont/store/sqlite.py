@@ -189,14 +189,16 @@ class Store:
                                 (time.time(), pair, kind, reason, json.dumps(data or {}, default=str)))
             return int(cursor.lastrowid or 0)
 
-    def events(self, *, after: int = 0, pair: str | None = None, limit: int = 500) -> list[EventRow]:
-        """Events with an id above ``after``, oldest first."""
+    def events(self, *, after: int = 0, pair: str | None = None, limit: int = 500,
+               newest: bool = False) -> list[EventRow]:
+        """Events with an id above ``after``, oldest first: the first ``limit`` of them, or the last (``newest``)."""
         sql = "SELECT id, at, pair, kind, reason, data FROM events WHERE id > ?"
         args: tuple[Any, ...] = (after,)
         if pair is not None:
             sql, args = sql + " AND pair = ?", (*args, pair)
-        rows = self._rows(sql + " ORDER BY id LIMIT ?", (*args, limit))
-        return [EventRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        rows = self._rows(sql + f" ORDER BY id {'DESC' if newest else ''} LIMIT ?", (*args, limit))
+        found = [EventRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return found[::-1] if newest else found
 
     def last_event_id(self) -> int:
         """The newest event's id (0 when the log is empty)."""
