@@ -169,10 +169,21 @@ class Controller:
         async def check(ref: HostRef | None) -> HostHealth | None:
             if ref is None or rt.state == PairState.PAUSED:
                 return None
-            return await probes.probe_host(ref, get_instance=instance, hosts=ctx.hosts,
-                                           timeout=timeout, command=command if ref.role == "gpu" else None)
+            health = await probes.probe_host(ref, get_instance=instance, hosts=ctx.hosts,
+                                             timeout=timeout, command=command if ref.role == "gpu" else None)
+            rt.last_probes[ref.alias] = (ctx.clock(), health)
+            return health
 
-        primary, standby = await asyncio.gather(check(rt.primary), check(rt.standby))
+        # A tick woken early (an intent, an outcome) reuses probes younger than half an interval: 2,000 intents
+        # must not mean 2,000 rounds of fresh SSH logins (hostile-review.md #15), and count no failure twice.
+        fresh_after = ctx.clock() - ctx.config.health_check_interval / 2
+        seen = [rt.last_probes.get(ref.alias) if ref is not None else None for ref in (rt.primary, rt.standby)]
+        reuse = rt.state != PairState.PAUSED and all(
+            ref is None or (s is not None and s[0] > fresh_after) for ref, s in zip((rt.primary, rt.standby), seen))
+        if reuse:
+            primary, standby = (s[1] if s is not None else None for s in seen)
+        else:
+            primary, standby = await asyncio.gather(check(rt.primary), check(rt.standby))
         now = ctx.clock()
         intents = tuple(Intent(i.id, i.kind, i.created_at) for i in ctx.store.pending_intents(rt.name))
         recoveries = ctx.store.operations_since(rt.name, "recovery", now - 86_400)
@@ -182,7 +193,7 @@ class Controller:
         return Observation(now=now, state=rt.state, has_standby=rt.standby is not None, primary=primary,
                            standby=standby, network_ok=network, sync=rt.sync, operation=rt.operation,
                            intents=intents, recoveries_today=max(0, recoveries), standby_attempts_last_hour=attempts,
-                           outcome=rt.outcome)
+                           outcome=rt.outcome, probed=not reuse)
 
     async def act(self, rt: PairRuntime, decision: Decision) -> None:
         """Carry out a decision's actions, in order."""

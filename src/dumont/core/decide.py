@@ -145,8 +145,8 @@ def _protecting(plan: _Plan, policy: Policy) -> None:
         plan.say(f"failed over to the standby: {obs.outcome.detail}")
         return
     operator_failover = _take_intent(plan, "failover")
-    primary_failures = _count(plan.memory.primary_failures, obs.primary)
-    standby_failures = _count(plan.memory.standby_failures, obs.standby)
+    primary_failures = _count(plan.memory.primary_failures, obs.primary if obs.probed else None)
+    standby_failures = _count(plan.memory.standby_failures, obs.standby if obs.probed else None)
     plan.memory = replace(plan.memory, primary_failures=primary_failures, standby_failures=standby_failures)
     standby_lost = (not obs.has_standby or (obs.standby is not None and obs.standby.provider_says_lost)
                     or standby_failures >= policy.standby_threshold)

@@ -62,6 +62,7 @@ class FakeMachine:
 
     alias: str
     workspace: dict[str, bytes] = field(default_factory=dict)
+    special: tuple[str, ...] = ()  # FIFOs and sockets in the workspace: a pass skips them
     snapshots: list[dict[str, bytes]] = field(default_factory=list)
     epoch: int = 0
     reachable: bool = True
@@ -152,7 +153,7 @@ class FakeHosts:
         sent = sum(len(primary.workspace[p]) for p in changed)
         return PassReport(pair, next(self._seq), primary.epoch, len(standby.snapshots), policy.mode, started,
                           self.clock(), len(primary.workspace), sum(len(d) for d in primary.workspace.values()),
-                          len(changed), len(deleted), sent, (), bool(changed or deleted))
+                          len(changed), len(deleted), sent, (), bool(changed or deleted), primary.special)
 
     async def take_over(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:
         machine = self._use("take_over", standby)

@@ -160,6 +160,7 @@ class Observation:
     recoveries_today: int = 0
     standby_attempts_last_hour: int = 0  # replace_standby operations started in the last hour
     outcome: Outcome | None = None  # reported by an inline effector since the last decision
+    probed: bool = True  # False: the host health is an earlier tick's (a woken tick), so it counts no failure
 
 
 @dataclass(frozen=True)

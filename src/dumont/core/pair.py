@@ -11,7 +11,16 @@ from typing import Any
 
 from dumont.config import PairConfig
 from dumont.core.context import ControllerContext, host_from_dict
-from dumont.core.model import HostRef, Memory, Observation, OperationStatus, Outcome, PairState, SyncStatus
+from dumont.core.model import (
+    HostHealth,
+    HostRef,
+    Memory,
+    Observation,
+    OperationStatus,
+    Outcome,
+    PairState,
+    SyncStatus,
+)
 from dumont.endpoint.ports import Endpoint
 from dumont.errors import DumontError
 from dumont.replication.engine import PassReport, ReplicationPolicy
@@ -46,6 +55,8 @@ class PairRuntime:
     awaiting_host_key: bool = False  # adopted: the endpoint holds connections until the primary is re-keyed
     outcome: Outcome | None = None  # what an inline effector reported, for the next decision only
     endpoint_lost: bool = False  # the endpoint did not answer the last refresh (said once)
+    skipped_said: set[str] = field(default_factory=set)  # the special files last named in an event
+    last_probes: dict[str, tuple[float, HostHealth]] = field(default_factory=dict)  # alias -> (when, health)
 
     @property
     def name(self) -> str:
@@ -127,10 +138,23 @@ async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None
             ctx.event(rt.name, "sync_failed", f"a sync pass failed: {exc}")
         return None
     ctx.store.record_pass(rt.name, report.as_record())
+    _say_skipped(ctx, rt, report.skipped)
     if rt.sync.consecutive_failures:
         ctx.event(rt.name, "sync_recovered", f"sync works again after {rt.sync.consecutive_failures} failed passes")
     rt.sync = SyncStatus(report.finished_at, started, 0, False, None)
     return report
+
+
+def _say_skipped(ctx: ControllerContext, rt: PairRuntime, skipped: tuple[str, ...]) -> None:
+    """Name the special files a pass left out, once for each new set (hostile-review.md #16: they were silent)."""
+    if not skipped or set(skipped) == rt.skipped_said:
+        rt.skipped_said = set(skipped)
+        return
+    rt.skipped_said = set(skipped)
+    shown = ", ".join(repr(p) for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    ctx.event(rt.name, "special_files_skipped",
+              f"{len(skipped)} special file(s) in the workspace are not replicated (FIFOs, sockets and devices "
+              f"cannot be copied): {shown}; a program recreates them when it starts", {"paths": list(skipped)})
 
 
 def show_operation(ctx: ControllerContext, rt: PairRuntime, op_id: int, kind: str, *, finished: bool = False,

@@ -72,6 +72,7 @@ class PassReport:
     bytes_sent: int
     deferred: tuple[str, ...]
     copied: bool
+    skipped: tuple[str, ...] = ()  # special files (FIFOs, sockets, devices) in the workspace: never copied
 
     @property
     def seconds(self) -> float:
@@ -86,7 +87,7 @@ class PassReport:
             "seconds": round(self.seconds, 4), "files_scanned": self.files_scanned,
             "bytes_scanned": self.bytes_scanned, "files_copied": self.files_copied,
             "files_deleted": self.files_deleted, "bytes_sent": self.bytes_sent, "deferred": list(self.deferred),
-            "copied": self.copied,
+            "copied": self.copied, "skipped": list(self.skipped),
         }
 
 
@@ -258,7 +259,7 @@ class Replicator:
             pair=self.pair, seq=seq, epoch=scan.epoch, snapshot_seq=snapshot, mode=self.policy.mode,
             started_at=started, finished_at=self.clock(), files_scanned=scan.manifest.file_count,
             bytes_scanned=scan.manifest.total_bytes, files_copied=files_copied, files_deleted=len(diff.deleted),
-            bytes_sent=bytes_sent, deferred=deferred, copied=copied,
+            bytes_sent=bytes_sent, deferred=deferred, copied=copied, skipped=scan.skipped,
         )
 
 

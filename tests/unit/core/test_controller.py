@@ -105,3 +105,49 @@ async def test_a_bug_in_an_action_keeps_the_endpoint_listening(tmp_path: Path) -
         _, writer = await asyncio.open_connection(*rt.endpoint.address)  # still accepting
         writer.close()
         assert [e.kind for e in world.ctx.store.events()].count("internal_error") == 1
+
+
+async def test_special_files_are_named_once_not_skipped_in_silence(tmp_path: Path) -> None:
+    """hostile-review.md #16: a FIFO and a socket in the workspace were skipped with no word."""
+    from dumont.core.pair import run_sync
+
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        assert rt.primary is not None
+        world.machine(rt.primary).special = ("run/app.sock", "pipes/in")
+        for n in range(3):
+            world.machine(rt.primary).workspace["log.txt"] = f"line {n}\n".encode()
+            report = await run_sync(world.ctx, rt)
+            assert report is not None and report.as_record()["skipped"] == ["run/app.sock", "pipes/in"]
+        [said] = world.reasons("special_files_skipped")
+        assert "2 special file(s)" in said and "'run/app.sock', 'pipes/in'" in said
+        world.machine(rt.primary).special = ("run/app.sock",)
+        await run_sync(world.ctx, rt)
+        assert len(world.reasons("special_files_skipped")) == 2, "a new set is named again"
+
+
+async def test_a_flood_of_woken_ticks_reuses_fresh_probes_and_counts_no_failure_twice(tmp_path: Path) -> None:
+    """hostile-review.md #15: each of 2,000 sync intents woke a full tick of fresh SSH probes."""
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        controller = controller_of(world, rt)
+        gpu = rt.primary
+        assert gpu is not None
+
+        def probes() -> int:
+            return sum(1 for op, _ in world.hosts.calls if op == "probe")
+
+        await controller.tick()
+        first, began = probes(), world.clock()
+        for _ in range(50):  # woken again and again, each intent a (virtual) 0.1 s pass
+            world.ctx.store.add_intent("main", "sync")
+            await controller.tick()
+        half = world.ctx.config.health_check_interval / 2
+        rounds = int((world.clock() - began) // half) + 1
+        assert probes() - first <= 2 * rounds < 50, "fresh probes at most once per half interval, not per wake"
+        world.machine(gpu).reachable = False
+        await world.clock.sleep(world.ctx.config.health_check_interval)
+        await controller.tick()
+        for _ in range(5):
+            await controller.tick()
+        assert rt.memory.primary_failures == 1, "one failed check, however many woken ticks saw it"
