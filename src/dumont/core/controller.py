@@ -179,7 +179,8 @@ class Controller:
         fresh_after = ctx.clock() - ctx.config.health_check_interval / 2
         seen = [rt.last_probes.get(ref.alias) if ref is not None else None for ref in (rt.primary, rt.standby)]
         reuse = rt.state != PairState.PAUSED and all(
-            ref is None or (s is not None and s[0] > fresh_after) for ref, s in zip((rt.primary, rt.standby), seen))
+            ref is None or (s is not None and s[0] > fresh_after)
+            for ref, s in zip((rt.primary, rt.standby), seen, strict=True))
         if reuse:
             primary, standby = (s[1] if s is not None else None for s in seen)
         else:
