@@ -133,3 +133,20 @@ def test_processes_are_found_by_mark_even_when_reparented() -> None:
         assert os.getpid() not in procs.host_processes("unit-test/self"), "the caller never kills itself"
     finally:
         del os.environ[procs.MARK]
+
+
+async def test_closing_the_transport_ends_its_shared_connections_at_once(cloud: Cloud) -> None:
+    """hostile-review.md #19: ControlMasters lingered ~30 s after the controller stopped (they ran in "ask" mode,
+    which refuses `ssh -O exit`)."""
+    hosts = [await cloud.host(name) for name in ("gpu-1", "cpu-1")]
+    for host in hosts:
+        await cloud.transport.run(host.target(), ["true"], timeout=20)
+    config = str(cloud.transport.config_path).encode()
+
+    def masters() -> list[int]:
+        return [int(pid) for pid in filter(str.isdigit, os.listdir("/proc"))
+                if _cmdline(int(pid)).startswith(b"ssh\0") and config in _cmdline(int(pid))]
+
+    assert len(masters()) == 2
+    await cloud.transport.close()
+    assert masters() == [], "no master outlives close()"

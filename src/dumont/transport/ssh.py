@@ -193,7 +193,9 @@ class SshTransport:
             if (self._runtime / target.alias).exists():
                 return
             log_path = self._runtime / f"{target.alias}.log"
-            argv = ["ssh", "-F", str(self.config_path), "-o", "ControlMaster=yes", "-M", "-N", "-f", target.alias]
+            # ControlMaster=yes alone: adding -M counts twice and makes the master "ask", which refuses the
+            # `-O exit` that close() sends, so masters outlived a stopped controller (hostile-review.md #19).
+            argv = ["ssh", "-F", str(self.config_path), "-o", "ControlMaster=yes", "-N", "-f", target.alias]
             with log_path.open("wb") as log:
                 # -f forks the master into the background once it is authenticated; its inherited output must not
                 # be one of our pipes, or we would wait for it to end.
