@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -22,16 +23,36 @@ CHUNK = 1 << 20
 RSYNC_PATH = "printf 'DUMONT-CHANNEL-OPEN\\n'; exec rsync"  # relay mode's --rsync-path
 
 
+def _read(fd: int, size: int) -> bytes:
+    """Read up to ``size`` bytes, waiting when ``fd`` is non-blocking (rsync may hand us such a descriptor)."""
+    while True:
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:
+            select.select([fd], [], [])
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            select.select([], [fd], [])
+
+
 def _pump(source: int, target: int) -> None:
-    """Copy bytes from ``source`` to ``target`` until end of file, then close ``target``."""
+    """Copy bytes from ``source`` to ``target`` until end of file, then close ``target``.
+
+    A non-blocking descriptor's EAGAIN is waited out, never taken for the end: ending the copy then would leave
+    rsync waiting for ever on a channel nobody feeds.
+    """
     try:
         while True:
-            data = os.read(source, CHUNK)
+            data = _read(source, CHUNK)
             if not data:
                 break
-            view = memoryview(data)
-            while view:
-                view = view[os.write(target, view):]
+            _write_all(target, data)
     except OSError:
         pass
     finally:
@@ -44,7 +65,7 @@ def _skip_to_mark(fd: int) -> bytes:
     seen = bytearray()
     line = bytearray()
     while len(seen) < NOISE_LIMIT:
-        byte = os.read(fd, 1)
+        byte = _read(fd, 1)
         if not byte:
             raise EOFError(bytes(seen))
         line += byte
