@@ -1,5 +1,6 @@
-"""Given two real sshd hosts that present one pair host key, the stable endpoint follows the primary with no
-host-key warning: a user's ``ssh dumont-<pair>`` reaches the GPU, then the CPU after the switch."""
+"""Given two real sshd hosts that present certificates of their own keys from one pair host CA, the stable endpoint
+follows the primary with no host-key warning: a user's ``ssh dumont-<pair>`` reaches the GPU, then the CPU after the
+switch; a revoked former primary is refused whatever certificate it holds."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from dumont.endpoint import EndpointRelay, host_alias, known_hosts_line, render_ssh_config, write_ssh_config
+from dumont.endpoint import EndpointRelay, host_alias, render_ssh_config, write_ssh_config
 from dumont.errors import HostKeyMismatch, HostUnreachable
 from dumont.localcloud.hosts import LocalHost
+from dumont.transport.hostcert import authority_line, revoked_line, sign_host_key
 from dumont.transport.keys import generate_keypair, write_private
 from dumont.transport.ssh import CommandResult, classify_ssh_failure, run_local
 from tests.conftest import Cloud, eventually
@@ -52,17 +54,21 @@ def write_user_config(cloud: Cloud, name: str, host: str, port: int, user: str) 
 
 
 async def hosts_with_pair_key(cloud: Cloud) -> tuple[LocalHost, LocalHost]:
-    """gpu-1 and cpu-1, both presenting the pair's host key, which the user trusts under the pair's alias only."""
+    """gpu-1 and cpu-1, both presenting a certificate from the pair's host CA, which the user trusts under the
+    pair's alias only."""
     gpu, cpu = await cloud.host("gpu-1"), await cloud.host("cpu-1")
-    public = generate_keypair(cloud.root / "pair_host_key", "dumont-pair-host")
+    ca = cloud.root / "pair_host_ca"
+    public = generate_keypair(ca, "dumont-pair-host-ca")
     for host in (gpu, cpu):
         agent = cloud.agent(host)
+        cert = await sign_host_key(ca, host.host_public_key, identity=host.name, principal=host_alias(PAIR))
         try:
-            await agent.install_host_key(private_key=(cloud.root / "pair_host_key").read_text(), public_key=public)
+            await agent.install_host_certificate(cert)
         finally:
             await agent.close()
-    # The user trusts the pair's key under its alias and nothing else: no host's own key, no address.
-    write_private(cloud.root / "user ssh" / "known_hosts", known_hosts_line(PAIR, public) + "\n", mode=0o644)
+    # The user trusts the pair's CA under its alias and nothing else: no host's own key, no address.
+    write_private(cloud.root / "user ssh" / "known_hosts", authority_line(host_alias(PAIR), public) + "\n",
+                  mode=0o644)
     for machine in (gpu, cpu):
         await wait_for_pair_key(cloud, machine)
     return gpu, cpu
@@ -120,7 +126,8 @@ async def test_the_endpoint_follows_the_primary_with_no_host_key_warning(endpoin
     assert_clean(result, "cpu-1")
     assert elapsed < 5, f"the first session after the switch took {elapsed:.2f} s"
     known = (endpoint.cloud.root / "user ssh" / "known_hosts").read_text().splitlines()
-    assert [line.split(" ")[0] for line in known] == [host_alias(PAIR)], "ssh must not have learnt another key"
+    assert [line.split(" ")[:2] for line in known] == [["@cert-authority", host_alias(PAIR)]], \
+        "ssh must not have learnt another key"
     stats = await endpoint.relay.wait_for_state(lambda s: s.active == 0, timeout=5)  # both sessions ended
     assert (stats.accepted, stats.failed_connects, stats.bytes_in > 0) == (2, 0, True)
 
@@ -151,4 +158,17 @@ async def test_an_old_session_stays_until_closed_and_then_new_ones_reach_the_new
             session.kill()
         await asyncio.wait_for(session.communicate(), 20)
 
+    assert_clean(await endpoint.ssh("printenv", "DUMONT_HOST"), "cpu-1")
+
+
+async def test_a_revoked_former_primary_is_refused_though_its_certificate_is_valid(endpoint: Endpoint) -> None:
+    """hostile-review.md #11: no private key is shared, and a host dropped at a failover cannot pose as the
+    endpoint later: its key is listed @revoked beside the CA."""
+    endpoint.relay.point_to(endpoint.address(endpoint.gpu), reason="start")
+    assert_clean(await endpoint.ssh("printenv", "DUMONT_HOST"), "gpu-1")
+    known = endpoint.cloud.root / "user ssh" / "known_hosts"
+    write_private(known, known.read_text() + revoked_line(endpoint.gpu.host_public_key) + "\n", mode=0o644)
+    refused = await endpoint.ssh("true")
+    assert refused.returncode != 0 and "revoked" in refused.stderr.decode(errors="replace").lower()
+    endpoint.relay.point_to(endpoint.address(endpoint.cpu), reason="failover")
     assert_clean(await endpoint.ssh("printenv", "DUMONT_HOST"), "cpu-1")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
 
+from dumont.core.hosts import scan_host_certificates
 from dumont.errors import AuthRefused, CommandTimeout, HostKeyMismatch, HostUnreachable
 from dumont.localcloud import procs
 from dumont.localcloud.hosts import HostState
-from dumont.transport.keys import generate_keypair, read_public_key
-from tests.conftest import Cloud, eventually
+from dumont.transport.hostcert import certificate_body, sign_host_key
+from dumont.transport.keys import generate_keypair
+from tests.conftest import Cloud
 
 
 async def test_a_session_sees_its_own_workspace_and_home(cloud: Cloud) -> None:
@@ -88,22 +91,22 @@ async def test_a_key_the_host_does_not_accept_is_refused(cloud: Cloud) -> None:
         await cloud.transport.check_reachable(host.target(), timeout=10)
 
 
-async def test_a_host_can_be_given_the_pairs_host_key(cloud: Cloud) -> None:
-    """Given a pair host key, when it is installed on a host, then the host presents it from then on."""
+async def test_a_host_presents_the_certificate_it_is_given_beside_its_own_key(cloud: Cloud) -> None:
+    """Given a certificate of its own key, the host presents it after one reload, and keeps its own key."""
     host = await cloud.host("gpu-1")
+    ca = cloud.root / "pair_host_ca"
+    generate_keypair(ca, "dumont-pair-host-ca")
+    cert = await sign_host_key(ca, host.host_public_key, identity="gpu-1", principal="dumont-train")
     agent = cloud.agent(host)
-    pair_host_key = cloud.root / "pair_host_key"
-    public = generate_keypair(pair_host_key, "dumont-pair-host")
     try:
-        await agent.install_host_key(private_key=pair_host_key.read_text(), public_key=public)
+        await agent.install_host_certificate(cert)
     finally:
         await agent.close()
-    cloud.known_hosts.pin("gpu-1", read_public_key(pair_host_key))
-
-    async def presents_pair_key() -> None:
-        await cloud.transport.check_reachable(host.target(), timeout=10)
-
-    await eventually(presents_pair_key, timeout=10, retry_on=(HostKeyMismatch,))
+    deadline = asyncio.get_running_loop().time() + 15
+    while certificate_body(cert) not in await scan_host_certificates("127.0.0.1", host.port, 5):
+        assert asyncio.get_running_loop().time() < deadline, "the certificate was never presented"
+        await asyncio.sleep(0.05)  # sshd re-executes itself on SIGHUP
+    await cloud.transport.check_reachable(host.target(), timeout=10)  # its own key, still pinned, still works
 
 
 async def test_shutdown_leaves_no_process_behind(cloud: Cloud) -> None:

@@ -195,15 +195,31 @@ def receive(epoch: int) -> None:
     os.execvp("rsync", argv)  # noqa: S606 - replaces this process with the validated receive
 
 
-def install_host_key(args: Json) -> Json:
-    """Make this host's sshd present the pair's host key (so the endpoint never changes identity)."""
-    path = os.environ.get("DUMONT_SSHD_HOST_KEY") or "/etc/ssh/ssh_host_ed25519_key"
-    write_atomic(path, args["private_key"].encode(), 0o600)
-    write_atomic(path + ".pub", (args["public_key"].strip() + "\n").encode(), 0o644)
+def install_host_certificate(args: Json) -> Json:
+    """Make this host's sshd present a certificate of its own host key (signed by the pair's host CA).
+
+    Only the certificate travels: the host keeps its own private key, and no key of the pair ever reaches it.
+    sshd is told where the certificate is (``HostCertificate``) if its config does not say so yet, then reloads.
+    """
+    key = os.environ.get("DUMONT_SSHD_HOST_KEY") or "/etc/ssh/ssh_host_ed25519_key"
+    cert = key + "-cert.pub"
+    write_atomic(cert, (args["certificate"].strip() + "\n").encode(), 0o644)
+    config = os.environ.get("DUMONT_SSHD_CONFIG") or "/etc/ssh/sshd_config"
+    try:
+        with open(config) as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise Failure("ReloadFailed", f"could not read sshd's config {config}: {exc}") from exc
+    wanted = {f"HostCertificate {cert}", f'HostCertificate "{cert}"'}
+    if not wanted & {line.strip() for line in lines}:
+        # Before any Match block: sshd takes HostCertificate only at the top level.
+        at = next((n for n, line in enumerate(lines) if line.strip().lower().startswith("match ")), len(lines))
+        lines.insert(at, f"HostCertificate {cert}")
+        write_atomic(config, ("\n".join(lines) + "\n").encode(), 0o644)
     pidfile = os.environ.get("DUMONT_SSHD_PIDFILE") or "/run/sshd.pid"
     try:
         with open(pidfile) as handle:
             os.kill(int(handle.read().strip()), signal.SIGHUP)
     except (OSError, ValueError) as exc:
-        raise Failure("ReloadFailed", f"could not ask sshd to reload its host key: {exc}") from exc
-    return {"path": path}
+        raise Failure("ReloadFailed", f"could not ask sshd to reload its host certificate: {exc}") from exc
+    return {"path": cert}

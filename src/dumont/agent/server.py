@@ -173,10 +173,10 @@ OPERATIONS: dict[str, Operation] = {
     "verify_promoted": promotion.verify_promoted,
     "authorize_pair": pairing.authorize_pair, "revoke_pair": pairing.revoke_pair,
     "install_pair_client": pairing.install_pair_client, "push": pairing.push,
-    "install_host_key": pairing.install_host_key,
+    "install_host_certificate": pairing.install_host_certificate,
 }
 MUTATING = {"set_epoch", "stage", "revert", "commit", "record_pass", "authorize_pair", "revoke_pair",
-            "install_pair_client", "install_host_key", "promote", "take_over", "retire_workspace",
+            "install_pair_client", "install_host_certificate", "promote", "take_over", "retire_workspace",
             "refresh_candidate"}
 
 

@@ -14,7 +14,7 @@ import asyncio
 import logging
 
 from dumont.core.context import ControllerContext
-from dumont.core.endpoint import publish_endpoint
+from dumont.core.endpoint import publish_endpoint, revoke_host
 from dumont.core.model import HostRef, Outcome
 from dumont.core.pair import PairRuntime, cancel, start_background
 from dumont.errors import DumontError
@@ -45,6 +45,7 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
     rt.paired_epoch = None
     rt.timings.update(decided_at=decided, endpoint_switched_at=switched)
     ctx.store.save_pair(rt.row())
+    revoke_host(ctx, rt, old)  # the certificate the old GPU holds no longer opens the endpoint
     publish_endpoint(ctx, rt)  # the CPU's login (Google's images refuse root) goes into the user's snippet
     ctx.event(rt.name, "failover", f"failed over to the standby: {cause}", {
         "epoch": new_epoch, "from": old.as_dict(), "to": standby.as_dict(), "snapshot_seq": promoted["seq"],

@@ -66,7 +66,7 @@ class FakeMachine:
     snapshots: list[dict[str, bytes]] = field(default_factory=list)
     epoch: int = 0
     reachable: bool = True
-    presents_pair_key: bool = False
+    certified: bool = False  # presents a certificate of its key from the pair's host CA
     paired_for: int | None = None  # the epoch a pair key lets it push into
     retired: bool = False
     fail: dict[str, DumontError | BaseException] = field(default_factory=dict)  # operation -> raised, every time
@@ -121,8 +121,11 @@ class FakeHosts:
         del machine
         return HostReadiness("/usr/bin/python3", "3.11.2", "/usr/bin/rsync", (), ref.ssh_user, fresh=fresh)
 
-    async def present_pair_key(self, ref: HostRef, pair: str) -> None:
-        self._use("present_pair_key", ref).presents_pair_key = True
+    def host_key(self, ref: HostRef) -> str | None:
+        return "ssh-ed25519 AAAAFAKE" + "".join(c for c in ref.alias if c.isalnum())
+
+    async def certify_host(self, ref: HostRef, pair: str) -> None:
+        self._use("certify_host", ref).certified = True
 
     async def probe(self, ref: HostRef, *, timeout: float, command: str | None) -> tuple[ProbeResult, ...]:
         self.calls.append(("probe", ref.alias))

@@ -2,8 +2,8 @@
 
 One agent channel per host, kept open; host keys pinned per alias in the controller's own known_hosts (trust on
 first use only for a machine just created, through ``ssh-keyscan``); every host readied once (``bootstrap``) and
-its agent started with the Python found there; the pair's host key installed on every host so the endpoint's
-identity never changes.
+its agent started with the Python found there; each host's own key certified by the pair's host CA, so the
+endpoint's identity never changes and no private key of the pair leaves the controller (``transport/hostcert``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from dumont.core.bootstrap import HostReadiness, ready_host
 from dumont.core.layout import ControllerLayout
 from dumont.core.model import HostRef, ProbeResult
 from dumont.core.ports import Clock, Sleep
+from dumont.endpoint.sshconfig import host_alias
 from dumont.errors import DumontError, HostUnreachable
 from dumont.replication.engine import PassReport, ReplicationPolicy, Replicator
 from dumont.replication.hostagent import HostAgent
 from dumont.replication.manifest import Manifest
 from dumont.replication.pairing import pair_hosts
-from dumont.transport.keys import KnownHosts, read_public_key
+from dumont.transport.hostcert import VALID_SECONDS, certificate_body, sign_host_key
+from dumont.transport.keys import KnownHosts
 from dumont.transport.ssh import SshTarget, SshTransport, run_local
 
 log = logging.getLogger("dumont.controller")
@@ -45,6 +47,7 @@ class SshHosts:
         self.clock, self.sleep = clock, sleep
         self._agents: dict[str, HostAgent] = {}
         self._readiness: dict[str, HostReadiness] = {}
+        self._certified: dict[str, tuple[float, str]] = {}  # alias -> (when its certificate was issued, pair)
 
     # ------------------------------------------------------------------ channels
 
@@ -100,26 +103,29 @@ class SshHosts:
         self._readiness[ref.alias] = ready
         return ready
 
-    async def present_pair_key(self, ref: HostRef, pair: str) -> None:
-        """Make the host present the pair's host key, and pin that key for it."""
-        key_path = self.layout.pair_host_key(pair)
-        public = read_public_key(key_path)
-        if self.known_hosts.keys_for(ref.alias) == [" ".join(public.split()[:2])]:
+    def host_key(self, ref: HostRef) -> str | None:
+        """The host's own key, as pinned at first contact."""
+        keys = self.known_hosts.keys_for(ref.alias)
+        return keys[0] if keys else None
+
+    async def certify_host(self, ref: HostRef, pair: str) -> None:
+        """Make the host present a certificate of its own key for the pair's endpoint (renewed at half-life)."""
+        issued = self._certified.get(ref.alias)
+        if issued is not None and issued[1] == pair and self.clock() - issued[0] < VALID_SECONDS / 2:
             return
-        # Both keys are trusted while sshd reloads, so a probe that lands in between sees no stranger.
-        self.known_hosts.pin(ref.alias, public, keep_existing=True)
-        await self.agent(ref).install_host_key(private_key=key_path.read_text(), public_key=public)
-        await self.forget(ref, still_ready=True)
-        self.known_hosts.pin(ref.alias, public)
+        own = self.host_key(ref)
+        if own is None:
+            raise DumontError(f"{ref.alias} has no pinned host key to certify", hint="reach the host first")
+        cert = await sign_host_key(self.layout.pair_host_ca(pair), own, identity=f"{ref.alias} for {pair}",
+                                   principal=host_alias(pair))
+        await self.agent(ref).install_host_certificate(cert)
         deadline = self.clock() + 20
-        while True:
-            try:
-                await self.transport.check_reachable(target_of(ref), timeout=10)
-                return
-            except DumontError:
-                if self.clock() > deadline:
-                    raise
+        while certificate_body(cert) not in await scan_host_certificates(ref.ssh_host, ref.ssh_port, 10):
+            if self.clock() > deadline:
+                raise DumontError(f"{ref.alias} does not present its new host certificate after 20 s",
+                                  hint="check that its sshd reads HostCertificate from its config (sshd -T)")
             await self.sleep(0.1)  # sshd re-executes itself on SIGHUP; bounded by the deadline above
+        self._certified[ref.alias] = (self.clock(), pair)
 
     async def probe(self, ref: HostRef, *, timeout: float, command: str | None) -> tuple[ProbeResult, ...]:
         """TCP, a fresh SSH login and the optional command, concurrently; never raises."""
@@ -174,6 +180,13 @@ class SshHosts:
         """Free and total bytes of the host's data disk."""
         info = await self.agent(ref).info()
         return info.free_bytes, info.total_bytes
+
+
+async def scan_host_certificates(host: str, port: int, timeout: float) -> set[str]:
+    """The host certificates (``"<type> <base64>"``) a host's sshd presents; empty when it presents none."""
+    result = await run_local(["ssh-keyscan", "-c", "-T", str(max(1, int(timeout))), "-p", str(port), host],
+                             timeout=timeout + 5, what=f"ssh-keyscan -c {host}:{port}")
+    return {certificate_body(line) for line in result.text.splitlines() if "-cert-v01@openssh.com " in line}
 
 
 async def scan_host_key(host: str, port: int, timeout: float) -> str:

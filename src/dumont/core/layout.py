@@ -25,9 +25,13 @@ class ControllerLayout:
         """The key a primary pushes to its standby with (direct mode)."""
         return self.root / "keys" / f"pair-{pair}"
 
-    def pair_host_key(self, pair: str) -> Path:
-        """The host key every host of the pair presents, so the endpoint never changes identity."""
-        return self.root / "keys" / f"pair-{pair}-host"
+    def pair_host_ca(self, pair: str) -> Path:
+        """The CA that certifies each host of the pair for its endpoint (never leaves the controller)."""
+        return self.root / "keys" / f"pair-{pair}-host-ca"
+
+    def revoked_host_keys(self, pair: str) -> Path:
+        """Host keys of former primaries, refused for the pair's endpoint whatever certificate they hold."""
+        return self.root / "keys" / f"pair-{pair}-revoked"
 
     @property
     def known_hosts(self) -> Path:

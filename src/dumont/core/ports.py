@@ -44,8 +44,12 @@ class HostAccess(Protocol):
         """Ready the host for the agent once (Python, rsync, workspace); later calls answer from memory."""
         ...
 
-    async def present_pair_key(self, ref: HostRef, pair: str) -> None:
-        """Make the host present the pair's host key, and pin that key for it."""
+    def host_key(self, ref: HostRef) -> str | None:
+        """The host's own key (``"ssh-ed25519 AAAA..."``), as pinned at first contact; None before it."""
+        ...
+
+    async def certify_host(self, ref: HostRef, pair: str) -> None:
+        """Make the host present a certificate of its own key, signed by the pair's host CA, for the endpoint."""
         ...
 
     async def probe(self, ref: HostRef, *, timeout: float, command: str | None) -> tuple[ProbeResult, ...]:

@@ -67,7 +67,7 @@ async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
     try:
         await ctx.ensure_ready(cpu)
         await ctx.ensure_ready(gpu)
-        await ctx.hosts.present_pair_key(gpu, rt.name)
+        await ctx.hosts.certify_host(gpu, rt.name)
         await _restore(ctx, rt, cpu, gpu, progress)
         await _catch_up_and_switch(ctx, rt, cpu=cpu, gpu=gpu, progress=progress)
     except Exception as exc:

@@ -2,7 +2,7 @@
 
 The GPU is never touched: it keeps serving the endpoint meanwhile. A standby the provider stopped or preempted
 keeps its disk, so it is started again first (cheaper than a new VM and a full copy; it comes back on a new
-address, the same pinned key). Otherwise a new VM is created, readied, given the pair's host key and filled; the
+address, the same pinned key). Otherwise a new VM is created, readied, certified for the endpoint and filled; the
 lost standby is deleted once the new one holds a complete snapshot. A VM this operation created that never
 becomes usable (no SSH, no rsync, a first pass refused) is deleted before the operation ends: a retry must never
 leave one more billed machine behind.
@@ -85,7 +85,7 @@ async def _fill(ctx: ControllerContext, rt: PairRuntime, op_id: int, instance: I
     _step(ctx, rt, op_id, "waiting_ssh", {"instance_id": instance.instance_id})
     new = await _wait_running(ctx, instance)
     await ctx.ensure_ready(new)
-    await ctx.hosts.present_pair_key(new, rt.name)
+    await ctx.hosts.certify_host(new, rt.name)
     _step(ctx, rt, op_id, "syncing", {})
     rt.standby, rt.paired_epoch = new, None
     ctx.store.save_pair(rt.row())

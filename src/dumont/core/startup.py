@@ -4,8 +4,9 @@ A pair the store already knows is resumed as it was (state, epoch, hosts, unfini
 adopted from the config: its primary instance is looked up through its provider, which is also asked to let the
 controller's key in (Vast applies account keys only to instances created after them), and its standby too if one
 is named (otherwise the loop creates one). The endpoint and the API come up at once; every host is then reached
-in the background, its host key pinned, readied (Python, rsync) and given the pair's host key so the endpoint's
-identity never changes. An adopted pair's endpoint holds new connections until its primary presents that key.
+in the background: its host key pinned, readied (Python, rsync), certified by the pair's host CA so the
+endpoint's identity never changes. An adopted pair's endpoint holds new connections until its primary presents
+its certificate.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def prepare_state(config: Config) -> ControllerLayout:
     ensure_keypair(layout.controller_key, "dumont-controller")
     for pair in config.pairs:
         ensure_keypair(layout.pair_key(pair.name), f"dumont-pair-{pair.name}")
-        ensure_keypair(layout.pair_host_key(pair.name), f"dumont-pair-{pair.name}-host")
+        ensure_keypair(layout.pair_host_ca(pair.name), f"dumont-pair-{pair.name}-host-ca")
     return layout
 
 
@@ -154,11 +155,11 @@ def _resume_operation(ctx: ControllerContext, rt: PairRuntime) -> None:
 
 
 async def _reach(ctx: ControllerContext, rt: PairRuntime, ref: HostRef) -> None:
-    """Pin the host's key (first contact) and make it present the pair's host key; a failure is left to probes."""
+    """Pin the host's key (first contact) and certify it for the endpoint; a failure is left to probes."""
     try:
         await ctx.hosts.reach(ref, deadline=ctx.clock() + min(60.0, ctx.config.ssh_wait_timeout))
         await ctx.ensure_ready(ref)
-        await ctx.hosts.present_pair_key(ref, rt.name)
+        await ctx.hosts.certify_host(ref, rt.name)
     except DumontError as exc:
         ctx.event(rt.name, "host_unreachable", f"could not reach {ref.alias} at start-up: {exc}")
 
@@ -175,5 +176,5 @@ async def start_endpoint(ctx: ControllerContext, rt: PairRuntime) -> None:
         await rt.endpoint.point_to((rt.primary.ssh_host, rt.primary.ssh_port), reason=f"serving {rt.primary.alias}",
                                    epoch=rt.epoch)
     if rt.awaiting_host_key:
-        await rt.endpoint.hold(reason="the adopted primary does not present the pair's host key yet")
+        await rt.endpoint.hold(reason="the adopted primary does not present its host certificate yet")
     publish_endpoint(ctx, rt)

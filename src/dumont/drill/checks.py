@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import statistics
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dumont.drill.integrity import missing_or_changed
@@ -55,6 +56,20 @@ def data_loss(run: DrillRun) -> dict[str, Any]:
         "rpo_seconds": round(failed_at - newest_kept, 3) if newest_kept is not None else None,
         "newest_lost_write_age_seconds": round(failed_at - max(r.at for r in lost), 3) if lost else 0.0,
     }
+
+
+def hosts_holding_key(hosts_dir: Path, key: Path) -> list[str]:
+    """The hosts with a file holding ``key``'s private part (hostile-review.md #11: it was on every GPU)."""
+    lines = [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
+    needle = lines[0].encode() if lines else b""
+    found = []
+    for host in sorted(p for p in hosts_dir.iterdir() if p.is_dir()):
+        for path in host.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size < 1 << 20 \
+                    and needle and needle in path.read_bytes():
+                found.append(host.name)
+                break
+    return found
 
 
 def integrity(run: DrillRun) -> dict[str, list[str]]:
@@ -118,6 +133,10 @@ def verdicts(run: DrillRun, loss: dict[str, Any], mismatches: dict[str, list[str
         destroyed = any(e["data"].get("instance_id") == failed for e in run.timeline.events_of("instance_destroyed"))
         result.append(Check("the failed GPU was destroyed", destroyed, "instance_destroyed event seen"
                             if destroyed else "no instance_destroyed event for the failed GPU"))
+    if "ca_key_found_on" in run.facts:
+        found = run.facts["ca_key_found_on"]
+        result.append(Check("the pair's host CA key is on no host", not found,
+                            f"found on {', '.join(found)}" if found else "no file of any host holds it"))
     result.append(Check("no process left behind", not leftovers, f"leftover pids: {leftovers}" if leftovers
                         else "every process of the local cloud ended"))
     return result

@@ -76,7 +76,7 @@ def _architecture(add: Any, data: dict[str, Any]) -> None:
     add("   v")
     add(f"CPU standby (local GCP, {cfg.get('standby_machine', '?')}, spot={cfg.get('gcp_spot')})   "
         f"{setup['figures'].get('standby_instance', '?')}")
-    add("Stable SSH endpoint: a TCP relay on the controller; every host presents the pair's host key")
+    add("Stable SSH endpoint: a TCP relay on the controller; every host presents a certificate from the pair's host CA")
     add("```")
     add("")
     add("### Configuration")

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from dumont.core.layout import ControllerLayout
 from dumont.drill import checks
 from dumont.drill.integrity import TreeHashes, hash_tree
 from dumont.drill.profiles import PROFILES, SCENARIOS
@@ -285,6 +286,9 @@ async def _tear_down(run: DrillRun | None, cloud_root: Path, keep: bool) -> list
         await run.writer.stop()
         run.facts["metrics_scrape"] = await _scrape(run)
         leftovers = await tear_down(run.stack)
+        run.facts["ca_key_found_on"] = await asyncio.to_thread(
+            checks.hosts_holding_key, run.stack.cloud.pool.hosts_dir,
+            ControllerLayout(run.config.state_dir).pair_host_ca(run.config.pairs[0].name))
     if not keep:
         await asyncio.to_thread(shutil.rmtree, cloud_root, True)
     return sorted(leftovers)

@@ -1,8 +1,8 @@
 """The ``Host dumont-<pair>`` ssh_config block and known_hosts line a user reaches a pair's endpoint with.
 
-Every host of a pair presents the pair's own host key, so the key is pinned once under the alias
-``dumont-<pair>`` (``HostKeyAlias``) rather than under an address: a failover changes where the relay forwards,
-never what the client must trust. ``StrictHostKeyChecking`` is always ``yes``.
+Every host of a pair presents a certificate of its own host key from the pair's host CA, so the CA is trusted
+once under the alias ``dumont-<pair>`` (``HostKeyAlias``) rather than under an address: a failover changes where
+the relay forwards, never what the client must trust. ``StrictHostKeyChecking`` is always ``yes``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def render_ssh_config(  # noqa: PLR0917 - the signature the controller was promi
         f"  HostKeyAlias {alias}",
         f"  UserKnownHostsFile {_quote_path(known_hosts)}",
         "  StrictHostKeyChecking yes",
-        # Only the pair's key is trusted; learning one machine's own extra keys would tie the alias to it.
+        # Only the pair's CA is trusted; learning one machine's own keys would tie the alias to it.
         "  UpdateHostKeys no",
     ]
     return "\n".join(lines) + "\n"

@@ -193,6 +193,7 @@ def session_env(host: LocalHost) -> dict[str, str]:
         "DUMONT_DATA_DIR": str(host.data_dir),
         "DUMONT_SSHD_HOST_KEY": str(host.host_key),
         "DUMONT_SSHD_PIDFILE": str(host.pidfile),
+        "DUMONT_SSHD_CONFIG": str(host.base / "etc" / "sshd_config"),
         procs.MARK: host.mark,
     }
     if host.profile.is_machine:
@@ -214,6 +215,8 @@ def sshd_config(host: LocalHost) -> str:
         f"Port {host.port}",
         f"ListenAddress {host.address}",
         f'HostKey "{host.host_key}"',
+        # Where a pair's host certificate goes (the agent's install_host_certificate); sshd starts without one.
+        f'HostCertificate "{host.host_key}-cert.pub"',
         f'PidFile "{host.pidfile}"',
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",

@@ -419,9 +419,9 @@ class HostAgent:
                                      "io_timeout": io_timeout, "bwlimit": bwlimit}, timeout=timeout + 30)
         return RsyncRun(int(r["returncode"]), r["stdout"], r["stderr"], float(r["seconds"]))
 
-    async def install_host_key(self, *, private_key: str, public_key: str) -> None:
-        """Make the host's sshd present ``public_key`` from now on."""
-        await self.call("install_host_key", {"private_key": private_key, "public_key": public_key})
+    async def install_host_certificate(self, certificate: str) -> None:
+        """Make the host's sshd present ``certificate`` (of its own host key) beside its key."""
+        await self.call("install_host_certificate", {"certificate": certificate})
 
 
 def _installed_path(host: str, output: str) -> str:

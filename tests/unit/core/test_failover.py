@@ -34,6 +34,9 @@ async def test_a_failover_fences_promotes_and_switches_then_reports_its_outcome(
             == ["take_over"], "fenced and promoted in one step on the standby"
         snippet = (world.ctx.layout.ssh_dir("main") / "config").read_text()
         assert "User dumont" in snippet, "the user's ssh_config names the CPU's login (Google refuses root)"
+        known = (world.ctx.layout.ssh_dir("main") / "known_hosts").read_text().splitlines()
+        assert known[0].startswith("@cert-authority dumont-main ssh-ed25519 "), "the user trusts the pair's CA"
+        assert known[1:] == [f"@revoked * {world.hosts.host_key(gpu)}"], "the old GPU's certificate is worthless"
         assert world.kinds().count("failover") == 1
 
 

@@ -105,7 +105,7 @@ async def test_a_restore_that_fails_destroys_the_new_gpu(world: World, failed_ov
 async def test_a_restore_that_crashes_on_a_bug_still_destroys_the_new_gpu(world: World,
                                                                           failed_over: PairRuntime) -> None:
     """hostile-review #4: a garbled answer raised JSONDecodeError mid-restore and the rented GPU stayed running."""
-    world.hosts.machine("vast-30000002").fail["present_pair_key"] = ValueError("Expecting value: line 1 column 1")
+    world.hosts.machine("vast-30000002").fail["certify_host"] = ValueError("Expecting value: line 1 column 1")
     with pytest.raises(ValueError, match="Expecting value"):
         await run_recovery(world, failed_over)
     assert "30000002" in world.market.destroyed and "30000002" not in world.market.instances

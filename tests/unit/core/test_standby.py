@@ -45,7 +45,7 @@ async def test_a_deleted_standby_is_replaced_by_a_new_vm_and_forgotten(tmp_path:
         assert rt.standby is not None and rt.standby.instance_id.startswith("dumont-main-standby-")
         assert rt.standby.instance_id != old.instance_id and rt.standby.ssh_user == "dumont"
         assert world.machine(rt.standby).snapshots[-1] == world.machine(rt.primary).workspace
-        assert world.machine(rt.standby).presents_pair_key
+        assert world.machine(rt.standby).certified
 
 
 async def test_a_new_standby_that_never_answers_is_deleted_before_the_operation_ends(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ async def test_adopting_a_gpu_attaches_the_key_readies_it_and_holds_the_endpoint
         assert rt.endpoint.stats().held, "no user reaches a GPU that still shows its own host key"
         await reach_hosts(world.ctx, rt)
         machine = world.machine(rt.primary)
-        assert machine.presents_pair_key and ("ready", rt.primary.alias) in world.hosts.calls  # type: ignore[union-attr]
+        assert machine.certified and ("ready", rt.primary.alias) in world.hosts.calls  # type: ignore[union-attr]
         assert not rt.endpoint.stats().held
         assert world.reasons("adopted") == ["protecting GPU 30000001; a standby will be created"]
     finally:

@@ -90,7 +90,7 @@ async def synced_pair(world: World, files: dict[str, bytes] | None = None) -> As
     world.machine(gpu).workspace = dict(files or {"model.pt": b"weights", "data.csv": b"a,b\n1,2\n"})
     world.machine(gpu).epoch = world.machine(cpu).epoch = 1
     world.machine(cpu).snapshots = [dict(world.machine(gpu).workspace)]
-    world.machine(cpu).presents_pair_key = world.machine(gpu).presents_pair_key = True
+    world.machine(cpu).certified = world.machine(gpu).certified = True
     config = world.ctx.config.pairs[0]
     endpoint = LocalEndpoint("main")
     await endpoint.start(("127.0.0.1", 0), 30)
