@@ -92,3 +92,41 @@ async def test_a_failback_leaves_a_complete_candidate_even_when_nothing_changed(
     assert (await pair.standby_agent.status()).candidate == first.snapshot_seq
     promoted = await pair.standby_agent.take_over(pair="test", epoch=2)
     assert promoted["mode"] == "candidate"
+
+
+def spoil(path: Path) -> None:
+    """7 bytes changed in place, size and mtime kept: what no scan notices (hostile-review.md #6)."""
+    st = path.stat()
+    with open(path, "r+b") as handle:
+        handle.write(b"CORRUPT")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+async def test_a_corrupt_stored_copy_is_found_by_the_scrub_and_never_reaches_a_promoted_workspace(
+        pair: Pair, fill: Callable[[Path, dict[str, bytes]], None],
+        tree_digest: Callable[[Path], dict[bytes, tuple[object, ...]]]) -> None:
+    fill(pair.primary.workspace, {"data/f1.bin": os.urandom(300_000), "data/f2.bin": os.urandom(1000)})
+    first = await pair.replicator().run_pass()
+    fill(pair.primary.workspace, {"notes.txt": b"a second pass links data/ from the first\n"})
+    second = await pair.replicator().run_pass()
+    newest = pair.snapshot_tree(second.snapshot_seq or 0)
+    spoil(newest / "data" / "f1.bin")  # the inode snapshot 1 shares
+
+    [found] = (await pair.standby_agent.scrub(budget_bytes=1 << 30))["corrupt"]
+    assert found["path"] == "data/f1.bin" and found["repaired_from"] == "candidate", found
+    assert tree_digest(newest) == tree_digest(pair.snapshot_tree(first.snapshot_seq or 0)) | {
+        b"notes.txt": tree_digest(newest)[b"notes.txt"]}
+    assert (newest / "data" / "f1.bin").read_bytes() == (pair.primary.workspace / "data" / "f1.bin").read_bytes()
+
+    # Every copy spoiled: the path is sent again by the next pass, and the candidate is never promoted wrong.
+    spoil(newest / "data" / "f1.bin")
+    spoil(pair.standby.data_dir / "candidate" / "data" / "f1.bin")
+    found = (await pair.standby_agent.scrub(budget_bytes=1 << 30))["corrupt"]
+    assert {f["repaired_from"] for f in found} == {None}
+    assert (await pair.standby_agent.status()).suspects == ("data/f1.bin",)
+    resend = await pair.replicator().run_pass()
+    assert resend.copied and resend.files_copied == 1
+    assert (await pair.standby_agent.status()).suspects == ()
+    promoted = await pair.standby_agent.take_over(pair="test", epoch=2)
+    assert promoted["mode"] == "candidate"
+    assert tree_digest(pair.standby.workspace) == tree_digest(pair.primary.workspace)

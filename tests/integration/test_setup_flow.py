@@ -109,6 +109,12 @@ async def test_init_doctor_run_protect_a_gpu_created_with_the_vastai_cli(local: 
     checks = {c["name"]: c["status"] for c in json.loads(out)["checks"]}
     assert checks[f"gpu {gpu} controller key"] == "ok", "dumont run attached it through the API"
     assert checks["gcp firewall"] == "ok", "dumont run opened tcp:22 to the standby's tag"
+    # hostile-review.md #6: `dumont verify` failed on every managed host (each presented the pair's key, not its
+    # own). Hosts keep their own keys now, certified for the endpoint, so the operator can check them.
+    standby = f"gcp-{status['standby']['instance_id']}"
+    code, out, err = await dumont("verify", standby, "--state-dir", str(state), "--json")
+    assert code == 0, out + err
+    assert json.loads(out)["ok"]
 
 
 @contextlib.asynccontextmanager

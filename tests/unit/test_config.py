@@ -176,6 +176,8 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("replication.transfer_timeout_seconds", 0, "0", "a number of seconds greater than 0 and at most 604800"),
     ("replication.io_timeout_seconds", 4, "4", "must be a whole number of seconds from 5 to 1000000 (e.g. 60)"),
     ("replication.io_timeout_seconds", 60.0, "60.0", "must be a whole number of seconds from 5 to 1000000"),
+    ("replication.scrub_interval_seconds", 0, "0", "a number of seconds greater than 0 and at most 604800"),
+    ("replication.scrub_mb_per_round", 0, "0", "must be a whole number of MB from 1 to 1000000 (e.g. 512)"),
     ("replication.standby_disk_alert_fraction", 0, "0", "must be a fraction greater than 0 and at most 1"),
     ("health.probe_timeout_seconds", 0, "0", "must be a number of seconds greater than 0 and at most 604800 (e.g. 5)"),
     ("health.gpu_check_command", "", "''", "must be a non-empty string (e.g. 'nvidia-smi')"),

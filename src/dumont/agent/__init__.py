@@ -14,6 +14,11 @@ Layout of ``data_dir`` (``$DUMONT_DATA_DIR``, default ``/var/lib/dumont``)::
     incoming-<epoch>/        the pass being received; renamed into snapshots/ only once verified
     passes.jsonl             every completed pass, append-only
     pair/                    direct mode: the pair key and ssh_config a primary pushes with
+    candidate/, candidate.json, candidate-manifest.json
+                             a standby's promotion-ready copy of its newest snapshot (no inode shared)
+    scrub.json, suspects.json
+                             where the scrub stopped; paths every copy of which failed it (sent again)
+    promoted.json            what the last promotion made live
 
 A snapshot is never modified after its rename; a pass that dies at any instant leaves only an ``incoming-*``
 directory behind, which the next pass discards. Paths travel as ``os.fsdecode`` strings (surrogate escapes),

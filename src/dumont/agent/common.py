@@ -140,3 +140,8 @@ def accept_epoch(epoch: int) -> int:
     if epoch > current:
         write_epoch(epoch)
     return epoch
+
+
+def suspects() -> list[str]:
+    """Paths whose every copy on this host failed a scrub (``scrub.py``): the next pass must send them again."""
+    return list(read_json(os.path.join(data_dir(), "suspects.json"), []) or [])

@@ -54,6 +54,11 @@ def _candidate_manifest_path() -> str:
     return os.path.join(data_dir(), "candidate-manifest.json")
 
 
+def candidate_manifest() -> list[Entry]:
+    """The manifest the candidate is a copy of."""
+    return list(read_json(_candidate_manifest_path(), []) or [])
+
+
 def candidate_seq() -> int | None:
     """The snapshot the candidate is a complete copy of, or None while it is not one."""
     meta = read_json(os.path.join(data_dir(), "candidate.json"), {}) or {}
@@ -62,21 +67,23 @@ def candidate_seq() -> int | None:
     return int(seq) if seq is not None and complete else None
 
 
-def _invalidate_candidate() -> None:
+def invalidate_candidate() -> None:
+    """Mark the candidate as no complete copy (a refresh is under way, or a scrub found it wrong)."""
     write_atomic(os.path.join(data_dir(), "candidate.json"), dump_json({"seq": None}))
 
 
-def refresh_candidate(seq: int) -> Json:
-    """Make the candidate an independent copy of snapshot ``seq``, copying only what differs from its last state."""
+def refresh_candidate(seq: int, force: list[str] | None = None) -> Json:
+    """Make the candidate an independent copy of snapshot ``seq``, copying only what differs from its last state
+    (and the ``force`` paths, which a scrub found wrong)."""
     started = time.time()
     previous = candidate_seq()
     old: dict[str, Entry] = {}
     if previous is not None and previous in list_snapshots():
-        old = {e[PATH]: e for e in snapshot_manifest(previous)}
+        old = {e[PATH]: e for e in snapshot_manifest(previous) if e[PATH] not in set(force or [])}
     else:
         remove_tree(candidate_dir())  # unknown state (a crash mid-refresh): rebuild it whole
     # Marked invalid while it changes: a crash here leaves a candidate nobody will promote.
-    _invalidate_candidate()
+    invalidate_candidate()
     entries = snapshot_manifest(seq)
     source = os.fsencode(os.path.join(snapshot_path(seq), "tree"))
     target = os.fsencode(candidate_dir())
@@ -105,12 +112,12 @@ def refresh_candidate_op(args: Json) -> Json:
     return refresh_candidate(seqs[-1])
 
 
-def commit_candidate(seq: int) -> Json:
+def commit_candidate(seq: int, force: list[str] | None = None) -> Json:
     """Refresh the candidate after a commit; a failure (a full disk) leaves it invalid, and the commit stands."""
     try:
-        return refresh_candidate(seq)
+        return refresh_candidate(seq, force)
     except OSError as exc:
-        _invalidate_candidate()
+        invalidate_candidate()
         return {"seq": None, "error": f"the promotion candidate could not be refreshed: {exc}; a failover will "
                                       f"take the newest snapshot whole instead"}
 
@@ -209,7 +216,7 @@ def promote(args: Json) -> Json:
         if used == "take":
             for old in seqs:  # they share inodes with what is now live: an in-place write would alter them
                 remove_tree(snapshot_path(old))
-        _invalidate_candidate()
+        invalidate_candidate()
         write_atomic(os.path.join(data_dir(), "promoted.json"),
                      dump_json({"epoch": epoch, "seq": seq, "mode": used, "at": time.time()}))
         if epoch > read_epoch():

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable
 
-from . import cleanchan, pairing, promotion, snapshots
+from . import cleanchan, pairing, promotion, scrub, snapshots
 from .common import (
     Failure,
     Json,
@@ -21,6 +21,7 @@ from .common import (
     dump_json,
     read_epoch,
     snapshot_path,
+    suspects,
     workspace_dir,
     write_atomic,
     write_epoch,
@@ -128,7 +129,8 @@ def status(args: Json) -> Json:
     """The replica store: epoch, snapshots, last pass, disk."""
     os.makedirs(data_dir(), exist_ok=True)
     result = {"epoch": read_epoch(), "snapshots": [snapshots.snapshot_info(s) for s in snapshots.list_snapshots()],
-              "last_pass": snapshots.last_pass(), "candidate": promotion.candidate_seq()}
+              "last_pass": snapshots.last_pass(), "candidate": promotion.candidate_seq(),
+              "suspects": suspects()}
     result.update(disk_usage(data_dir()))
     return result
 
@@ -155,9 +157,12 @@ def verify(args: Json) -> Json:
 
 def commit(args: Json) -> Json:
     """Commit the staged pass; then refresh the promotion candidate (a standby) and drop superseded retirements."""
+    resent = list(snapshots.load_stage(int(args["epoch"])).get("resend", []))
     result = snapshots.commit(args)
     if args.get("candidate", True):
-        result["candidate"] = promotion.commit_candidate(int(result["seq"]))
+        result["candidate"] = promotion.commit_candidate(int(result["seq"]), resent)
+    kept = {e[0] for e in args["entries"]}
+    scrub.clear_suspects(resent + [p for p in suspects() if p not in kept])  # resent, or gone from the workspace
     result["dropped_retired"] = promotion.drop_superseded_retirements(int(args["epoch"]))
     return result
 
@@ -169,7 +174,7 @@ OPERATIONS: dict[str, Operation] = {
     "stage": snapshots.stage, "inspect": snapshots.inspect, "revert": snapshots.revert,
     "commit": commit, "record_pass": snapshots.record_pass,
     "promote": promotion.promote, "take_over": promotion.take_over, "retire_workspace": promotion.retire_workspace,
-    "refresh_candidate": promotion.refresh_candidate_op,
+    "refresh_candidate": promotion.refresh_candidate_op, "scrub": scrub.scrub,
     "verify_promoted": promotion.verify_promoted,
     "authorize_pair": pairing.authorize_pair, "revoke_pair": pairing.revoke_pair,
     "install_pair_client": pairing.install_pair_client, "push": pairing.push,
@@ -177,7 +182,7 @@ OPERATIONS: dict[str, Operation] = {
 }
 MUTATING = {"set_epoch", "stage", "revert", "commit", "record_pass", "authorize_pair", "revoke_pair",
             "install_pair_client", "install_host_certificate", "promote", "take_over", "retire_workspace",
-            "refresh_candidate"}
+            "refresh_candidate", "scrub"}
 
 
 def run_locked(operation: Operation, args: Json) -> Json:

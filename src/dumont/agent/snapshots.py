@@ -33,6 +33,7 @@ from .common import (
     remove_tree,
     snapshot_path,
     snapshots_dir,
+    suspects,
     unlink_if_present,
     write_atomic,
 )
@@ -114,9 +115,11 @@ def stage(args: Json) -> Json:
             remove_tree(os.path.join(data_dir(), name))  # leftovers of interrupted or fenced passes
     tree = os.path.join(incoming_dir(epoch), "tree")
     os.makedirs(tree)
+    resend = [p for p in args.get("replace", []) if p in set(suspects())]  # a scrub found every copy wrong
     replaced = set(args.get("replace", [])) | set(args.get("delete", []))
     linked = _link_base(base, tree, replaced) if base is not None else 0
-    write_atomic(os.path.join(incoming_dir(epoch), "stage.json"), dump_json({"epoch": epoch, "base_seq": base}))
+    write_atomic(os.path.join(incoming_dir(epoch), "stage.json"),
+                 dump_json({"epoch": epoch, "base_seq": base, "resend": resend}))
     link_dest = os.path.join(snapshot_path(base), "tree") if base is not None else None
     return {"tree": tree, "link_dest": link_dest, "linked": linked, "free_bytes": usage["free_bytes"]}
 

@@ -137,6 +137,10 @@ class ReplicationConfig:
                                                                             at_least=5)))
     standby_disk_alert_fraction: float = field(default=0.8, metadata=_checked_by(_number(
         "a fraction", above=0, at_most=1)))
+    # The scrub re-reads the standby's candidate and snapshots against their manifests, this much per round, one
+    # round after a pass at most this often; a copy gone wrong is mended or sent again (hostile-review.md #6).
+    scrub_interval_seconds: float = field(default=600.0, metadata=_checked_by(_SECONDS))
+    scrub_mb_per_round: int = field(default=512, metadata=_checked_by(_whole("a whole number of MB", at_least=1)))
 
 
 @dataclass(frozen=True)

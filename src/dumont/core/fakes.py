@@ -63,6 +63,7 @@ class FakeMachine:
     alias: str
     workspace: dict[str, bytes] = field(default_factory=dict)
     special: tuple[str, ...] = ()  # FIFOs and sockets in the workspace: a pass skips them
+    corrupt: list[dict[str, Any]] = field(default_factory=list)  # what its next scrub reports
     snapshots: list[dict[str, bytes]] = field(default_factory=list)
     epoch: int = 0
     reachable: bool = True
@@ -188,6 +189,11 @@ class FakeHosts:
         machine = self._use("set_epoch", ref)
         self._accept_epoch(machine, epoch)
         return machine.epoch
+
+    async def scrub(self, ref: HostRef, *, budget_bytes: int) -> dict[str, Any]:
+        machine = self._use("scrub", ref)
+        found, machine.corrupt = machine.corrupt, []
+        return {"checked_bytes": min(budget_bytes, 1), "corrupt": found, "round_complete": True}
 
     async def epoch(self, ref: HostRef) -> int:
         return self._use("epoch", ref).epoch

@@ -168,6 +168,10 @@ class SshHosts:
         """Raise the host's epoch."""
         return await self.agent(ref).set_epoch(epoch)
 
+    async def scrub(self, ref: HostRef, *, budget_bytes: int) -> dict[str, Any]:
+        """Scrub the host's stored copies, a budget of bytes at a time."""
+        return await self.agent(ref).scrub(budget_bytes=budget_bytes)
+
     async def epoch(self, ref: HostRef) -> int:
         """The host's epoch."""
         return (await self.agent(ref).info()).epoch

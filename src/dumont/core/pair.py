@@ -57,6 +57,7 @@ class PairRuntime:
     endpoint_lost: bool = False  # the endpoint did not answer the last refresh (said once)
     skipped_said: set[str] = field(default_factory=set)  # the special files last named in an event
     last_probes: dict[str, tuple[float, HostHealth]] = field(default_factory=dict)  # alias -> (when, health)
+    last_scrub_at: float = 0.0
 
     @property
     def name(self) -> str:
@@ -142,7 +143,31 @@ async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None
     if rt.sync.consecutive_failures:
         ctx.event(rt.name, "sync_recovered", f"sync works again after {rt.sync.consecutive_failures} failed passes")
     rt.sync = SyncStatus(report.finished_at, started, 0, False, None)
+    await scrub_if_due(ctx, rt)
     return report
+
+
+async def scrub_if_due(ctx: ControllerContext, rt: PairRuntime) -> None:
+    """After a good pass, scrub a round of the standby's stored copies if the interval has passed; say what a
+    scrub mended or could not (never raises: a failed scrub is said, and the next round tries again)."""
+    rep, standby = ctx.config.replication, rt.standby
+    if standby is None or ctx.clock() - rt.last_scrub_at < rep.scrub_interval_seconds:
+        return
+    rt.last_scrub_at = ctx.clock()
+    try:
+        result = await ctx.hosts.scrub(standby, budget_bytes=rep.scrub_mb_per_round << 20)
+    except DumontError as exc:
+        ctx.event(rt.name, "scrub_failed", f"the scrub of {standby.alias} failed: {exc}")
+        return
+    for found in result.get("corrupt", []):
+        where, path, source = found["where"], found["path"], found.get("repaired_from")
+        if source:
+            ctx.event(rt.name, "corruption_repaired", f"{path!r} in the {where} on {standby.alias} did not match "
+                                                      f"its manifest; rewritten from the {source}", found)
+        else:
+            ctx.event(rt.name, "corruption_found", f"{path!r} in the {where} on {standby.alias} did not match its "
+                                                   "manifest and no copy there is good; the next pass sends it "
+                                                   "again from the primary", found)
 
 
 def _say_skipped(ctx: ControllerContext, rt: PairRuntime, skipped: tuple[str, ...]) -> None:

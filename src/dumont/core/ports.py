@@ -85,6 +85,11 @@ class HostAccess(Protocol):
         """Raise the host's epoch to ``epoch``; return the host's epoch."""
         ...
 
+    async def scrub(self, ref: HostRef, *, budget_bytes: int) -> dict[str, Any]:
+        """Re-read up to ``budget_bytes`` of the host's stored copies; ``corrupt`` lists what was wrong and whether
+        it was mended (``repaired_from``) or will be sent again."""
+        ...
+
     async def epoch(self, ref: HostRef) -> int:
         """The highest epoch the host has accepted."""
         ...

@@ -110,7 +110,7 @@ class Replicator:
         started = self.clock()
         scan, status = await asyncio.gather(self.primary.scan(), self.standby.status())
         base = await self._base_manifest(status)
-        diff = diff_trees(base, scan.manifest)
+        diff = _with_suspects(diff_trees(base, scan.manifest), scan.manifest, status.suspects)
         check_pass(
             source=scan.manifest, source_name=self.primary.name, source_missing=scan.missing,
             source_epoch=scan.epoch, base=base, standby_name=self.standby.name, standby_epoch=status.epoch,
@@ -261,6 +261,15 @@ class Replicator:
             bytes_scanned=scan.manifest.total_bytes, files_copied=files_copied, files_deleted=len(diff.deleted),
             bytes_sent=bytes_sent, deferred=deferred, copied=copied, skipped=scan.skipped,
         )
+
+
+def _with_suspects(diff: TreeDiff, source: Manifest, suspects: tuple[str, ...]) -> TreeDiff:
+    """Add the files a scrub found wrong in every copy on the standby: they are sent again though unchanged."""
+    files = source.by_path()
+    extra = [p for p in suspects if p in files and files[p].kind == FILE and p not in diff.changed + diff.hot]
+    if not extra:
+        return diff
+    return TreeDiff(tuple(sorted([*diff.changed, *extra], key=path_key)), diff.deleted, diff.hot)
 
 
 def _with_finish(report: PassReport, finished: float) -> PassReport:

@@ -96,6 +96,7 @@ class StandbyStatus:
     free_bytes: int
     total_bytes: int
     candidate: int | None = None  # the snapshot its promotion candidate is a complete copy of
+    suspects: tuple[str, ...] = ()  # paths a scrub found wrong in every copy: the next pass sends them again
 
     @property
     def latest(self) -> SnapshotInfo | None:
@@ -324,7 +325,8 @@ class HostAgent:
         )
         candidate = r.get("candidate")
         return StandbyStatus(int(r["epoch"]), snaps, r.get("last_pass"), int(r["free_bytes"]), int(r["total_bytes"]),
-                             int(candidate) if isinstance(candidate, int) else None)
+                             int(candidate) if isinstance(candidate, int) else None,
+                             tuple(str(p) for p in r.get("suspects") or ()))
 
     async def manifest(self, seq: int, *, timeout: float = 120.0) -> Manifest:
         """The manifest of snapshot ``seq``."""
@@ -367,6 +369,10 @@ class HostAgent:
     async def take_over(self, *, pair: str, epoch: int, timeout: float = 600.0) -> dict[str, Any]:
         """Failover on this standby as one step: fence the old primary, promote, then take ``epoch``."""
         return await self.call("take_over", {"pair": pair, "epoch": epoch, "mode": "candidate"}, timeout=timeout)
+
+    async def scrub(self, *, budget_bytes: int, timeout: float = 3600.0) -> dict[str, Any]:
+        """Re-read up to ``budget_bytes`` of the stored copies against their manifests; mend what is corrupt."""
+        return await self.call("scrub", {"budget_bytes": budget_bytes}, timeout=timeout)
 
     async def refresh_candidate(self, *, timeout: float = 3600.0) -> dict[str, Any]:
         """Bring a stale promotion candidate up to the newest snapshot."""

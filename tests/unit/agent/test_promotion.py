@@ -40,7 +40,7 @@ def commit_source(host: Path, seq: int, epoch: int = 1) -> dict[str, object]:
 def commit_source_without_candidate(host: Path, seq: int) -> None:
     """A commit whose candidate refresh did not happen (as when it failed)."""
     real = promotion.refresh_candidate
-    promotion.refresh_candidate = lambda seq: {"seq": None}  # type: ignore[assignment]
+    promotion.refresh_candidate = lambda seq, force=None: {"seq": None}  # type: ignore[assignment]
     try:
         commit_source(host, seq)
     finally:
@@ -171,7 +171,7 @@ def test_a_commit_stands_when_the_candidate_cannot_be_refreshed(
         host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     build(host / "source")
 
-    def full_disk(seq: int) -> dict[str, object]:
+    def full_disk(seq: int, force: list[str] | None = None) -> dict[str, object]:
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(promotion, "refresh_candidate", full_disk)
     result = commit_source(host, 1)

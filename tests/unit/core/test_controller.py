@@ -151,3 +151,27 @@ async def test_a_flood_of_woken_ticks_reuses_fresh_probes_and_counts_no_failure_
         for _ in range(5):
             await controller.tick()
         assert rt.memory.primary_failures == 1, "one failed check, however many woken ticks saw it"
+
+
+async def test_the_standby_is_scrubbed_after_a_pass_once_per_interval_and_what_it_found_is_said(
+        tmp_path: Path) -> None:
+    """hostile-review.md #6: 7 corrupt bytes in a snapshot were never noticed."""
+    from dumont.core.pair import run_sync
+
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        assert rt.standby is not None
+        world.machine(rt.standby).corrupt = [
+            {"path": "model.pt", "where": "snapshot 2", "repaired_from": "candidate"},
+            {"path": "data.csv", "where": "candidate", "repaired_from": None}]
+        await run_sync(world.ctx, rt)
+        await run_sync(world.ctx, rt)  # within the interval: no second scrub
+        assert sum(1 for op, _ in world.hosts.calls if op == "scrub") == 1
+        assert world.reasons("corruption_repaired") == [
+            f"'model.pt' in the snapshot 2 on {rt.standby.alias} did not match its manifest; rewritten from the "
+            "candidate"]
+        [found] = world.reasons("corruption_found")
+        assert "'data.csv' in the candidate" in found and "sends it again from the primary" in found
+        await world.clock.sleep(world.ctx.config.replication.scrub_interval_seconds)
+        await run_sync(world.ctx, rt)
+        assert sum(1 for op, _ in world.hosts.calls if op == "scrub") == 2
