@@ -21,6 +21,8 @@ from dumont.errors import DumontError
 
 log = logging.getLogger("dumont.controller")
 
+CANCEL_SYNC_SECONDS = 0.05  # how long a failover waits for the pass it cancels (measured: ~3 s on a partition)
+
 
 async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None:
     """Move the pair onto its standby; raise DumontError (state unchanged) if the standby cannot take over."""
@@ -28,7 +30,9 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
         raise DumontError(f"{rt.name} has no standby to fail over to", hint="wait for a new standby")
     decided = ctx.clock()
     old, standby = rt.primary, rt.standby
-    await cancel(rt.sync_task)
+    # A pass stuck on a partitioned GPU unwinds slowly (its SSH channel must be torn down): the failover does not
+    # wait for that. Whatever the pass still sends is refused by the standby once the epoch moves on.
+    await cancel(rt.sync_task, timeout=CANCEL_SYNC_SECONDS)
     # The epoch is taken by compare-and-set: a second controller on this pair fails here, before fencing anything.
     new_epoch = ctx.store.advance_epoch(rt.name, rt.epoch)
     rt.epoch = new_epoch

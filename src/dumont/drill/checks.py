@@ -61,7 +61,8 @@ def data_loss(run: DrillRun) -> dict[str, Any]:
 def hosts_holding_key(hosts_dir: Path, key: Path) -> list[str]:
     """The hosts with a file holding ``key``'s private part (hostile-review.md #11: it was on every GPU)."""
     lines = [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
-    needle = lines[0].encode() if lines else b""
+    # The first line is the same for every unencrypted ed25519 key ("openssh-key-v1", no cipher): skip it.
+    needle = "\n".join(lines[1:]).encode()
     found = []
     for host in sorted(p for p in hosts_dir.iterdir() if p.is_dir()):
         for path in host.rglob("*"):

@@ -114,7 +114,7 @@ class SshTransport:
         self._runtime = Path(tempfile.mkdtemp(prefix="dumont-ssh-"))
         self.config_path = self._runtime / "ssh_config"
         self._targets: dict[str, SshTarget] = {}
-        self._used: set[str] = set()
+        self._used: set[tuple[str, str]] = set()  # (alias, user) of every shared connection opened
         self._master_locks: dict[str, asyncio.Lock] = {}
         self._write_config()
 
@@ -188,9 +188,9 @@ class SshTransport:
         self.add(target)
         if not self.multiplex:
             return
-        lock = self._master_locks.setdefault(target.alias, asyncio.Lock())
+        lock = self._master_locks.setdefault(f"{target.alias}@{target.user}", asyncio.Lock())
         async with lock:
-            if (self._runtime / target.alias).exists():
+            if (self._runtime / f"{target.alias}@{target.user}").exists():
                 return
             log_path = self._runtime / f"{target.alias}.log"
             # ControlMaster=yes alone: adding -M counts twice and makes the master "ask", which refuses the
@@ -210,7 +210,7 @@ class SshTransport:
                     raise
             if returncode != 0:
                 raise classify_ssh_failure(target.alias, log_path.read_text(errors="replace"))
-            self._used.add(target.alias)
+            self._used.add((target.alias, target.user))
 
     async def check_reachable(self, target: SshTarget, *, timeout: float) -> None:
         """Do one SSH round trip to ``target`` with a fresh connection (no multiplexing) within ``timeout``."""
@@ -225,17 +225,19 @@ class SshTransport:
         """Close the shared connection to ``target`` (after its host key or address changed)."""
         if not self.multiplex:
             return
-        argv = ["ssh", "-F", str(self.config_path), "-O", "exit", target.alias]
+        await self._exit_master(target.alias, target.user)
+
+    async def _exit_master(self, alias: str, user: str) -> None:
+        argv = ["ssh", "-F", str(self.config_path), "-O", "exit", "-l", user, alias]
         with contextlib.suppress(TransportError):
-            await run_local(argv, timeout=5, what=f"closing the connection to {target.alias}")
-        self._used.discard(target.alias)
+            await run_local(argv, timeout=5, what=f"closing the connection to {alias}")
+        self._used.discard((alias, user))
 
     async def close(self) -> None:
         """Close every shared connection and remove the runtime directory."""
-        for alias in sorted(self._used):
-            target = self._targets.get(alias)
-            if target is not None:
-                await self.forget_connection(target)
+        for alias, user in sorted(self._used):
+            if alias in self._targets:
+                await self._exit_master(alias, user)
         shutil.rmtree(self._runtime, ignore_errors=True)
 
     def _write_config(self) -> None:
@@ -275,7 +277,9 @@ class SshTransport:
         if self.multiplex:
             # Commands attach to the master ``prepare`` opened, or connect on their own if it is gone.
             options["ControlMaster"] = "no"
-            options["ControlPath"] = _quote_config(str(self._runtime / "%n"))
+            # One shared connection per alias *and* login: a master opened as one user must never carry another's
+            # commands (a VM reached as its metadata user, then as root, which Google's image refuses).
+            options["ControlPath"] = _quote_config(str(self._runtime / "%n@%r"))
             options["ControlPersist"] = str(self.control_persist)
         return [f"  {k} {v}" for k, v in options.items()]
 
