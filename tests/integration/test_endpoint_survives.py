@@ -161,7 +161,7 @@ async def test_a_restarted_controller_answers_at_once_though_its_gpu_does_not(lo
         controller = await start_controller(config)
         await wait_for(config, "the restarted controller's API", lambda s: True, timeout=30)
         answered = time.monotonic() - started
-        print(f"the API answered {answered:.2f} s after the restart")  # noqa: T201 - for the closing note
+        print(f"the API answered {answered:.2f} s after the restart")
         assert answered < 20, f"the API answered only after {answered:.1f} s"
     finally:
         if controller.returncode is None:

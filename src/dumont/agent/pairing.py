@@ -124,6 +124,8 @@ def push(args: Json) -> Json:
             f"--timeout={int(args.get('io_timeout', 60))}", "-e", f"{clean_shell()} ssh -F '{config}' -T"]
     if args.get("bwlimit"):
         argv.append(f"--bwlimit={int(args['bwlimit'])}")
+    if args.get("compress"):
+        argv.append("-z")  # sparse files: their holes are read as zeros, which compress to nothing
     argv += [workspace() + "/", "dumont-standby:incoming/"]
     return _run_rsync(argv, args["paths"], float(args.get("timeout", 3600)))
 
@@ -147,7 +149,8 @@ def _run_rsync(argv: list[str], paths: list[str], timeout: float) -> Json:
 
 def _allowed_option(arg: str) -> bool:
     """Options a receiving rsync may get from the pair key: the client's flags, never a path of its choosing."""
-    if arg in ("--numeric-ids", "--stats", "--ignore-times") or arg.startswith(("--timeout=", "--bwlimit=")):
+    if arg in ("--numeric-ids", "--stats", "--ignore-times") or arg.startswith(
+            ("--timeout=", "--bwlimit=", "--compress-choice=", "--zc=")):
         return True
     return arg.startswith("-") and not arg.startswith("--") and set(arg[1:]) <= RSYNC_FLAGS
 

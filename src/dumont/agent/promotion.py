@@ -17,6 +17,7 @@ never left ahead of the controller refusing the primary (hostile-review.md #5); 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -149,9 +150,53 @@ def _place(entry: Entry, source: bytes, target: bytes) -> int:
         os.link(os.path.join(target, os.fsencode(entry[LINK])), dest)  # the leader was placed first
         return 0
     tmp = dest + b".dumont-tmp"
-    shutil.copy2(os.path.join(source, rel), tmp, follow_symlinks=False)
+    copied = copy_sparse(os.path.join(source, rel), tmp)
     os.replace(tmp, dest)
-    return int(os.lstat(dest).st_size)
+    return copied
+
+
+def copy_sparse(source: bytes, dest: bytes) -> int:
+    """Copy a file keeping its holes (a 5 GB sparse file must not become 5 GB of zeros); return the bytes written.
+
+    Only the data extents are read and written (``SEEK_DATA``/``SEEK_HOLE``); a filesystem without them gets a
+    plain copy.
+    """
+    written = 0
+    with open(source, "rb") as src, open(dest, "wb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        try:
+            extents = _data_extents(src.fileno(), size)
+        except OSError:
+            extents = [(0, size)]
+        for start, end in extents:
+            src.seek(start)
+            dst.seek(start)
+            left = end - start
+            while left > 0:
+                chunk = src.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                dst.write(chunk)
+                written += len(chunk)
+                left -= len(chunk)
+        dst.truncate(size)
+    shutil.copystat(source, dest, follow_symlinks=False)
+    return written
+
+
+def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    extents, offset = [], 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole from here to the end
+                break
+            raise
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        extents.append((start, end))
+        offset = end
+    return extents
 
 
 def _is_lone_file(path: bytes) -> bool:

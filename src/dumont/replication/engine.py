@@ -155,7 +155,7 @@ class Replicator:
         unsettled: list[str] = []
         vouched: dict[str, list[Any]] | None = None
         for attempt in range(self.policy.settle_retries + 1):
-            bytes_sent += await self._transfer(to_copy, stage)
+            bytes_sent += await self._transfer(to_copy, stage, frozenset(scan.sparse))
             if vouched is None:
                 vouched = await self._vouch(scan, [source[p] for p in to_copy])
             received = await self.standby.inspect(epoch, vouched=vouched)
@@ -202,13 +202,22 @@ class Replicator:
             current[path] = Entry(entry.path, entry.kind, entry.mode, entry.size, entry.mtime_ns, entry.data, link)
         return expected_after_pass(Manifest.of(current.values()), base, keep_base)
 
-    async def _transfer(self, paths: list[str], stage: StageResult) -> int:
-        if not paths:
-            return 0
+    async def _transfer(self, paths: list[str], stage: StageResult, sparse: frozenset[str] = frozenset()) -> int:
+        """Send ``paths``; files mostly made of holes go in a compressed run of their own (hostile-review.md #10:
+        a 5 GB sparse file put 5.37 GB on the wire)."""
+        holes = [p for p in paths if p in sparse]
+        dense = [p for p in paths if p not in sparse]
+        sent = 0
+        for group, compress in ((dense, False), (holes, True)):
+            if group:
+                sent += await self._send(group, stage, compress)
+        return sent
+
+    async def _send(self, paths: list[str], stage: StageResult, compress: bool) -> int:
         if self.policy.mode == RELAY:
-            return await self._relay(paths, stage)
-        run = await self.primary.push(paths, timeout=self.policy.transfer_timeout,
-                                      io_timeout=self.policy.io_timeout, bwlimit=self.policy.bandwidth_limit_kbps)
+            return await self._relay(paths, stage, compress)
+        run = await self.primary.push(paths, timeout=self.policy.transfer_timeout, io_timeout=self.policy.io_timeout,
+                                      bwlimit=self.policy.bandwidth_limit_kbps, compress=compress)
         if "Permission denied" in run.stderr:
             raise AuthRefused(
                 f"{self.standby.name} refused the pair key from {self.primary.name}: {run.stderr.strip()[-300:]}",
@@ -217,7 +226,7 @@ class Replicator:
         check_exit(run.returncode, run.stderr, f"direct push {self.primary.name} -> {self.standby.name}")
         return parse_stats(run.stdout).bytes_sent
 
-    async def _relay(self, paths: list[str], stage: StageResult) -> int:
+    async def _relay(self, paths: list[str], stage: StageResult, compress: bool = False) -> int:
         if self.transport is None or self.relay_dir is None:
             raise TransportError("relay mode needs the controller's SSH transport and a relay directory")
         cache = self.relay_dir
@@ -226,10 +235,10 @@ class Replicator:
         rsh, timeout, io = self.transport.rsync_shell(), self.policy.transfer_timeout, self.policy.io_timeout
         limit = self.policy.bandwidth_limit_kbps
         # --force lets a path that became a file replace a stale directory of the same name in the cache.
-        pull = [*rsync_argv(rsh=rsh, io_timeout=io, bwlimit=limit), "--force"]
+        pull = [*rsync_argv(rsh=rsh, io_timeout=io, bwlimit=limit, compress=compress), "--force"]
         pull += [f"{self.primary.name}:{workspace}/", f"{cache}/"]
         got = await run_rsync(pull, paths, timeout=timeout, what=f"relay pull from {self.primary.name}")
-        push = rsync_argv(rsh=rsh, io_timeout=io, link_dest=stage.link_dest, bwlimit=limit)
+        push = rsync_argv(rsh=rsh, io_timeout=io, link_dest=stage.link_dest, bwlimit=limit, compress=compress)
         push += [f"{cache}/", f"{self.standby.name}:{stage.tree}/"]
         sent = await run_rsync(push, paths, timeout=timeout, what=f"relay push to {self.standby.name}")
         return parse_stats(got.text).bytes_received + parse_stats(sent.text).bytes_sent

@@ -72,6 +72,7 @@ class ScanResult:
     missing: bool
     seconds: float
     started_at: float = 0.0  # on the host's clock
+    sparse: tuple[str, ...] = ()  # large files mostly made of holes (sent compressed)
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,8 @@ class HostAgent:
         """Scan the workspace (hashing only what changed since the last scan)."""
         r = await self.call("scan", timeout=timeout)
         return ScanResult(Manifest.from_wire(r["entries"]), int(r["epoch"]), tuple(r["skipped"]),
-                          bool(r["missing"]), float(r.get("scan_seconds", 0.0)), float(r.get("started_at", 0.0)))
+                          bool(r["missing"]), float(r.get("scan_seconds", 0.0)), float(r.get("started_at", 0.0)),
+                          tuple(r.get("sparse") or ()))
 
     async def settled(self, files: list[Entry], since: float, *, timeout: float = 120.0) -> list[str]:
         """Paths of ``files`` unchanged (same size and mtime, last changed well before ``since``) on this host."""
@@ -419,10 +421,11 @@ class HostAgent:
                                                 "port": standby.port, "user": standby.user,
                                                 "standby_host_key": standby_host_key})
 
-    async def push(self, paths: list[str], *, timeout: float, io_timeout: int, bwlimit: int | None = None) -> RsyncRun:
+    async def push(self, paths: list[str], *, timeout: float, io_timeout: int, bwlimit: int | None = None,
+                   compress: bool = False) -> RsyncRun:
         """Direct mode: rsync ``paths`` from this host's workspace into the standby's staging area."""
-        r = await self.call("push", {"paths": paths, "timeout": timeout,
-                                     "io_timeout": io_timeout, "bwlimit": bwlimit}, timeout=timeout + 30)
+        r = await self.call("push", {"paths": paths, "timeout": timeout, "io_timeout": io_timeout,
+                                     "bwlimit": bwlimit, "compress": compress}, timeout=timeout + 30)
         return RsyncRun(int(r["returncode"]), r["stdout"], r["stderr"], float(r["seconds"]))
 
     async def install_host_certificate(self, certificate: str) -> None:

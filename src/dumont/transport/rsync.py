@@ -50,15 +50,17 @@ def parse_stats(text: str) -> RsyncStats:
 
 
 def rsync_argv(
-    *, rsh: str, io_timeout: int, link_dest: str | None = None, bwlimit: int | None = None
+    *, rsh: str, io_timeout: int, link_dest: str | None = None, bwlimit: int | None = None, compress: bool = False
 ) -> list[str]:
-    """The rsync options every pass uses; callers append source and destination."""
+    """The rsync options every pass uses (``compress``: for sparse files); callers append source and destination."""
     argv = ["rsync", "-aHS", "--numeric-ids", "--ignore-times", "--files-from=-", "--from0", "--stats",
             f"--timeout={io_timeout}", *clean_channel(rsh)]
     if link_dest:
         argv.append(f"--link-dest={link_dest}")
     if bwlimit:
         argv.append(f"--bwlimit={bwlimit}")
+    if compress:
+        argv.append("-z")
     return argv
 
 
