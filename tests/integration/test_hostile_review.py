@@ -150,7 +150,7 @@ async def test_a_sparse_file_stays_sparse_on_the_wire_and_in_the_candidate(
     if os.lstat(pair.primary.workspace / "data" / "big.sparse").st_blocks * 512 > size // 2:
         pytest.skip("this filesystem does not keep holes")
     report = await pair.replicator(mode=mode).run_pass()
-    print(f"{mode}: a {size >> 20} MB sparse file with 64 KB of data sent {report.bytes_sent} bytes")  # noqa: T201
+    print(f"{mode}: a {size >> 20} MB sparse file with 64 KB of data sent {report.bytes_sent} bytes")
     assert report.bytes_sent < 4 << 20, f"{report.bytes_sent} bytes on the wire for 64 KB of data"
     candidate = pair.standby.data_dir / "candidate" / "data" / "big.sparse"
     assert candidate.stat().st_size == size and candidate.stat().st_blocks * 512 < 4 << 20, "the candidate is dense"
