@@ -16,7 +16,9 @@ import httpx
 import pytest
 
 from dumont.core.layout import ControllerLayout
+from dumont.endpoint.launch import stop_endpoint_daemon
 from dumont.localcloud.emulators.vast import VastEmulator
+from dumont.localcloud.ready import controller_dir
 from dumont.providers.vast.offers import expand_region
 from tests.integration.stack import Stack, build_stack, running_stack
 
@@ -124,6 +126,8 @@ async def test_a_controller_killed_mid_recovery_resumes_with_the_same_instance(t
         second.stop()
         await second.wait()
     finally:
+        # The endpoint process outlives a killed controller by design: stop it as `dumont local down` does.
+        await stop_endpoint_daemon(stack.config.controller.endpoint_dir or controller_dir(stack.root) / "endpoint")
         await stack.cloud.stop_emulators()
         await stack.cloud.pool.shutdown()
         assert not stack.cloud.pool.leftover_processes()
