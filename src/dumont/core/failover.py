@@ -55,6 +55,7 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
         "epoch": new_epoch, "from": old.as_dict(), "to": standby.as_dict(), "snapshot_seq": promoted["seq"],
         "decision_to_switch_seconds": round(switched - decided, 4), "receives_killed": fenced.get("killed", 0),
         "snapshot_files": promoted["files"], "sessions_closed": closed,
+        "promoted_from": promoted.get("mode", "candidate"),  # "take": no complete candidate, the snapshot itself
     })
     # The state moves on in the next decision, which this outcome wakes at once.
     rt.outcome = Outcome("failover", True, cause, ctx.clock())
