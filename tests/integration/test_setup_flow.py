@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from dumont.endpoint.launch import stop_endpoint_daemon
 from dumont.localcloud.ready import free_port
 from tests.conftest import eventually
 from tests.integration.test_vast_emulator import vastai_cli
@@ -101,8 +102,12 @@ async def test_init_doctor_run_protect_a_gpu_created_with_the_vastai_cli(local: 
     checks = {c["name"]: c["status"] for c in json.loads(out)["checks"]}
     assert checks[f"gpu {gpu} controller key"] == "run", "the GPU does not know the controller's key yet"
 
-    async with controller(config):
-        status = await wait_for_sync(config)
+    try:
+        async with controller(config):
+            status = await wait_for_sync(config)
+    finally:
+        # The endpoint process outlives `dumont run` by design; this controller's state is outside the local cloud.
+        await stop_endpoint_daemon(tmp_path / "controller" / "endpoint")
     assert status["primary"]["instance_id"] == gpu
     assert status["standby"]["ssh_user"] == "dumont"
     code, out, err = await dumont("doctor", "--config", str(config), "--json")
