@@ -176,6 +176,8 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("replication.transfer_timeout_seconds", 0, "0", "a number of seconds greater than 0 and at most 604800"),
     ("replication.io_timeout_seconds", 4, "4", "must be a whole number of seconds from 5 to 1000000 (e.g. 60)"),
     ("replication.io_timeout_seconds", 60.0, "60.0", "must be a whole number of seconds from 5 to 1000000"),
+    ("replication.on_change", 1, "1", "must be true or false"),
+    ("replication.change_debounce_seconds", -1, "-1", "a number of seconds at least 0 and at most 3600"),
     ("replication.scrub_interval_seconds", 0, "0", "a number of seconds greater than 0 and at most 604800"),
     ("replication.scrub_mb_per_round", 0, "0", "must be a whole number of MB from 1 to 1000000 (e.g. 512)"),
     ("replication.standby_disk_alert_fraction", 0, "0", "must be a fraction greater than 0 and at most 1"),
@@ -654,8 +656,7 @@ def test_notifications_want_every_event_by_default(tmp_path: Path) -> None:
     assert not chosen.wants("recovery_started")
 
 
-@pytest.mark.parametrize("dotted", ["replication.on_change", "replication.change_debounce_seconds",
-                                    "controller.salvage_outbid"])
+@pytest.mark.parametrize("dotted", ["controller.salvage_outbid"])
 def test_a_key_that_would_do_nothing_is_refused_as_not_supported_yet(dotted: str, tmp_path: Path) -> None:
     """A key the controller would ignore is refused by name, not accepted in silence."""
     problems = problems_of(nested(dotted, True), tmp_path)

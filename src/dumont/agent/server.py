@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable
 
-from . import cleanchan, pairing, promotion, scrub, snapshots
+from . import cleanchan, pairing, promotion, scrub, snapshots, watch
 from .common import (
     KIND,
     PATH,
@@ -195,7 +195,7 @@ OPERATIONS: dict[str, Operation] = {
     "stage": snapshots.stage, "inspect": snapshots.inspect, "revert": snapshots.revert,
     "commit": commit, "record_pass": snapshots.record_pass,
     "promote": promotion.promote, "take_over": promotion.take_over, "retire_workspace": promotion.retire_workspace,
-    "refresh_candidate": promotion.refresh_candidate_op, "scrub": scrub.scrub,
+    "refresh_candidate": promotion.refresh_candidate_op, "scrub": scrub.scrub, "watch": watch.watch,
     "verify_promoted": promotion.verify_promoted,
     "authorize_pair": pairing.authorize_pair, "revoke_pair": pairing.revoke_pair,
     "install_pair_client": pairing.install_pair_client, "push": pairing.push,

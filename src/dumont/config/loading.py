@@ -232,8 +232,6 @@ def _secret_advice(path: str) -> str:
 
 # Keys a later release will read. Until then they are refused rather than accepted and ignored.
 NOT_SUPPORTED_YET: Final = {
-    "replication.on_change": "change-triggered sync is not built yet; passes run every sync_interval_seconds",
-    "replication.change_debounce_seconds": "change-triggered sync is not built yet",
     "controller.salvage_outbid": "salvaging files from an outbid GPU is not built yet; it is destroyed after the "
                                  "failback",
 }

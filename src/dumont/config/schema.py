@@ -141,6 +141,11 @@ class ReplicationConfig:
     # round after a pass at most this often; a copy gone wrong is mended or sent again (hostile-review.md #6).
     scrub_interval_seconds: float = field(default=600.0, metadata=_checked_by(_SECONDS))
     scrub_mb_per_round: int = field(default=512, metadata=_checked_by(_whole("a whole number of MB", at_least=1)))
+    # Change-triggered sync: the primary's agent watches the workspace (inotify, else a poll) and a pass starts
+    # within change_debounce_seconds of a change; the periodic pass every sync_interval_seconds stays the net.
+    on_change: bool = field(default=False, metadata=_checked_by(_FLAG))
+    change_debounce_seconds: float = field(default=0.2, metadata=_checked_by(_number(
+        "a number of seconds", at_least=0, at_most=3600)))
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 
 from dumont.config import Config
 from dumont.core import probes
+from dumont.core.changes import watch_changes
 from dumont.core.context import ControllerContext
 from dumont.core.decide import decide
 from dumont.core.failover import fail_over
@@ -50,6 +52,7 @@ def policy_of(config: Config) -> Policy:
     return Policy(failover_threshold=config.failover_threshold, standby_threshold=config.failover_threshold,
                   auto_failover=config.auto_failover, auto_recovery=config.auto_recovery,
                   sync_interval=config.sync_interval_seconds,
+                  change_debounce=config.replication.change_debounce_seconds,
                   max_recoveries_per_day=config.controller.max_recoveries_per_day,
                   max_standby_attempts_per_hour=config.controller.max_standby_attempts_per_hour)
 
@@ -79,6 +82,10 @@ class Controller:
     async def run(self) -> None:
         """Tick until stopped, then stop background work (a restart resumes it). Nothing escapes a tick."""
         interval = self.ctx.config.health_check_interval
+        if self.ctx.config.replication.on_change:
+            for rt in self.pairs.values():
+                rt.watch_task = start_background(self.ctx, rt, "watch", functools.partial(
+                    watch_changes, self.ctx, rt, self.wake))
         try:
             while not self._stop.is_set():
                 started = self.ctx.clock()
@@ -96,6 +103,7 @@ class Controller:
                         pass
         finally:
             for rt in self.pairs.values():
+                await cancel(rt.watch_task)
                 await cancel(rt.sync_task)
                 await cancel(rt.op_task, timeout=30)
 
@@ -194,7 +202,7 @@ class Controller:
         return Observation(now=now, state=rt.state, has_standby=rt.standby is not None, primary=primary,
                            standby=standby, network_ok=network, sync=rt.sync, operation=rt.operation,
                            intents=intents, recoveries_today=max(0, recoveries), standby_attempts_last_hour=attempts,
-                           outcome=rt.outcome, probed=not reuse)
+                           outcome=rt.outcome, probed=not reuse, changed_at=rt.changed_at)
 
     async def act(self, rt: PairRuntime, decision: Decision) -> None:
         """Carry out a decision's actions, in order."""
@@ -227,6 +235,7 @@ class Controller:
             ctx.event(rt.name, "alert", action.message, {"alert": action.kind})
         elif isinstance(action, RunSync):
             if rt.sync_task is None or rt.sync_task.done():
+                rt.changed_at = None  # this pass takes every change seen so far; later ones start the next
                 rt.sync_task = start_background(ctx, rt, "sync", lambda: run_sync(ctx, rt))
         elif isinstance(action, FailOver):
             await fail_over(ctx, rt, action.cause)

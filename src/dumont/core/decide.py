@@ -231,7 +231,10 @@ def _sync(plan: _Plan, policy: Policy) -> None:
     if sync.running:
         return
     due = sync.last_started_at is None or obs.now - sync.last_started_at >= policy.sync_interval
-    if asked or due:
+    # A change starts a pass once it has settled for the debounce, counted from the *first* change since the last
+    # pass began: a continuous writer never starves replication, and one pass in flight coalesces the rest.
+    changed = obs.changed_at is not None and obs.now - obs.changed_at >= policy.change_debounce
+    if asked or due or changed:
         plan.do(RunSync())
 
 

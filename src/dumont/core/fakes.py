@@ -64,6 +64,8 @@ class FakeMachine:
     workspace: dict[str, bytes] = field(default_factory=dict)
     special: tuple[str, ...] = ()  # FIFOs and sockets in the workspace: a pass skips them
     corrupt: list[dict[str, Any]] = field(default_factory=list)  # what its next scrub reports
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # set: its workspace changed (for watch)
+    watch_mode: str = "inotify"
     snapshots: list[dict[str, bytes]] = field(default_factory=list)
     epoch: int = 0
     reachable: bool = True
@@ -189,6 +191,14 @@ class FakeHosts:
         machine = self._use("set_epoch", ref)
         self._accept_epoch(machine, epoch)
         return machine.epoch
+
+    async def watch(self, ref: HostRef, *, timeout: float) -> dict[str, Any]:
+        # Blocks until the test says the workspace changed: a virtual timeout would spin time forward.
+        machine = self._use("watch", ref)
+        await machine.changed.wait()
+        machine.changed.clear()
+        return {"changed": True, "mode": machine.watch_mode, "reason": "" if machine.watch_mode == "inotify"
+                else "the inotify watch limit is reached (fs.inotify.max_user_watches)"}
 
     async def scrub(self, ref: HostRef, *, budget_bytes: int) -> dict[str, Any]:
         machine = self._use("scrub", ref)

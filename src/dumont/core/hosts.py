@@ -48,6 +48,7 @@ class SshHosts:
         self._agents: dict[str, HostAgent] = {}
         self._readiness: dict[str, HostReadiness] = {}
         self._certified: dict[str, tuple[float, str]] = {}  # alias -> (when its certificate was issued, pair)
+        self._watchers: dict[str, HostAgent] = {}  # a second agent channel per host, for blocking watches
 
     # ------------------------------------------------------------------ channels
 
@@ -65,16 +66,18 @@ class SshHosts:
         """Close the agent channel and shared connection of a host (``still_ready`` keeps what readying found)."""
         if not still_ready:
             self._readiness.pop(ref.alias, None)
-        agent = self._agents.pop(ref.alias, None)
-        if agent is not None:
-            await agent.close()
+        for channels in (self._agents, self._watchers):
+            agent = channels.pop(ref.alias, None)
+            if agent is not None:
+                await agent.close()
         await self.transport.forget_connection(target_of(ref))
 
     async def close(self) -> None:
         """Close every agent channel."""
-        for agent in list(self._agents.values()):
+        for agent in [*self._agents.values(), *self._watchers.values()]:
             await agent.close()
         self._agents.clear()
+        self._watchers.clear()
 
     # ------------------------------------------------------------------ reaching and readying
 
@@ -167,6 +170,17 @@ class SshHosts:
     async def set_epoch(self, ref: HostRef, epoch: int) -> int:
         """Raise the host's epoch."""
         return await self.agent(ref).set_epoch(epoch)
+
+    async def watch(self, ref: HostRef, *, timeout: float) -> dict[str, Any]:
+        """Wait for a change in the host's workspace, on a channel of its own (passes never wait behind it)."""
+        agent = self._watchers.get(ref.alias)
+        ready = self._readiness.get(ref.alias)
+        python = ready.python if ready is not None else "python3"
+        if agent is None or agent.target != target_of(ref) or agent.python != python:
+            if agent is not None:
+                await agent.close()
+            agent = self._watchers[ref.alias] = HostAgent(self.transport, target_of(ref), python=python)
+        return await agent.watch(timeout=timeout)
 
     async def scrub(self, ref: HostRef, *, budget_bytes: int) -> dict[str, Any]:
         """Scrub the host's stored copies, a budget of bytes at a time."""

@@ -161,6 +161,7 @@ class Observation:
     standby_attempts_last_hour: int = 0  # replace_standby operations started in the last hour
     outcome: Outcome | None = None  # reported by an inline effector since the last decision
     probed: bool = True  # False: the host health is an earlier tick's (a woken tick), so it counts no failure
+    changed_at: float | None = None  # the first change the primary's watcher saw since the last pass started
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class Policy:
     auto_failover: bool = True
     auto_recovery: bool = True
     sync_interval: float = 30.0
+    change_debounce: float = 0.2  # a change starts a pass this long after it (when the watcher reports changes)
     sync_failure_alert: int = 3  # seed: alert after more than 3 consecutive sync failures
     health_failure_alert: int = 5  # seed: alert after more than 5 consecutive failed checks
     max_recoveries_per_day: int = 3

@@ -58,6 +58,9 @@ class PairRuntime:
     skipped_said: set[str] = field(default_factory=set)  # the special files last named in an event
     last_probes: dict[str, tuple[float, HostHealth]] = field(default_factory=dict)  # alias -> (when, health)
     last_scrub_at: float = 0.0
+    changed_at: float | None = None  # the first change the primary's watcher reported since the last pass began
+    watch_task: asyncio.Task[None] | None = None
+    watch_mode: str = ""  # how the primary's agent watches: inotify, poll (said once when it changes)
 
     @property
     def name(self) -> str:

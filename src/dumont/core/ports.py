@@ -85,6 +85,11 @@ class HostAccess(Protocol):
         """Raise the host's epoch to ``epoch``; return the host's epoch."""
         ...
 
+    async def watch(self, ref: HostRef, *, timeout: float) -> dict[str, Any]:
+        """Wait up to ``timeout`` s for a change in the host's workspace: ``changed``, and the watcher's ``mode``
+        (``inotify``, or ``poll`` with its ``reason``)."""
+        ...
+
     async def scrub(self, ref: HostRef, *, budget_bytes: int) -> dict[str, Any]:
         """Re-read up to ``budget_bytes`` of the host's stored copies; ``corrupt`` lists what was wrong and whether
         it was mended (``repaired_from``) or will be sent again."""

@@ -372,6 +372,10 @@ class HostAgent:
         """Failover on this standby as one step: fence the old primary, promote, then take ``epoch``."""
         return await self.call("take_over", {"pair": pair, "epoch": epoch, "mode": "candidate"}, timeout=timeout)
 
+    async def watch(self, *, timeout: float) -> dict[str, Any]:
+        """Wait up to ``timeout`` s for a change in the workspace (blocks this channel: give it one of its own)."""
+        return await self.call("watch", {"timeout": timeout}, timeout=timeout + 30)
+
     async def scrub(self, *, budget_bytes: int, timeout: float = 3600.0) -> dict[str, Any]:
         """Re-read up to ``budget_bytes`` of the stored copies against their manifests; mend what is corrupt."""
         return await self.call("scrub", {"budget_bytes": budget_bytes}, timeout=timeout)

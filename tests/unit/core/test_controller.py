@@ -175,3 +175,56 @@ async def test_the_standby_is_scrubbed_after_a_pass_once_per_interval_and_what_i
         await world.clock.sleep(world.ctx.config.replication.scrub_interval_seconds)
         await run_sync(world.ctx, rt)
         assert sum(1 for op, _ in world.hosts.calls if op == "scrub") == 2
+
+
+async def test_a_change_on_the_primary_starts_a_pass_after_the_debounce_not_the_interval(tmp_path: Path) -> None:
+    """replication.on_change: the watcher's report wakes the loop; one pass takes every change seen so far."""
+    from dumont.core.changes import watch_changes
+
+    world = make_world(tmp_path, {"replication": {"on_change": True, "change_debounce_seconds": 0.2}})
+    async for rt in synced_pair(world):
+        controller = controller_of(world, rt)
+        assert rt.primary is not None
+        woken: list[float] = []
+        watcher = asyncio.create_task(watch_changes(world.ctx, rt, lambda: woken.append(world.clock())))
+        try:
+            await controller.tick()
+            if rt.sync_task is not None:
+                await rt.sync_task  # whatever the tick started is done: the next pass can only be the change's
+            await controller.tick()
+            assert rt.sync_task is None or rt.sync_task.done(), "no pass is due for a whole interval"
+            gpu = rt.primary.alias
+
+            def passes_now() -> int:
+                return sum(1 for op, alias in world.hosts.calls if op == "run_pass" and alias == gpu)
+            passes = passes_now()
+            world.machine(rt.primary).changed.set()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert rt.changed_at is not None and woken == [rt.changed_at + 0.2]
+            await controller.tick()
+            assert rt.changed_at is None, "the pass that starts takes every change seen so far"
+            assert rt.sync_task is not None
+            await rt.sync_task
+            assert passes_now() == passes + 1
+        finally:
+            watcher.cancel()
+
+
+async def test_a_watcher_that_falls_back_to_polling_says_so_once(tmp_path: Path) -> None:
+    from dumont.core.changes import watch_changes
+
+    world = make_world(tmp_path, {"replication": {"on_change": True}})
+    async for rt in synced_pair(world):
+        assert rt.primary is not None
+        world.machine(rt.primary).watch_mode = "poll"
+        watcher = asyncio.create_task(watch_changes(world.ctx, rt, lambda: None))
+        try:
+            for _ in range(3):
+                world.machine(rt.primary).changed.set()
+                for _ in range(5):
+                    await asyncio.sleep(0)
+            [said] = world.reasons("watch_degraded")
+            assert "by polling, not inotify" in said and "max_user_watches" in said
+        finally:
+            watcher.cancel()

@@ -61,6 +61,13 @@ def kinds(decision: Decision) -> list[str]:
 
 CASES = [
     ("healthy and synced: nothing to do", obs(), Memory(), [], "GPU healthy; standby lag 12 s"),
+    ("a settled change starts a pass before the interval", obs(changed_at=NOW - 0.25), Memory(), ["RunSync"],
+     "GPU healthy; standby lag 12 s"),
+    ("a change still within its debounce waits", obs(changed_at=NOW - 0.1), Memory(), [],
+     "GPU healthy; standby lag 12 s"),
+    ("a change while a pass runs waits for it (coalesced)",
+     obs(changed_at=NOW - 5, sync=SyncStatus(last_good_at=NOW - 12, last_started_at=NOW - 1, running=True)),
+     Memory(), [], "GPU healthy; standby lag 12 s"),
     ("sync due", obs(sync=SyncStatus(last_good_at=NOW - 31, last_started_at=NOW - 31)), Memory(), ["RunSync"],
      "GPU healthy; standby lag 31 s"),
     ("sync running is not restarted", obs(sync=SyncStatus(last_good_at=NOW - 40, last_started_at=NOW - 40,

@@ -1,0 +1,43 @@
+"""The agent's watcher on a real directory: inotify sees writes, new directories and deletions; the poll
+fallback sees them too, and a quiet tree times out."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dumont.agent import watch
+from dumont.agent.watch import Watcher
+
+
+def later(action: object, delay: float = 0.05) -> threading.Timer:
+    timer = threading.Timer(delay, action)  # type: ignore[arg-type]
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("mode", ["inotify", "poll"])
+def test_writes_new_folders_and_deletions_are_seen_and_quiet_times_out(
+        tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(watch, "POLL_SECONDS", 0.05)
+    watcher = Watcher(str(tmp_path))
+    if mode == "poll":
+        watcher._fall_back("forced by the test")
+    elif watcher.mode != "inotify":
+        pytest.skip(f"no inotify here: {watcher.reason}")
+    assert watcher.mode == mode
+    started = time.monotonic()
+    assert not watcher.wait(0.2) and time.monotonic() - started >= 0.2
+    later(lambda: (tmp_path / "a.txt").write_text("x"))
+    assert watcher.wait(5)
+    later(lambda: (tmp_path / "new" / "deep").mkdir(parents=True))
+    assert watcher.wait(5)
+    time.sleep(0.05)
+    watcher.wait(0)  # drain what the mkdir left
+    later(lambda: (tmp_path / "new" / "deep" / "b.bin").write_bytes(b"y"))
+    assert watcher.wait(5), "a file in a folder created after the watch began"
+    later(lambda: (tmp_path / "a.txt").unlink())
+    assert watcher.wait(5)
