@@ -35,9 +35,10 @@ lint: deps
 	$(VENV)/bin/mypy
 	$(VENV)/bin/vermin --quiet --no-tips --violations -t=3.8- src/dumont/agent
 
-# Both benchmarks run even when the first fails; the target fails if either did.
+# Every benchmark runs even when an earlier one fails; the target fails if any did.
 bench: deps
-	$(PY) bench/sync_cycle.py; sync=$$?; $(PY) bench/cli.py && exit $$sync
+	$(PY) bench/sync_cycle.py; sync=$$?; $(PY) bench/cli.py; cli=$$?; $(PY) bench/rpo.py; rpo=$$?; \
+	  exit $$(( sync || cli || rpo ))
 
 drill: deps
 	$(PY) -m dumont drill $(DRILL_ARGS)
