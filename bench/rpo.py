@@ -89,7 +89,7 @@ async def main() -> int:
             results.append(await one_mode(on_change, args.kills, Path(folder) / f"on-{on_change}", rng))
     print(f"\n{'on_change':<10} {'kills':>5} {'p50 s':>8} {'p95 s':>8} {'max s':>8}")
     for r in results:
-        print(f"{str(r['on_change']):<10} {r['kills']:>5} {r['p50_s']:>8.3f} {r['p95_s']:>8.3f} {r['max_s']:>8.3f}")
+        print(f"{r['on_change']!s:<10} {r['kills']:>5} {r['p50_s']:>8.3f} {r['p95_s']:>8.3f} {r['max_s']:>8.3f}")
     on, off = results
     failures = []
     if on["p95_s"] > ON_P95_S or on["max_s"] > ON_MAX_S:

@@ -186,7 +186,7 @@ async def test_a_change_on_the_primary_starts_a_pass_after_the_debounce_not_the_
         controller = controller_of(world, rt)
         assert rt.primary is not None
         woken: list[float] = []
-        watcher = asyncio.create_task(watch_changes(world.ctx, rt, lambda: woken.append(world.clock())))
+        watcher = asyncio.create_task(watch_changes(world.ctx, rt, lambda w=woken: w.append(world.clock())))
         try:
             await controller.tick()
             if rt.sync_task is not None:
@@ -195,7 +195,7 @@ async def test_a_change_on_the_primary_starts_a_pass_after_the_debounce_not_the_
             assert rt.sync_task is None or rt.sync_task.done(), "no pass is due for a whole interval"
             gpu = rt.primary.alias
 
-            def passes_now() -> int:
+            def passes_now(gpu: str = gpu) -> int:
                 return sum(1 for op, alias in world.hosts.calls if op == "run_pass" and alias == gpu)
             passes = passes_now()
             world.machine(rt.primary).changed.set()
