@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from dumont.core.controller import Controller
-from dumont.core.pair import PairRuntime
+from dumont.core.pair import PairRuntime, rpo_estimate
 from dumont.errors import DumontError
 
 INTENTS = ("failover", "sync", "recover", "pause", "resume")
@@ -36,6 +36,7 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 def pair_status(controller: Controller, rt: PairRuntime) -> dict[str, Any]:
     """One pair as ``status --json`` shows it (SPEC §4.7)."""
     now = controller.ctx.clock()
+    on_change = controller.ctx.config.replication.on_change
     last = controller.ctx.store.last_pass(rt.name)
     try:
         host, port = rt.endpoint.address
@@ -52,6 +53,7 @@ def pair_status(controller: Controller, rt: PairRuntime) -> dict[str, Any]:
         "last_sync": {"time": last["finished_at"], "epoch": last["epoch"], "seq": last["seq"],
                       "snapshot_seq": last["snapshot_seq"], "bytes_sent": last["bytes_sent"]} if last else None,
         "lag_seconds": round(now - rt.sync.last_good_at, 3) if rt.sync.last_good_at else None,
+        "rpo_estimate_seconds": _rounded(rpo_estimate(rt, now, on_change=on_change)),
         "sync_failures": rt.sync.consecutive_failures,
         "operation": {"kind": op.kind, "step": op.step, "started_at": op.started_at, "finished": op.finished,
                       "error": op.error} if op else None,
@@ -59,6 +61,10 @@ def pair_status(controller: Controller, rt: PairRuntime) -> dict[str, Any]:
         "endpoint_switches": [{"at": s.at, "target": list(s.target) if s.target else None, "reason": s.reason}
                               for s in rt.endpoint.history],
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
 
 
 class ApiServer:

@@ -185,6 +185,20 @@ def _say_skipped(ctx: ControllerContext, rt: PairRuntime, skipped: tuple[str, ..
               f"cannot be copied): {shown}; a program recreates them when it starts", {"paths": list(skipped)})
 
 
+def rpo_estimate(rt: PairRuntime, now: float, *, on_change: bool) -> float | None:
+    """What a failover now would lose, in seconds of writes: with a working watcher, the age of the oldest change
+    not yet in a committed pass (0 when none is pending); otherwise the time since the last pass ended."""
+    if rt.sync.last_good_at is None:
+        return None
+    if on_change and rt.watch_mode in ("inotify", "poll"):
+        if rt.changed_at is not None:
+            return max(0.0, now - rt.changed_at)
+        if rt.sync.running and rt.sync.last_started_at is not None:
+            return max(0.0, now - rt.sync.last_started_at)  # what that pass carries is not committed yet
+        return 0.0
+    return max(0.0, now - rt.sync.last_good_at)
+
+
 def show_operation(ctx: ControllerContext, rt: PairRuntime, op_id: int, kind: str, *, finished: bool = False,
                    error: str | None = None) -> None:
     """Mirror an operation's stored progress into the pair, where the loop observes it."""

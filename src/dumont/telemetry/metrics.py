@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from dumont.core.model import Health, PairState
+from dumont.core.pair import rpo_estimate
 
 if TYPE_CHECKING:
     from dumont.core.controller import Controller
@@ -56,6 +57,9 @@ METRICS: tuple[MetricSpec, ...] = (
     # --- replication
     MetricSpec("dumont_standby_lag_seconds", "gauge",
                "Seconds since the last complete pass ended: the data a failover now would lose (RPO estimate).", P),
+    MetricSpec("dumont_rpo_estimate_seconds", "gauge",
+               "What a failover now would lose: with change-triggered sync the age of the oldest change not yet "
+               "committed (0: none pending), else the lag.", P),
     MetricSpec("dumont_sync_last_success_timestamp_seconds", "gauge", "Unix time the last complete pass ended.", P),
     MetricSpec("dumont_sync_consecutive_failures", "gauge", "Replication passes failed in a row (0 after a success).",
                P),
@@ -299,6 +303,9 @@ def _sync_metrics(families: Families, metrics: Metrics, rt: PairRuntime, now: fl
     if rt.sync.last_good_at is not None:
         _add(families, "dumont_standby_lag_seconds", [name], max(0.0, now - rt.sync.last_good_at))
         _add(families, "dumont_sync_last_success_timestamp_seconds", [name], rt.sync.last_good_at)
+    rpo = rpo_estimate(rt, now, on_change=metrics.controller.ctx.config.replication.on_change)
+    if rpo is not None:
+        _add(families, "dumont_rpo_estimate_seconds", [name], rpo)
     _add(families, "dumont_sync_consecutive_failures", [name], rt.sync.consecutive_failures)
     last = metrics.controller.ctx.store.last_pass(name)
     if last is not None:

@@ -51,3 +51,22 @@ async def test_cancellation_propagates() -> None:
     await cancel(task)
     assert task.cancelled()
 
+
+
+def test_the_rpo_estimate_is_the_oldest_pending_change_with_a_watcher_else_the_lag() -> None:
+    from dataclasses import replace
+
+    from dumont.core.model import SyncStatus
+    from dumont.core.pair import rpo_estimate
+
+    rt = runtime()
+    assert rpo_estimate(rt, 100.0, on_change=True) is None, "no pass yet: nothing to estimate from"
+    rt.sync = SyncStatus(last_good_at=90.0, last_started_at=89.0)
+    assert rpo_estimate(rt, 100.0, on_change=False) == 10.0, "without a watcher: the lag"
+    assert rpo_estimate(rt, 100.0, on_change=True) == 10.0, "a watcher that never answered is no watcher"
+    rt.watch_mode = "inotify"
+    assert rpo_estimate(rt, 100.0, on_change=True) == 0.0, "nothing pending"
+    rt.changed_at = 99.25
+    assert rpo_estimate(rt, 100.0, on_change=True) == 0.75
+    rt.changed_at, rt.sync = None, replace(rt.sync, running=True, last_started_at=99.5)
+    assert rpo_estimate(rt, 100.0, on_change=True) == 0.5, "what the running pass carries is not committed"
