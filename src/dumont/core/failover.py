@@ -39,7 +39,6 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
     rt.paired_epoch = None  # whatever happens next, the pair key is gone from the standby: pair again
     await ctx.ensure_ready(standby)  # known already, unless the controller restarted while it was unreachable
     promoted = await ctx.hosts.take_over(rt.name, standby, new_epoch)
-    fenced = promoted
     await rt.endpoint.point_to((standby.ssh_host, standby.ssh_port), reason=cause, epoch=new_epoch)
     switched = ctx.clock()
     # Sessions still open to the old primary (a partitioned one may come back) must not keep writing there.
@@ -53,7 +52,7 @@ async def fail_over(ctx: ControllerContext, rt: PairRuntime, cause: str) -> None
     publish_endpoint(ctx, rt)  # the CPU's login (Google's images refuse root) goes into the user's snippet
     ctx.event(rt.name, "failover", f"failed over to the standby: {cause}", {
         "epoch": new_epoch, "from": old.as_dict(), "to": standby.as_dict(), "snapshot_seq": promoted["seq"],
-        "decision_to_switch_seconds": round(switched - decided, 4), "receives_killed": fenced.get("killed", 0),
+        "decision_to_switch_seconds": round(switched - decided, 4), "receives_killed": promoted.get("killed", 0),
         "snapshot_files": promoted["files"], "sessions_closed": closed,
         "promoted_from": promoted.get("mode", "candidate"),  # "take": no complete candidate, the snapshot itself
     })
