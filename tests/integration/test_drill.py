@@ -88,15 +88,21 @@ def test_promtool_accepts_the_metrics_scraped_during_a_drill(two_runs: list[Path
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("scenario", ["gpu-partition", "standby-preempt"])
+@pytest.mark.parametrize("scenario", ["gpu-partition", "standby-preempt", "gpu-outbid"])
 def test_other_scenarios_pass(tmp_path: Path, scenario: str) -> None:
-    """A hung GPU fails over on the three-strike path; a preempted standby is replaced with the GPU untouched."""
+    """A hung GPU fails over on the three-strike path; a preempted standby is replaced with the GPU untouched; an
+    outbid GPU's writes after its last pass are salvaged onto the new GPU and listed in the report."""
     result = drill(tmp_path, "--scenario", scenario)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     detection = next(p for p in report["phases"] if p["key"] == "detection")
+    if scenario == "gpu-outbid":
+        checks = {c["name"]: c for c in report["checks"]}
+        assert checks["the outbid GPU's last writes were salvaged"]["ok"]
+        salvaged = next(p for p in report["phases"] if p["key"] == "recovered")["figures"]["salvaged"]
+        assert salvaged["count"] >= 1 and all(f["path"].startswith("writer/") for f in salvaged["files"])
     if scenario == "gpu-partition":
         assert "consecutive health checks" in detection["figures"]["reason"]
         assert detection["seconds"] <= 5.0, "the fast profile's detection target"
-    else:
+    elif scenario == "standby-preempt":
         assert any(c["name"].startswith("the GPU was untouched") and c["ok"] for c in report["checks"])

@@ -36,6 +36,7 @@ from dumont.providers.base import (
     Offer,
     OfferQuery,
     ProviderAuthError,
+    ProviderRequestError,
     ProviderUnavailable,
 )
 from dumont.providers.vast import VastClient, VastMarket, image_exists, load_api_key, rent_first_available
@@ -637,3 +638,26 @@ def test_local_up_serves_vast_and_offers_and_outbid_work_from_the_cli(daemon_env
                           headers=headers, timeout=30).json()["new_contract"]
     refused = dumont("local", "outbid", f"vast-{on_demand}", "--state-dir", str(state), env=env)
     assert refused.returncode == 2 and "only interruptible instances are outbid" in refused.stderr
+
+
+async def test_copy_between_takes_files_off_a_stopped_instance_and_says_when_it_is_done(vast: VastCloud) -> None:
+    """Vast's copy (PUT /commands/copy_direct/, as `vastai copy`) works on a paused instance: its disk is there."""
+    market = vast.market()
+    offers = await market.search_offers(SEED_QUERY)
+    old, new = (await market.create(_launch(vast, offers[0])), await market.create(_launch(vast, offers[1])))
+    old_host = vast.cloud.pool.get(f"vast-{old.instance_id}")
+    (old_host.workspace / "data").mkdir(exist_ok=True)
+    (old_host.workspace / "data" / "late.bin").write_bytes(b"written after the last pass")
+    await market.stop(old.instance_id)
+    await market.copy_between(old.instance_id, new.instance_id, "/workspace/", "/workspace/.dumont/salvage/2/")
+
+    async def done() -> None:
+        assert (await market.get(new.instance_id)).status_message == f"copy from {old.instance_id}: done"
+
+    await eventually(done, timeout=20, retry_on=(AssertionError,))
+    new_host = vast.cloud.pool.get(f"vast-{new.instance_id}")
+    assert (new_host.workspace / ".dumont/salvage/2/data/late.bin").read_bytes() == b"written after the last pass"
+    with pytest.raises(ProviderRequestError, match="only under /workspace"):
+        await market.copy_between(old.instance_id, new.instance_id, "/etc/", "/workspace/x/")
+    with pytest.raises(ProviderRequestError, match="must be running"):
+        await market.copy_between(new.instance_id, old.instance_id, "/workspace/", "/workspace/x/")

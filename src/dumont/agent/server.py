@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable
 
-from . import cleanchan, pairing, promotion, scrub, snapshots, watch
+from . import cleanchan, pairing, promotion, salvage, scrub, snapshots, watch
 from .common import (
     KIND,
     PATH,
@@ -196,6 +196,7 @@ OPERATIONS: dict[str, Operation] = {
     "commit": commit, "record_pass": snapshots.record_pass,
     "promote": promotion.promote, "take_over": promotion.take_over, "retire_workspace": promotion.retire_workspace,
     "refresh_candidate": promotion.refresh_candidate_op, "scrub": scrub.scrub, "watch": watch.watch,
+    "salvage_signature": salvage.signature, "salvage_sort": salvage.sort_out,
     "verify_promoted": promotion.verify_promoted,
     "authorize_pair": pairing.authorize_pair, "revoke_pair": pairing.revoke_pair,
     "install_pair_client": pairing.install_pair_client, "push": pairing.push,
@@ -203,7 +204,7 @@ OPERATIONS: dict[str, Operation] = {
 }
 MUTATING = {"set_epoch", "stage", "revert", "commit", "record_pass", "authorize_pair", "revoke_pair",
             "install_pair_client", "install_host_certificate", "promote", "take_over", "retire_workspace",
-            "refresh_candidate", "scrub"}
+            "refresh_candidate", "scrub", "salvage_sort"}
 
 
 def run_locked(operation: Operation, args: Json) -> Json:

@@ -231,10 +231,7 @@ def _secret_advice(path: str) -> str:
 
 
 # Keys a later release will read. Until then they are refused rather than accepted and ignored.
-NOT_SUPPORTED_YET: Final = {
-    "controller.salvage_outbid": "salvaging files from an outbid GPU is not built yet; it is destroyed after the "
-                                 "failback",
-}
+NOT_SUPPORTED_YET: Final[dict[str, str]] = {}
 
 
 def _refuse_unknown_keys(cls: type[Any], raw: Mapping[str, Any], prefix: str, reading: _Reading) -> None:

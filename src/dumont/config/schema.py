@@ -173,6 +173,10 @@ class ControllerConfig:
                                                                                       at_least=1)))
     # Readying a fresh host (find Python, install rsync with its package manager) may wait for a slow mirror.
     bootstrap_timeout_seconds: float = field(default=900.0, metadata=_checked_by(_SECONDS))
+    # An outbid (paused) GPU keeps its disk: before it is destroyed, what it wrote after its last pass is copied
+    # through the provider into /workspace/.dumont/salvage/<epoch>/ on the new GPU, within this deadline.
+    salvage_outbid: bool = field(default=True, metadata=_checked_by(_FLAG))
+    salvage_timeout_seconds: float = field(default=300.0, metadata=_checked_by(_SECONDS))
     # The users' SSH endpoints: "process" runs them in an endpoint process of their own (started if none answers),
     # so sessions survive a controller restart; "external" only connects to one started elsewhere (the
     # dumont-endpoint systemd unit); "in-process" keeps them inside the controller (its sessions end with it).

@@ -29,6 +29,7 @@ from dumont.errors import (
 )
 from dumont.providers.base import (
     Instance,
+    InstanceNotFound,
     InstanceState,
     LaunchRequest,
     Offer,
@@ -192,6 +193,22 @@ class FakeHosts:
         self._accept_epoch(machine, epoch)
         return machine.epoch
 
+    async def salvage_signature(self, ref: HostRef, folder: str) -> tuple[int, int, int]:
+        machine = self._use("salvage_signature", ref)
+        files = [d for p, d in machine.workspace.items() if p.startswith(folder + "/")]
+        return len(files), sum(map(len, files)), 1
+
+    async def salvage_sort(self, ref: HostRef, folder: str) -> list[dict[str, Any]]:
+        machine = self._use("salvage_sort", ref)
+        kept = []
+        for path in sorted(p for p in machine.workspace if p.startswith(folder + "/")):
+            rel = path[len(folder) + 1:]
+            if machine.workspace.get(rel) == machine.workspace[path]:
+                del machine.workspace[path]
+            else:
+                kept.append({"path": rel, "size": len(machine.workspace[path]), "mtime": 0.0})
+        return kept
+
     async def watch(self, ref: HostRef, *, timeout: float) -> dict[str, Any]:
         # Blocks until the test says the workspace changed: a virtual timeout would spin time forward.
         machine = self._use("watch", ref)
@@ -354,6 +371,17 @@ class FakeMarket(_Provider):
         self._check("attach_keys")
         keys = self.instances[instance_id].keys
         keys += [k for k in public_keys if k not in keys]
+
+    async def copy_between(self, src_id: str, dst_id: str, src_path: str, dst_path: str) -> None:
+        """Vast's copy: a paused source is fine; the files land under ``dst_path`` at once."""
+        self._check("copy_between")
+        if src_id not in self.instances or dst_id not in self.instances:
+            raise InstanceNotFound(f"instance {src_id if src_id not in self.instances else dst_id} not found")
+        source = self.hosts.machine(alias_for(self.name, src_id)).workspace
+        target = self.hosts.machine(alias_for(self.name, dst_id)).workspace
+        folder = dst_path.removeprefix("/workspace/").rstrip("/")
+        for path, data in list(source.items()):
+            target[f"{folder}/{path}"] = data
 
     async def destroy(self, instance_id: str) -> None:
         await self._destroy(instance_id)

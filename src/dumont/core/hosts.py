@@ -171,6 +171,14 @@ class SshHosts:
         """Raise the host's epoch."""
         return await self.agent(ref).set_epoch(epoch)
 
+    async def salvage_signature(self, ref: HostRef, folder: str) -> tuple[int, int, int]:
+        """How much a salvage folder holds, and its newest change."""
+        return await self.agent(ref).salvage_signature(folder)
+
+    async def salvage_sort(self, ref: HostRef, folder: str) -> list[dict[str, Any]]:
+        """Keep only the news in a salvage folder."""
+        return await self.agent(ref).salvage_sort(folder)
+
     async def watch(self, ref: HostRef, *, timeout: float) -> dict[str, Any]:
         """Wait for a change in the host's workspace, on a channel of its own (passes never wait behind it)."""
         agent = self._watchers.get(ref.alias)

@@ -85,6 +85,14 @@ class HostAccess(Protocol):
         """Raise the host's epoch to ``epoch``; return the host's epoch."""
         ...
 
+    async def salvage_signature(self, ref: HostRef, folder: str) -> tuple[int, int, int]:
+        """(files, bytes, newest change in ns) of a salvage folder in the host's workspace."""
+        ...
+
+    async def salvage_sort(self, ref: HostRef, folder: str) -> list[dict[str, Any]]:
+        """Drop from a salvage folder what equals the live workspace; the files kept (path, size, mtime)."""
+        ...
+
     async def watch(self, ref: HostRef, *, timeout: float) -> dict[str, Any]:
         """Wait up to ``timeout`` s for a change in the host's workspace: ``changed``, and the watcher's ``mode``
         (``inotify``, or ``poll`` with its ``reason``)."""

@@ -18,6 +18,7 @@ from dumont.core.faults import reason_of
 from dumont.core.model import HostRef, RecoveryStep
 from dumont.core.pair import PairRuntime, ensure_paired, run_operation, run_pass, show_operation
 from dumont.core.renting import destroy_quietly, rent_gpu
+from dumont.core.salvage import salvage
 from dumont.errors import DumontError, IntegrityError
 from dumont.replication.engine import PassReport
 
@@ -147,6 +148,7 @@ async def _clean_up_failed(ctx: ControllerContext, rt: PairRuntime) -> None:
     keep = {h.instance_id for h in (rt.primary, rt.standby) if h is not None}
     for provider, instance_id, role in ctx.store.held_hosts(rt.name):
         if role == "gpu" and provider in ctx.markets and instance_id not in keep:
+            await salvage(ctx, rt, provider, instance_id)  # an outbid GPU's newer writes, before they are gone
             await destroy_quietly(ctx, rt.name, provider, instance_id, "it failed and has been replaced")
     for ref in list(rt.failed):
         await ctx.hosts.forget(ref)

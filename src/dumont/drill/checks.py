@@ -58,6 +58,23 @@ def data_loss(run: DrillRun) -> dict[str, Any]:
     }
 
 
+def _salvage_check(run: DrillRun, loss: dict[str, Any]) -> Check:
+    """Every write the outbid GPU acknowledged after its last pass is in the salvage folder on the new GPU."""
+    phase = run.timeline.phase("recovered")
+    salvaged = phase.figures.get("salvaged") if phase is not None else None
+    if not salvaged:
+        return Check("the outbid GPU's last writes were salvaged", False, "no salvaged event")
+    folder = str(salvaged["folder"]).removeprefix("/workspace/")
+    final = run.hashes.get("final_primary")
+    by_path = {r.path: r for r in run.writer.records}
+    missing = [p for p in loss.get("lost_paths", [])
+               if final is None or final.files.get(f"{folder}/{p}") != _sha(by_path[p].content)]
+    lost = loss.get("files_lost", 0)
+    return Check("the outbid GPU's last writes were salvaged", not missing,
+                 f"{lost} write(s) after the last pass, all in {salvaged['folder']} ({salvaged['count']} file(s))"
+                 if not missing else f"not salvaged: {', '.join(missing[:10])}")
+
+
 def hosts_holding_key(hosts_dir: Path, key: Path) -> list[str]:
     """The hosts with a file holding ``key``'s private part (hostile-review.md #11: it was on every GPU)."""
     lines = [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
@@ -134,6 +151,8 @@ def verdicts(run: DrillRun, loss: dict[str, Any], mismatches: dict[str, list[str
         destroyed = any(e["data"].get("instance_id") == failed for e in run.timeline.events_of("instance_destroyed"))
         result.append(Check("the failed GPU was destroyed", destroyed, "instance_destroyed event seen"
                             if destroyed else "no instance_destroyed event for the failed GPU"))
+    if run.options.scenario == "gpu-outbid" and error is None:
+        result.append(_salvage_check(run, loss))
     if "ca_key_found_on" in run.facts:
         found = run.facts["ca_key_found_on"]
         result.append(Check("the pair's host CA key is on no host", not found,

@@ -105,7 +105,9 @@ def _phases(add: Any, data: dict[str, Any]) -> None:
         if phase.get("deadline_seconds") is not None:
             add(f"| deadline | {phase['deadline_seconds']:g} s |")
         for key, value in phase["figures"].items():
-            if key != "passes":
+            if key == "salvaged" and isinstance(value, dict):
+                add(f"| salvaged | {value['count']} file(s) in {value['folder']} in {_s(value['seconds'], 3)} |")
+            elif key != "passes":
                 add(f"| {key.replace('_', ' ')} | {value} |")
         for step in phase["steps"]:
             add(f"| step: {step.get('name', step.get('step'))} | {_s(step['seconds'], 3)} |")
@@ -155,6 +157,18 @@ def _loss_and_integrity(add: Any, data: dict[str, Any]) -> None:
         add(f"- {name}: " + ("identical" if not problems else f"{len(problems)} mismatch(es): " + "; ".join(
             problems[:10])))
     add("")
+    recovered: dict[str, Any] = next((p for p in data["phases"] if p["key"] == "recovered"), {"figures": {}})
+    salvaged = recovered["figures"].get("salvaged")
+    if isinstance(salvaged, dict):
+        add(f"Salvaged from the outbid GPU {salvaged['instance_id']} into {salvaged['folder']} on the new GPU "
+            "(what it wrote after its last pass; never over a file of the live workspace):")
+        add("")
+        add("| path | size | mtime |")
+        add("|---|---|---|")
+        for item in salvaged["files"]:
+            stamp = time.strftime("%H:%M:%S", time.localtime(item["mtime"]))
+            add(f"| {item['path']} | {item['size']} B | {stamp} |")
+        add("")
 
 
 def _timeline(add: Any, data: dict[str, Any]) -> None:

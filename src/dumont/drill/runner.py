@@ -269,6 +269,12 @@ async def _standby_loss(run: DrillRun) -> None:
 async def _recovered(run: DrillRun) -> None:
     """One more pass in the new arrangement, then the final hashes."""
     phase = run.timeline.begin("recovered", deadline_seconds=120)
+    if run.options.scenario == "gpu-outbid":
+        # The paused GPU's newer writes are salvaged onto the new GPU before it is destroyed.
+        await run.stack.wait_for("the salvage", lambda s: bool(run.timeline.events_of("salvaged")
+                                                              or run.timeline.events_of("salvage_failed")), 120)
+        salvaged = run.timeline.events_of("salvaged")
+        phase.figures.update(salvaged=salvaged[-1]["data"] if salvaged else None)
     seq = run.stack.status()["last_sync"]["seq"]
     await run.stack.wait_for("a pass after the recovery", lambda s: s["last_sync"]["seq"] > seq, 120)
     await run.writer.stop()

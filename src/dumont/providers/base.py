@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from dumont.errors import DumontError, Recovery
 
@@ -196,6 +196,15 @@ class GpuMarket(Protocol):
 
     async def destroy(self, instance_id: str) -> None:
         """Destroy the instance and its disk; succeeds if it is already gone."""
+        ...
+
+
+@runtime_checkable
+class CopiesBetweenInstances(Protocol):
+    """A market that can copy files off one of its instances onto another, even a paused one (Vast's copy)."""
+
+    async def copy_between(self, src_id: str, dst_id: str, src_path: str, dst_path: str) -> None:
+        """Start the copy; it may finish after this returns."""
         ...
 
 

@@ -372,6 +372,17 @@ class HostAgent:
         """Failover on this standby as one step: fence the old primary, promote, then take ``epoch``."""
         return await self.call("take_over", {"pair": pair, "epoch": epoch, "mode": "candidate"}, timeout=timeout)
 
+    async def salvage_signature(self, folder: str) -> tuple[int, int, int]:
+        """(files, bytes, newest change in ns) of a salvage folder in the workspace."""
+        r = await self.call("salvage_signature", {"folder": folder})
+        return int(r["files"]), int(r["bytes"]), int(r["newest_ns"])
+
+    async def salvage_sort(self, folder: str) -> list[dict[str, Any]]:
+        """Drop what equals the live workspace from a salvage folder; the files kept (path, size, mtime)."""
+        r = await self.call("salvage_sort", {"folder": folder}, timeout=600)
+        kept: list[dict[str, Any]] = r["kept"]
+        return kept
+
     async def watch(self, *, timeout: float) -> dict[str, Any]:
         """Wait up to ``timeout`` s for a change in the workspace (blocks this channel: give it one of its own)."""
         return await self.call("watch", {"timeout": timeout}, timeout=timeout + 30)

@@ -141,3 +141,46 @@ async def test_a_rental_whose_offer_is_gone_moves_to_the_next(world: World, fail
     succeeded, error = await run_recovery(world, failed_over)
     assert succeeded, error
     assert len(world.reasons("offer_failed")) == 2 and sorted(world.market.instances) == ["30000002"]
+
+
+async def test_an_outbid_gpu_s_newer_writes_are_salvaged_beside_the_cpu_s_never_over_them(
+        world: World) -> None:
+    """SPEC §4.5 step 4: before the paused GPU is destroyed, what it wrote after its last pass is copied into
+    /workspace/.dumont/salvage/<epoch>/ on the new GPU; a file the CPU also wrote keeps the CPU's version."""
+    async for rt in synced_pair(world):
+        gpu = rt.primary
+        assert gpu is not None
+        await fail_over(world.ctx, rt, "the provider reports the GPU outbid")
+        for _ in range(5):
+            await world.clock.sleep(0)  # the background fence stops (pauses) the old GPU, disk kept
+        old = world.machine(gpu).workspace
+        old["late.bin"] = b"written after the last pass"
+        old["model.pt"] = b"a newer model on the GPU"
+        world.machine(rt.primary).workspace["model.pt"] = b"the CPU's own model"
+        succeeded, error = await run_recovery(world, rt)
+        assert succeeded, error
+        new = world.machine(rt.primary).workspace
+        folder = f".dumont/salvage/{rt.epoch}"
+        assert new["model.pt"] == b"the CPU's own model", "never over a file written on the CPU"
+        assert new[f"{folder}/late.bin"] == b"written after the last pass"
+        assert new[f"{folder}/model.pt"] == b"a newer model on the GPU"
+        assert not [p for p in new if p.startswith(folder) and p[len(folder) + 1:] in ("data.csv",)], \
+            "what the last pass carried is dropped"
+        [said] = world.reasons("salvaged")
+        assert f"2 file(s) the failed GPU {gpu.instance_id} wrote after its last pass" in said
+        assert gpu.instance_id in world.market.destroyed, "destroyed once salvaged"
+
+
+async def test_a_salvage_that_fails_never_blocks_the_failback(world: World) -> None:
+    async for rt in synced_pair(world):
+        gpu = rt.primary
+        assert gpu is not None
+        await fail_over(world.ctx, rt, "the provider reports the GPU outbid")
+        for _ in range(5):
+            await world.clock.sleep(0)
+        from dumont.providers.base import ProviderRequestError
+        world.market.fail["copy_between"] = ProviderRequestError("copy refused")
+        succeeded, error = await run_recovery(world, rt)
+        assert succeeded, error
+        assert "copy refused" in world.reasons("salvage_failed")[0]
+        assert gpu.instance_id in world.market.destroyed

@@ -21,6 +21,7 @@ Endpoints (cloud-apis.md §1.3, §1.9)::
     PUT    /api/v0/ssh/{id}/  DELETE /api/v0/ssh/{id}/   change, remove an account key
     PUT    /api/v0/instances/bid_price/{id}/         change bid (an outbid instance resumes when it is high enough)
     PUT    /api/v0/instances/reboot/{id}/            stop the container and boot it again
+    PUT    /api/v0/commands/copy_direct/             copy between two instances, a paused source too (vast_copy)
 
 Every other path needs ``Authorization: Bearer <key>`` with the key the emulator keeps in
 ``<state_dir>/vast_api_key`` (0600, random, kept across restarts); a wrong or missing key gets 401
@@ -70,6 +71,7 @@ from dumont.localcloud import layout
 from dumont.localcloud.emulators import vast_images
 from dumont.localcloud.emulators import vast_instances as records
 from dumont.localcloud.emulators.vast_boot import BootTimers
+from dumont.localcloud.emulators.vast_copy import Copies, host_path, instance_number
 from dumont.localcloud.emulators.vast_faults import MARKET_FAULTS, Faults
 from dumont.localcloud.emulators.vast_http import Refused, json_query, number, read_body, refuse, reply, text
 from dumont.localcloud.emulators.vast_instances import VastInstance
@@ -127,6 +129,7 @@ class VastEmulator:
         self._lock = asyncio.Lock()  # one change at a time: a rent must not race a destroy of the same machine
         self._runner: web.AppRunner | None = None
         self.boot_timers = BootTimers(self._boot)
+        self.copies = Copies()
         self._hang_on_boot: set[int] = set()  # nossh: these instances boot with a hung sshd
 
     @property
@@ -155,6 +158,7 @@ class VastEmulator:
     async def stop(self) -> None:
         """Stop serving and booting (the hosts are the pool's to stop)."""
         await self.boot_timers.cancel_all()
+        await self.copies.cancel_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -210,6 +214,7 @@ class VastEmulator:
         add.add_post(f"{v0}/ssh/", self._create_key)
         add.add_put(f"{v0}/ssh/{{id:\\d+}}/", self._update_key)
         add.add_delete(f"{v0}/ssh/{{id:\\d+}}/", self._delete_key)
+        add.add_put(f"{v0}/commands/copy_direct/", self._copy_direct)
         add.add_get("/_dumont/faults", self._fault_state)
         add.add_post("/_dumont/faults/{action}", self._inject)
         return app
@@ -250,7 +255,10 @@ class VastEmulator:
         return next((h for h in self.pool.hosts() if h.name == instance.host), None)
 
     def _row(self, instance: VastInstance) -> dict[str, Any]:
-        return records.row(instance, self._host(instance), time.time(), self.delay)
+        row = records.row(instance, self._host(instance), time.time(), self.delay)
+        if instance.id in self.copies.status:
+            row["status_msg"] = self.copies.status[instance.id]
+        return row
 
     def _instance(self, request: web.Request) -> VastInstance:
         instance_id = int(request.match_info["id"])
@@ -447,6 +455,25 @@ class VastEmulator:
             del self.instances[instance.id]
             self._save()
         return reply({"success": True, "msg": f"Instance {instance.id} destroyed."})
+
+    async def _copy_direct(self, request: web.Request) -> web.Response:
+        body = await read_body(request)
+        src_id = instance_number(body.get("src_id"), "src_id")
+        dst_id = instance_number(body.get("dst_id"), "dst_id")
+        async with self._lock:
+            source, target = self.instances.get(src_id), self.instances.get(dst_id)
+            if source is None or target is None:
+                missing = src_id if source is None else dst_id
+                raise Refused(404, "no_such_instance", f"Instance {missing} not found.")
+            src_host, dst_host = self._host(source), self._host(target)
+            if src_host is None or dst_host is None:
+                raise Refused(409, "machine_unavailable", "The machine of an instance of the copy is gone.")
+            if target.intended != "running" or target.outbid or target.booting:
+                raise Refused(400, "invalid_args", f"Instance {dst_id} must be running to receive a copy.")
+            src_path = host_path(src_host.workspace, body.get("src_path"), "src_path")
+            dst_path = host_path(dst_host.workspace, body.get("dst_path"), "dst_path")
+            self.copies.start(src_id, dst_id, src_path, dst_path)  # a paused source is fine: its disk is there
+        return reply({"success": True, "msg": "Remote to Remote copy initiated"})
 
     async def _attach(self, request: web.Request) -> web.Response:
         key = text((await read_body(request)).get("ssh_key"))

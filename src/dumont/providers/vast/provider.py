@@ -192,6 +192,17 @@ class VastMarket:
                                            f"{instance_id}: {answer.get('msg') or 'no reason given'}",
                                            hint="check that it is an OpenSSH public key line")
 
+    async def copy_between(self, src_id: str, dst_id: str, src_path: str, dst_path: str) -> None:
+        """Start copying ``src_path`` of one instance into ``dst_path`` of another (``vastai copy``); a paused
+        (outbid or stopped) source works, its disk being kept. Vast answers before the copy is done."""
+        body = {"client_id": "me", "src_id": int(_checked_id(src_id)), "dst_id": int(_checked_id(dst_id)),
+                "src_path": src_path, "dst_path": dst_path}
+        answer = await self.client.call("PUT", "/api/v0/commands/copy_direct/", body=body, idempotent=False)
+        if not isinstance(answer, dict) or answer.get("success") is not True:
+            msg = answer.get("msg") if isinstance(answer, dict) else answer
+            raise ProviderRequestError(f"Vast.ai did not start the copy from instance {src_id} to {dst_id}: "
+                                       f"{msg or 'no reason given'}", hint="the data stays on the stopped instance")
+
     async def account_keys(self) -> list[str]:
         """The public keys of the Vast.ai account (``vastai show ssh-keys``): what an instance created now gets."""
         answer = await self.client.call("GET", "/api/v0/ssh/")
