@@ -2,9 +2,10 @@
 
 A writer runs through the pair's endpoint as a user's job does, writing a numbered, time-stamped record every
 50 ms (each fsynced before it is acknowledged). The GPU is killed at a random instant; once the pair has failed
-over, the RPO of that kill is how much older the newest record the promoted workspace holds is than the last record
-the GPU acknowledged (its moment of death: a kill takes a moment to land, so the instant it was asked for is not). The pair then recovers onto a new GPU (auto-recovery) and the next kill follows. The fast
-profile (sync every 2 s), ``--kills`` kills per mode, one stack per mode.
+over, the RPO of that kill is how much older the newest record the promoted workspace holds is than the last
+record the GPU acknowledged (its moment of death: a kill takes a moment to land, so the instant it was asked for is
+not). The pair then recovers onto a new GPU (auto-recovery) and the next kill follows. The fast profile (sync
+every 2 s), ``--kills`` kills per mode, one stack per mode.
 
 Every figure is measured here. Exit 1 if, with on_change, the p95 is over 1 s or the max over 2 s, or, without
 it, the max is over one sync interval plus one pass (SPEC §5).
