@@ -89,8 +89,11 @@ def entry_for(name: str, full: bytes, st: os.stat_result, digest: str | None = N
     return None
 
 
+SPARSE_MIN_BYTES = 1 << 20  # smaller files are cheap to send whatever they hold
+
+
 def scan_tree(root: str, hashes: HashLookup, cache: dict[str, list[Any]] | None = None,
-              trust_all: bool = False) -> ScanResult:
+              trust_all: bool = False, sparse: list[str] | None = None) -> ScanResult:
     """Return (entries, skipped, new_cache) for the tree at ``root``.
 
     ``hashes(rel, st)`` may return a known hash for a file (None: look in ``cache``, else hash it). Files whose
@@ -114,6 +117,8 @@ def scan_tree(root: str, hashes: HashLookup, cache: dict[str, list[Any]] | None 
         entries.append(entry)
         if entry[KIND] != "f":
             continue
+        if sparse is not None and st.st_size >= SPARSE_MIN_BYTES and st.st_blocks * 512 < st.st_size // 2:
+            sparse.append(name)  # mostly holes: the pass sends it compressed (from the walk's own stat)
         # A hash is reusable only if no write can have landed in the same timestamp tick after we read.
         trusted = trust_all or cached or st.st_ctime_ns < (time.time() - CACHE_TRUST_SECONDS) * 1e9
         if entry[DATA] is not None and trusted:

@@ -13,10 +13,6 @@ from typing import Callable
 
 from . import cleanchan, pairing, promotion, salvage, scrub, snapshots, watch
 from .common import (
-    KIND,
-    PATH,
-    SIZE,
-    Entry,
     Failure,
     Json,
     accept_epoch,
@@ -78,30 +74,14 @@ def scan(args: Json) -> Json:
     use_cache = args.get("use_cache", True)
     cache_path = os.path.join(data_dir(), "scan-cache.json")
     cache = _read_cache(cache_path) if use_cache else {}
-    entries, skipped, new_cache = scan_tree(root, no_known_hash, cache)
+    sparse: list[str] = []
+    entries, skipped, new_cache = scan_tree(root, no_known_hash, cache, sparse=sparse)
     if use_cache:
         write_atomic(cache_path, dump_json(new_cache))
     result = {"epoch": read_epoch(), "entries": entries, "skipped": skipped, "missing": False,
-              "scan_seconds": time.time() - started, "started_at": started, "sparse": _sparse(root, entries)}
+              "scan_seconds": time.time() - started, "started_at": started, "sparse": sparse}
     result.update(summarize(entries))
     return result
-
-
-SPARSE_MIN_BYTES = 1 << 20  # smaller files are cheap to send whatever they hold
-
-
-def _sparse(root: str, entries: list[Entry]) -> list[str]:
-    """Files mostly made of holes: sent compressed, so their zeros cost next to nothing on the wire."""
-    found, broot = [], os.fsencode(root)
-    for entry in entries:
-        if entry[KIND] == "f" and entry[SIZE] >= SPARSE_MIN_BYTES:
-            try:
-                st = os.lstat(os.path.join(broot, os.fsencode(entry[PATH])))
-            except OSError:
-                continue
-            if st.st_blocks * 512 < st.st_size // 2:
-                found.append(entry[PATH])
-    return found
 
 
 def _read_cache(path: str) -> dict[str, list[object]]:
