@@ -157,7 +157,7 @@ class Bench:
         for child in data.iterdir():
             if child.name.startswith(("snapshots", "incoming-", "passes")):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-        (self.gpu.data_dir / "scan-cache.json").unlink(missing_ok=True)
+        (self.gpu.data_dir / "scan-cache.bin").unlink(missing_ok=True)
         shutil.rmtree(self.baseline_dest, ignore_errors=True)
 
     def clear_workspace(self) -> None:

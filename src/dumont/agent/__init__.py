@@ -8,7 +8,7 @@ Debian VM), so its modules import only the standard library and each other (rela
 Layout of ``data_dir`` (``$DUMONT_DATA_DIR``, default ``/var/lib/dumont``)::
 
     epoch                    highest epoch this host has accepted (the fence)
-    scan-cache.json          path -> (size, mtime, ctime, inode, hash) so unchanged files are never re-hashed
+    scan-cache.bin           path -> (size, mtime, ctime, inode, hash) so unchanged files are never re-hashed
     snapshots/<seq>/tree/    complete, verified, immutable copies; unchanged files are hard links between them
     snapshots/<seq>/manifest.json, pass.json
     incoming-<epoch>/        the pass being received; renamed into snapshots/ only once verified

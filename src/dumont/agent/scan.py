@@ -131,6 +131,36 @@ def scan_tree(root: str, hashes: HashLookup, cache: dict[str, list[Any]] | None 
     return entries, skipped, new_cache
 
 
+def scan_paths(root: str, names: list[str], hashes: HashLookup) -> ScanResult:
+    """Like :func:`scan_tree` for ``names`` under ``root`` only (a path that is not there has no entry); hard-link
+    groups are found among these paths alone, so a group must be named whole."""
+    broot = os.fsencode(root)
+    entries: list[Entry] = []
+    skipped: list[str] = []
+    fresh: dict[str, list[Any]] = {}
+    groups: dict[tuple[int, int], list[Entry]] = {}
+    by_inode: dict[tuple[int, ...], str | None] = {}
+    for name in sorted(set(names), key=os.fsencode):
+        full = os.path.join(broot, os.fsencode(name))
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            continue
+        digest, _ = _known_hash(name, st, hashes, None, by_inode)
+        entry = entry_for(name, full, st, digest)
+        if entry is None:
+            skipped.append(name)
+            continue
+        entries.append(entry)
+        if entry[KIND] == "f" and entry[DATA] is not None:
+            fresh[name] = [*stat_key(st), entry[DATA]]
+            if st.st_nlink > 1:
+                groups.setdefault((st.st_dev, st.st_ino), []).append(entry)
+                by_inode[(st.st_dev, *stat_key(st))] = entry[DATA]
+    _mark_hard_links(groups)
+    return entries, skipped, fresh
+
+
 def _known_hash(name: str, st: os.stat_result, hashes: HashLookup, cache: dict[str, list[Any]] | None,
                 by_inode: dict[tuple[int, ...], str | None]) -> tuple[str | None, bool]:
     """A hash we already have for this file, and whether it came from the cache."""

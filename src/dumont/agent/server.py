@@ -11,8 +11,10 @@ import threading
 import time
 from typing import Callable
 
-from . import cleanchan, pairing, promotion, salvage, scrub, snapshots, watch
+from . import cleanchan, pairing, promotion, salvage, scancache, scrub, snapshots, tracker, watch
 from .common import (
+    DATA,
+    KIND,
     Failure,
     Json,
     accept_epoch,
@@ -23,7 +25,6 @@ from .common import (
     snapshot_path,
     suspects,
     workspace_dir,
-    write_atomic,
     write_epoch,
 )
 from .scan import (
@@ -39,6 +40,7 @@ from .scan import (
 
 PROTOCOL = 1
 LOCK_WAIT_SECONDS = 30.0
+FULL_WALK_SECONDS = 300.0  # the longest a change inotify cannot see (an mmap write) waits to be found
 
 
 def info(args: Json) -> Json:
@@ -66,31 +68,37 @@ def set_epoch(args: Json) -> Json:
 
 
 def scan(args: Json) -> Json:
-    """Manifest of the workspace, hashing only files whose stat changed since the last scan."""
+    """Manifest of the workspace, hashing only files whose stat changed since the last scan.
+
+    With ``since`` naming the token of the caller's last scan, and the workspace's watcher able to prove that
+    nothing changed since that scan's walk began (see ``tracker``), the answer is ``unchanged`` with no entries.
+    """
     root = args.get("root") or workspace_dir()
     started = time.time()
     if not os.path.isdir(root):
+        tracker.forget(root)
         return {"epoch": read_epoch(), "entries": [], "skipped": [], "missing": True, **summarize([])}
+    watched = tracker.tracker_for(root)
+    last = watched.unchanged(args.get("since"), started, float(args.get("full_walk_seconds", FULL_WALK_SECONDS)))
+    if last is not None:
+        return {"epoch": read_epoch(), "unchanged": True, "token": last.token, "skipped": last.skipped,
+                "missing": False, "scan_seconds": time.time() - started, "started_at": last.started_at,
+                "sparse": last.sparse, "tracking": watched.watcher.mode, **last.summary}
     use_cache = args.get("use_cache", True)
-    cache_path = os.path.join(data_dir(), "scan-cache.json")
-    cache = _read_cache(cache_path) if use_cache else {}
+    cache_path = os.path.join(data_dir(), "scan-cache.bin")
+    cache = scancache.load(cache_path) if use_cache else {}
     sparse: list[str] = []
     entries, skipped, new_cache = scan_tree(root, no_known_hash, cache, sparse=sparse)
-    if use_cache:
-        write_atomic(cache_path, dump_json(new_cache))
+    if use_cache and new_cache != cache:
+        scancache.save(cache_path, new_cache)
+    summary = summarize(entries)
+    walk = watched.walked(started, not any(e[KIND] == "f" and e[DATA] is None for e in entries), summary,
+                          skipped, sparse)
     result = {"epoch": read_epoch(), "entries": entries, "skipped": skipped, "missing": False,
-              "scan_seconds": time.time() - started, "started_at": started, "sparse": sparse}
-    result.update(summarize(entries))
+              "scan_seconds": time.time() - started, "started_at": started, "sparse": sparse, "token": walk.token,
+              "tracking": watched.watcher.mode}
+    result.update(summary)
     return result
-
-
-def _read_cache(path: str) -> dict[str, list[object]]:
-    try:
-        with open(path, "rb") as handle:
-            cache = json.loads(handle.read())
-    except (FileNotFoundError, ValueError):
-        return {}  # no cache, or a damaged one: hash everything again
-    return cache if isinstance(cache, dict) else {}
 
 
 def entries(args: Json) -> Json:

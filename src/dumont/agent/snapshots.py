@@ -37,7 +37,7 @@ from .common import (
     unlink_if_present,
     write_atomic,
 )
-from .scan import HashLookup, diff_entries, manifest_digest, scan_tree, stat_key, summarize
+from .scan import HashLookup, diff_entries, manifest_digest, scan_paths, scan_tree, stat_key, summarize
 
 
 def list_snapshots() -> list[int]:
@@ -217,11 +217,19 @@ def staged_hashes(meta: Json, epoch: int, vouched: dict[str, list[Any]] | None =
 
 
 def inspect(args: Json) -> Json:
-    """Manifest of the staged tree as received; only files that are not links into the base are hashed."""
+    """Manifest of the staged tree as received; only files that are not links into the base are hashed.
+
+    With ``paths``, only those paths are looked at: what the pass copied. Everything else in the tree is a link
+    this host made to its own snapshot, and commit checks the whole tree anyway before publishing it.
+    """
     epoch = int(args["epoch"])
     meta = load_stage(epoch)
     tree = os.path.join(incoming_dir(epoch), "tree")
-    entries, skipped, fresh = scan_tree(tree, staged_hashes(meta, epoch, args.get("vouched")), {}, trust_all=True)
+    lookup = staged_hashes(meta, epoch, args.get("vouched"))
+    if args.get("paths") is not None:
+        entries, skipped, fresh = scan_paths(tree, args["paths"], lookup)
+    else:
+        entries, skipped, fresh = scan_tree(tree, lookup, {}, trust_all=True)
     write_atomic(os.path.join(incoming_dir(epoch), "inspected.json"), dump_json(fresh))
     return {"entries": entries, "skipped": skipped, "digest": manifest_digest(entries)}
 

@@ -22,7 +22,7 @@ from .common import Json, workspace_dir
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
-IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_ISDIR = 0x400, 0x800, 0x4000, 0x40000000
+IN_DELETE_SELF, IN_MOVE_SELF, IN_IGNORED, IN_Q_OVERFLOW, IN_ISDIR = 0x400, 0x800, 0x8000, 0x4000, 0x40000000
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
         | IN_DELETE_SELF | IN_MOVE_SELF)
@@ -38,6 +38,7 @@ class Watcher:
         self.mode, self.reason = "inotify", ""
         self.fd = -1
         self.dirs: dict[int, bytes] = {}
+        self.root_lost = False  # the root itself was removed or moved: a directory made in its place is unwatched
         self._signature: tuple[int, int] | None = None
         try:
             self._libc: Any = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -72,6 +73,12 @@ class Watcher:
             raise OSError(code, os.strerror(code))
         self.dirs[wd] = path
 
+    def close(self) -> None:
+        """Release the inotify descriptor (its watches go with it)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def wait(self, timeout: float) -> bool:
         """True as soon as something under the tree changed (then drained), False when ``timeout`` passed."""
         if self.mode == "poll":
@@ -99,6 +106,8 @@ class Watcher:
                 if mask & IN_Q_OVERFLOW:
                     continue  # events were lost: the change itself is what matters
                 parent = self.dirs.get(wd)
+                if parent == self.root and mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+                    self.root_lost = True
                 if parent is not None and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
                     self._watch_tree(os.path.join(parent, name))
 
@@ -134,6 +143,10 @@ def watch(args: Json) -> Json:
     """Wait up to ``timeout`` seconds for a change in the workspace; say how the watcher works."""
     root = args.get("root") or workspace_dir()
     watcher = _WATCHERS.get(root)
+    if watcher is not None and watcher.root_lost:
+        watcher.close()  # the workspace was removed or moved away; whatever stands there now needs new watches
+        del _WATCHERS[root]
+        watcher = None
     if watcher is None:
         if not os.path.isdir(root):
             time.sleep(min(float(args.get("timeout", 30)), POLL_SECONDS))

@@ -146,6 +146,10 @@ class ReplicationConfig:
     on_change: bool = field(default=False, metadata=_checked_by(_FLAG))
     change_debounce_seconds: float = field(default=0.2, metadata=_checked_by(_number(
         "a number of seconds", at_least=0, at_most=3600)))
+    # A pass on an unchanged workspace trusts the primary's inotify watcher and walks nothing; the whole tree is
+    # still walked at least this often, for what inotify cannot see (writes through mmap, network filesystems).
+    full_scan_seconds: float = field(default=300.0, metadata=_checked_by(_number(
+        "a number of seconds", at_least=0, at_most=86400)))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ class ReplicationPolicy:
     settle_retries: int = 2
     keep_candidate: bool = True  # a standby keeps a promotion-ready copy; a GPU being restored does not need one
     bandwidth_limit_kbps: int | None = None  # rsync --bwlimit, for slow or metered links
+    full_walk_seconds: float = 300.0  # the primary walks its whole tree at least this often (agent/tracker.py)
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,15 @@ class Replicator:
     clock: Callable[[], float] = time.time
     _manifests: dict[tuple[str, int], Manifest] = field(default_factory=dict, init=False, repr=False)
     _workspace: str | None = field(default=None, init=False, repr=False)
+    _last_diff: tuple[Manifest | None, Manifest, TreeDiff] | None = field(default=None, init=False, repr=False)
 
     async def run_pass(self) -> PassReport:
         """Run one pass; raise a GuardRefused when a guard refuses it, TransportError when a host fails."""
         started = self.clock()
-        scan, status = await asyncio.gather(self.primary.scan(), self.standby.status())
+        scan, status = await asyncio.gather(self.primary.scan(full_walk_seconds=self.policy.full_walk_seconds),
+                                            self.standby.status())
         base = await self._base_manifest(status)
-        diff = _with_suspects(diff_trees(base, scan.manifest), scan.manifest, status.suspects)
+        diff = _with_suspects(self._diff(base, scan.manifest), scan.manifest, status.suspects)
         check_pass(
             source=scan.manifest, source_name=self.primary.name, source_missing=scan.missing,
             source_epoch=scan.epoch, base=base, standby_name=self.standby.name, standby_epoch=status.epoch,
@@ -120,6 +123,16 @@ class Replicator:
         if diff.is_empty and base is not None:  # the first pass always commits, even an empty workspace
             return await self._record_unchanged(scan, status, diff, seq, started)
         return await self._copy(scan, status, base=base, diff=diff, seq=seq, started=started)
+
+    def _diff(self, base: Manifest | None, source: Manifest) -> TreeDiff:
+        """The diff of the two manifests, kept while neither changes: an unchanged scan against an unchanged
+        snapshot costs no walk over a million entries."""
+        known = self._last_diff
+        if known is not None and known[0] is base and known[1] is source:
+            return known[2]
+        diff = diff_trees(base, source)
+        self._last_diff = (base, source, diff)
+        return diff
 
     async def _record_unchanged(
         self, scan: ScanResult, status: StandbyStatus, diff: TreeDiff, seq: int, started: float
@@ -140,7 +153,7 @@ class Replicator:
     ) -> PassReport:
         epoch = scan.epoch
         expected = expected_after_pass(scan.manifest, base, diff.hot)
-        source = scan.manifest.by_path()
+        source = scan.manifest.index
         stage = await self.standby.stage(
             epoch=epoch,
             base_seq=status.latest.seq if status.latest else None,
@@ -158,13 +171,14 @@ class Replicator:
             bytes_sent += await self._transfer(to_copy, stage, frozenset(scan.sparse))
             if vouched is None:
                 vouched = await self._vouch(scan, [source[p] for p in to_copy])
-            received = await self.standby.inspect(epoch, vouched=vouched)
-            unsettled = _unsettled(expected, received)
+            # Only what this pass copied can differ from the scan; the rest are links to the base snapshot.
+            received = await self.standby.inspect(epoch, vouched=vouched, paths=list(diff.changed))
+            unsettled = _unsettled(expected, received, diff.changed)
             if not unsettled or attempt == self.policy.settle_retries:
                 break
             log.info("%s: %d path(s) changed while being copied; copying them again", self.pair, len(unsettled))
             expected = await self._refresh(expected, base, unsettled)
-            to_copy = [p for p in unsettled if p in expected.by_path()]
+            to_copy = [p for p in unsettled if p in expected.index]
         if unsettled:
             await self.standby.revert(epoch, unsettled)
             expected = expected_after_pass(expected, base, unsettled)
@@ -274,7 +288,7 @@ class Replicator:
 
 def _with_suspects(diff: TreeDiff, source: Manifest, suspects: tuple[str, ...]) -> TreeDiff:
     """Add the files a scrub found wrong in every copy on the standby: they are sent again though unchanged."""
-    files = source.by_path()
+    files = source.index
     extra = [p for p in suspects if p in files and files[p].kind == FILE and p not in diff.changed + diff.hot]
     if not extra:
         return diff
@@ -285,22 +299,22 @@ def _with_finish(report: PassReport, finished: float) -> PassReport:
     return PassReport(**{**report.__dict__, "finished_at": finished})
 
 
-def _stays_directory(path: str, base: Manifest | None, source: dict[str, Entry]) -> bool:
+def _stays_directory(path: str, base: Manifest | None, source: Mapping[str, Entry]) -> bool:
     """A directory that is a directory on both sides keeps its staged children; only its attributes change."""
     if base is None:
         return False
-    old = base.by_path().get(path)
+    old = base.index.get(path)
     return old is not None and old.kind == DIRECTORY and source[path].kind == DIRECTORY
 
 
-def _unsettled(expected: Manifest, received: Manifest) -> list[str]:
-    """Paths whose received state differs from what the scan promised.
+def _unsettled(expected: Manifest, received: Manifest, paths: Iterable[str]) -> list[str]:
+    """Of ``paths``, those whose received state differs from what the scan promised.
 
     Directory attributes and symlink times are set by the standby at commit (rsync sets neither exactly), so
     here a directory only has to exist and a symlink only has to point at the right target.
     """
-    want, have = expected.by_path(), received.by_path()
-    bad = [path for path in set(want) | set(have) if not _arrived(want.get(path), have.get(path))]
+    want, have = expected.index, received.index
+    bad = [path for path in paths if not _arrived(want.get(path), have.get(path))]
     return sorted(bad, key=path_key)
 
 

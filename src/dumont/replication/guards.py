@@ -67,7 +67,7 @@ def check_pass(
             f"{base_files} files ({human_bytes(base.total_bytes)}); copying it would wipe the standby",
             hint="nothing was deleted; if the workspace was emptied on purpose, sync with --allow-empty-source",
         )
-    base_paths = {e.path: e for e in base.entries}
+    base_paths = base.index
     deleted_files = sum(1 for p in diff.deleted if base_paths[p].kind == FILE)
     if (
         not policy.allow_mass_delete

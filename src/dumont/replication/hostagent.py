@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dumont.agent.bundle import AGENT_VERSION, AGENT_ZIP
@@ -73,6 +73,8 @@ class ScanResult:
     seconds: float
     started_at: float = 0.0  # on the host's clock
     sparse: tuple[str, ...] = ()  # large files mostly made of holes (sent compressed)
+    token: str | None = None  # names this walk; a later scan may answer "unchanged since" it
+    unchanged: bool = False  # the host proved nothing changed since the walk this result came from
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class HostAgent:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _next_id: int = field(default=0, init=False, repr=False)
     _path: str | None = field(default=None, init=False, repr=False)
+    _last_scan: ScanResult | None = field(default=None, init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -298,12 +301,28 @@ class HostAgent:
         return HostInfo(r["workspace"], r["data_dir"], int(r["epoch"]), r["python"], r["rsync"],
                         int(r["free_bytes"]), int(r["total_bytes"]))
 
-    async def scan(self, *, timeout: float = 600.0) -> ScanResult:
-        """Scan the workspace (hashing only what changed since the last scan)."""
-        r = await self.call("scan", timeout=timeout)
-        return ScanResult(Manifest.from_wire(r["entries"]), int(r["epoch"]), tuple(r["skipped"]),
-                          bool(r["missing"]), float(r.get("scan_seconds", 0.0)), float(r.get("started_at", 0.0)),
-                          tuple(r.get("sparse") or ()))
+    async def scan(self, *, timeout: float = 600.0, full_walk_seconds: float | None = None) -> ScanResult:
+        """Scan the workspace (hashing only what changed since the last scan).
+
+        When the host can prove nothing changed since the last scan this agent received, it answers without
+        walking the tree or sending a manifest, and that scan's result is returned again, marked ``unchanged``.
+        """
+        last = self._last_scan
+        args: dict[str, Any] = {"since": last.token if last is not None else None}
+        if full_walk_seconds is not None:
+            args["full_walk_seconds"] = full_walk_seconds
+        r = await self.call("scan", args, timeout=timeout)
+        if r.get("unchanged"):
+            if last is not None and r.get("token") == last.token:
+                return replace(last, epoch=int(r["epoch"]), seconds=float(r.get("scan_seconds", 0.0)),
+                               unchanged=True)
+            r = await self.call("scan", {**args, "since": None}, timeout=timeout)  # not the scan we hold: walk
+        token = r.get("token")
+        result = ScanResult(Manifest.from_wire(r["entries"]), int(r["epoch"]), tuple(r["skipped"]),
+                            bool(r["missing"]), float(r.get("scan_seconds", 0.0)), float(r.get("started_at", 0.0)),
+                            tuple(r.get("sparse") or ()), token if isinstance(token, str) else None)
+        self._last_scan = result if result.token is not None else None
+        return result
 
     async def settled(self, files: list[Entry], since: float, *, timeout: float = 120.0) -> list[str]:
         """Paths of ``files`` unchanged (same size and mtime, last changed well before ``since``) on this host."""
@@ -349,9 +368,13 @@ class HostAgent:
         return StageResult(r["tree"], r.get("link_dest"))
 
     async def inspect(self, epoch: int, *, vouched: dict[str, list[Any]] | None = None,
-                      timeout: float = 3600.0) -> Manifest:
-        """The manifest of the staged tree as received (files ``vouched`` for by a settled source are not re-read)."""
-        r = await self.call("inspect", {"epoch": epoch, "vouched": vouched or {}}, timeout=timeout)
+                      paths: list[str] | None = None, timeout: float = 3600.0) -> Manifest:
+        """The manifest of the staged tree as received (files ``vouched`` for by a settled source are not re-read);
+        with ``paths``, of those paths only (the rest are links the standby made to its own snapshot)."""
+        args: dict[str, Any] = {"epoch": epoch, "vouched": vouched or {}}
+        if paths is not None:
+            args["paths"] = paths
+        r = await self.call("inspect", args, timeout=timeout)
         return Manifest.from_wire(r["entries"])
 
     async def revert(self, epoch: int, paths: list[str]) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 FILE, DIRECTORY, SYMLINK = "f", "d", "l"
@@ -80,26 +82,36 @@ class Manifest:
         return [e.to_wire() for e in self.entries]
 
     def by_path(self) -> dict[str, Entry]:
-        """Entries keyed by path."""
-        return {e.path: e for e in self.entries}
+        """Entries keyed by path (a new dict the caller may change)."""
+        return dict(self.index)
+
+    # A manifest never changes, and a million-entry one is costly to walk: what is derived from it is kept.
+    @cached_property
+    def index(self) -> Mapping[str, Entry]:
+        """Entries keyed by path (shared: do not change it)."""
+        return MappingProxyType({e.path: e for e in self.entries})
 
     @property
     def files(self) -> list[Entry]:
         """The regular files."""
         return [e for e in self.entries if e.kind == FILE]
 
-    @property
+    @cached_property
     def file_count(self) -> int:
         """How many regular files the tree holds."""
-        return len(self.files)
+        return sum(1 for e in self.entries if e.kind == FILE)
 
-    @property
+    @cached_property
     def total_bytes(self) -> int:
         """The sum of the regular files' sizes."""
-        return sum(e.size for e in self.files)
+        return sum(e.size for e in self.entries if e.kind == FILE)
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON form; identical to the agent's ``manifest_digest``."""
+        return self._digest
+
+    @cached_property
+    def _digest(self) -> str:
         return manifest_digest(self.to_wire())
 
 
@@ -125,7 +137,7 @@ class TreeDiff:
 
 def diff_trees(base: Manifest | None, source: Manifest) -> TreeDiff:
     """Compare a source manifest with the standby's base snapshot."""
-    old = base.by_path() if base else {}
+    old = base.index if base else {}
     changed: list[str] = []
     hot: list[str] = []
     for entry in source.entries:
@@ -163,7 +175,7 @@ def expected_after_pass(source: Manifest, base: Manifest | None, kept_from_base:
     it still has to exist to hold kept children.
     """
     kept = set(kept_from_base)
-    old = base.by_path() if base else {}
+    old = base.index if base else {}
     result: dict[str, Entry] = {}
     for entry in source.entries:
         if entry.path not in kept:
@@ -202,7 +214,7 @@ def _drop_orphans(result: dict[str, Entry]) -> None:
 
 def mismatches(expected: Manifest, actual: Manifest) -> list[str]:
     """Paths whose entry differs between the two manifests (present in only one, or different)."""
-    want, have = expected.by_path(), actual.by_path()
+    want, have = expected.index, actual.index
     return sorted(
         (p for p in set(want) | set(have) if want.get(p) != have.get(p)),
         key=path_key,

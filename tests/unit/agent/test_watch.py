@@ -41,3 +41,18 @@ def test_writes_new_folders_and_deletions_are_seen_and_quiet_times_out(
     assert watcher.wait(5), "a file in a folder created after the watch began"
     later((tmp_path / "a.txt").unlink)
     assert watcher.wait(5)
+
+
+def test_the_watch_operation_watches_a_workspace_made_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "ws"
+    root.mkdir()
+    monkeypatch.setattr(watch, "_WATCHERS", {})
+    assert watch.watch({"root": str(root), "timeout": 0})["started"]  # the first call sets the watches
+    if watch._WATCHERS[str(root)].mode != "inotify":
+        pytest.skip("no inotify here")
+    root.rmdir()
+    root.mkdir()  # may get the old directory's inode number: only the root's own events tell
+    answers = [watch.watch({"root": str(root), "timeout": 0.1}) for _ in range(3)]  # the removal, then anew
+    assert [bool(a.get("started")) for a in answers] == [False, True, False]
+    later(lambda: (root / "after.txt").write_text("x"))
+    assert watch.watch({"root": str(root), "timeout": 5})["changed"]

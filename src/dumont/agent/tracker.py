@@ -1,0 +1,103 @@
+"""Knowing, without walking it, that a workspace has not changed since the last scan.
+
+A walk of a million files costs seconds of ``lstat`` calls; a pass that finds nothing should cost milliseconds.
+The scan keeps one :class:`~.watch.Watcher` per workspace in the agent process, set up before its first walk.
+inotify queues an event inside the very system call that changes a file, so when the queue is still empty at
+the next scan, nothing under the tree changed since the last walk began, and that walk's result still holds.
+
+The shortcut is taken only when all of this is true; otherwise the scan walks the tree as before:
+- the watcher runs on inotify (a poll fallback proves nothing) and lost no event (an overflow is a change);
+- the workspace root is the same directory the watcher was set on (not removed or moved, then made again: a
+  new directory may well get the old one's inode number, so the root's own watch events decide);
+- the last walk found no file changing while it was read;
+- the controller holds that walk's result (it names the walk's token);
+- the last full walk is younger than ``full_walk_seconds``: inotify does not report writes through ``mmap``,
+  through a hard link outside the workspace, or by another machine on a network filesystem (inotify(7)), so a
+  full walk still runs that often and bounds how late such a change can be seen.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+
+from .watch import Watcher
+
+
+@dataclass
+class Walk:
+    """What the last walk under a watcher found, as far as an unchanged scan needs to repeat it."""
+
+    token: str
+    started_at: float  # wall clock, this host
+    clean: bool  # no file was changing while it was read
+    summary: dict[str, int]
+    skipped: list[str]
+    sparse: list[str]
+
+
+@dataclass
+class Tracker:
+    """One watched workspace and its last walk."""
+
+    root: str
+    watcher: Watcher
+    identity: tuple[int, int]
+    last: Walk | None = None
+    _count: int = field(default=0, repr=False)
+    _session: str = field(default_factory=lambda: secrets.token_hex(6), repr=False)
+
+    def unchanged(self, since: object, now: float, full_walk_seconds: float) -> Walk | None:
+        """The last walk, if the tree provably has not changed since it began; None means: walk again.
+
+        Always drains the queue, so the walk that follows sees every change made before it.
+        """
+        if self.watcher.mode != "inotify":
+            return None
+        changed = self.watcher.wait(0.0)  # drains, and watches directories made since
+        last = self.last
+        if changed or last is None or not last.clean or since != last.token or self.watcher.mode != "inotify":
+            return None
+        if self.watcher.root_lost or _identity(self.root) != self.identity:
+            return None
+        if now - last.started_at >= full_walk_seconds:
+            return None
+        return last
+
+    def walked(self, started_at: float, clean: bool, summary: dict[str, int], skipped: list[str],
+               sparse: list[str]) -> Walk:
+        """Record a walk that began at ``started_at`` (after the queue was drained); return it with its token."""
+        self._count += 1
+        self.last = Walk(f"{self._session}-{self._count}", started_at, clean, summary, skipped, sparse)
+        return self.last
+
+
+_TRACKERS: dict[str, Tracker] = {}
+
+
+def tracker_for(root: str) -> Tracker:
+    """The tracker of ``root``, made (and its watches set) when missing or when ``root`` was made again."""
+    known = _TRACKERS.get(root)
+    identity = _identity(root)
+    if known is not None and known.identity == identity and not known.watcher.root_lost:
+        return known  # on a poll fallback too: it never vouches, and setting watches again would fail again
+    if known is not None:
+        known.watcher.close()
+    tracker = _TRACKERS[root] = Tracker(root, Watcher(root), identity)
+    return tracker
+
+
+def forget(root: str) -> None:
+    """Drop the tracker of a workspace that no longer exists."""
+    known = _TRACKERS.pop(root, None)
+    if known is not None:
+        known.watcher.close()
+
+
+def _identity(root: str) -> tuple[int, int]:
+    try:
+        st = os.stat(root)
+    except OSError:
+        return (-1, -1)
+    return (st.st_dev, st.st_ino)
