@@ -70,12 +70,22 @@ def write_seed_workspace(ws: Path, scale: float) -> None:
     (ws / "config.json").write_text(json.dumps({"model": "resnet", "lr": 0.0003, "epochs": 90}))
 
 
+def folders_for(count: int) -> int:
+    """How many directories ``count`` small files are spread over (at most about 1,000 per directory)."""
+    return max(100, count // 1000)
+
+
+def small_file(ws: Path, index: int, count: int) -> Path:
+    """The path of small file ``index`` of ``count``."""
+    return ws / f"d{index % folders_for(count):04d}" / f"f{index:07d}.txt"
+
+
 def write_small_files(ws: Path, count: int) -> None:
-    """``count`` small files in 100 directories."""
+    """``count`` small files (512 B to 1.5 KB of random bytes) in ``folders_for(count)`` directories."""
+    for folder in range(folders_for(count)):
+        (ws / f"d{folder:04d}").mkdir(exist_ok=True)
     for i in range(count):
-        directory = ws / f"d{i % 100:03d}"
-        directory.mkdir(exist_ok=True)
-        (directory / f"f{i:05d}.txt").write_bytes(os.urandom(512 + i % 1024))
+        small_file(ws, i, count).write_bytes(os.urandom(512 + i % 1024))
 
 
 def change_model(ws: Path, round_no: int) -> None:
@@ -86,13 +96,14 @@ def change_model(ws: Path, round_no: int) -> None:
         handle.write(os.urandom(min(10 * MB, size)))
 
 
-def change_small_files(ws: Path, round_no: int) -> None:
-    """Rewrite 10 of the small files."""
-    for i in range(10):
-        index = (round_no * 10 + i) * 97 % 10_000
-        path = ws / f"d{index % 100:03d}" / f"f{index:05d}.txt"
-        if path.exists():
-            path.write_bytes(os.urandom(600))
+def small_files_changer(count: int) -> Callable[[Path, int], None]:
+    """A change that rewrites 10 of ``count`` small files, others each round."""
+    def change(ws: Path, round_no: int) -> None:
+        for i in range(10):
+            path = small_file(ws, (round_no * 10 + i) * 97 % count, count)
+            if path.exists():
+                path.write_bytes(os.urandom(600))
+    return change
 
 
 class Bench:
@@ -219,8 +230,42 @@ def print_table(rows: list[dict[str, object]]) -> None:
               f"{r['ratio']:>11.3f}{sent_text:>13}  {r['runs']}")
 
 
-async def run(scale: float, files: int, runs: dict[str, int]) -> list[dict[str, object]]:
-    """Build both workspaces in turn and measure them."""
+@dataclass
+class Scale:
+    """Pass times at one file count, with what the primary's agent held to get them."""
+
+    files: int
+    steps: list[Step]
+    cache_bytes: int
+    agent_peak_mb: float
+
+    def row(self) -> dict[str, object]:
+        """The file count's medians, ratios and footprint."""
+        by_name = {s.name: s.row() for s in self.steps}
+        row: dict[str, object] = {"files": self.files, "scan_cache_bytes": self.cache_bytes,
+                                  "agent_peak_mb": round(self.agent_peak_mb, 1)}
+        for name, key in (("first full pass", "first"), ("no-change pass", "same"), ("pass after a change", "changed")):
+            step = by_name[name]
+            row[f"{key}_ours_s"], row[f"{key}_baseline_s"] = step["ours_median_s"], step["baseline_median_s"]
+            row[f"{key}_ratio"] = step["ratio"]
+        return row
+
+
+async def measure_scale(bench: Bench, count: int, runs: dict[str, int]) -> Scale:
+    """The three steps on ``count`` small files, the first pass right after they were written."""
+    bench.clear_workspace()
+    bench.reset()
+    print(f"writing {count:,} small files...", file=sys.stderr)
+    write_small_files(bench.gpu.workspace, count)
+    steps = await measure(bench, f"{count} small files", small_files_changer(count), runs)
+    cache = bench.gpu.data_dir / "scan-cache.bin"
+    peak = (await bench.primary.call("info")).get("peak_rss_kb") or 0
+    return Scale(count, steps, cache.stat().st_size if cache.exists() else 0, float(peak) / 1024)
+
+
+async def run(scale: float, files: int, counts: list[int], runs: dict[str, int]) -> tuple[list[dict[str, object]],
+                                                                                          list[dict[str, object]]]:
+    """Build both workspaces in turn and measure them, then the file-count series."""
     root = Path(tempfile.mkdtemp(prefix="dumont-bench-"))
     bench = Bench(root)
     try:
@@ -233,33 +278,77 @@ async def run(scale: float, files: int, runs: dict[str, int]) -> list[dict[str, 
         bench.clear_workspace()
         print(f"building {files} small files...", file=sys.stderr)
         write_small_files(bench.gpu.workspace, files)
-        steps += await measure(bench, f"{files} small files", change_small_files, runs)
-        return [s.row() for s in steps]
+        steps += await measure(bench, f"{files} small files", small_files_changer(files), runs)
+        series = [await measure_scale(bench, count, {"full": 1, "same": 3, "changed": 3}) for count in counts]
+        return [s.row() for s in steps], [s.row() for s in series]
     finally:
         await bench.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
+def print_scale(rows: list[dict[str, object]]) -> None:
+    """Pass time against file count, ours and the baseline's, and the agent's footprint."""
+    head = (f"{'files':>10}{'first ours':>12}{'first base':>12}{'same ours':>11}{'same base':>11}"
+            f"{'10 chg ours':>13}{'10 chg base':>13}{'cache':>10}{'agent peak':>12}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['files']:>10,}{r['first_ours_s']:>12.3f}{r['first_baseline_s']:>12.3f}{r['same_ours_s']:>11.3f}"
+              f"{r['same_baseline_s']:>11.3f}{r['changed_ours_s']:>13.3f}{r['changed_baseline_s']:>13.3f}"
+              f"{int(r['scan_cache_bytes']) / MB:>8.1f}MB{r['agent_peak_mb']:>10.0f}MB")  # type: ignore[call-overload]
+
+
+def checks_for(rows: list[dict[str, object]], series: list[dict[str, object]], files: int) -> dict[str, bool]:
+    """The targets of SPEC §5 and issue 13, each against this run's figures."""
+    def step(prefix: str, name: str) -> dict[str, object]:
+        return next(r for r in rows if str(r["workspace"]).startswith(prefix) and r["step"] == name)
+
+    def num(value: object) -> float:
+        return float(value)  # type: ignore[arg-type]
+
+    seed_same, seed_changed = step("seed", "no-change pass"), step("seed", "pass after a change")
+    small_changed = step(f"{files} small", "pass after a change")
+    checks = {
+        f"no-change pass on the seed workspace <= {NO_CHANGE_TARGET_S} s": num(seed_same["ours_median_s"])
+        <= NO_CHANGE_TARGET_S,
+        "no-change pass on the seed workspace faster than the baseline": num(seed_same["ratio"]) < 1,
+        "10 MB in-place change <= 2 s and faster than the baseline": num(seed_changed["ours_median_s"]) <= 2
+        and num(seed_changed["ratio"]) < 1,
+        f"10 of {files} files changed: faster than the baseline": num(small_changed["ratio"]) < 1,
+    }
+    by_count = {int(r["files"]): r for r in series}  # type: ignore[call-overload]
+    if 100_000 in by_count:
+        r = by_count[100_000]
+        checks["100,000 files: no-change pass <= 1 s"] = num(r["same_ours_s"]) <= 1
+        checks["100,000 files: 10-changed pass no slower than the baseline"] = num(r["changed_ratio"]) <= 1
+        checks["100,000 files: first pass (right after writing) no slower than the baseline"] = num(
+            r["first_ratio"]) <= 1
+    if 1_000_000 in by_count:
+        checks["1,000,000 files: no-change pass <= 2 s"] = num(by_count[1_000_000]["same_ours_s"]) <= 2
+    return checks
+
+
 def main() -> None:
-    """Entry point: ``python bench/sync_cycle.py [--quick]``."""
+    """Entry point: ``python bench/sync_cycle.py [--quick] [--counts 10000,100000,1000000]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="A tiny run (1/20 of the data, 1 run each).")
+    parser.add_argument("--counts", default=None,
+                        help="File counts of the scale series, comma-separated (default 10000,100000,1000000).")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/sync_cycle.json"))
     args = parser.parse_args()
     scale, files = (0.05, 500) if args.quick else (1.0, 10_000)
     runs = {"full": 1, "same": 1, "changed": 1} if args.quick else {"full": 3, "same": 7, "changed": 5}
-    rows = asyncio.run(run(scale, files, runs))
+    default_counts = "500,2000" if args.quick else "10000,100000,1000000"
+    counts = [int(c) for c in (args.counts or default_counts).split(",") if c.strip()]
+    rows, series = asyncio.run(run(scale, files, counts, runs))
     print_table(rows)
-    seed_same = next(r for r in rows if str(r["workspace"]).startswith("seed") and r["step"] == "no-change pass")
-    checks = {
-        f"no-change pass on the seed workspace <= {NO_CHANGE_TARGET_S} s":
-            float(seed_same["ours_median_s"]) <= NO_CHANGE_TARGET_S,  # type: ignore[arg-type]
-        "no-change pass on the seed workspace faster than the baseline": float(seed_same["ratio"]) < 1,  # type: ignore[arg-type]
-    }
+    print()
+    print_scale(series)
+    checks = checks_for(rows, series, files)
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows, "checks": checks, "quick": args.quick,
+    args.out.write_text(json.dumps({"rows": rows, "scale": series, "checks": checks, "quick": args.quick,
                                     "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
     print(f"results: {args.out}")
     sys.exit(0 if all(checks.values()) or args.quick else 1)

@@ -53,7 +53,7 @@ def info(args: Json) -> Json:
     result = {"protocol": PROTOCOL, "hash": HASH_NAME, "workspace": workspace_dir(), "data_dir": data_dir(),
               "epoch": read_epoch(), "python": sys.version.split()[0],
               "rsync": rsync.split(b"\n")[0].decode(errors="replace"),
-              "host": os.environ.get("DUMONT_HOST") or os.uname().nodename}
+              "host": os.environ.get("DUMONT_HOST") or os.uname().nodename, "peak_rss_kb": _peak_rss_kb()}
     result.update(disk_usage(data_dir()))
     return result
 
@@ -83,7 +83,8 @@ def scan(args: Json) -> Json:
     if last is not None:
         return {"epoch": read_epoch(), "unchanged": True, "token": last.token, "skipped": last.skipped,
                 "missing": False, "scan_seconds": time.time() - started, "started_at": last.started_at,
-                "sparse": last.sparse, "tracking": watched.watcher.mode, **last.summary}
+                "sparse": last.sparse, "tracking": watched.watcher.mode, "peak_rss_kb": _peak_rss_kb(),
+                **last.summary}
     use_cache = args.get("use_cache", True)
     cache_path = os.path.join(data_dir(), "scan-cache.bin")
     cache = scancache.load(cache_path) if use_cache else {}
@@ -96,9 +97,18 @@ def scan(args: Json) -> Json:
                           skipped, sparse)
     result = {"epoch": read_epoch(), "entries": entries, "skipped": skipped, "missing": False,
               "scan_seconds": time.time() - started, "started_at": started, "sparse": sparse, "token": walk.token,
-              "tracking": watched.watcher.mode}
+              "tracking": watched.watcher.mode, "peak_rss_kb": _peak_rss_kb()}
     result.update(summary)
     return result
+
+
+def _peak_rss_kb() -> int | None:
+    """The most memory this agent process has held (Linux reports kilobytes)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def entries(args: Json) -> Json:
