@@ -60,14 +60,14 @@ def build_awkward_workspace(ws: Path, outside: Path) -> None:
     os.utime(ws / "script.sh", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
 
 
-@pytest.mark.parametrize("mode", ["direct", "relay"])
+@pytest.mark.parametrize("mode", ["direct", "relay", "direct in 3 streams"])
 async def test_awkward_workspace_is_replicated_exactly(
     pair: Pair, mode: str, tmp_path: Path, tree_digest: Callable[[Path], dict[bytes, tuple[object, ...]]]
 ) -> None:
     """Given names with spaces/newlines/odd bytes, links, holes and modes, then the snapshot matches exactly."""
     ws = pair.primary.workspace
     build_awkward_workspace(ws, tmp_path / "outside")
-    replicator = pair.replicator(mode=mode)
+    replicator = pair.replicator(mode=mode.split(maxsplit=1)[0], streams=3 if "streams" in mode else 1)
 
     report = await replicator.run_pass()
 

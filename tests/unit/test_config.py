@@ -180,6 +180,7 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("controller.salvage_outbid", "yes", "'yes'", "must be true or false"),
     ("controller.salvage_timeout_seconds", 0, "0", "a number of seconds greater than 0"),
     ("replication.change_debounce_seconds", -1, "-1", "a number of seconds at least 0 and at most 3600"),
+    ("replication.push_streams", 0, "0", "a whole number of streams from 1 to 16"),
     ("replication.full_scan_seconds", -5, "-5", "a number of seconds at least 0 and at most 86400"),
     ("replication.scrub_interval_seconds", 0, "0", "a number of seconds greater than 0 and at most 604800"),
     ("replication.scrub_mb_per_round", 0, "0", "must be a whole number of MB from 1 to 1000000 (e.g. 512)"),

@@ -38,11 +38,12 @@ from .common import (
     read_json,
     remove_tree,
     snapshot_path,
+    unlink_if_present,
     workspace_dir,
     write_atomic,
     write_epoch,
 )
-from .scan import CHUNK, manifest_digest, scan_tree
+from .scan import CACHE_TRUST_SECONDS, CHUNK, HashLookup, manifest_digest, scan_tree
 from .snapshots import apply_attributes, list_snapshots, snapshot_manifest
 
 
@@ -53,6 +54,38 @@ def candidate_dir() -> str:
 
 def _candidate_manifest_path() -> str:
     return os.path.join(data_dir(), "candidate-manifest.json")
+
+
+def promoted_manifest_path() -> str:
+    """The manifest of the tree the last promotion made live, until the workspace's first scan has used it."""
+    return os.path.join(data_dir(), "promoted-manifest.json")
+
+
+def promoted_hashes() -> HashLookup | None:
+    """Hashes for the first scan of a freshly promoted workspace, from the manifest it was promoted with.
+
+    A file is taken at its manifest's hash only if its size and mtime match and its last change (ctime) is older
+    than the promotion by more than a timestamp tick: a user's write since then moved its ctime, so it is hashed.
+    """
+    meta = read_json(os.path.join(data_dir(), "promoted.json"))
+    entries = read_json(promoted_manifest_path())
+    if not isinstance(meta, dict) or not isinstance(entries, list) or not isinstance(meta.get("at"), (int, float)):
+        return None
+    limit = (float(meta["at"]) - CACHE_TRUST_SECONDS) * 1e9
+    known = {e[PATH]: e for e in entries if e[KIND] == "f" and e[DATA] is not None}
+
+    def lookup(rel: str, st: os.stat_result) -> str | None:
+        entry = known.get(rel)
+        if entry is not None and entry[3] == st.st_size and entry[4] == st.st_mtime_ns and st.st_ctime_ns < limit:
+            return str(entry[DATA])
+        return None
+
+    return lookup
+
+
+def promoted_hashes_used() -> None:
+    """The workspace's scan cache now holds what the promoted manifest told: drop it."""
+    unlink_if_present(promoted_manifest_path())
 
 
 def candidate_manifest() -> list[Entry]:
@@ -252,23 +285,31 @@ def promote(args: Json) -> Json:
     else:
         raise Failure("NothingToPromote", "this host holds neither a complete candidate nor a complete snapshot")
     displaced = _clear_workspace()
+    moved_at = time.time()
     try:
         os.rename(tree, workspace_dir())
     except OSError as exc:
         raise Failure("PromoteFailed", f"could not move {tree} to the workspace {workspace_dir()}: {exc}; both must "
                                        f"be on one filesystem (set DUMONT_DATA_DIR beside the workspace)") from exc
+    manifest_file = _candidate_manifest_path() if used == "candidate" else os.path.join(snapshot_path(seq),
+                                                                                           "manifest.json")
     try:
+        # The workspace's hashes, for its first scan (see scan.promoted_hashes): moved, not copied, so a million
+        # entries cost nothing here.
+        os.replace(manifest_file, promoted_manifest_path())
         if used == "take":
             for old in seqs:  # they share inodes with what is now live: an in-place write would alter them
                 remove_tree(snapshot_path(old))
         invalidate_candidate()
         write_atomic(os.path.join(data_dir(), "promoted.json"),
-                     dump_json({"epoch": epoch, "seq": seq, "mode": used, "at": time.time()}))
+                     dump_json({"epoch": epoch, "seq": seq, "mode": used, "at": moved_at}))
         if epoch > read_epoch():
             write_epoch(epoch)
     except OSError as exc:
         if used == "candidate":
             os.rename(workspace_dir(), tree)  # back as it was: the epoch did not move, the candidate is intact
+            if os.path.exists(promoted_manifest_path()):
+                os.replace(promoted_manifest_path(), manifest_file)
         raise Failure("PromoteFailed", f"promoted snapshot {seq} but could not record it: {exc}") from exc
     return {"seq": seq, "mode": used, "digest": manifest_digest(entries), "displaced": displaced,
             "files": sum(1 for e in entries if e[KIND] == "f"), "seconds": time.time() - started}

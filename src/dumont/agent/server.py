@@ -89,9 +89,12 @@ def scan(args: Json) -> Json:
     cache_path = os.path.join(data_dir(), "scan-cache.bin")
     cache = scancache.load(cache_path) if use_cache else {}
     sparse: list[str] = []
-    entries, skipped, new_cache = scan_tree(root, no_known_hash, cache, sparse=sparse)
+    promoted = promotion.promoted_hashes() if use_cache and root == workspace_dir() else None
+    entries, skipped, new_cache = scan_tree(root, promoted or no_known_hash, cache, sparse=sparse)
     if use_cache and new_cache != cache:
         scancache.save(cache_path, new_cache)
+    if promoted is not None:
+        promotion.promoted_hashes_used()
     summary = summarize(entries)
     walk = watched.walked(started, not any(e[KIND] == "f" and e[DATA] is None for e in entries), summary,
                           skipped, sparse)

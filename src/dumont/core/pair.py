@@ -85,7 +85,7 @@ def replication_policy(ctx: ControllerContext, *, keep_candidate: bool = True) -
     return ReplicationPolicy(
         mode=rep.mode, keep_snapshots=rep.keep_snapshots, min_free_fraction=rep.min_free_fraction,
         transfer_timeout=rep.transfer_timeout_seconds, io_timeout=rep.io_timeout_seconds,
-        keep_candidate=keep_candidate, full_walk_seconds=rep.full_scan_seconds,
+        keep_candidate=keep_candidate, full_walk_seconds=rep.full_scan_seconds, streams=rep.push_streams,
         guards=GuardPolicy(max_delete_fraction=rep.max_delete_fraction, near_empty_fraction=rep.near_empty_fraction),
     )
 

@@ -52,6 +52,7 @@ class ReplicationPolicy:
     settle_retries: int = 2
     keep_candidate: bool = True  # a standby keeps a promotion-ready copy; a GPU being restored does not need one
     bandwidth_limit_kbps: int | None = None  # rsync --bwlimit, for slow or metered links
+    streams: int = 1  # parallel rsyncs (separate connections) for a direct push
     full_walk_seconds: float = 300.0  # the primary walks its whole tree at least this often (agent/tracker.py)
 
 
@@ -231,7 +232,8 @@ class Replicator:
         if self.policy.mode == RELAY:
             return await self._relay(paths, stage, compress)
         run = await self.primary.push(paths, timeout=self.policy.transfer_timeout, io_timeout=self.policy.io_timeout,
-                                      bwlimit=self.policy.bandwidth_limit_kbps, compress=compress)
+                                      bwlimit=self.policy.bandwidth_limit_kbps, compress=compress,
+                                      streams=self.policy.streams)
         if "Permission denied" in run.stderr:
             raise AuthRefused(
                 f"{self.standby.name} refused the pair key from {self.primary.name}: {run.stderr.strip()[-300:]}",

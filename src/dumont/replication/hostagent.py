@@ -460,10 +460,12 @@ class HostAgent:
                                                 "standby_host_key": standby_host_key})
 
     async def push(self, paths: list[str], *, timeout: float, io_timeout: int, bwlimit: int | None = None,
-                   compress: bool = False) -> RsyncRun:
-        """Direct mode: rsync ``paths`` from this host's workspace into the standby's staging area."""
+                   compress: bool = False, streams: int = 1) -> RsyncRun:
+        """Direct mode: rsync ``paths`` from this host's workspace into the standby's staging area (in
+        ``streams`` parallel rsyncs, split by size)."""
         r = await self.call("push", {"paths": paths, "timeout": timeout, "io_timeout": io_timeout,
-                                     "bwlimit": bwlimit, "compress": compress}, timeout=timeout + 30)
+                                     "bwlimit": bwlimit, "compress": compress, "streams": streams},
+                            timeout=timeout + 30)
         return RsyncRun(int(r["returncode"]), r["stdout"], r["stderr"], float(r["seconds"]))
 
     async def install_host_certificate(self, certificate: str) -> None:

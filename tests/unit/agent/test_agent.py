@@ -235,3 +235,23 @@ def test_only_files_that_stood_still_since_before_the_scan_are_settled(host: Pat
     (ws / "moved").write_bytes(b"v2")  # rewritten after the scan: same size, new mtime
     assert server.settled({"files": files, "since": later})["settled"] == ["old"]
     assert server.settled({"files": files, "since": time.time()})["settled"] == [], "a recent change is racy"
+
+
+def test_a_push_in_streams_splits_by_size_and_keeps_hard_links_together(tmp_path: Path) -> None:
+    from dumont.agent.pairing import _summed_stats, split_by_size
+
+    for name, size in (("big", 900), ("mid", 500), ("small", 400), ("tiny", 10)):
+        (tmp_path / name).write_bytes(b"x" * size)
+    os.link(tmp_path / "small", tmp_path / "small-too")
+    (tmp_path / "dir").mkdir()
+    listed = ["big", "dir", "mid", "small", "small-too", "tiny", "gone"]
+    groups = split_by_size(listed, 2, str(tmp_path))
+    assert sorted(p for g in groups for p in g) == sorted(listed)  # every path once
+    assert any({"small", "small-too"} <= set(g) for g in groups)  # a hard-link group travels whole
+    assert {"dir", "gone"} <= set(groups[0])  # what has no size goes with the first stream
+    loads = [sum((tmp_path / p).stat().st_size for p in g if (tmp_path / p).is_file() and p != "small-too")
+             for g in groups]
+    assert max(loads) <= 1.2 * min(loads)
+    assert split_by_size(listed, 1, str(tmp_path)) == [listed]
+    stats = "Total bytes sent: 1,000\nLiteral data: 10 bytes\n"
+    assert _summed_stats(stats + "\n" + stats, 2) == "Total bytes sent: 2000\nLiteral data: 20\n"

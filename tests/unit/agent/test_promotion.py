@@ -228,3 +228,38 @@ def test_a_changed_large_file_is_refreshed_in_place_chunk_by_chunk(host: Path) -
     (source / "model.pt").write_bytes(b"shrunk")
     commit_source(host, 3)
     assert candidate.read_bytes() == b"shrunk"
+
+
+@pytest.mark.parametrize("mode", ["candidate", "take"])
+def test_the_first_scan_after_a_promotion_takes_the_promoted_hashes_and_drops_them(
+        host: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    build(host / "source")
+    commit_source(host, 1)
+    promotion.promote({"epoch": 2, "mode": mode})
+    assert Path(promotion.promoted_manifest_path()).exists()
+    monkeypatch.setattr(promotion, "CACHE_TRUST_SECONDS", -3600.0)  # the files count as written long before
+    hashed: list[bytes] = []
+    real = server.scan_tree.__globals__["hash_file"]
+    monkeypatch.setitem(server.scan_tree.__globals__, "hash_file",
+                        lambda path, st: hashed.append(path) or real(path, st))
+    first = server.scan({})
+    assert hashed == [] and not Path(promotion.promoted_manifest_path()).exists()
+    monkeypatch.setitem(server.scan_tree.__globals__, "hash_file", real)
+    assert first["entries"] == server.scan({"use_cache": False})["entries"]  # the hashes it took are right
+
+
+def test_a_promoted_hash_is_refused_for_a_file_changed_since_the_promotion(host: Path) -> None:
+    build(host / "source")
+    commit_source(host, 1)
+    promotion.promote({"epoch": 2, "mode": "candidate"})
+    live = Path(common.workspace_dir()) / "sub" / "notes.txt"
+    before = live.stat()
+    live.write_text("v9")  # same size, and the old mtime put back: only the ctime tells
+    os.utime(live, ns=(before.st_atime_ns, before.st_mtime_ns))
+    meta = common.read_json(os.path.join(common.data_dir(), "promoted.json"))
+    assert isinstance(meta, dict)
+    for at, trusted in ((live.stat().st_ctime_ns / 1e9 + 10, True), (before.st_ctime_ns / 1e9 + 1, False)):
+        common.write_atomic(os.path.join(common.data_dir(), "promoted.json"), common.dump_json({**meta, "at": at}))
+        lookup = promotion.promoted_hashes()
+        assert lookup is not None
+        assert (lookup("sub/notes.txt", live.stat()) is not None) is trusted
