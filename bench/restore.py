@@ -121,7 +121,8 @@ async def run(scale: float, files: int, runs: int) -> list[dict[str, object]]:
 
 def print_table(rows: list[dict[str, object]]) -> None:
     """The results as an aligned table."""
-    head = (f"{'tree':<20}{'ours (s)':>10}{f'{STREAMS} streams':>11}{'rsync (s)':>11}{'pipe (s)':>10}{'ours MB/s':>11}{'rsync MB/s':>12}"
+    head = (f"{'tree':<20}{'ours (s)':>10}{f'{STREAMS} streams':>11}{'rsync (s)':>11}{'pipe (s)':>10}"
+            f"{'ours MB/s':>11}{'rsync MB/s':>12}"
             f"{'pipe MB/s':>11}{'vs rsync':>10}{'vs pipe':>9}")
     print(head)
     print("-" * len(head))
