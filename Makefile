@@ -37,8 +37,8 @@ lint: deps
 
 # Every benchmark runs even when an earlier one fails; the target fails if any did.
 bench: deps
-	$(PY) bench/sync_cycle.py; sync=$$?; $(PY) bench/cli.py; cli=$$?; $(PY) bench/rpo.py; rpo=$$?; \
-	  exit $$(( sync || cli || rpo ))
+	$(PY) bench/sync_cycle.py; sync=$$?; $(PY) bench/restore.py; restore=$$?; $(PY) bench/cli.py; cli=$$?; \
+	  $(PY) bench/rpo.py; rpo=$$?; exit $$(( sync || restore || cli || rpo ))
 
 drill: deps
 	$(PY) -m dumont drill $(DRILL_ARGS)

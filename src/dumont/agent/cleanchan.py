@@ -11,11 +11,11 @@ unchanged. Used as rsync's ``-e``: ``python agent.pyz clean-ssh ssh -F config -T
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import subprocess
 import sys
-import threading
 
 MARK = b"DUMONT-CHANNEL-OPEN\n"
 NOISE_LIMIT = 256 * 1024  # what a remote login may print before the mark
@@ -77,13 +77,43 @@ def _skip_to_mark(fd: int) -> bytes:
     raise EOFError(bytes(seen))
 
 
+def _splice_pump(source: int, target: int) -> None:
+    """:func:`_pump` without copying through this process where the kernel can move the bytes (Linux splice,
+    Python >= 3.10; one end must be a pipe, as ssh's stdout is)."""
+    splice = getattr(os, "splice", None)
+    if splice is None:
+        _pump(source, target)
+        return
+    try:
+        while True:
+            try:
+                moved = splice(source, target, CHUNK)
+            except BlockingIOError:  # nothing to read yet, or no room to write: wait for both
+                select.select([source], [], [])
+                select.select([], [target], [])
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOSYS):  # this pair of descriptors cannot splice
+                    _pump(source, target)
+                    return
+                raise
+            if not moved:
+                break
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(target)
+
+
 def main(argv: list[str]) -> int:
-    """Run ``argv`` (an ssh command line) with a clean stdout; return its exit status."""
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None
-    inbound = threading.Thread(target=_pump, args=(sys.stdin.fileno(), os.dup(proc.stdin.fileno())), daemon=True)
-    proc.stdin.close()
-    inbound.start()
+    """Run ``argv`` (an ssh command line) with a clean stdout; return its exit status.
+
+    Only what ssh prints needs cleaning: what rsync sends (the bulk of a push) goes to ssh's stdin untouched, as
+    this process's own stdin, and what comes back after the mark is spliced through.
+    """
+    proc = subprocess.Popen(argv, stdin=sys.stdin.fileno(), stdout=subprocess.PIPE)
+    assert proc.stdout is not None
     try:
         _skip_to_mark(proc.stdout.fileno())
     except EOFError as exc:
@@ -92,5 +122,5 @@ def main(argv: list[str]) -> int:
                          + (f"; it printed: {shown!r}" if shown else "") + "\n")
         proc.wait()
         return proc.returncode or 12
-    _pump(proc.stdout.fileno(), os.dup(sys.stdout.fileno()))
+    _splice_pump(proc.stdout.fileno(), os.dup(sys.stdout.fileno()))
     return proc.wait()
