@@ -145,3 +145,21 @@ async def test_no_change_pass_copies_nothing_and_keeps_the_snapshot(
     status = await pair.standby_agent.status()
     assert status.last_pass is not None and status.last_pass["seq"] == second.seq
     assert [s.seq for s in status.snapshots] == [first.seq]
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+async def test_a_followed_push_reports_its_bytes_as_they_move_and_ends_at_the_total(
+    pair: Pair, fill: Callable[[Path, dict[str, bytes]], None],
+    tree_digest: Callable[[Path], dict[bytes, tuple[object, ...]]], streams: int,
+) -> None:
+    """Given 24 MB to copy, when the pass is followed, then its progress never goes back and ends at 24 MB, and
+    the snapshot is exact as ever."""
+    fill(pair.primary.workspace, {"big.bin": os.urandom(16 << 20), "mid.bin": os.urandom(8 << 20), "s.txt": b"s"})
+    seen: list[tuple[int, int]] = []
+    replicator = pair.replicator(streams=streams)
+    replicator.on_progress = lambda done, total: seen.append((done, total))
+    report = await replicator.run_pass()
+    total = (24 << 20) + 1
+    assert seen and seen[-1] == (total, total)
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    assert tree_digest(pair.snapshot_tree(report.seq)) == tree_digest(pair.primary.workspace)

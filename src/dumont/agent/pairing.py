@@ -11,16 +11,11 @@ import hashlib
 import os
 import shlex
 import signal
-import stat
-import subprocess
 import sys
-import threading
-import time
 from typing import Any
 
 from . import cleanchan
 from .common import Failure, Json, data_dir, incoming_dir, read_epoch, read_json, snapshot_path, write_atomic
-from .common import workspace_dir as workspace
 
 PAIR_MARK = "dumont-pair="
 RSYNC_FLAGS = set("lHogDtpRSrvcIxWzq.LsfCuie")
@@ -114,112 +109,6 @@ def install_pair_client(args: Json) -> Json:
     config = "Host dumont-standby\n" + "".join(f"  {o}\n" for o in options)
     write_atomic(os.path.join(pair_dir, "ssh_config"), config.encode(), 0o600)
     return {"ssh_config": os.path.join(pair_dir, "ssh_config")}
-
-
-def push(args: Json) -> Json:
-    """Direct mode: rsync the listed workspace paths to the standby's staging area with the pair key, in
-    ``streams`` rsyncs at once when asked (each on a connection of its own)."""
-    config = os.path.join(data_dir(), "pair", "ssh_config")
-    if not os.path.exists(config):
-        raise Failure("NotPaired", "this host has no pair key; the controller must install it first")
-    # --ignore-times: every listed path is known to differ; rsync's quick check only compares whole seconds.
-    options = ["-aHS", "--numeric-ids", "--ignore-times", "--files-from=-", "--from0", "--stats",
-               f"--timeout={int(args.get('io_timeout', 60))}"]
-    if args.get("bwlimit"):
-        options.append(f"--bwlimit={int(args['bwlimit'])}")
-    if args.get("compress"):
-        options.append("-z")  # sparse files: their holes are read as zeros, which compress to nothing
-    shell = f"{clean_shell()} ssh -F '{config}' -T"
-    ends = [workspace() + "/", "dumont-standby:incoming/"]
-    groups = split_by_size(args["paths"], max(1, int(args.get("streams", 1))), workspace())
-    # Further streams each open a connection of their own: the shared master would put them all on one cipher.
-    runs = [["rsync", *options, "-e", shell if n == 0 else shell + " -o ControlMaster=no -o ControlPath=none",
-             *ends] for n in range(len(groups))]
-    return _run_rsyncs(list(zip(runs, groups)), float(args.get("timeout", 3600)))
-
-
-def split_by_size(paths: list[str], streams: int, root: str) -> list[list[str]]:
-    """``paths`` in at most ``streams`` groups of about equal bytes (largest files first, each to the lightest
-    group); directories, links and small files go with the first group. Each group keeps the listed order."""
-    if streams <= 1 or len(paths) < 2:
-        return [list(paths)]
-    broot = os.fsencode(root)
-    units: dict[Any, list[str]] = {}  # what must travel together: a file, or every name of a hard-linked one
-    sizes: dict[Any, int] = {}
-    for name in paths:
-        try:
-            st = os.lstat(os.path.join(broot, os.fsencode(name)))
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else name
-            units.setdefault(key, []).append(name)
-            sizes[key] = st.st_size
-    loads = [0] * streams
-    groups: list[set[str]] = [set() for _ in range(streams)]
-    for key in sorted(units, key=lambda k: -sizes[k]):
-        lightest = loads.index(min(loads))
-        groups[lightest].update(units[key])
-        loads[lightest] += sizes[key]
-    placed = set().union(*groups)
-    groups[0].update(p for p in paths if p not in placed)
-    return [[p for p in paths if p in group] for group in groups if group]
-
-
-def _run_rsyncs(runs: list[tuple[list[str], list[str]]], timeout: float) -> Json:
-    """Run each (argv, paths) rsync at once; one answer: the first failure's, else their summed statistics."""
-    started = time.time()
-    procs = []
-    for argv, paths in runs:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        RUNNING.append(proc)
-        procs.append((proc, b"".join(os.fsencode(p) + b"\0" for p in paths)))
-    results: list[tuple[int, str, str] | None] = []
-    try:
-        threads = [threading.Thread(target=_communicate, args=(proc, listing, timeout, results))
-                   for proc, listing in procs]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        for proc, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            RUNNING.remove(proc)
-    finished = [r for r in results if r is not None]
-    if len(finished) < len(runs):
-        raise Failure("CommandTimeout", f"rsync did not finish within {timeout:g} s")
-    failed = [r for r in finished if r[0] != 0]
-    code, out, err = failed[0] if failed else (0, "\n".join(r[1] for r in finished), "")
-    return {"returncode": code, "stdout": out if failed else _summed_stats(out, len(results)),
-            "stderr": err[-4000:], "seconds": time.time() - started}
-
-
-def _communicate(proc: subprocess.Popen, listing: bytes, timeout: float,  # type: ignore[type-arg]
-                 results: list[tuple[int, str, str] | None]) -> None:
-    try:
-        out, err = proc.communicate(listing, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        results.append(None)
-        return
-    results.append((proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")))
-
-
-def _summed_stats(text: str, count: int) -> str:
-    """Several rsync ``--stats`` outputs as one: each numeric line summed (one run's text is left as it is)."""
-    if count == 1:
-        return text
-    totals: dict[str, int] = {}
-    for line in text.splitlines():
-        label, sep, value = line.partition(": ")
-        number = value.split(" ")[0].replace(",", "")
-        if sep and number.isdigit():
-            totals[label] = totals.get(label, 0) + int(number)
-    return "\n".join(f"{label}: {value}" for label, value in totals.items()) + "\n"
 
 
 def _allowed_option(arg: str) -> bool:

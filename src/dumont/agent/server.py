@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable
 
-from . import cleanchan, pairing, promotion, salvage, scancache, scrub, snapshots, tracker, watch
+from . import cleanchan, pairing, promotion, push, salvage, scancache, scrub, snapshots, tracker, watch
 from .common import (
     DATA,
     KIND,
@@ -200,7 +200,8 @@ OPERATIONS: dict[str, Operation] = {
     "salvage_signature": salvage.signature, "salvage_sort": salvage.sort_out,
     "verify_promoted": promotion.verify_promoted,
     "authorize_pair": pairing.authorize_pair, "revoke_pair": pairing.revoke_pair,
-    "install_pair_client": pairing.install_pair_client, "push": pairing.push,
+    "install_pair_client": pairing.install_pair_client, "push": push.push, "push_start": push.push_start,
+    "push_poll": push.push_poll,
     "install_host_certificate": pairing.install_host_certificate,
 }
 MUTATING = {"set_epoch", "stage", "revert", "commit", "record_pass", "authorize_pair", "revoke_pair",

@@ -56,7 +56,7 @@ def pair_status(controller: Controller, rt: PairRuntime) -> dict[str, Any]:
         "rpo_estimate_seconds": _rounded(rpo_estimate(rt, now, on_change=on_change)),
         "sync_failures": rt.sync.consecutive_failures,
         "operation": {"kind": op.kind, "step": op.step, "started_at": op.started_at, "finished": op.finished,
-                      "error": op.error} if op else None,
+                      "error": op.error, "progress": dict(op.progress) if op.progress else None} if op else None,
         "reason": rt.last_reason,
         "endpoint_switches": [{"at": s.at, "target": list(s.target) if s.target else None, "reason": s.reason}
                               for s in rt.endpoint.history],

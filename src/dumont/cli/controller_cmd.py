@@ -120,6 +120,8 @@ def status_command(config_path: Path | None, as_json: bool) -> None:
 
 
 def _human_status(data: dict[str, Any]) -> str:
+    from dumont.core.progress import describe_progress
+
     lines = [f"API {data['api_url']}  metrics {data['metrics_url']}  dashboard {data['dashboard_url']}"]
     for p in data["pairs"]:
         lag = f"{p['lag_seconds']:.0f} s" if p["lag_seconds"] is not None else "no pass yet"
@@ -130,7 +132,8 @@ def _human_status(data: dict[str, Any]) -> str:
                                             f"{host['ssh_port']} ({host['role']})" if host else "none"))
         if p["operation"]:
             op = p["operation"]
-            lines.append(f"  {op['kind']}: {op['step']}" + (f" ({op['error']})" if op.get("error") else ""))
+            lines.append(f"  {op['kind']}: {op['step']}" + (f" ({op['error']})" if op.get("error") else "")
+                         + (f", {describe_progress(op['progress'])}" if op.get("progress") else ""))
         lines.append(f"  {p['reason']}")
     return "\n".join(lines)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +147,8 @@ class FakeHosts:
         self._accept_epoch(standby, epoch)
         standby.paired_for = epoch
 
-    async def run_pass(self, pair: str, source: HostRef, target: HostRef, policy: ReplicationPolicy) -> PassReport:
+    async def run_pass(self, pair: str, source: HostRef, target: HostRef, policy: ReplicationPolicy,
+                       progress: Callable[[int, int], None] | None = None) -> PassReport:
         primary, standby = self._use("run_pass", source), self._use("run_pass", target)
         started = self.clock()
         if primary.epoch < standby.epoch:
@@ -156,8 +157,12 @@ class FakeHosts:
         changed = [p for p, d in primary.workspace.items() if previous.get(p) != d]
         deleted = [p for p in previous if p not in primary.workspace]
         standby.snapshots = [*standby.snapshots, dict(primary.workspace)][-policy.keep_snapshots:]
-        await self.clock.sleep(0.1)  # a pass takes a little time
         sent = sum(len(primary.workspace[p]) for p in changed)
+        if progress is not None and sent:
+            progress(sent // 2, sent)
+        await self.clock.sleep(0.1)  # a pass takes a little time
+        if progress is not None and sent:
+            progress(sent, sent)
         return PassReport(pair, next(self._seq), primary.epoch, len(standby.snapshots), policy.mode, started,
                           self.clock(), len(primary.workspace), sum(len(d) for d in primary.workspace.values()),
                           len(changed), len(deleted), sent, (), bool(changed or deleted), primary.special)

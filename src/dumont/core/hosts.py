@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from dumont.core import probes
@@ -145,10 +146,11 @@ class SshHosts:
                          standby_host_key=self.known_hosts.keys_for(target.alias)[0],
                          pair_key=self.layout.pair_key(pair))
 
-    async def run_pass(self, pair: str, source: HostRef, target: HostRef, policy: ReplicationPolicy) -> PassReport:
+    async def run_pass(self, pair: str, source: HostRef, target: HostRef, policy: ReplicationPolicy,
+                       progress: Callable[[int, int], None] | None = None) -> PassReport:
         """One replication pass with the pair's settings."""
         replicator = Replicator(pair, self.agent(source), self.agent(target), policy, transport=self.transport,
-                                relay_dir=self.layout.relay_dir(pair), clock=self.clock)
+                                relay_dir=self.layout.relay_dir(pair), clock=self.clock, on_progress=progress)
         return await replicator.run_pass()
 
     async def take_over(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:

@@ -7,6 +7,7 @@ the pair's :class:`Memory` to the pure ``decide``, and carries out the :class:`D
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,7 @@ class OperationStatus:
     finished: bool = False
     succeeded: bool = False
     error: str | None = None
+    progress: Mapping[str, Any] | None = None  # a restore's bytes done and total, rate and time left
 
 
 @dataclass(frozen=True)

@@ -115,9 +115,12 @@ async def reconcile_epoch(ctx: ControllerContext, rt: PairRuntime, target: HostR
 
 
 async def run_pass(ctx: ControllerContext, rt: PairRuntime, source: HostRef, target: HostRef, *,
-                   keep_candidate: bool = True) -> PassReport:
-    """One pass from ``source`` to ``target`` with the pair's settings."""
-    return await ctx.hosts.run_pass(rt.name, source, target, replication_policy(ctx, keep_candidate=keep_candidate))
+                   keep_candidate: bool = True, progress: Callable[[int, int], None] | None = None) -> PassReport:
+    """One pass from ``source`` to ``target`` with the pair's settings (``progress``: see HostsPort.run_pass)."""
+    policy = replication_policy(ctx, keep_candidate=keep_candidate)
+    if progress is None:
+        return await ctx.hosts.run_pass(rt.name, source, target, policy)
+    return await ctx.hosts.run_pass(rt.name, source, target, policy, progress)
 
 
 async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None:
@@ -204,7 +207,9 @@ def show_operation(ctx: ControllerContext, rt: PairRuntime, op_id: int, kind: st
     """Mirror an operation's stored progress into the pair, where the loop observes it."""
     row = ctx.store.operation(op_id)
     if row is not None:
-        rt.operation = OperationStatus(kind, row.step, row.started_at, finished, finished and error is None, error)
+        moving = row.data.get("progress") if not finished and row.step == "restoring" else None
+        rt.operation = OperationStatus(kind, row.step, row.started_at, finished, finished and error is None, error,
+                                       moving if isinstance(moving, dict) else None)
 
 
 async def run_operation(ctx: ControllerContext, rt: PairRuntime, op_id: int, kind: str,

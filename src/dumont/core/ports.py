@@ -60,8 +60,10 @@ class HostAccess(Protocol):
         """Direct mode: ``source`` at ``epoch`` pushes to ``target`` with the pair key, for that epoch only."""
         ...
 
-    async def run_pass(self, pair: str, source: HostRef, target: HostRef, policy: ReplicationPolicy) -> PassReport:
-        """One replication pass ``source`` -> ``target`` (guards, staging, commit); raises if it did not land."""
+    async def run_pass(self, pair: str, source: HostRef, target: HostRef, policy: ReplicationPolicy,
+                       progress: Callable[[int, int], None] | None = None) -> PassReport:
+        """One replication pass ``source`` -> ``target`` (guards, staging, commit); raises if it did not land.
+        ``progress`` hears (bytes copied, bytes to copy) while files are copied."""
         ...
 
     async def take_over(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from dumont.core.endpoint import publish_endpoint
 from dumont.core.faults import reason_of
 from dumont.core.model import HostRef, RecoveryStep
 from dumont.core.pair import PairRuntime, ensure_paired, run_operation, run_pass, show_operation
+from dumont.core.progress import restore_progress
 from dumont.core.renting import destroy_quietly, rent_gpu
 from dumont.core.salvage import salvage
 from dumont.errors import DumontError, IntegrityError
@@ -24,6 +25,8 @@ from dumont.replication.engine import PassReport
 
 log = logging.getLogger("dumont.controller")
 
+PROGRESS_EVERY_SECONDS = 1.0  # a restore's progress reaches the store and the status at most this often
+MB = 1024 * 1024
 RESTORE_PASSES = 5  # passes before the catch-up: enough for the CPU's writes to slow down to a trickle
 STEP_SENTENCES = {
     RecoveryStep.SEARCHING: "searching offers within the limits",
@@ -101,12 +104,29 @@ async def _restore(ctx: ControllerContext, rt: PairRuntime, cpu: HostRef, gpu: H
     """Fill the new GPU from the CPU with ordinary passes until one finds (almost) nothing left to copy."""
     rt.paired_epoch = None
     await ensure_paired(ctx, rt, cpu, gpu)
-    report = await run_pass(ctx, rt, cpu, gpu, keep_candidate=False)
+    began = ctx.clock()
+    shown = [float("-inf")]
+
+    def copying(done: int, total: int) -> None:
+        now = ctx.clock()
+        if now - shown[0] < PROGRESS_EVERY_SECONDS and done < total:
+            return
+        shown[0] = now
+        progress(RecoveryStep.RESTORING, {"progress": restore_progress(done, total, now - began)})
+
+    report = await run_pass(ctx, rt, cpu, gpu, keep_candidate=False, progress=copying)
+    first = report
     for _ in range(RESTORE_PASSES - 1):
         progress(RecoveryStep.RESTORING, {"restored_bytes": report.bytes_scanned, "pass_seq": report.seq})
         if not report.copied:
             break
         report = await run_pass(ctx, rt, cpu, gpu, keep_candidate=False)
+    seconds = max(first.seconds, 1e-6)
+    ctx.event(rt.name, "restore_copied", f"restored {first.bytes_scanned / MB:.1f} MB ({first.files_copied} files) "
+                                         f"onto {gpu.instance_id} in {first.seconds:.1f} s "
+                                         f"({first.bytes_sent / MB / seconds:.1f} MB/s on the wire)",
+              {"bytes": first.bytes_scanned, "bytes_sent": first.bytes_sent, "files": first.files_copied,
+               "seconds": round(first.seconds, 3), "passes": report.seq - first.seq + 1})
     return report
 
 

@@ -180,8 +180,8 @@ def _timeline(add: Any, data: dict[str, Any]) -> None:
         add(f"T={phase['started'] - origin:8.2f}s  {phase['title']} ({phase['seconds']:.2f} s)")
     add("")
     for event in data["timeline"]["events"]:
-        if event["kind"] in ("state", "failover", "gpu_rented", "recovery_step", "recovered", "standby_created",
-                             "standby_replaced", "instance_destroyed", "alert", "fenced"):
+        if event["kind"] in ("state", "failover", "gpu_rented", "recovery_step", "restore_copied", "recovered",
+                             "standby_created", "standby_replaced", "instance_destroyed", "alert", "fenced"):
             add(f"T={event['at'] - origin:8.2f}s  {event['kind']}: {event['reason']}")
     add("```")
     add("")

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from dumont.core.layout import ControllerLayout
+from dumont.core.progress import describe_progress
 from dumont.drill import checks
 from dumont.drill.integrity import TreeHashes, hash_tree
 from dumont.drill.profiles import PROFILES, SCENARIOS
@@ -226,13 +227,23 @@ async def _recovery(run: DrillRun) -> None:
     phase = run.timeline.begin("recovery", deadline_seconds=run.config.ssh_wait_timeout + 300 * size_factor)
     phase.started = run.stack.pair.timings["endpoint_switched_at"]  # the controller starts recovering right away
     old = run.facts.get("failed_host", "")
-    await run.stack.wait_for("the recovery", lambda s: _synced(s) and s["primary"]["role"] == "gpu"
-                             and run.stack.host(s["primary"]["instance_id"]).name != old,
-                             phase.deadline_seconds or 1800)
+    seen: list[dict[str, Any]] = []  # the restore's progress as the status showed it
+
+    def recovered_onto_new_gpu(status: dict[str, Any]) -> bool:
+        moving = (status.get("operation") or {}).get("progress")
+        if moving and (not seen or seen[-1] != moving):
+            seen.append(moving)
+        return bool(_synced(status) and status["primary"]["role"] == "gpu"
+                    and run.stack.host(status["primary"]["instance_id"]).name != old)
+
+    await run.stack.wait_for("the recovery", recovered_onto_new_gpu, phase.deadline_seconds or 1800)
     phase.steps.extend(checks.recovery_steps(run.timeline, phase.started))
     recovered = run.timeline.events_of("recovered", phase.started)
+    copied = run.timeline.events_of("restore_copied", phase.started)
     phase.figures.update(new_gpu=run.host_of("primary").name, catch_up=recovered[-1]["data"] if recovered else {},
-                         rented=[e["reason"] for e in run.timeline.events_of("gpu_rented", phase.started)])
+                         rented=[e["reason"] for e in run.timeline.events_of("gpu_rented", phase.started)],
+                         restore=copied[-1]["reason"] if copied else "no restore event",
+                         restore_progress_seen=[describe_progress(p) for p in seen])
 
 
 async def _standby_loss(run: DrillRun) -> None:

@@ -104,9 +104,13 @@ class Replicator:
     transport: SshTransport | None = None  # relay mode runs rsync on the controller through it
     relay_dir: Path | None = None
     clock: Callable[[], float] = time.time
+    # Told (bytes copied so far, bytes this pass copies) while a direct push runs: a restore's progress.
+    on_progress: Callable[[int, int], None] | None = None
     _manifests: dict[tuple[str, int], Manifest] = field(default_factory=dict, init=False, repr=False)
     _workspace: str | None = field(default=None, init=False, repr=False)
     _last_diff: tuple[Manifest | None, Manifest, TreeDiff] | None = field(default=None, init=False, repr=False)
+    _to_copy_bytes: int = field(default=0, init=False, repr=False)
+    _copied_bytes: int = field(default=0, init=False, repr=False)
 
     async def run_pass(self) -> PassReport:
         """Run one pass; raise a GuardRefused when a guard refuses it, TransportError when a host fails."""
@@ -165,6 +169,8 @@ class Replicator:
             * sum(source[p].size for p in diff.changed if source[p].kind == FILE),
             min_free_fraction=self.policy.min_free_fraction,
         )
+        self._to_copy_bytes = sum(source[p].size for p in diff.changed if source[p].kind == FILE)
+        self._copied_bytes = 0
         to_copy, bytes_sent = list(diff.changed), 0
         unsettled: list[str] = []
         vouched: dict[str, list[Any]] | None = None
@@ -231,9 +237,20 @@ class Replicator:
     async def _send(self, paths: list[str], stage: StageResult, compress: bool) -> int:
         if self.policy.mode == RELAY:
             return await self._relay(paths, stage, compress)
-        run = await self.primary.push(paths, timeout=self.policy.transfer_timeout, io_timeout=self.policy.io_timeout,
-                                      bwlimit=self.policy.bandwidth_limit_kbps, compress=compress,
-                                      streams=self.policy.streams)
+        options: dict[str, Any] = {"timeout": self.policy.transfer_timeout, "io_timeout": self.policy.io_timeout,
+                                   "bwlimit": self.policy.bandwidth_limit_kbps, "compress": compress,
+                                   "streams": self.policy.streams}
+        if self.on_progress is None:
+            run = await self.primary.push(paths, **options)
+        else:
+            done_before, report = self._copied_bytes, self.on_progress
+            total = max(self._to_copy_bytes, 1)
+
+            def moved(now: int) -> None:
+                self._copied_bytes = min(done_before + now, total)
+                report(self._copied_bytes, total)
+
+            run = await self.primary.push_following(paths, moved, **options)
         if "Permission denied" in run.stderr:
             raise AuthRefused(
                 f"{self.standby.name} refused the pair key from {self.primary.name}: {run.stderr.strip()[-300:]}",

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -467,6 +468,20 @@ class HostAgent:
                                      "bwlimit": bwlimit, "compress": compress, "streams": streams},
                             timeout=timeout + 30)
         return RsyncRun(int(r["returncode"]), r["stdout"], r["stderr"], float(r["seconds"]))
+
+    async def push_following(self, paths: list[str], progress: Callable[[int], None], *, timeout: float,
+                             io_timeout: int, bwlimit: int | None = None, compress: bool = False,
+                             streams: int = 1, poll_seconds: float = 1.0) -> RsyncRun:
+        """Like :meth:`push`, telling ``progress`` the bytes moved so far about every ``poll_seconds``."""
+        started = await self.call("push_start", {"paths": paths, "timeout": timeout, "io_timeout": io_timeout,
+                                                 "bwlimit": bwlimit, "compress": compress, "streams": streams})
+        async with asyncio.timeout(timeout + 30):
+            while True:
+                r = await self.call("push_poll", {"id": started["id"], "wait": poll_seconds},
+                                    timeout=poll_seconds + 60)
+                progress(int(r.get("bytes") or 0))
+                if r.get("done"):
+                    return RsyncRun(int(r["returncode"]), r["stdout"], r["stderr"], float(r["seconds"]))
 
     async def install_host_certificate(self, certificate: str) -> None:
         """Make the host's sshd present ``certificate`` (of its own host key) beside its key."""

@@ -238,7 +238,7 @@ def test_only_files_that_stood_still_since_before_the_scan_are_settled(host: Pat
 
 
 def test_a_push_in_streams_splits_by_size_and_keeps_hard_links_together(tmp_path: Path) -> None:
-    from dumont.agent.pairing import _summed_stats, split_by_size
+    from dumont.agent.push import split_by_size, summed_stats
 
     for name, size in (("big", 900), ("mid", 500), ("small", 400), ("tiny", 10)):
         (tmp_path / name).write_bytes(b"x" * size)
@@ -254,4 +254,4 @@ def test_a_push_in_streams_splits_by_size_and_keeps_hard_links_together(tmp_path
     assert max(loads) <= 1.2 * min(loads)
     assert split_by_size(listed, 1, str(tmp_path)) == [listed]
     stats = "Total bytes sent: 1,000\nLiteral data: 10 bytes\n"
-    assert _summed_stats(stats + "\n" + stats, 2) == "Total bytes sent: 2000\nLiteral data: 20\n"
+    assert summed_stats(stats + "\n" + stats, 2) == "Total bytes sent: 2000\nLiteral data: 20\n"

@@ -60,6 +60,33 @@ async def test_a_recovery_rents_restores_catches_up_and_fails_back(world: World,
     assert world.ctx.store.get_pair("main").epoch == 3  # type: ignore[union-attr]
 
 
+async def test_a_restore_shows_its_bytes_rate_and_time_left_and_says_what_it_copied(
+        world: World, failed_over: PairRuntime) -> None:
+    rt = failed_over
+    shown: list[dict[str, object]] = []
+    world.ctx.listeners.append(lambda *_: shown.append(dict(rt.operation.progress))  # type: ignore[union-attr]
+                               if rt.operation is not None and rt.operation.progress else None)
+    succeeded, error = await run_recovery(world, rt)
+    assert succeeded, error
+    total = sum(len(d) for d in world.machine(rt.primary).workspace.values())
+    assert shown and shown[-1]["bytes_done"] == shown[-1]["bytes_total"] == total
+    assert all(set(p) == {"bytes_done", "bytes_total", "mb_per_second", "eta_seconds"} for p in shown)
+    copied = [(reason, data) for _, kind, reason, data in world.events if kind == "restore_copied"]
+    assert len(copied) == 1 and copied[0][1]["bytes"] == total and "MB/s on the wire" in copied[0][0]
+    assert rt.operation is not None and rt.operation.progress is None, "a finished operation shows no progress"
+
+
+def test_progress_figures_and_their_sentence() -> None:
+    from dumont.core.progress import describe_progress, restore_progress
+
+    mb = 1024 * 1024
+    half = restore_progress(50 * mb, 100 * mb, 2.0)
+    assert half == {"bytes_done": 50 * mb, "bytes_total": 100 * mb, "mb_per_second": 25.0, "eta_seconds": 2.0}
+    assert describe_progress(half) == "50.0 of 100.0 MB, 25.0 MB/s, 2 s left"
+    assert restore_progress(0, 100, 0.0)["eta_seconds"] is None
+    assert describe_progress(restore_progress(0, 100, 0.0)) == "0.0 of 0.0 MB, 0.0 MB/s"
+
+
 async def test_when_no_rental_ever_answers_each_is_destroyed_and_the_pair_stays_on_the_cpu(
         world: World, failed_over: PairRuntime) -> None:
     world.market.unreachable_next = 10
