@@ -263,3 +263,17 @@ def test_a_promoted_hash_is_refused_for_a_file_changed_since_the_promotion(host:
         lookup = promotion.promoted_hashes()
         assert lookup is not None
         assert (lookup("sub/notes.txt", live.stat()) is not None) is trusted
+
+
+def test_without_a_working_cp_the_first_candidate_is_copied_entry_by_entry(
+        host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    failed = subprocess.CompletedProcess(["cp"], 1, b"", b"cp: unsupported")
+    monkeypatch.setattr(promotion.subprocess, "run", lambda *a, **k: failed)
+    build(host / "source")
+    commit_source(host, 1)
+    candidate, snapshot = Path(promotion.candidate_dir()), Path(common.snapshot_path(1)) / "tree"
+    assert promotion.candidate_seq() == 1
+    assert describe_tree(candidate) == describe_tree(snapshot)
+    assert not inodes(candidate) & inodes(snapshot)
