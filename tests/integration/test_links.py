@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dumont.errors import UsageError
+from dumont.errors import LocalCloudError, UsageError
 from dumont.localcloud.hosts import LocalHost
 from dumont.localcloud.link import PROFILES, LinkRelay, LinkSpec, parse_duration, parse_rate, profile
 from tests.conftest import Cloud
@@ -140,3 +140,35 @@ def test_what_people_type_is_parsed_or_refused_naming_it() -> None:
     assert PROFILES["bad"].describe() == "300 ms RTT, 20 Mbit/s, 2 s stalls every ~30 s"
     with pytest.raises(UsageError, match="lan, wan, bad"):
         profile("moon")
+
+
+async def test_a_pool_with_links_puts_each_host_behind_one_changed_at_run_time_and_kept_across_restarts(
+        cloud: Cloud) -> None:
+    cloud.pool.link = PROFILES["lan"]
+    host = await cloud.host("gpu-1")
+    assert host.link is not None and host.port != host.sshd_port
+    proc = await echo_session(cloud, host, host.port)
+    try:
+        assert await round_trip(proc, b"lan\n", timeout=5) < 0.05
+        cloud.pool.set_link("gpu-1", LinkSpec(rtt=0.2))
+        times = [await round_trip(proc, b"wan\n", timeout=5) for _ in range(5)]
+        assert abs(statistics.median(times) - 0.2) <= 0.03, times  # the open session feels it at once
+    finally:
+        proc.kill()
+        await proc.wait()
+    port = host.port
+    await cloud.pool.kill("gpu-1")
+    with pytest.raises(OSError):
+        await asyncio.open_connection(host.address, port)  # the machine is gone, and its link with it
+    await cloud.pool.start("gpu-1")
+    assert host.port == port
+    proc = await echo_session(cloud, host, host.port)
+    try:
+        assert abs(await round_trip(proc, b"again\n", timeout=5) - 0.2) <= 0.03
+    finally:
+        proc.kill()
+        await proc.wait()
+    cloud.pool.link = None
+    await cloud.host("cpu-1")
+    with pytest.raises(LocalCloudError, match="created without a link"):
+        cloud.pool.set_link("cpu-1", PROFILES["wan"])

@@ -33,6 +33,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dumont.errors import LocalCloudError
 from dumont.localcloud import images, procs
@@ -74,6 +75,14 @@ class LocalHost:
     reachable: bool = True  # False: a firewall keeps every new connection out
     namespace: bool = False  # its sshd runs in a mount namespace of its own (set at each start)
     login_banner: str = ""  # what every login shell prints first, as a chatty ~/.bashrc does (its pool's setting)
+    # A link in front of it (localcloud/link.py): ``port`` is then the link's, and sshd listens on ``sshd_port``.
+    link: dict[str, Any] | None = None
+    sshd_port: int = 0
+
+    @property
+    def listen_port(self) -> int:
+        """Where its sshd itself listens."""
+        return self.sshd_port if self.link is not None else self.port
 
     @property
     def base(self) -> Path:
@@ -212,7 +221,7 @@ def session_env(host: LocalHost) -> dict[str, str]:
 def sshd_config(host: LocalHost) -> str:
     """The sshd_config of a local host."""
     lines = [
-        f"Port {host.port}",
+        f"Port {host.listen_port}",
         f"ListenAddress {host.address}",
         f'HostKey "{host.host_key}"',
         # Where a pair's host certificate goes (the agent's install_host_certificate); sshd starts without one.
@@ -307,7 +316,10 @@ async def start_sshd(host: LocalHost, *, reuse_port: bool = True) -> subprocess.
         images.populate_bin(host.files, host.profile, namespace=host.namespace)
     last_error = ""
     for attempt in range(5):
-        if not (reuse_port and attempt == 0 and host.port):
+        if host.link is not None:
+            if not (reuse_port and attempt == 0 and host.sshd_port):
+                host.sshd_port = pick_port(host.address)  # behind its link, which keeps the public port
+        elif not (reuse_port and attempt == 0 and host.port):
             host.port = pick_port(host.address)
         (host.base / "etc" / "sshd_config").write_text(sshd_config(host))
         proc = _spawn(host)
@@ -362,7 +374,7 @@ async def wait_for_banner(host: LocalHost, proc: subprocess.Popen[bytes], timeou
             raise LocalCloudError(f"sshd exited with {proc.returncode}: {_log_tail(host)}")
         with contextlib.suppress(OSError, TimeoutError):
             async with asyncio.timeout(1):
-                reader, writer = await asyncio.open_connection(host.address, host.port)
+                reader, writer = await asyncio.open_connection(host.address, host.listen_port)
                 try:
                     banner = await reader.readline()
                 finally:
@@ -370,7 +382,7 @@ async def wait_for_banner(host: LocalHost, proc: subprocess.Popen[bytes], timeou
                 if banner.startswith(b"SSH-2.0"):
                     return
         await asyncio.sleep(0.02)  # polling a local socket: the only signal sshd gives that it is ready
-    raise LocalCloudError(f"sshd on port {host.port} did not greet within {timeout:g} s: {_log_tail(host)}")
+    raise LocalCloudError(f"sshd on port {host.listen_port} did not greet within {timeout:g} s: {_log_tail(host)}")
 
 
 def _log_tail(host: LocalHost) -> str:

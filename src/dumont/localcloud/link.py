@@ -281,3 +281,16 @@ class LinkRelay:
 def with_blackhole(spec: LinkSpec, on: bool) -> LinkSpec:
     """``spec`` with its blackhole set or cleared."""
     return replace(spec, blackhole=on)
+
+
+def spec_to_dict(spec: LinkSpec) -> dict[str, Any]:
+    """A spec as stored in a host's record."""
+    return {"rtt": spec.rtt, "rate": spec.rate, "stall": spec.stall, "stall_every": spec.stall_every,
+            "loss": spec.loss, "blackhole": spec.blackhole}
+
+
+def spec_from_dict(data: dict[str, Any]) -> LinkSpec:
+    """A spec from a host's record (missing fields: a plain link)."""
+    return LinkSpec(rtt=float(data.get("rtt", 0.0)), rate=float(data["rate"]) if data.get("rate") else None,
+                    stall=float(data.get("stall", 0.0)), stall_every=float(data.get("stall_every", 30.0)),
+                    loss=float(data.get("loss", 0.0)), blackhole=bool(data.get("blackhole", False)))

@@ -12,20 +12,27 @@ import secrets
 import shutil
 import signal
 import subprocess
+import zlib
 from pathlib import Path
 
 from dumont.errors import LocalCloudError, UsageError
 from dumont.localcloud import hosts as hostlib
 from dumont.localcloud import images, procs
 from dumont.localcloud.hosts import HostState, LocalHost
+from dumont.localcloud.link import LinkRelay, LinkSpec, spec_from_dict, spec_to_dict
 from dumont.transport.keys import write_private
 
 
 class HostPool:
     """Every local host under ``<state_dir>/hosts``, and the sshd processes this pool started."""
 
-    def __init__(self, state_dir: Path, cloud_id: str | None = None, *, login_banner: str | None = None) -> None:
+    def __init__(self, state_dir: Path, cloud_id: str | None = None, *, login_banner: str | None = None,
+                 link: LinkSpec | None = None) -> None:
         self.state_dir = state_dir
+        # With a link, every new host sits behind a relay of its own (localcloud/link.py), set at run time.
+        self.link = link
+        self._relay: LinkRelay | None = None
+        self._relay_ports: dict[str, int] = {}
         # What every new host's login shells print first (a chatty ~/.bashrc); default ``$DUMONT_LOCAL_LOGIN_BANNER``.
         self.login_banner = images.login_banner() if login_banner is None else login_banner
         self.hosts_dir = state_dir / "hosts"
@@ -84,6 +91,8 @@ class HostPool:
                                     image=image or images.MACHINE_NAME, login_users=login_users,
                                     login_banner=self.login_banner)
         host.role, host.provider, host.instance_id = role, provider, instance_id
+        if self.link is not None:
+            host.link = spec_to_dict(self.link)
         if boot_script is not None:
             self._write_boot_script(host, boot_script)
         hostlib.save(host)
@@ -107,6 +116,40 @@ class HostPool:
                 host.address = hostlib.new_address()
             host.port = 0
         self._procs[name] = await hostlib.start_sshd(host)
+        if host.link is not None:
+            self._open_link(host)
+        return host
+
+    def _open_link(self, host: LocalHost) -> None:
+        """Put the host's relay on its public port (another, if that one was taken)."""
+        if self._relay is None:
+            self._relay = LinkRelay(seed=zlib.crc32(self.cloud_id.encode()))  # a cloud's stalls replay alike
+        spec = spec_from_dict(host.link or {})
+        try:
+            port = self._relay.add(host.address, host.sshd_port, spec, listen_host=host.address,
+                                   listen_port=host.port)
+        except OSError:
+            port = self._relay.add(host.address, host.sshd_port, spec, listen_host=host.address)
+        self._relay_ports[host.name] = port
+        host.port = port
+        hostlib.save(host)
+
+    def _close_link(self, name: str) -> None:
+        port = self._relay_ports.pop(name, None)
+        if port is not None and self._relay is not None:
+            self._relay.remove(port)  # every connection through it dies with the host
+
+    def set_link(self, name: str, spec: LinkSpec) -> LocalHost:
+        """Change what the link in front of a host does, at once (open connections included)."""
+        host = self.get(name)
+        if host.link is None:
+            raise LocalCloudError(f"{name} was created without a link", hint="start the local cloud with a link "
+                                  "(dumont local up --link lan) so its hosts can be given one at run time")
+        host.link = spec_to_dict(spec)
+        hostlib.save(host)
+        port = self._relay_ports.get(name)
+        if port is not None and self._relay is not None:
+            self._relay.set(port, spec)
         return host
 
     async def stop(self, name: str) -> LocalHost:
@@ -175,6 +218,11 @@ class HostPool:
                 proc.wait(timeout=5)
         self._procs.clear()
         killed |= procs.kill_marked(self.cloud_id, self.hosts_dir)
+        for name in list(self._relay_ports):
+            self._close_link(name)
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
         return killed
 
     def leftover_processes(self) -> set[int]:
@@ -225,6 +273,7 @@ class HostPool:
 
     async def _down(self, name: str, *, graceful: bool, state: HostState) -> LocalHost:
         host = self.get(name)
+        self._close_link(name)
         await hostlib.stop_processes(host, graceful=graceful)
         proc = self._procs.pop(name, None)
         if proc is not None:
