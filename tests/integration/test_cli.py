@@ -136,3 +136,31 @@ def test_commands_without_a_running_cloud_say_how_to_start_one(tmp_path: Path) -
     result = dumont("local", "hosts", "--state-dir", str(tmp_path / "none"))
     assert result.returncode == 1
     assert "no local cloud is running" in result.stderr and "dumont local up" in result.stderr
+
+
+def test_a_hosts_link_is_changed_from_the_cli_at_run_time(state_dir: Path) -> None:
+    """Given a local cloud started with links, `dumont local link` changes one (and says so), refuses what it
+    cannot read naming it; a host keeps its link across a restart of the cloud, and a host made without one
+    says how to get one."""
+    up = dumont("local", "up", "--link", "lan", "--state-dir", str(state_dir), "--json")
+    assert up.returncode == 0, up.stderr
+    host = json.loads(up.stdout)["hosts"][0]
+    assert host["link"] is not None and host["ssh_port"] != host["sshd_port"]
+    changed = dumont("local", "link", host["name"], "--rtt", "120ms", "--rate", "50mbit", "--state-dir",
+                     str(state_dir), "--json")
+    assert changed.returncode == 0, changed.stderr
+    link = json.loads(changed.stdout)["link"]
+    assert link["rtt"] == pytest.approx(0.12) and link["rate"] == pytest.approx(50e6 / 8)
+    held = dumont("local", "link", host["name"], "--blackhole", "--state-dir", str(state_dir))
+    assert held.returncode == 0 and "blackholed" in held.stdout
+    healed = dumont("local", "link", host["name"], "--heal", "--state-dir", str(state_dir))
+    assert healed.stdout.strip().endswith("120 ms RTT, 50 Mbit/s")
+    bad = dumont("local", "link", host["name"], "--rtt", "soon", "--state-dir", str(state_dir))
+    assert bad.returncode == 2 and "'soon' is not a duration" in bad.stderr
+    dumont("local", "down", "--state-dir", str(state_dir))
+    dumont("local", "up", "--state-dir", str(state_dir))  # no --link: its hosts keep theirs
+    again = json.loads(dumont("local", "hosts", "--state-dir", str(state_dir), "--json").stdout)
+    assert next(h for h in again if h["name"] == host["name"])["link"]["rtt"] == pytest.approx(0.12)
+    assert dumont("local", "add", "plain-1", "--state-dir", str(state_dir)).returncode == 0
+    plain = dumont("local", "link", "plain-1", "--rtt", "50ms", "--state-dir", str(state_dir))
+    assert plain.returncode != 0 and "dumont local up --link" in plain.stderr

@@ -33,15 +33,21 @@ def local_group() -> None:
     """
 
 
+LINK_PROFILES = ("lan", "wan", "bad")  # localcloud/link.py PROFILES (not imported here: the CLI starts fast)
+
+
 @local_group.command("up")
+@click.option("--link", "link", type=click.Choice(LINK_PROFILES), default=None,
+              help="Put every host behind a link (lan: none yet; wan: 180 ms, 200 Mbit/s; bad: 300 ms, 20 Mbit/s, "
+                   "2 s stalls), changeable at run time with `dumont local link`.")
 @state_dir_option
 @json_option
-def up(state_dir: Path | None, as_json: bool) -> None:
+def up(link: str | None, state_dir: Path | None, as_json: bool) -> None:
     """Start the local cloud (a second `up` on a running one changes nothing)."""
     from dumont.localcloud.ready import ensure_ready_config
 
     directory = resolve_state_dir(state_dir)
-    ready, was_running = control.start(directory)
+    ready, was_running = control.start(directory, link)
     config = asyncio.run(ensure_ready_config(directory, ready))
     hosts = control.client(directory).get("/hosts")["hosts"]
     data = {"state_dir": str(directory), "already_running": was_running, "control_url": ready["control_url"],
@@ -106,6 +112,57 @@ def add(name: str, role: str, state_dir: Path | None, as_json: bool) -> None:
     """Create and start a new host that accepts the local user key."""
     host = control.client(resolve_state_dir(state_dir)).post("/hosts", {"name": name, "role": role})
     emit(host, as_json=as_json, human=lambda h: f"{h['name']} running on port {h['ssh_port']}")
+
+
+@local_group.command("link")
+@click.argument("host", callback=_host_name)
+@click.option("--profile", type=click.Choice(LINK_PROFILES), default=None, help="Start from a named link.")
+@click.option("--rtt", default=None, help="Round-trip time, like 180ms or 1s.")
+@click.option("--rate", default=None, help="Bandwidth, like 200mbit or 25MB (bytes per second); 0: no limit.")
+@click.option("--stall", default=None, help="Length of the stalls, like 2s (0: none).")
+@click.option("--stall-every", default=None, help="About how often a stall comes, like 30s.")
+@click.option("--loss", type=click.FloatRange(0, 0.5), default=None,
+              help="Fraction of chunks that arrive one retransmission timeout late (TCP's view of packet loss).")
+@click.option("--blackhole/--heal", "blackhole", default=None,
+              help="Let nothing cross (no reset: connections hang), or let it cross again.")
+@state_dir_option
+@json_option
+def link_command(host: str, profile: str | None, rtt: str | None, rate: str | None, stall: str | None,
+                 stall_every: str | None, loss: float | None, blackhole: bool | None, state_dir: Path | None,
+                 as_json: bool) -> None:
+    """Change the link in front of HOST at once (open connections too); what is not given stays as it is.
+
+    Needs a local cloud started with `dumont local up --link PROFILE`.
+    """
+    from dataclasses import replace
+
+    from dumont.localcloud.link import parse_duration, parse_rate, spec_from_dict, spec_to_dict
+    from dumont.localcloud.link import profile as named_profile
+
+    client = control.client(resolve_state_dir(state_dir))
+    current = next((h for h in client.get("/hosts")["hosts"] if h["name"] == host), None)
+    if current is None:
+        raise click.BadParameter(f"no local host {host!r}", param_hint="HOST")
+    spec = named_profile(profile) if profile else spec_from_dict(current.get("link") or {})
+    changes: dict[str, Any] = {}
+    if rtt is not None:
+        changes["rtt"] = parse_duration(rtt, "--rtt")
+    if rate is not None:
+        changes["rate"] = None if rate.strip() == "0" else parse_rate(rate)
+    if stall is not None:
+        changes["stall"] = parse_duration(stall, "--stall")
+    if stall_every is not None:
+        changes["stall_every"] = parse_duration(stall_every, "--stall-every")
+        if changes["stall_every"] <= 0:
+            raise click.BadParameter(f"{stall_every!r} is no interval; give a duration above 0, like 30s",
+                                     param_hint="--stall-every")
+    if loss is not None:
+        changes["loss"] = loss
+    if blackhole is not None:
+        changes["blackhole"] = blackhole
+    spec = replace(spec, **changes)
+    result = client.post(f"/hosts/{host}/link", spec_to_dict(spec))
+    emit(result, as_json=as_json, human=lambda h: f"{h['name']}: {spec_from_dict(h['link']).describe()}")
 
 
 def _fault_command(action: str, summary: str) -> click.Command:

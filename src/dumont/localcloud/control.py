@@ -31,8 +31,10 @@ def read_ready(state_dir: Path) -> dict[str, Any] | None:
     return ready if procs.is_alive(int(ready.get("pid", 0))) else None
 
 
-def start(state_dir: Path) -> tuple[dict[str, Any], bool]:
-    """Start the daemon for ``state_dir`` unless one already serves it; return (ready record, was running)."""
+def start(state_dir: Path, link: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Start the daemon for ``state_dir`` unless one already serves it; return (ready record, was running).
+
+    ``link`` names a link profile every host is put behind (``localcloud/link.py``)."""
     ready = read_ready(state_dir)
     if ready is not None:
         return ready, True
@@ -43,7 +45,7 @@ def start(state_dir: Path) -> tuple[dict[str, Any], bool]:
         with layout.daemon_log(state_dir).open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "dumont.localcloud.daemon", "--state-dir", str(state_dir),
-                 "--ready-fd", str(write_end)],
+                 "--ready-fd", str(write_end), *(["--link", link] if link else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, pass_fds=(write_end,),
             )
         os.close(write_end)

@@ -24,6 +24,7 @@ from aiohttp import web
 from dumont.errors import DumontError, UsageError
 from dumont.localcloud import layout
 from dumont.localcloud.emulators import Emulator, create_emulators
+from dumont.localcloud.link import PROFILES, LinkSpec, spec_from_dict
 from dumont.localcloud.pool import HostPool
 from dumont.transport.keys import ensure_keypair, write_private
 
@@ -40,9 +41,9 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 class LocalCloud:
     """The running local cloud: the pool plus its control API."""
 
-    def __init__(self, state_dir: Path, *, login_banner: str | None = None) -> None:
+    def __init__(self, state_dir: Path, *, login_banner: str | None = None, link: LinkSpec | None = None) -> None:
         self.state_dir = state_dir
-        self.pool = HostPool(state_dir, login_banner=login_banner)
+        self.pool = HostPool(state_dir, login_banner=login_banner, link=link)
         self.token = secrets.token_urlsafe(24)
         self.stopping = asyncio.Event()
         self.emulators: list[Emulator] = []
@@ -103,6 +104,11 @@ class LocalCloud:
         if action == "destroy":
             await self.pool.destroy(name)
             return json_response({"destroyed": name})
+        if action == "link":
+            body = await request.json() if request.can_read_body else {}
+            host = self.pool.set_link(name, spec_from_dict(body if isinstance(body, dict) else {}))
+            log.info("link %s: %s", name, spec_from_dict(host.link or {}).describe())
+            return json_response(host.as_dict())
         log.info("%s %s", action, name)
         if action in actions:
             return json_response((await actions[action](name)).as_dict())
@@ -119,9 +125,9 @@ class LocalCloud:
         return json_response({"stopping": True})
 
 
-async def serve(state_dir: Path, ready_fd: int | None = None) -> None:
-    """Run the local cloud until asked to stop, then kill every host."""
-    cloud = LocalCloud(state_dir)
+async def serve(state_dir: Path, ready_fd: int | None = None, link: LinkSpec | None = None) -> None:
+    """Run the local cloud until asked to stop, then kill every host (``link``: every host behind one)."""
+    cloud = LocalCloud(state_dir, link=link)
     runner = web.AppRunner(cloud.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -155,9 +161,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run the Dumont local cloud in the foreground.")
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--ready-fd", type=int, default=None, help="Write the ready record to this fd, then close it.")
+    parser.add_argument("--link", choices=sorted(PROFILES), default=None,
+                        help="Put every host behind a link with this profile (changeable at run time).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(serve(args.state_dir.resolve(), args.ready_fd))
+    asyncio.run(serve(args.state_dir.resolve(), args.ready_fd, PROFILES[args.link] if args.link else None))
 
 
 if __name__ == "__main__":
