@@ -176,7 +176,7 @@ class SshTransport:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            limit=64 * 1024 * 1024,
+            limit=1 << 30,  # one answer per line: a million-file manifest is about 100 MB
         )
 
     async def prepare(self, target: SshTarget, *, timeout: float) -> None:
