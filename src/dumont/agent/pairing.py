@@ -71,20 +71,27 @@ def _rewrite_authorized_keys(pair: str, line: str | None) -> int:
 
 
 def _kill_receivers(older_than: int) -> int:
+    """Kill this host's receives of an epoch below ``older_than``.
+
+    Only those writing into this host's own data directory: another standby on the same machine (a pool's other
+    pairs, the local cloud's other hosts) has receives of its own, with epochs of its own, that are none of ours.
+    """
     killed = 0
+    mine = os.fsencode(os.path.realpath(data_dir()))
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/environ", "rb") as handle:
-                env = handle.read().split(b"\0")
+                env = dict(item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item)
         except OSError:
             continue
-        epochs = [item.split(b"=", 1)[1] for item in env if item.startswith(b"DUMONT_RECEIVE_EPOCH=")]
-        if epochs and int(epochs[0] or b"0") < older_than:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-                killed += 1
-            except OSError:
-                continue
+        epoch = env.get(b"DUMONT_RECEIVE_EPOCH")
+        if epoch is None or env.get(b"DUMONT_RECEIVE_DATA_DIR") != mine or int(epoch or b"0") >= older_than:
+            continue
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+            killed += 1
+        except OSError:
+            continue
     return killed
 
 
@@ -157,7 +164,8 @@ def receive(epoch: int) -> None:
     except Failure as failure:
         sys.stderr.write(f"dumont: refused: {failure.message}\n")
         sys.exit(3)
-    os.environ["DUMONT_RECEIVE_EPOCH"] = str(epoch)  # lets a fence find and kill this receive
+    os.environ["DUMONT_RECEIVE_EPOCH"] = str(epoch)  # lets a fence find and kill this receive...
+    os.environ["DUMONT_RECEIVE_DATA_DIR"] = os.path.realpath(data_dir())  # ...of this standby, and only its own
     os.write(1, cleanchan.MARK)  # whatever the login shell printed before this is dropped by the sender
     os.execvp("rsync", argv)  # noqa: S606 - replaces this process with the validated receive
 

@@ -50,6 +50,9 @@ class SshHosts:
         self._readiness: dict[str, HostReadiness] = {}
         self._certified: dict[str, tuple[float, str]] = {}  # alias -> (when its certificate was issued, pair)
         self._watchers: dict[str, HostAgent] = {}  # a second agent channel per host, for blocking watches
+        # One replicator per pair and direction, kept across passes: it holds the standby's newest manifest and
+        # the last diff, so an unchanged pass fetches and compares nothing (a million entries cost seconds).
+        self._replicators: dict[tuple[str, str, str], Replicator] = {}
 
     # ------------------------------------------------------------------ channels
 
@@ -71,6 +74,7 @@ class SshHosts:
             agent = channels.pop(ref.alias, None)
             if agent is not None:
                 await agent.close()
+        self._replicators = {k: r for k, r in self._replicators.items() if ref.alias not in k[1:]}
         await self.transport.forget_connection(target_of(ref))
 
     async def close(self) -> None:
@@ -79,6 +83,7 @@ class SshHosts:
             await agent.close()
         self._agents.clear()
         self._watchers.clear()
+        self._replicators.clear()
 
     # ------------------------------------------------------------------ reaching and readying
 
@@ -149,8 +154,14 @@ class SshHosts:
     async def run_pass(self, pair: str, source: HostRef, target: HostRef, policy: ReplicationPolicy,
                        progress: Callable[[int, int], None] | None = None) -> PassReport:
         """One replication pass with the pair's settings."""
-        replicator = Replicator(pair, self.agent(source), self.agent(target), policy, transport=self.transport,
-                                relay_dir=self.layout.relay_dir(pair), clock=self.clock, on_progress=progress)
+        key = (pair, source.alias, target.alias)
+        primary, standby = self.agent(source), self.agent(target)
+        replicator = self._replicators.get(key)
+        if replicator is None or replicator.primary is not primary or replicator.standby is not standby:
+            replicator = Replicator(pair, primary, standby, policy, transport=self.transport,
+                                    relay_dir=self.layout.relay_dir(pair), clock=self.clock)
+            self._replicators[key] = replicator
+        replicator.policy, replicator.on_progress = policy, progress
         return await replicator.run_pass()
 
     async def take_over(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:

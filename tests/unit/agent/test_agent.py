@@ -216,6 +216,29 @@ def test_authorize_and_revoke_the_pair_key(host: Path) -> None:
     assert keys.read_text().splitlines() == ["ssh-ed25519 AAAAuser user@laptop"]
 
 
+def test_a_fence_kills_this_standbys_older_receives_and_no_other_standbys(host: Path) -> None:
+    import subprocess
+    import sys
+
+    (host / "data").mkdir(exist_ok=True)
+    mine = os.path.realpath(host / "data")
+
+    def receive(epoch: int, data: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "DUMONT_RECEIVE_EPOCH": str(epoch), "DUMONT_RECEIVE_DATA_DIR": data}
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+
+    old, current, neighbour = receive(1, mine), receive(3, mine), receive(1, str(host / "another standby"))
+    try:
+        common.write_epoch(3)
+        assert pairing.revoke_pair({"pair": "p1"})["killed"] == 1
+        assert old.wait(10) == -9
+        assert current.poll() is None and neighbour.poll() is None, "not older, or not this standby's"
+    finally:
+        for proc in (old, current, neighbour):
+            proc.kill()
+            proc.wait()
+
+
 def test_requests_are_answered_as_json_lines(host: Path) -> None:
     answer = json.loads(server.handle(b'{"id": 5, "op": "set_epoch", "args": {"epoch": 2}}'))
     assert answer == {"id": 5, "ok": True, "result": {"epoch": 2}}
