@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from dumont.cli.common import LINK_PROFILES
 from dumont.errors import LocalCloudError, UsageError
 from dumont.localcloud.hosts import LocalHost
 from dumont.localcloud.link import PROFILES, LinkRelay, LinkSpec, parse_duration, parse_rate, profile
@@ -136,6 +137,7 @@ def test_what_people_type_is_parsed_or_refused_naming_it() -> None:
         with pytest.raises(UsageError, match=repr(bad)):
             parse(bad)
     assert profile("wan") == PROFILES["wan"] and PROFILES["wan"].rtt == 0.18
+    assert tuple(PROFILES) == LINK_PROFILES, "the CLI offers every profile there is"
     assert PROFILES["wan"].describe() == "180 ms RTT, 200 Mbit/s"
     assert PROFILES["bad"].describe() == "300 ms RTT, 20 Mbit/s, 2 s stalls every ~30 s"
     with pytest.raises(UsageError, match="lan, wan, bad"):

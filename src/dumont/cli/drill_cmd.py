@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from dumont.cli.common import json_option
+from dumont.cli.common import LINK_PROFILES, json_option
 from dumont.drill.profiles import PROFILES, SCENARIOS
 from dumont.errors import DumontError
 
@@ -24,10 +24,12 @@ from dumont.errors import DumontError
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the report goes (default: reports/drill-<time>).")
 @click.option("--keep-cloud", is_flag=True, help="Keep the drill's local cloud directory for inspection.")
+@click.option("--link", type=click.Choice(LINK_PROFILES), default=None,
+              help="Put every host behind a link: wan is 180 ms, 200 Mbit/s; bad is 300 ms, 20 Mbit/s, 2 s stalls.")
 @click.option("--corrupt-standby", default=None, hidden=True, help="Test hook: damage this file on the standby.")
 @json_option
 def drill_command(size: str, files: int, profile: str, scenario: str, out: Path | None, keep_cloud: bool,
-                  corrupt_standby: str | None, as_json: bool) -> None:
+                  link: str | None, corrupt_standby: str | None, as_json: bool) -> None:
     """Run the seven phases (setup, normal operation, failure, detection, failover, recovery, recovered) for real.
 
     Exits 1 when any check fails (an integrity mismatch, an RPO above the profile's bound, a phase past its
@@ -38,7 +40,7 @@ def drill_command(size: str, files: int, profile: str, scenario: str, out: Path 
     from dumont.drill.workspace import parse_size
 
     options = DrillOptions(scenario=scenario, profile=profile, size_bytes=parse_size(size), files=files,
-                           corrupt_standby=corrupt_standby, keep_cloud=keep_cloud, quiet=as_json)
+                           corrupt_standby=corrupt_standby, keep_cloud=keep_cloud, quiet=as_json, link=link)
     folder = out or Path("reports") / time.strftime("drill-%Y%m%d-%H%M%S")
     data = asyncio.run(run_drill(options))
     paths = write_reports(data, folder)

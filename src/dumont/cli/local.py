@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from dumont.cli.common import emit, json_option
+from dumont.cli.common import LINK_PROFILES, emit, json_option
 from dumont.localcloud import control, layout
 
 state_dir_option = click.option(
@@ -31,9 +31,6 @@ def local_group() -> None:
     Nothing here needs an account, root or the internet. Fault controls (kill, stop, partition, heal) act on real
     processes, so detection and failover can be exercised for real.
     """
-
-
-LINK_PROFILES = ("lan", "wan", "bad")  # localcloud/link.py PROFILES (not imported here: the CLI starts fast)
 
 
 @local_group.command("up")

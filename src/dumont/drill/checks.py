@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from dumont.drill.integrity import missing_or_changed
 from dumont.drill.timeline import Check, Timeline
+from dumont.localcloud.link import profile as link_profile
 
 if TYPE_CHECKING:
     from dumont.drill.runner import DrillOptions, DrillRun
@@ -175,7 +176,8 @@ def report(options: DrillOptions, timeline: Timeline, run: DrillRun | None, *, e
     return {
         "ok": all(c.ok for c in checks),
         "options": {"scenario": options.scenario, "profile": options.profile, "size_bytes": options.size_bytes,
-                    "files": options.files, "corrupt_standby": options.corrupt_standby},
+                    "files": options.files, "corrupt_standby": options.corrupt_standby, "link": options.link,
+                    "link_description": link_profile(options.link).describe() if options.link else None},
         "environment": environment,
         "config": _config_summary(run),
         "started_at": timeline.origin, "total_seconds": round(time.time() - timeline.origin, 3),

@@ -39,6 +39,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     add(f"**Date:** {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(data['started_at']))}  ")
     add("**System:** Dumont Standby on the local cloud (real sshd hosts, Vast and GCP API emulators)  ")
     add(f"**Scenario:** {opts['scenario']}, profile {opts['profile']}, workspace {human_bytes(opts['size_bytes'])}  ")
+    if opts.get("link"):
+        add(f"**Link:** every host behind `{opts['link']}` ({opts['link_description']})  ")
     add(f"**Verdict:** {verdict} — every figure below was measured in this run")
     add("")
     add("## Summary")

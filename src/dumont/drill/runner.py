@@ -31,6 +31,7 @@ from dumont.drill.timeline import Timeline
 from dumont.drill.workspace import build_workspace
 from dumont.drill.writer import Writer
 from dumont.errors import DumontError, UsageError
+from dumont.localcloud.link import profile as link_profile
 from dumont.localcloud.ready import controller_dir
 
 
@@ -46,6 +47,7 @@ class DrillOptions:
     corrupt_standby: str | None = None  # test hook: damage this file on the standby before the failure
     keep_cloud: bool = False
     quiet: bool = False
+    link: str | None = None  # a link profile every host of the drill's cloud sits behind (localcloud/link.py)
 
 
 @dataclass
@@ -99,7 +101,8 @@ async def _setup(options: DrillOptions, timeline: Timeline, root: Path) -> Drill
     size_factor = max(1.0, options.size_bytes / 200e6)
     phase = timeline.begin("setup", deadline_seconds=120 * size_factor)
     started = time.time()
-    stack = await build_stack(root, {"auto_recovery": True}, PROFILES[options.profile])
+    stack = await build_stack(root, {"auto_recovery": True}, PROFILES[options.profile],
+                              link=link_profile(options.link) if options.link else None)
     phase.steps.append({"step": "GPU rented on the local Vast market", "seconds": round(time.time() - started, 3)})
     gpu_id = str(stack.config.pairs[0].primary.instance_id)
     mark = time.time()

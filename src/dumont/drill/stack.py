@@ -24,6 +24,7 @@ from dumont.drill.profiles import FAST
 from dumont.localcloud import layout
 from dumont.localcloud.daemon import LocalCloud
 from dumont.localcloud.hosts import LocalHost
+from dumont.localcloud.link import LinkSpec
 from dumont.localcloud.ready import controller_dir, ensure_ready_config, free_port
 from dumont.service import serve
 from dumont.transport.keys import ensure_keypair
@@ -152,15 +153,17 @@ class Login:
 LOGIN_BANNER = "Welcome to a Dumont local-cloud host.\nThis line stands for every MOTD and chatty ~/.bashrc."
 
 
-async def build_stack(root: Path, overrides: dict[str, Any] | None = None, profile: dict[str, Any] = FAST) -> Stack:
-    """Start the local cloud in-process, rent the first GPU, and write a config (profile + overrides) for it."""
+async def build_stack(root: Path, overrides: dict[str, Any] | None = None, profile: dict[str, Any] = FAST, *,
+                      link: LinkSpec | None = None) -> Stack:
+    """Start the local cloud in-process, rent the first GPU, and write a config (profile + overrides) for it
+    (``link``: every host behind one)."""
     os.environ.setdefault("DUMONT_LOCAL_VAST_DELAY_SECONDS", "0")
     os.environ.setdefault("DUMONT_LOCAL_GCP_DELAY_SECONDS", "0")
     state = root / "local"
     state.mkdir(parents=True)
     # Every host greets every login, as real ones with a chatty ~/.bashrc do; the product must not mind. A setting
     # of this cloud only: the process's environment (and so every later local cloud in it) is left as it was.
-    cloud = LocalCloud(state, login_banner=LOGIN_BANNER)
+    cloud = LocalCloud(state, login_banner=LOGIN_BANNER, link=link)
     ensure_keypair(layout.user_key(state), "dumont-test-user")
     await cloud.start_emulators()
     path = await ensure_ready_config(state, cloud.urls)
