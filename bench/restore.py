@@ -21,14 +21,13 @@ import json
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dumont.replication.engine import ReplicationPolicy, Replicator
 from dumont.transport.ssh import run_local
-from sync_cycle import MB, Bench, write_seed_workspace, write_small_files
+from sync_cycle import MB, Bench, bench_hosts, build_seed, build_small_files
 
 RSYNC_FLOOR, PIPE_FLOOR = 1.0, 0.7
 STREAMS = 2
@@ -100,23 +99,12 @@ async def measure(bench: Restore, tree: Tree, runs: int) -> None:
 
 async def run(scale: float, files: int, runs: int) -> list[dict[str, object]]:
     """Both trees in turn."""
-    root = Path(tempfile.mkdtemp(prefix="dumont-restore-"))
-    bench = Restore(root)
-    try:
-        await bench.setup()
-        print(f"building the seed workspace ({scale * 1.19:.2f} GB)...", file=sys.stderr)
-        write_seed_workspace(bench.gpu.workspace, scale)
-        seed = Tree(f"seed {scale * 1.19:.2f} GB")
+    async with bench_hosts(Restore) as bench:
+        seed = Tree(build_seed(bench, scale))
         await measure(bench, seed, runs)
-        bench.clear_workspace()
-        print(f"writing {files:,} small files...", file=sys.stderr)
-        write_small_files(bench.gpu.workspace, files)
-        small = Tree(f"{files:,} small files")
+        small = Tree(build_small_files(bench, files))
         await measure(bench, small, runs)
         return [seed.row(), small.row()]
-    finally:
-        await bench.close()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def print_table(rows: list[dict[str, object]]) -> None:

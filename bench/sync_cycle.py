@@ -21,9 +21,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from dumont.localcloud.hosts import LocalHost
 from dumont.localcloud.pool import HostPool
@@ -253,37 +255,52 @@ class Scale:
 
 async def measure_scale(bench: Bench, count: int, runs: dict[str, int]) -> Scale:
     """The three steps on ``count`` small files, the first pass right after they were written."""
-    bench.clear_workspace()
     bench.reset()
-    print(f"writing {count:,} small files...", file=sys.stderr)
-    write_small_files(bench.gpu.workspace, count)
-    steps = await measure(bench, f"{count} small files", small_files_changer(count), runs)
+    steps = await measure(bench, build_small_files(bench, count), small_files_changer(count), runs)
     cache = bench.gpu.data_dir / "scan-cache.bin"
     peak = (await bench.primary.call("info")).get("peak_rss_kb") or 0
     return Scale(count, steps, cache.stat().st_size if cache.exists() else 0, float(peak) / 1024)
 
 
-async def run(scale: float, files: int, counts: list[int], runs: dict[str, int]) -> tuple[list[dict[str, object]],
-                                                                                          list[dict[str, object]]]:
-    """Build both workspaces in turn and measure them, then the file-count series."""
+B = TypeVar("B", bound=Bench)
+
+
+@asynccontextmanager
+async def bench_hosts(kind: type[B]) -> AsyncIterator[B]:
+    """A bench of ``kind`` on fresh hosts in a temporary directory, closed and removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="dumont-bench-"))
-    bench = Bench(root)
+    bench = kind(root)
     try:
         await bench.setup()
-
-        print(f"building the seed workspace ({scale * 1.19:.2f} GB)...", file=sys.stderr)
-        write_seed_workspace(bench.gpu.workspace, scale)
-        seed_label = f"seed {scale * 1.19:.2f} GB (3 files)"
-        steps = await measure(bench, seed_label, change_model, runs)
-        bench.clear_workspace()
-        print(f"building {files} small files...", file=sys.stderr)
-        write_small_files(bench.gpu.workspace, files)
-        steps += await measure(bench, f"{files} small files", small_files_changer(files), runs)
-        series = [await measure_scale(bench, count, {"full": 1, "same": 3, "changed": 3}) for count in counts]
-        return [s.row() for s in steps], [s.row() for s in series]
+        yield bench
     finally:
         await bench.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def build_seed(bench: Bench, scale: float) -> str:
+    """Put the seed workspace on the primary; return its label."""
+    print(f"building the seed workspace ({scale * 1.19:.2f} GB)...", file=sys.stderr)
+    write_seed_workspace(bench.gpu.workspace, scale)
+    return f"seed {scale * 1.19:.2f} GB"
+
+
+def build_small_files(bench: Bench, files: int) -> str:
+    """Replace the primary's workspace with ``files`` small files; return its label."""
+    bench.clear_workspace()
+    print(f"writing {files:,} small files...", file=sys.stderr)
+    write_small_files(bench.gpu.workspace, files)
+    return f"{files:,} small files"
+
+
+async def run(scale: float, files: int, counts: list[int], runs: dict[str, int]) -> tuple[list[dict[str, object]],
+                                                                                          list[dict[str, object]]]:
+    """Build both workspaces in turn and measure them, then the file-count series."""
+    async with bench_hosts(Bench) as bench:
+        steps = await measure(bench, build_seed(bench, scale) + " (3 files)", change_model, runs)
+        steps += await measure(bench, build_small_files(bench, files), small_files_changer(files), runs)
+        series = [await measure_scale(bench, count, {"full": 1, "same": 3, "changed": 3}) for count in counts]
+        return [s.row() for s in steps], [s.row() for s in series]
 
 
 def print_scale(rows: list[dict[str, object]]) -> None:

@@ -117,10 +117,8 @@ async def reconcile_epoch(ctx: ControllerContext, rt: PairRuntime, target: HostR
 async def run_pass(ctx: ControllerContext, rt: PairRuntime, source: HostRef, target: HostRef, *,
                    keep_candidate: bool = True, progress: Callable[[int, int], None] | None = None) -> PassReport:
     """One pass from ``source`` to ``target`` with the pair's settings (``progress``: see HostsPort.run_pass)."""
-    policy = replication_policy(ctx, keep_candidate=keep_candidate)
-    if progress is None:
-        return await ctx.hosts.run_pass(rt.name, source, target, policy)
-    return await ctx.hosts.run_pass(rt.name, source, target, policy, progress)
+    return await ctx.hosts.run_pass(rt.name, source, target, replication_policy(ctx, keep_candidate=keep_candidate),
+                                    progress)
 
 
 async def run_sync(ctx: ControllerContext, rt: PairRuntime) -> PassReport | None:

@@ -27,7 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from dumont.errors import UsageError
@@ -254,10 +254,6 @@ class LinkRelay:
         """Change a relay's link at once (also for the connections already open)."""
         self._call(lambda: self._relays[port][1].set(spec))
 
-    def spec(self, port: int) -> LinkSpec:
-        """What the relay on ``port`` does now."""
-        return self._relays[port][1].spec
-
     def remove(self, port: int) -> None:
         """Close the relay on ``port`` and every connection through it."""
         async def stop() -> None:
@@ -276,11 +272,6 @@ class LinkRelay:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
-
-
-def with_blackhole(spec: LinkSpec, on: bool) -> LinkSpec:
-    """``spec`` with its blackhole set or cleared."""
-    return replace(spec, blackhole=on)
 
 
 def spec_to_dict(spec: LinkSpec) -> dict[str, Any]:

@@ -464,8 +464,7 @@ class HostAgent:
                    compress: bool = False, streams: int = 1) -> RsyncRun:
         """Direct mode: rsync ``paths`` from this host's workspace into the standby's staging area (in
         ``streams`` parallel rsyncs, split by size)."""
-        r = await self.call("push", {"paths": paths, "timeout": timeout, "io_timeout": io_timeout,
-                                     "bwlimit": bwlimit, "compress": compress, "streams": streams},
+        r = await self.call("push", _push_args(paths, timeout, io_timeout, bwlimit, compress=compress, streams=streams),
                             timeout=timeout + 30)
         return RsyncRun(int(r["returncode"]), r["stdout"], r["stderr"], float(r["seconds"]))
 
@@ -473,8 +472,8 @@ class HostAgent:
                              io_timeout: int, bwlimit: int | None = None, compress: bool = False,
                              streams: int = 1, poll_seconds: float = 1.0) -> RsyncRun:
         """Like :meth:`push`, telling ``progress`` the bytes moved so far about every ``poll_seconds``."""
-        started = await self.call("push_start", {"paths": paths, "timeout": timeout, "io_timeout": io_timeout,
-                                                 "bwlimit": bwlimit, "compress": compress, "streams": streams})
+        args = _push_args(paths, timeout, io_timeout, bwlimit, compress=compress, streams=streams)
+        started = await self.call("push_start", args)
         async with asyncio.timeout(timeout + 30):
             while True:
                 r = await self.call("push_poll", {"id": started["id"], "wait": poll_seconds},
@@ -501,3 +500,9 @@ def _shown(raw: bytes) -> str:
     """Text a host printed, short and safe to put in a message."""
     text = raw.decode(errors="replace").strip().replace("\n", " | ")
     return repr(text[:200] + ("..." if len(text) > 200 else ""))
+
+
+def _push_args(paths: list[str], timeout: float, io_timeout: int, bwlimit: int | None, *, compress: bool,
+               streams: int) -> dict[str, Any]:
+    return {"paths": paths, "timeout": timeout, "io_timeout": io_timeout, "bwlimit": bwlimit, "compress": compress,
+            "streams": streams}

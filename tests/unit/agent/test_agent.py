@@ -225,7 +225,7 @@ def test_a_fence_kills_this_standbys_older_receives_and_no_other_standbys(host: 
 
     def receive(epoch: int, data: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "DUMONT_RECEIVE_EPOCH": str(epoch), "DUMONT_RECEIVE_DATA_DIR": data}
-        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+        return subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"], env=env)
 
     old, current, neighbour = receive(1, mine), receive(3, mine), receive(1, str(host / "another standby"))
     try:
