@@ -125,7 +125,10 @@ class RewritingWriter(threading.Thread):
                     os.fsync(handle.fileno())
             self.written = version
             version += 1
-            self.done.wait(0.25)  # workload pacing: a checkpoint, then some compute, then the next one
+            # Workload pacing: a checkpoint, then some compute, then the next one. A copy fits between two
+            # checkpoints only when a transfer (two short agent processes, an ssh login, rsync: ~0.2-0.4 s on
+            # a 2-core machine) is shorter than the pause; the writes still overlap many transfers.
+            self.done.wait(0.75)
 
 
 async def test_a_file_rewritten_during_passes_is_only_ever_copied_whole(pair: Pair) -> None:
@@ -142,8 +145,10 @@ async def test_a_file_rewritten_during_passes_is_only_ever_copied_whole(pair: Pa
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 120
     try:
-        while writer.written < 12:
-            assert loop.time() < deadline, "the writer stalled"
+        # Both counts are reached by construction (the writer keeps writing until the passes are done), so the
+        # test does not depend on how many passes a loaded machine manages per version.
+        while writer.written < 12 or passes <= 20:
+            assert loop.time() < deadline, f"the writer stalled (version {writer.written}, {passes} passes)"
             report = await replicator.run_pass()
             passes += 1
             assert report.snapshot_seq is not None
@@ -154,7 +159,6 @@ async def test_a_file_rewritten_during_passes_is_only_ever_copied_whole(pair: Pa
     finally:
         writer.done.set()
         writer.join(30)
-    assert passes > 20
     assert len(seen) > 3, f"passes caught only versions {sorted(seen)} of {writer.written}"
     final = await replicator.run_pass()
     assert final.snapshot_seq is not None

@@ -2,6 +2,6 @@
 
 import sys
 
-from .server import main
+from .entry import main
 
 main(sys.argv)

@@ -10,7 +10,7 @@ from pathlib import Path
 _PACKAGE = Path(__file__).parent
 # Every module of the package but this one (the controller's side) and the package's own entry point.
 _MODULES = tuple(sorted(p.name for p in _PACKAGE.glob("*.py") if p.name not in ("bundle.py", "__main__.py")))
-_ENTRY = b"import sys\nfrom dumont_agent.server import main\nmain(sys.argv)\n"
+_ENTRY = b"import sys\nfrom dumont_agent.entry import main\nmain(sys.argv)\n"
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources always give the same bytes and version
 
 

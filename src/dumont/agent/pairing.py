@@ -30,13 +30,14 @@ def authorized_keys_path() -> str:
 def agent_command() -> str:
     """How sshd should start this agent (the zip file we were started from)."""
     python = os.environ.get("DUMONT_PYTHON") or sys.executable or "python3"
-    return f"{shlex.quote(python)} {shlex.quote(os.path.abspath(sys.argv[0]))}"
+    return f"{shlex.quote(python)} -S {shlex.quote(os.path.abspath(sys.argv[0]))}"  # -S: see clean_shell
 
 
 def clean_shell() -> str:
     """The start of rsync's ``-e`` that drops a chatty login's output before the standby's rsync speaks."""
     python = os.environ.get("DUMONT_PYTHON") or sys.executable or "python3"
-    return f"'{python}' '{os.path.abspath(sys.argv[0])}' clean-ssh"
+    # -S: the agent is stdlib-only, and a host's site hooks (.pth files) only add to every transfer's start.
+    return f"'{python}' -S '{os.path.abspath(sys.argv[0])}' clean-ssh"
 
 
 def authorize_pair(args: Json) -> Json:

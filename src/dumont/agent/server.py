@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable
 
-from . import cleanchan, pairing, promotion, push, salvage, scancache, scrub, snapshots, tracker, watch
+from . import pairing, promotion, push, salvage, scancache, scrub, snapshots, tracker, watch
 from .common import (
     DATA,
     KIND,
@@ -281,14 +281,9 @@ def serve() -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``serve`` | ``receive EPOCH`` | ``call OP < args.json`` | ``clean-ssh SSH-ARGV...``."""
-    os.umask(0o022)
+    """``serve`` | ``call OP < args.json`` (``entry`` runs ``receive`` and ``clean-ssh`` without this module)."""
     if argv[1:2] == ["serve"]:
         serve()
-    elif argv[1:2] == ["receive"] and len(argv) == 3:
-        pairing.receive(int(argv[2]))
-    elif argv[1:2] == ["clean-ssh"] and len(argv) > 2:
-        sys.exit(cleanchan.main(argv[2:]))
     elif argv[1:2] == ["call"] and len(argv) == 3:
         request = {"id": 0, "op": argv[2], "args": json.loads(sys.stdin.read() or "{}")}
         sys.stdout.buffer.write(handle(dump_json(request)))

@@ -39,6 +39,7 @@ class Watcher:
         self.fd = -1
         self.dirs: dict[int, bytes] = {}
         self.root_lost = False  # the root itself was removed or moved: a directory made in its place is unwatched
+        self.overflows = 0  # how often the queue overflowed (and every watch was set again)
         self._signature: tuple[int, int] | None = None
         try:
             self._libc: Any = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -58,20 +59,32 @@ class Watcher:
         self._signature = self._poll_signature()
 
     def _watch_tree(self, top: bytes) -> None:
-        for dirpath, dirnames, _ in os.walk(top):
-            self._add(dirpath)
-            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        """Watch ``top`` and every directory under it (again, where watched already: the same watch comes back).
 
-    def _add(self, path: bytes) -> None:
+        Each directory is watched before it is listed, so a child made meanwhile is either listed or reported.
+        """
+        pending = [top]
+        while pending:
+            path = pending.pop()
+            if not self._add(path):
+                continue
+            try:
+                with os.scandir(path) as entries:
+                    pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+            except OSError:
+                continue  # removed meanwhile: its removal is itself a change
+
+    def _add(self, path: bytes) -> bool:
         wd = self._libc.inotify_add_watch(self.fd, path, MASK)
         if wd < 0:
             code = ctypes.get_errno()
             if code in (errno.ENOENT, errno.ENOTDIR):
-                return  # gone already: its removal is itself a change
+                return False  # gone already: its removal is itself a change
             if code == errno.ENOSPC:
                 raise OSError(code, "the inotify watch limit is reached (fs.inotify.max_user_watches)")
             raise OSError(code, os.strerror(code))
         self.dirs[wd] = path
+        return True
 
     def close(self) -> None:
         """Release the inotify descriptor (its watches go with it)."""
@@ -93,23 +106,32 @@ class Watcher:
         return True
 
     def _drain(self) -> None:
+        overflowed = False
         while True:
             try:
                 data = os.read(self.fd, 64 * 1024)
             except BlockingIOError:
-                return
+                break
             offset = 0
             while offset + EVENT.size <= len(data):
                 wd, mask, _, length = EVENT.unpack_from(data, offset)
                 name = data[offset + EVENT.size: offset + EVENT.size + length].rstrip(b"\0")
                 offset += EVENT.size + length
                 if mask & IN_Q_OVERFLOW:
-                    continue  # events were lost: the change itself is what matters
+                    overflowed = True  # events were lost, a new directory's creation perhaps among them
+                    continue
                 parent = self.dirs.get(wd)
                 if parent == self.root and mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
                     self.root_lost = True
-                if parent is not None and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
+                if mask & IN_IGNORED:
+                    self.dirs.pop(wd, None)  # the directory is gone; its watch went with it
+                elif parent is not None and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
                     self._watch_tree(os.path.join(parent, name))
+        if overflowed and not self.root_lost:
+            # A directory made while the queue was full was never watched, and no later write under it would
+            # ever be heard: set the watches on the whole tree again (existing ones come back unchanged).
+            self.overflows += 1
+            self._watch_tree(self.root)
 
     def _poll(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

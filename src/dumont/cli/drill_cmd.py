@@ -17,6 +17,8 @@ from dumont.errors import DumontError
 @click.command("drill")
 @click.option("--size", default="32M", show_default=True, help="Workspace size; 1.2G builds the seed's workspace.")
 @click.option("--files", type=click.IntRange(min=0), default=50, show_default=True, help="Extra small source files.")
+@click.option("--passes", type=click.IntRange(min=1, max=100), default=5, show_default=True,
+              help="Passes of normal operation (the writer running) before the failure.")
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default="fast", show_default=True,
               help="fast: 1 s checks, 3 strikes, 2 s syncs; seed: the seed's 10 s / 3 / 30 s.")
 @click.option("--scenario", type=click.Choice(SCENARIOS), default="gpu-kill", show_default=True,
@@ -28,7 +30,7 @@ from dumont.errors import DumontError
               help="Put every host behind a link: wan is 180 ms, 200 Mbit/s; bad is 300 ms, 20 Mbit/s, 2 s stalls.")
 @click.option("--corrupt-standby", default=None, hidden=True, help="Test hook: damage this file on the standby.")
 @json_option
-def drill_command(size: str, files: int, profile: str, scenario: str, out: Path | None, keep_cloud: bool,
+def drill_command(size: str, files: int, passes: int, profile: str, scenario: str, out: Path | None, keep_cloud: bool,
                   link: str | None, corrupt_standby: str | None, as_json: bool) -> None:
     """Run the seven phases (setup, normal operation, failure, detection, failover, recovery, recovered) for real.
 
@@ -40,6 +42,7 @@ def drill_command(size: str, files: int, profile: str, scenario: str, out: Path 
     from dumont.drill.workspace import parse_size
 
     options = DrillOptions(scenario=scenario, profile=profile, size_bytes=parse_size(size), files=files,
+                           normal_passes=passes,
                            corrupt_standby=corrupt_standby, keep_cloud=keep_cloud, quiet=as_json, link=link)
     folder = out or Path("reports") / time.strftime("drill-%Y%m%d-%H%M%S")
     data = asyncio.run(run_drill(options))

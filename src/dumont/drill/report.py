@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dumont.drill.html import render_html
+from dumont.drill.html import describe_figure, render_html
 from dumont.replication.guards import human_bytes
 
 
@@ -110,7 +110,7 @@ def _phases(add: Any, data: dict[str, Any]) -> None:
             if key == "salvaged" and isinstance(value, dict):
                 add(f"| salvaged | {value['count']} file(s) in {value['folder']} in {_s(value['seconds'], 3)} |")
             elif key != "passes":
-                add(f"| {key.replace('_', ' ')} | {value} |")
+                add(f"| {key.replace('_', ' ')} | {describe_figure(value)} |")
         for step in phase["steps"]:
             add(f"| step: {step.get('name', step.get('step'))} | {_s(step['seconds'], 3)} |")
         add("")

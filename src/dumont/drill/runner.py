@@ -194,7 +194,8 @@ async def _gpu_failure(run: DrillRun) -> None:
     failed_at = await _inject(run)
     run.facts["failed_at"] = failed_at
     run.hashes["gpu_at_failure"] = await hash_tree(gpu.workspace, f"{gpu.name} (original GPU) at the failure")
-    phase.figures.update(scenario=run.options.scenario, host=gpu.name, fault_at=failed_at,
+    phase.figures.update(scenario=run.options.scenario, host=gpu.name,
+                         fault_at=f"T+{failed_at - run.timeline.origin:.2f} s",
                          files_on_gpu=run.hashes["gpu_at_failure"].count)
     detection_bound = cfg.health_check_interval * cfg.failover_threshold + 3 * cfg.health.probe_timeout_seconds + 2
     run.timeline.begin("detection", deadline_seconds=detection_bound)
@@ -243,10 +244,26 @@ async def _recovery(run: DrillRun) -> None:
     phase.steps.extend(checks.recovery_steps(run.timeline, phase.started))
     recovered = run.timeline.events_of("recovered", phase.started)
     copied = run.timeline.events_of("restore_copied", phase.started)
-    phase.figures.update(new_gpu=run.host_of("primary").name, catch_up=recovered[-1]["data"] if recovered else {},
-                         rented=[e["reason"] for e in run.timeline.events_of("gpu_rented", phase.started)],
+    phase.figures.update(new_gpu=run.host_of("primary").name,
+                         catch_up=_catch_up(recovered[-1]["data"]) if recovered else "no recovered event",
+                         rentals="; ".join(e["reason"] for e in run.timeline.events_of("gpu_rented", phase.started)),
                          restore=copied[-1]["reason"] if copied else "no restore event",
-                         restore_progress_seen=[describe_progress(p) for p in seen])
+                         restore_progress_seen=_progress_seen([describe_progress(p) for p in seen]))
+
+
+def _catch_up(data: dict[str, Any]) -> str:
+    """The final catch-up as a sentence: what it copied, how long it took, the epoch it ended in."""
+    return (f"{data.get('catch_up_files', '?')} file(s) in {float(data.get('catch_up_seconds', 0)):.2f} s, "
+            f"then epoch {data.get('epoch', '?')}")
+
+
+def _progress_seen(seen: list[str]) -> str:
+    """The restore's progress as the status showed it: the first and the last readings, and how many."""
+    if not seen:
+        return "none (the restore finished between two status reads)"
+    if len(seen) <= 2:
+        return " → ".join(seen)
+    return f"{seen[0]} → … → {seen[-1]} ({len(seen)} readings)"
 
 
 async def _standby_loss(run: DrillRun) -> None:

@@ -56,3 +56,46 @@ def test_the_watch_operation_watches_a_workspace_made_again(tmp_path: Path, monk
     assert [bool(a.get("started")) for a in answers] == [False, True, False]
     later(lambda: (root / "after.txt").write_text("x"))
     assert watch.watch({"root": str(root), "timeout": 5})["changed"]
+
+
+def _queue_limit() -> int:
+    try:
+        return int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    except (OSError, ValueError):
+        return 16384
+
+
+def test_folders_made_while_the_queue_overflowed_are_watched_afterwards(tmp_path: Path) -> None:
+    """Given a queue that overflowed (events lost, new folders' creation among them), when it is drained, then
+    the watcher sets watches on the whole tree again, so a later write inside such a folder is still seen (the
+    1,000,000-file bench wrote its files under a watched root and a changed pass then looked unchanged)."""
+    limit = _queue_limit()
+    if limit > 100_000:
+        pytest.skip(f"max_queued_events is {limit}: too many files to overflow it quickly")
+    flood = tmp_path / "flood"
+    flood.mkdir()
+    watcher = Watcher(str(tmp_path))
+    if watcher.mode != "inotify":
+        pytest.skip(f"no inotify here: {watcher.reason}")
+    for i in range(limit // 2 + 100):  # a create and a close-write each: more events than the queue holds
+        (flood / f"{i}").write_bytes(b"")
+    (tmp_path / "made-after-the-overflow" / "deep").mkdir(parents=True)
+    assert watcher.wait(0), "an overflow is a change"
+    while watcher.wait(0.05):
+        pass
+    later(lambda: (tmp_path / "made-after-the-overflow" / "deep" / "late.bin").write_bytes(b"x"))
+    assert watcher.wait(5), "a write in a folder whose creation was lost in the overflow"
+    assert watcher.overflows >= 1
+
+
+def test_a_folder_made_inside_a_new_folder_before_its_watch_is_set_is_watched(tmp_path: Path) -> None:
+    """Given folders made in one go (the watcher hears only of the top one), then every one of them is watched."""
+    watcher = Watcher(str(tmp_path))
+    if watcher.mode != "inotify":
+        pytest.skip(f"no inotify here: {watcher.reason}")
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)  # all made before the watcher hears of "a"
+    assert watcher.wait(5)
+    while watcher.wait(0.05):
+        pass
+    later(lambda: (tmp_path / "a" / "b" / "c" / "f.bin").write_bytes(b"x"))
+    assert watcher.wait(5)
