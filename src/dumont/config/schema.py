@@ -146,16 +146,15 @@ class ReplicationConfig:
     on_change: bool = field(default=False, metadata=_checked_by(_FLAG))
     change_debounce_seconds: float = field(default=0.2, metadata=_checked_by(_number(
         "a number of seconds", at_least=0, at_most=3600)))
-    # Above 0, a pass on an unchanged workspace trusts the primary's inotify watcher and walks nothing for up to
-    # this long (what inotify cannot see: mmap writes, network filesystems). Off by default: the last
-    # million-file bench run saw a changed pass finish as unchanged, not yet explained (issue 13 note).
+    # A pass on an unchanged workspace trusts the primary's inotify watcher and walks nothing; the whole tree is
+    # still walked at least this often, for what inotify cannot see (mmap writes, network filesystems). 0: always.
     # Direct mode: a pass's files go in this many rsyncs at once, split by size, each on its own SSH connection.
     # On a 2-core machine holding both ends (bench/restore.py), two streams restored 100,000 small files in 18.1 s
     # against 23.1 s, and the 1.2 GB workspace in 8.7 s against 8.1 s; more may help where one connection's
     # cipher or TCP window is the limit (many cores, a long fat link).
     push_streams: int = field(default=1, metadata=_checked_by(_whole("a whole number of streams", at_least=1,
                                                                      at_most=16)))
-    full_scan_seconds: float = field(default=0.0, metadata=_checked_by(_number(
+    full_scan_seconds: float = field(default=300.0, metadata=_checked_by(_number(
         "a number of seconds", at_least=0, at_most=86400)))
 
 

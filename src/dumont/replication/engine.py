@@ -53,7 +53,7 @@ class ReplicationPolicy:
     keep_candidate: bool = True  # a standby keeps a promotion-ready copy; a GPU being restored does not need one
     bandwidth_limit_kbps: int | None = None  # rsync --bwlimit, for slow or metered links
     streams: int = 1  # parallel rsyncs (separate connections) for a direct push
-    full_walk_seconds: float = 0.0  # >0: trust the primary's watcher that long (agent/tracker.py); 0: always walk
+    full_walk_seconds: float = 300.0  # the primary walks its whole tree at least this often (agent/tracker.py)
 
 
 @dataclass(frozen=True)
