@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 VASTAI_VENV := .venv-vastai
 
-.PHONY: deps system-deps test lint bench drill clean
+.PHONY: deps system-deps test lint bench drill campaign clean
 
 # promtool checks scrapes and alert rules; Chromium loads the dashboard in the tests.
 system-deps:
@@ -39,6 +39,12 @@ lint: deps
 bench: deps
 	$(PY) bench/sync_cycle.py; sync=$$?; $(PY) bench/restore.py; restore=$$?; $(PY) bench/cli.py; cli=$$?; \
 	  $(PY) bench/rpo.py; rpo=$$?; exit $$(( sync || restore || cli || rpo ))
+
+# The replication campaign: KILLS kills of the primary inside passes, every retained snapshot checked each time.
+KILLS ?= 100
+SEED ?=
+campaign: deps
+	$(PY) bench/replication_campaign.py --kills $(KILLS) $(if $(SEED),--seed $(SEED))
 
 drill: deps
 	$(PY) -m dumont drill $(DRILL_ARGS)
