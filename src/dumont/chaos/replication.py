@@ -1,6 +1,7 @@
 """The replication campaign: the primary killed at random instants of passes over a workspace that changes
-between them, and after every kill each snapshot the standby retains checked twice: by the standby's agent
-against its manifest, and file by file for torn content (every file the workspace holds checks itself).
+between them, each kill followed by a pass that must succeed, and after every kill each snapshot the standby
+retains checked twice: by the standby's agent against its manifest, and file by file for torn content (every
+file the workspace holds checks itself).
 
 A seed makes a campaign repeatable: the same seed gives the same changes and the same kill instants (as far as
 the passes' own timing allows), and every problem is reported with the seed and the round to replay it.
@@ -86,6 +87,7 @@ class CampaignResult:
     kills_after_the_pass: int = 0  # the pass finished in the instant before the kill
     passes_before_the_kill: int = 0  # rounds whose pass finished before its kill instant (no kill)
     passes_failed_alone: int = 0
+    passes_after_a_kill: int = 0  # each kill is followed by a pass that must succeed
     snapshot_checks: int = 0
     files_checked: int = 0
     seconds: float = 0.0
@@ -102,6 +104,7 @@ class CampaignResult:
                 ("kills just after a pass ended", self.kills_after_the_pass),
                 ("passes that ended before their kill instant", self.passes_before_the_kill),
                 ("passes that failed on their own", self.passes_failed_alone),
+                ("passes after a kill (each must succeed)", self.passes_after_a_kill),
                 ("snapshot checks (every retained snapshot after every kill)", self.snapshot_checks),
                 ("files checked for torn content", self.files_checked), ("problems", len(self.problems)),
                 ("seconds", f"{self.seconds:.1f}"), ("seed", self.seed)]
@@ -161,8 +164,17 @@ async def run_campaign(pool: HostPool, *, primary: str, replicator: Replicator, 
             result.kills += 1
         await check_snapshots(standby, snapshots_dir, result, where)
         await pool.start(primary)
+        # The pass after a kill must succeed (the standby discards what the killed one left), and its snapshot
+        # joins the retained ones, so the next kill lands on top of hard links shared with older snapshots.
+        try:
+            after = await replicator.run_pass()
+            duration = max(duration, after.seconds)
+            result.passes_after_a_kill += 1
+        except DumontError as exc:
+            result.problems.append(f"{where}: the pass after the kill failed: {exc}")
         if progress is not None:
             progress(result, round_no)
+    workspace.change(limit + 1)
     final = await replicator.run_pass()
     if final.snapshot_seq is None or not final.copied:
         result.problems.append(f"seed {seed}: the last pass after the campaign left no new snapshot")
