@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dumont.agent.common import snapshot_name
 from dumont.localcloud.hosts import LocalHost
 from dumont.localcloud.pool import HostPool
 from dumont.replication.engine import ReplicationPolicy, Replicator
@@ -91,7 +92,7 @@ class Pair:
 
     def snapshot_tree(self, seq: int) -> Path:
         """Where snapshot ``seq`` lives on the standby."""
-        return self.standby.data_dir / "snapshots" / f"{seq:010d}" / "tree"
+        return self.standby.data_dir / "snapshots" / snapshot_name(seq) / "tree"
 
 
 @pytest.fixture

@@ -46,9 +46,14 @@ def incoming_dir(epoch: int) -> str:
     return os.path.join(data_dir(), f"incoming-{epoch}")
 
 
+def snapshot_name(seq: int) -> str:
+    """The name of snapshot ``seq``'s directory under ``snapshots/`` (zero-padded: names sort as numbers)."""
+    return f"{seq:010d}"
+
+
 def snapshot_path(seq: int) -> str:
     """The directory of snapshot ``seq``."""
-    return os.path.join(snapshots_dir(), f"{seq:010d}")
+    return os.path.join(snapshots_dir(), snapshot_name(seq))
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dumont.agent.common import snapshot_name
 from dumont.errors import DumontError
 from dumont.localcloud.pool import HostPool
 from dumont.replication.engine import Replicator
@@ -119,7 +120,7 @@ async def check_snapshots(standby: HostAgent, snapshots_dir: Path, result: Campa
     for snapshot in status.snapshots:
         for problem in await standby.verify_snapshot(snapshot.seq):
             result.problems.append(f"{where}: snapshot {snapshot.seq}: {problem}")
-        tree = snapshots_dir / f"{snapshot.seq:010d}" / "tree"
+        tree = snapshots_dir / snapshot_name(snapshot.seq) / "tree"
         for path in tree.rglob("*"):
             if path.name.startswith(".") or "~tmp~" in path.name:
                 result.problems.append(f"{where}: snapshot {snapshot.seq}: a temporary file {path.relative_to(tree)}")
@@ -132,15 +133,14 @@ async def check_snapshots(standby: HostAgent, snapshots_dir: Path, result: Campa
 
 async def run_campaign(pool: HostPool, *, primary: str, replicator: Replicator, standby: HostAgent,
                        snapshots_dir: Path, workspace: ChangingWorkspace, kills: int, seed: int,
-                       max_rounds: int | None = None, progress: Callable[[CampaignResult, int], None] | None = None,
-                       ) -> CampaignResult:
+                       progress: Callable[[CampaignResult, int], None] | None = None) -> CampaignResult:
     """Kill host ``primary`` at a random instant of ``kills`` passes (the workspace changed before each one),
-    start it again, and check every retained snapshot after each kill."""
+    start it again, and check every retained snapshot after each kill; give up after three rounds per kill."""
     rng = random.Random(seed)  # noqa: S311 - a repeatable schedule, not a secret
     result = CampaignResult(seed)
     started = time.monotonic()
     duration = (await replicator.run_pass()).seconds
-    limit = max_rounds if max_rounds is not None else kills * 3
+    limit = kills * 3  # a round whose pass ends before its kill instant lands no kill
     for round_no in range(1, limit + 1):
         if result.kills >= kills:
             break
@@ -168,7 +168,7 @@ async def run_campaign(pool: HostPool, *, primary: str, replicator: Replicator, 
         # joins the retained ones, so the next kill lands on top of hard links shared with older snapshots.
         try:
             after = await replicator.run_pass()
-            duration = max(duration, after.seconds)
+            duration = after.seconds
             result.passes_after_a_kill += 1
         except DumontError as exc:
             result.problems.append(f"{where}: the pass after the kill failed: {exc}")
