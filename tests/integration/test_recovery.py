@@ -136,19 +136,21 @@ async def test_a_controller_killed_mid_recovery_resumes_with_the_same_instance(t
 class ControllerProcess:
     """`dumont run --config` as a real separate process, driven through its API."""
 
-    def __init__(self, stack: Stack, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, stack: Stack, proc: asyncio.subprocess.Process, log: Path) -> None:
         self.stack = stack
         self.proc = proc
+        self.log = log
         host, port = stack.config.controller.api_listen.rsplit(":", 1)
         self.url = f"http://{host}:{port}"
 
     @classmethod
     async def start(cls, stack: Stack) -> ControllerProcess:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dumont", "run", "--config", str(stack.config_path),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
-        process = cls(stack, proc)
+        log = stack.root / f"controller-{len(list(stack.root.glob('controller-*.log')))}.log"
+        with log.open("wb") as out:  # kept for a failure's message: what the controller said it was doing
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "dumont", "run", "--config", str(stack.config_path),
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT)
+        process = cls(stack, proc, log)
         ready = ControllerLayout(stack.config.state_dir).ready
         await process.wait_until(lambda: ready.exists() and json.loads(ready.read_text())["pid"] == proc.pid, 60)
         return process
@@ -179,9 +181,16 @@ class ControllerProcess:
             if predicate(status):
                 return status
             assert self.proc.returncode is None, f"the controller exited with {self.proc.returncode}"
-            assert loop.time() < deadline, f"timed out; status: {status}"
+            assert loop.time() < deadline, f"timed out; status: {status}\n{await self.recent_events()}"
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), 0.5)  # returns early only if it died
+
+    async def recent_events(self) -> str:
+        """The newest events and the tail of the controller's log, for a failure's message."""
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {self.token()}"}) as http:
+            response = await http.get(f"{self.url}/api/events", params={"last": 40}, timeout=10)
+        events = "\n".join(f"{e['at']:.1f} {e['kind']}: {e['reason']}" for e in response.json()["events"])
+        return f"events:\n{events}\nlog:\n{self.log.read_text(errors='replace')[-4000:]}"
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

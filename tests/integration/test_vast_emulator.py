@@ -476,6 +476,36 @@ async def test_a_new_instance_provisions_then_loads_then_runs(vast: VastCloud) -
     await eventually(booted, timeout=10, retry_on=(AssertionError, FileNotFoundError))
 
 
+async def test_an_instance_reads_loading_while_its_host_is_starting(vast: VastCloud) -> None:
+    """The delay has passed and the host's sshd is starting: a read in that window says loading, never exited
+    (a controller polling then took the instance for outbid and destroyed it, once per boot, in phase)."""
+    vast.emulator.delay = 0.5
+    market = vast.market()
+    pool, real_start = vast.cloud.pool, vast.cloud.pool.start
+    starting, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held_start(name: str, *, new_address: bool = False) -> Any:
+        starting.set()
+        await go_on.wait()
+        return await real_start(name, new_address=new_address)
+
+    pool.start = held_start  # type: ignore[method-assign]
+    try:
+        instance = await market.create(_launch(vast, (await market.search_offers(SEED_QUERY))[0]))
+        await asyncio.wait_for(starting.wait(), 10)
+        during = await market.get(instance.instance_id)
+        assert during.state is InstanceState.PENDING, during.raw_state
+        assert during.raw_state.split()[0] == "actual_status=loading", during.raw_state
+    finally:
+        go_on.set()
+        pool.start = real_start  # type: ignore[method-assign]
+
+    async def is_running() -> None:
+        assert (await market.get(instance.instance_id)).state is InstanceState.RUNNING
+
+    await eventually(is_running, timeout=10, retry_on=(AssertionError,))
+
+
 async def test_a_stop_or_destroy_while_booting_cancels_the_boot(vast: VastCloud) -> None:
     """An instance stopped while it loads never starts its host; one destroyed while it loads leaves nothing."""
     vast.emulator.delay = 30.0

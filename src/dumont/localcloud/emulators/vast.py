@@ -316,16 +316,20 @@ class VastEmulator:
 
     async def _boot_now(self, instance: VastInstance) -> None:
         host = self._host(instance)
-        instance.booting = False
-        if host is None or host.state == HostState.KILLED:
-            return  # the machine died while it was loading: the API says offline
-        # A restart may bring the instance back on another address and port (docs: instances/manage-instances,
-        # "Some instances have dynamic IPs that may change").
-        await self.pool.start(host.name, new_address=instance.boots > 0)
-        instance.boots += 1
-        if instance.id in self._hang_on_boot:
-            self._hang_on_boot.discard(instance.id)
-            await self.pool.partition(host.name)  # the machine runs; its sshd is hung
+        try:
+            if host is None or host.state == HostState.KILLED:
+                return  # the machine died while it was loading: the API says offline
+            # A restart may bring the instance back on another address and port (docs: instances/manage-instances,
+            # "Some instances have dynamic IPs that may change").
+            await self.pool.start(host.name, new_address=instance.boots > 0)
+            instance.boots += 1
+            if instance.id in self._hang_on_boot:
+                self._hang_on_boot.discard(instance.id)
+                await self.pool.partition(host.name)  # the machine runs; its sshd is hung
+        finally:
+            # Loading until the host's sshd has answered: a read while it starts must not see a stopped host
+            # and say "exited" (a controller would take the instance for outbid and destroy it).
+            instance.booting = False
 
     async def _resume_boots(self) -> None:
         """After a restart of the local cloud, the instances that were booting go on booting."""
