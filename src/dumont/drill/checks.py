@@ -139,6 +139,12 @@ def verdicts(run: DrillRun, loss: dict[str, Any], mismatches: dict[str, list[str
                             failover.figures.get("login_ok", False),
                             f"{switched:.3f} s from the decision (bound {bounds['switch']:g} s); a login through the "
                             f"endpoint reached {failover.figures.get('login_host')}"))
+    failed_at = run.facts.get("failed_at")
+    if failed_at is not None:
+        unjustified = [e for e in run.timeline.events_of("failover") if e["at"] < failed_at]
+        result.append(Check("no failover without a fault", not unjustified,
+                            "none before the fault was injected" if not unjustified else
+                            "; ".join(e["reason"] for e in unjustified)))
     late = [f"{p.title} took {p.seconds:.1f} s (deadline {p.deadline_seconds:g} s)" for p in run.timeline.phases
             if not p.in_time and p.deadline_seconds is not None and p.key != "failover"]
     result.append(Check("every phase within its deadline", not late, "; ".join(late) or "yes"))
@@ -161,6 +167,35 @@ def verdicts(run: DrillRun, loss: dict[str, Any], mismatches: dict[str, list[str
     result.append(Check("no process left behind", not leftovers, f"leftover pids: {leftovers}" if leftovers
                         else "every process of the local cloud ended"))
     return result
+
+
+def link_effects(run: DrillRun) -> dict[str, Any] | None:
+    """What the link did to each phase: the checks fitted to it, false strikes and failovers, sync, the restore
+    against a plain rsync over the same link, and the switch (None without a link)."""
+    if not run.options.link:
+        return None
+    cfg, timeline = run.config, run.timeline
+    normal, failover = timeline.phase("normal"), timeline.phase("failover")
+    failed_at = run.facts.get("failed_at", float("inf"))
+    passes = normal.figures.get("passes", []) if normal else []
+    copied = timeline.events_of("restore_copied")
+    restore = copied[-1]["data"] if copied else {}
+    plain = run.facts.get("plain_rsync") or {}
+    ours, theirs = restore.get("seconds"), plain.get("seconds")
+    return {
+        "link": run.options.link, "description": link_profile(run.options.link).describe(),
+        "probe_timeout_seconds": cfg.health.probe_timeout_seconds, "health_check_interval": cfg.health_check_interval,
+        "health_checks": normal.figures.get("health_checks") if normal else None,
+        "health_checks_failed": normal.figures.get("health_checks_failed") if normal else None,
+        "failovers_before_the_fault": sum(1 for e in timeline.events_of("failover") if e["at"] < failed_at),
+        "sync_pass_median_seconds": round(statistics.median(p["finished_at"] - p["started_at"] for p in passes), 3)
+        if passes else None,
+        "restore_seconds": ours, "restore_bytes": restore.get("bytes"),
+        "plain_rsync_seconds": theirs, "plain_rsync_bytes": plain.get("bytes"),
+        "restore_vs_plain_rsync": round(theirs / ours, 3) if ours and theirs else None,
+        "switch_seconds": failover.figures.get("decision_to_switch_seconds") if failover else None,
+        "first_login_seconds": failover.figures.get("first_login_seconds") if failover else None,
+    }
 
 
 def report(options: DrillOptions, timeline: Timeline, run: DrillRun | None, *, error: str | None,
@@ -187,6 +222,7 @@ def report(options: DrillOptions, timeline: Timeline, run: DrillRun | None, *, e
                  "max_seconds": round(max(durations), 4) if durations else None,
                  "bytes_sent": sum(p["bytes_sent"] for p in passes)},
         "data_loss": loss,
+        "link": link_effects(run) if run is not None else None,
         "integrity": mismatches,
         "hashes": {k: {"where": v.where, "files": v.count} for k, v in (run.hashes.items() if run else [])},
         "writer": {"records": len(run.writer.records) if run else 0, "sessions": run.writer.sessions if run else 0},

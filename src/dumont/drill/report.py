@@ -53,6 +53,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     _architecture(add, data)
     _phases(add, data)
     _critical(add, data)
+    _link(add, data)
     _loss_and_integrity(add, data)
     _timeline(add, data)
     add("## Verdict")
@@ -139,6 +140,37 @@ def _critical(add: Any, data: dict[str, Any]) -> None:
     add("|---|---|---|")
     for name, value, seed_value in rows:
         add(f"| {name} | {_s(value, 3)} | {seed_value} |")
+    add("")
+
+
+def _link(add: Any, data: dict[str, Any]) -> None:
+    link = data.get("link")
+    if not link:
+        return
+    mb = 1e6
+    restore = (f"{_s(link['restore_seconds'], 3)} for {link['restore_bytes'] / mb:.1f} MB"
+               if link["restore_seconds"] is not None and link["restore_bytes"] is not None else "not measured")
+    plain = (f"{_s(link['plain_rsync_seconds'], 3)} for {link['plain_rsync_bytes'] / mb:.1f} MB"
+             if link["plain_rsync_seconds"] is not None else "not measured")
+    rows = [
+        ("health checks fitted to the link", f"probe timeout {link['probe_timeout_seconds']:g} s, every "
+                                             f"{link['health_check_interval']:g} s"),
+        ("health checks before the fault (failed)", f"{link['health_checks']} ({link['health_checks_failed']})"),
+        ("failovers without a fault", str(link["failovers_before_the_fault"])),
+        ("sync pass (median, normal operation)", _s(link["sync_pass_median_seconds"], 3)),
+        ("restore, first pass onto the empty GPU", restore),
+        ("plain rsync -a of the same tree over the same link", plain),
+        ("restore speed against the plain rsync", f"{link['restore_vs_plain_rsync']} times its speed"
+         if link["restore_vs_plain_rsync"] is not None else "not measured"),
+        ("switch (decision to endpoint)", _s(link["switch_seconds"], 3)),
+        ("first login through the endpoint", _s(link["first_login_seconds"], 3)),
+    ]
+    add(f"## What the link did ({link['link']}: {link['description']})")
+    add("")
+    add("| phase | measured |")
+    add("|---|---|")
+    for name, value in rows:
+        add(f"| {name} | {value} |")
     add("")
 
 

@@ -21,11 +21,12 @@ from typing import Any
 
 import httpx
 
+from dumont.core.hosts import SshHosts, target_of
 from dumont.core.layout import ControllerLayout
 from dumont.core.progress import describe_progress
 from dumont.drill import checks
 from dumont.drill.integrity import TreeHashes, hash_tree
-from dumont.drill.profiles import PROFILES, SCENARIOS
+from dumont.drill.profiles import PROFILES, SCENARIOS, fit_to_link
 from dumont.drill.stack import Stack, build_stack, tear_down
 from dumont.drill.timeline import Timeline
 from dumont.drill.workspace import build_workspace
@@ -33,6 +34,8 @@ from dumont.drill.writer import Writer
 from dumont.errors import DumontError, UsageError
 from dumont.localcloud.link import profile as link_profile
 from dumont.localcloud.ready import controller_dir
+from dumont.transport.rsync import clean_channel
+from dumont.transport.ssh import run_local
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,8 @@ async def _setup(options: DrillOptions, timeline: Timeline, root: Path) -> Drill
     size_factor = max(1.0, options.size_bytes / 200e6)
     phase = timeline.begin("setup", deadline_seconds=120 * size_factor)
     started = time.time()
-    stack = await build_stack(root, {"auto_recovery": True}, PROFILES[options.profile],
-                              link=link_profile(options.link) if options.link else None)
+    link = link_profile(options.link) if options.link else None
+    stack = await build_stack(root, {"auto_recovery": True}, fit_to_link(PROFILES[options.profile], link), link=link)
     phase.steps.append({"step": "GPU rented on the local Vast market", "seconds": round(time.time() - started, 3)})
     gpu_id = str(stack.config.pairs[0].primary.instance_id)
     mark = time.time()
@@ -315,6 +318,36 @@ async def _recovered(run: DrillRun) -> None:
     run.hashes["final_standby"] = await hash_tree(snapshots[-1] / "tree", f"{standby.name} (standby) at the end")
     phase.figures.update(primary=primary.name, standby=standby.name, writer_records=len(run.writer.records),
                          writer_sessions=run.writer.sessions, state=run.stack.status()["state"])
+    if run.options.link:
+        run.facts["plain_rsync"] = await _plain_rsync(run, snapshots[-1] / "tree")
+
+
+def _tree_bytes(tree: Path) -> int:
+    return sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+PLAIN_RSYNC_DIR = "dumont-drill-plain-rsync"  # in the login's home on the new GPU; removed right after
+
+
+async def _plain_rsync(run: DrillRun, tree: Path) -> dict[str, Any]:
+    """What a plain ``rsync -a`` of the restored tree onto the new GPU takes over the same link, onto an empty
+    directory as the restore's first pass was: the restore's yardstick."""
+    hosts, ref = run.stack.controller.ctx.hosts, run.stack.pair.primary
+    if not isinstance(hosts, SshHosts) or ref is None:
+        raise DumontError("the drill's controller reaches its hosts without SSH; nothing to compare the restore to")
+    target = target_of(ref)
+    hosts.transport.add(target)
+    size = await asyncio.to_thread(_tree_bytes, tree)
+    started = time.perf_counter()
+    # The drill's hosts print a login banner, as chatty real ones do: the channel is kept clean the same way.
+    result = await run_local(["rsync", "-a", *clean_channel(hosts.transport.rsync_shell()), f"{tree}/",
+                              f"{target.alias}:{PLAIN_RSYNC_DIR}/"], timeout=1800, what="the plain rsync")
+    seconds = time.perf_counter() - started
+    await hosts.transport.run(target, ["rm", "-rf", PLAIN_RSYNC_DIR], timeout=120, check=False)
+    if result.returncode != 0:
+        raise DumontError(f"the plain rsync onto {target.alias} failed (exit {result.returncode}): "
+                          f"{result.stderr.decode(errors='replace').strip()[-300:]}")
+    return {"seconds": round(seconds, 3), "bytes": size}
 
 
 async def _tear_down(run: DrillRun | None, cloud_root: Path, keep: bool) -> list[int]:
