@@ -24,9 +24,10 @@ def drill(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
     """Two consecutive drills of the default scenario: a clean one, and one with a file damaged on the standby
-    before the failure (the same story, measured again; only its integrity check must fail)."""
+    before the failure, every host behind a WAN link (the same story, measured again; only its integrity check
+    must fail)."""
     runs = {}
-    for name, extra in (("clean", ()), ("corrupted", ("--corrupt-standby", "config.json"))):
+    for name, extra in (("clean", ()), ("corrupted", ("--corrupt-standby", "config.json", "--link", "wan"))):
         out = tmp_path_factory.mktemp(f"drill-{name}")
         runs[name] = (out, drill(out, *extra))
     return runs
@@ -65,6 +66,22 @@ def test_a_corrupted_standby_file_fails_the_drill_and_names_it(
     report = json.loads((out / "report.json").read_text())
     assert not report["ok"]
     assert "config.json: content differs" in report["integrity"]["original GPU vs standby at failover"]
+    assert [c["name"] for c in report["checks"] if not c["ok"]] == ["integrity: original GPU vs standby at failover"]
+
+
+def test_on_a_wan_link_the_report_says_what_the_link_did_to_each_phase(
+        two_runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]) -> None:
+    """Given every host behind 180 ms and 200 Mbit/s, the checks are fitted to it (no false failover) and the
+    restore is set beside a plain rsync -a of the same tree over the same link."""
+    out, _ = two_runs["corrupted"]
+    link = json.loads((out / "report.json").read_text())["link"]
+    assert link["link"] == "wan" and link["failovers_before_the_fault"] == 0
+    assert link["probe_timeout_seconds"] < link["health_check_interval"]
+    assert link["restore_seconds"] > 0 and link["plain_rsync_seconds"] > 0 and link["restore_vs_plain_rsync"] > 0
+    assert link["first_login_seconds"] > 8 * 0.18, "a login through the endpoint crosses the link's round trips"
+    markdown = (out / "report.md").read_text()
+    assert "## What the link did (wan: 180 ms RTT, 200 Mbit/s)" in markdown
+    assert "plain rsync -a of the same tree over the same link" in markdown
 
 
 def test_the_html_report_shows_its_timeline_in_a_real_browser(clean_run: Path, tmp_path: Path) -> None:
