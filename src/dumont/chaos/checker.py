@@ -9,8 +9,9 @@ The rules, per pair:
   ``detection_bound`` seconds after the fault began (or while it lasted);
 - **no leak**: every instance rented for the pair is destroyed by the end, unless the pair holds it;
 - **no double rental**: a recovery never holds two rented instances at once;
-- **back to protected**: after each fault ends, the pair is protected again within ``recovery_bound`` seconds
-  (or another fault has begun by then, whose own bound then applies), and it is protected at the end.
+- **back to protected**: a fault that cost the pair its protection is followed by the pair protected again
+  within ``recovery_bound`` seconds of its end (or another fault has begun by then, whose own bound then
+  applies), and the pair is protected at the end.
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ def outcomes(history: PairHistory, bounds: Bounds) -> list[FaultOutcome]:
         outcome.count += 1
         if any(_explains(fault, f.at, bounds) for f in history.failovers):
             outcome.failovers += 1
-        back = _protected_after(history, fault.ended)
-        if back is not None:
+        lost, back = _protection_lost_and_back(history, fault, bounds)
+        if lost is None:
+            outcome.back_in.append(0.0)  # the pair never lost its protection to this fault
+        elif back is not None:
             outcome.back_in.append(back - fault.ended)
     return sorted(by_kind.values(), key=lambda o: o.kind)
 
@@ -134,18 +137,25 @@ def _double_rentals(history: PairHistory) -> list[Violation]:
     return found
 
 
-def _protected_after(history: PairHistory, since: float) -> float | None:
-    return next((s.at for s in sorted(history.protection, key=lambda s: s.at) if s.at >= since and s.protected),
-                None)
+def _protection_lost_and_back(history: PairHistory, fault: Fault, bounds: Bounds) -> tuple[float | None, float | None]:
+    """When the pair was first seen unprotected after ``fault`` began (while it lasted, or within the detection
+    bound of it), and when it was next seen protected; ``(None, None)``: it never lost its protection. A sample
+    taken before the controller noticed the fault is not taken for a recovery."""
+    samples = sorted(history.protection, key=lambda s: s.at)
+    window = max(fault.ended, fault.began + bounds.detection)
+    lost = next((s.at for s in samples if fault.began <= s.at <= window and not s.protected), None)
+    if lost is None:
+        return None, None
+    return lost, next((s.at for s in samples if s.at > lost and s.protected), None)
 
 
 def _unprotected(history: PairHistory, bounds: Bounds) -> list[Violation]:
     found = []
     starts = sorted(f.began for f in history.faults)
     for fault in history.faults:
-        back = _protected_after(history, fault.ended)
+        lost, back = _protection_lost_and_back(history, fault, bounds)
         deadline = fault.ended + bounds.recovery
-        if back is not None and back <= deadline:
+        if lost is None or (back is not None and back <= deadline):
             continue
         if any(fault.ended < began <= deadline for began in starts):
             continue  # another fault came before this one's bound: that one's bound applies

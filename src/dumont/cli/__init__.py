@@ -13,6 +13,7 @@ import sys
 import click
 
 from dumont import __version__
+from dumont.cli.chaos_cmd import chaos_command
 from dumont.cli.common import run_guarded
 from dumont.cli.config_cmd import config_group
 from dumont.cli.controller_cmd import INTENT_COMMANDS, events_command, run_command, status_command
@@ -45,6 +46,7 @@ cli.add_command(verify_command)
 cli.add_command(config_group)
 cli.add_command(run_command)
 cli.add_command(drill_command)
+cli.add_command(chaos_command)
 cli.add_command(status_command)
 cli.add_command(events_command)
 for _command in INTENT_COMMANDS:

@@ -240,6 +240,10 @@ class LinkRelay:
                     return
                 try:
                     await asyncio.gather(_pump(reader, up_writer, link), _pump(up_reader, writer, link))
+                except asyncio.CancelledError:
+                    # Only remove() cancels a connection, and it is the last word on it: ending quietly keeps
+                    # Python 3.11's stream callback from logging the cancelled handler as an error.
+                    return
                 finally:
                     tasks.discard(task)
 

@@ -49,12 +49,14 @@ async def ensure_ready_config(state_dir: Path, ready: dict[str, Any]) -> Path:
         return path
     controller_dir(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     ensure_keypair(layout.user_key(state_dir), "dumont-local-user")  # the account's key on the local Vast
-    instance_id = await _rent_first_gpu(state_dir, ready["vast_url"])
+    instance_id = await rent_gpu(state_dir, ready["vast_url"], PAIR)
     write_private(path, to_toml(_config(state_dir, ready, instance_id)), mode=0o644)
     return path
 
 
-async def _rent_first_gpu(state_dir: Path, vast_url: str) -> str:
+async def rent_gpu(state_dir: Path, vast_url: str, pair: str) -> str:
+    """Rent a GPU for ``pair`` on the local Vast (labelled as the controller labels its own) and wait until it
+    runs; its instance id."""
     defaults = default_config()
     vast = VastConfig(api_url=vast_url, api_key_file=state_dir / "vast_api_key")
     market = VastMarket.from_config(vast, environ={})
@@ -63,15 +65,21 @@ async def _rent_first_gpu(state_dir: Path, vast_url: str) -> str:
             min_gpu_ram_gb=defaults.gpu_min_ram_gb, max_price_per_hour=defaults.gpu_max_price,
             regions=tuple(defaults.gpu_preferred_regions), disk_gb=defaults.gpu_disk_gb))
         instance = await market.create(LaunchRequest(offers[0], defaults.gpu_image, defaults.gpu_disk_gb,
-                                                     f"dumont-{PAIR}", ssh_public_keys=[]))
+                                                     f"dumont-{pair}", ssh_public_keys=[]))
         for _ in range(300):  # the emulator brings the instance up; at most 60 s
             current = await market.get(instance.instance_id)
             if current.state == InstanceState.RUNNING and current.ssh_port is not None:
                 return instance.instance_id
             await asyncio.sleep(0.2)
-        raise LocalCloudError(f"the first GPU {instance.instance_id} did not start within 60 s")
+        raise LocalCloudError(f"the GPU {instance.instance_id} for {pair} did not start within 60 s")
     finally:
         await market.close()
+
+
+def pair_table(name: str, instance_id: str) -> dict[str, Any]:
+    """One [[pairs]] entry: the GPU ``instance_id`` on the local Vast, a standby the controller creates on GCP."""
+    return {"name": name, "endpoint_listen": f"127.0.0.1:{free_port()}",
+            "primary": {"provider": "vast", "instance_id": instance_id}, "standby": {"provider": "gcp"}}
 
 
 def _config(state_dir: Path, ready: dict[str, Any], instance_id: str) -> dict[str, Any]:
@@ -82,10 +90,5 @@ def _config(state_dir: Path, ready: dict[str, Any], instance_id: str) -> dict[st
         "vast": {"api_url": ready["vast_url"], "api_key_file": str(state_dir / "vast_api_key"),
                  "image_registry_url": ready["registry_url"]},  # the local Docker Hub: no internet here
         "gcp": {"project": LOCAL_PROJECT, "zone": LOCAL_ZONE, "api_endpoint": ready["gcp_url"]},
-        "pairs": [{
-            "name": PAIR,
-            "endpoint_listen": f"127.0.0.1:{free_port()}",
-            "primary": {"provider": "vast", "instance_id": instance_id},
-            "standby": {"provider": "gcp"},
-        }],
+        "pairs": [pair_table(PAIR, instance_id)],
     }

@@ -97,3 +97,17 @@ def test_a_fault_that_comes_before_the_last_one_recovered_rolls_the_bound_over()
     history.faults.append(Fault("standby_preempt", "main", 140.0, 140.0, "dumont-main-standby-1"))
     history.protection = [p for p in history.protection if p.at != 150.0] + [Protection("main", 190.0, True)]
     assert check(history, BOUNDS) == []
+
+
+def test_a_sample_taken_before_the_fault_was_noticed_is_not_a_recovery() -> None:
+    history = clean_history()
+    history.protection = [Protection("main", 50.0, True), Protection("main", 101.0, True),  # not noticed yet
+                          Protection("main", 104.0, False), Protection("main", 190.0, True)]
+    assert rules(history) == ["not protected again in time"]
+
+
+def test_a_fault_the_pair_rode_out_counts_as_never_unprotected() -> None:
+    history = clean_history()
+    history.faults.append(Fault("api_errors", "main", 160.0, 170.0, "429"))
+    api = next(o for o in outcomes(history, BOUNDS) if o.kind == "api_errors")
+    assert api.back_in == [0.0] and api.failovers == 0

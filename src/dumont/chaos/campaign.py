@@ -1,0 +1,363 @@
+"""``dumont chaos``: a seeded campaign of combined faults against a pair on the local cloud, then the checker.
+
+The local cloud runs in this process (so faults reach its hosts, links and emulators directly); the controller
+runs as its own process (so it can be SIGKILLed and started again, mid-failover and mid-recovery too); a writer
+appends acknowledged, numbered records through the pair's endpoint the whole time. An observer samples the
+pair's status, the controller's events and the instances the emulators hold, and that history goes through
+:mod:`dumont.chaos.checker` at the end.
+
+Faults a campaign can inject today: every kind of :data:`SUPPORTED`; a full standby disk and a changed host key
+are not injected yet and are refused by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import statistics
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dumont.chaos.checker import Bounds, FaultOutcome, Violation, check, outcomes
+from dumont.chaos.history import FAULT_KINDS, Failover, Fault, PairHistory, Protection, Record, Rental
+from dumont.chaos.process import ControllerProcess
+from dumont.chaos.schedule import PlannedFault, plan
+from dumont.config import load_config, to_toml
+from dumont.drill.profiles import FAST, fit_to_link
+from dumont.drill.stack import Stack, build_stack
+from dumont.drill.writer import Writer
+from dumont.endpoint.launch import stop_endpoint_daemon
+from dumont.errors import DumontError, UsageError
+from dumont.localcloud.emulators.gcp import GcpEmulator
+from dumont.localcloud.emulators.vast import VastEmulator
+from dumont.localcloud.link import PROFILES as LINKS
+from dumont.localcloud.link import LinkSpec
+from dumont.localcloud.ready import controller_dir, pair_table, rent_gpu
+
+SUPPORTED = FAULT_KINDS - {"standby_disk_full", "host_key_change"}
+SAMPLE_SECONDS = 0.5
+FIRST_PAIR = "main"  # the ready config's pair; more pairs are named pair-2, pair-3, ...
+
+
+def pair_names(count: int) -> list[str]:
+    """The names of a campaign's ``count`` pairs."""
+    return [FIRST_PAIR, *(f"pair-{n}" for n in range(2, count + 1))]
+
+
+@dataclass(frozen=True)
+class ChaosOptions:
+    """What to run: the seed, how long, how often a fault comes, which kinds."""
+
+    seed: int
+    minutes: float
+    pairs: int = 1
+    mean_gap: float = 30.0
+    kinds: frozenset[str] = SUPPORTED
+    say: Callable[[str], None] = print
+
+
+@dataclass
+class ChaosResult:
+    """The plan, what was seen, and what the checker found."""
+
+    seed: int
+    plan: list[PlannedFault]
+    histories: dict[str, PairHistory]
+    bounds: Bounds
+    violations: list[Violation] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """No violation."""
+        return not self.violations
+
+    def outcomes(self) -> list[FaultOutcome]:
+        """Faults by kind with what followed them, over every pair."""
+        merged: dict[str, FaultOutcome] = {}
+        for history in self.histories.values():
+            for o in outcomes(history, self.bounds):
+                into = merged.setdefault(o.kind, FaultOutcome(o.kind))
+                into.count, into.failovers = into.count + o.count, into.failovers + o.failovers
+                into.back_in += o.back_in
+        return sorted(merged.values(), key=lambda o: o.kind)
+
+    def table(self) -> str:
+        """Faults by kind: how many, failovers they led to, time until protected again (median, max)."""
+        lines = [f"{'fault':<18}{'count':>7}{'failovers':>11}{'protected again (median / max)':>34}"]
+        for o in self.outcomes():
+            back = (f"{statistics.median(o.back_in):.1f} s / {max(o.back_in):.1f} s" if o.back_in else "n/a")
+            lines.append(f"{o.kind:<18}{o.count:>7}{o.failovers:>11}{back:>34}")
+        hs = self.histories.values()
+        lines += [f"pairs: {len(self.histories)}; faults injected: {sum(len(h.faults) for h in hs)}; "
+                  f"skipped: {len(self.skipped)}; failovers: {sum(len(h.failovers) for h in hs)}; "
+                  f"records acknowledged: {sum(len(h.records) for h in hs)}; violations: {len(self.violations)}; "
+                  f"seed {self.seed}; {self.seconds:.0f} s"]
+        return "\n".join(lines)
+
+
+class Observer:
+    """Samples every pair (status, events, instances held) every SAMPLE_SECONDS into its PairHistory."""
+
+    def __init__(self, stack: Stack, controller: ControllerProcess, histories: dict[str, PairHistory],
+                 origin: float) -> None:
+        self.stack, self.controller, self.histories, self.origin = stack, controller, histories, origin
+        self.status: dict[str, dict[str, Any]] = {}
+        self._after_event = 0
+        self._live: dict[str, Rental] = {}
+        self._recovery: dict[str, int | None] = {}
+
+    def now(self) -> float:
+        """Seconds since the campaign began."""
+        return time.time() - self.origin
+
+    async def run(self) -> None:
+        """Sample until cancelled; a controller that is down (being restarted) is simply not sampled."""
+        while True:
+            with contextlib.suppress(DumontError, OSError, ValueError, KeyError, httpx.HTTPError):
+                await self.sample()
+            await asyncio.sleep(SAMPLE_SECONDS)  # the sampling period itself, not a synchronisation
+
+    async def sample(self) -> None:
+        """One look at everything."""
+        self._instances()
+        if not self.controller.running:
+            return
+        pairs = (await self.controller.get("/api/status"))["pairs"]
+        now = self.now()
+        for pair in pairs:
+            name = pair["name"]
+            self.status[name] = pair
+            operation = pair.get("operation") or {}
+            recovering = operation.get("kind") == "recovery" and not operation.get("finished")
+            self._recovery[name] = int(operation["started_at"] * 1000) if recovering else None
+            self.histories[name].protection.append(Protection(name, now, _protected(pair)))
+        page = await self.controller.get("/api/events", after=self._after_event)
+        for event in page["events"]:
+            self._after_event = max(self._after_event, int(event["id"]))
+            if event["kind"] == "failover" and event["pair"] in self.histories:
+                self.histories[event["pair"]].failovers.append(
+                    Failover(event["pair"], event["at"] - self.origin, event["reason"]))
+
+    def _instances(self) -> None:
+        """Instances the emulators hold, each given to the pair its label names (an unlabelled one to the first)."""
+        emulators = {e.name: e for e in self.stack.cloud.emulators}
+        live: dict[str, str] = {}
+        vast, gcp = emulators["vast"], emulators["gcp"]
+        assert isinstance(vast, VastEmulator) and isinstance(gcp, GcpEmulator)
+        for number, instance in vast.instances.items():
+            live[str(number)] = (instance.label or "").removeprefix("dumont-")
+        for vm in gcp.vms.values():
+            if not vm.deleted:
+                live[vm.name] = str((vm.body.get("labels") or {}).get("dumont-pair", ""))
+        now, first = self.now(), next(iter(self.histories))
+        for instance_id in live.keys() - self._live.keys():
+            pair = live[instance_id] if live[instance_id] in self.histories else first
+            recovery = self._recovery.get(pair) if instance_id.isdigit() else None
+            self._live[instance_id] = Rental(pair, instance_id, now, None, recovery)
+        for instance_id in self._live.keys() - live.keys():
+            rental = self._live.pop(instance_id)
+            self.histories[rental.pair].rentals.append(
+                Rental(rental.pair, instance_id, rental.created, now, rental.recovery))
+
+    def finish(self) -> None:
+        """Instances still held at the end go into the histories as never destroyed."""
+        self._instances()
+        for rental in self._live.values():
+            self.histories[rental.pair].rentals.append(rental)
+
+
+async def run_chaos(root: Path, options: ChaosOptions) -> ChaosResult:
+    """Run the campaign in ``root`` (the local cloud's files) and check it."""
+    unknown = sorted(options.kinds - SUPPORTED)
+    if unknown:
+        raise UsageError(f"fault kind(s) {', '.join(unknown)} cannot be injected yet",
+                         hint=f"choose among {', '.join(sorted(SUPPORTED))}")
+    names = pair_names(options.pairs)
+    seconds = options.minutes * 60
+    faults = plan(options.seed, seconds=seconds, pairs=names, mean_gap=options.mean_gap, kinds=options.kinds)
+    # The checks are fitted to the worst link the campaign degrades to, as a user on that link would set them:
+    # a probe that can never finish across it would make every degradation a (false) failover by design.
+    profile = fit_to_link(FAST, LINKS["bad"]) if "link_degrade" in options.kinds else FAST
+    stack = await build_stack(root, {"auto_recovery": True, "controller": {"max_recoveries_per_day": 100000}},
+                              profile, link=LinkSpec())
+    await _add_pairs(stack, names[1:])
+    cfg = stack.config
+    detection = cfg.health_check_interval * cfg.failover_threshold + 3 * cfg.health.probe_timeout_seconds + 2
+    restart = 20.0  # a controller killed when a fault lands adds its restart to the bounds
+    bounds = Bounds(rpo=2 * cfg.sync_interval_seconds + 5 + restart, detection=detection + restart,
+                    recovery=cfg.ssh_wait_timeout + 180)
+    result = ChaosResult(options.seed, faults, {name: PairHistory(name) for name in names}, bounds)
+    controller = ControllerProcess(stack.config_path, cfg.state_dir, cfg.controller.api_listen,
+                                   stack.root / "controller.log")
+    writers = {name: Writer(controller_dir(stack.root) / "ssh" / name / "config", f"dumont-{name}")
+               for name in names}
+    started = time.time()
+    try:
+        await controller.start()
+        observer = Observer(stack, controller, result.histories, started)
+        watching = asyncio.create_task(observer.run(), name="chaos-observer")
+        try:
+            await _wait(observer, _protected, 300, "every pair's first protection")
+            for writer in writers.values():
+                writer.start()
+            await _run_plan(Injector(stack, controller, observer, random.Random(options.seed), options.say),  # noqa: S311 - repeatable
+                            result, seconds)
+            await _wait(observer, _protected, bounds.recovery, "every pair protected again at the end")
+            for writer in writers.values():
+                await writer.stop()
+            stopped = time.time()
+            await _wait(observer, lambda s: _protected(s) and _synced_after(s, stopped), 120, "a last pass")
+            await observer.sample()
+            for name in names:
+                _final_state(stack, observer.status[name], result.histories[name])
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+        observer.finish()
+    finally:
+        for writer in writers.values():
+            await writer.stop()
+        await controller.stop()
+        await stop_endpoint_daemon(cfg.controller.endpoint_dir or controller_dir(stack.root) / "endpoint")
+        await stack.cloud.stop_emulators()
+        await stack.cloud.pool.shutdown()
+    for name, writer in writers.items():
+        result.histories[name].records = [Record(name, r.seq, r.at - started) for r in writer.records]
+    result.violations = [v for history in result.histories.values() for v in check(history, bounds)]
+    result.seconds = time.time() - started
+    return result
+
+
+async def _add_pairs(stack: Stack, names: list[str]) -> None:
+    """Rent a GPU for each further pair and protect it in the same config (the controller creates its standby)."""
+    if not names:
+        return
+    data = tomllib.loads(stack.config_path.read_text())
+    for name in names:
+        instance_id = await rent_gpu(stack.root, stack.cloud.urls["vast_url"], name)
+        data["pairs"].append(pair_table(name, instance_id))
+    stack.config_path.write_text(to_toml(data))
+    stack.config = load_config(stack.config_path)
+
+
+async def _run_plan(injector: Injector, result: ChaosResult, seconds: float) -> None:
+    """Inject every planned fault at its time; a lasting fault runs on while the next ones come (they combine)."""
+    observer, running = injector.observer, []
+
+    async def apply(planned: PlannedFault) -> None:
+        fault = await injector.inject(planned)
+        if fault is None:
+            result.skipped.append(planned.describe())
+        else:
+            result.histories[fault.pair].faults.append(fault)
+
+    for planned in result.plan:
+        await asyncio.sleep(max(0.0, planned.at - observer.now()))  # the plan's own clock, not a synchronisation
+        running.append(asyncio.create_task(apply(planned), name=f"chaos-{planned.kind}"))
+    await asyncio.sleep(max(0.0, seconds - observer.now()))
+    await asyncio.gather(*running)
+
+
+def _protected(status: dict[str, Any]) -> bool:
+    """Serving from a GPU with a standby that replicates it."""
+    return status["state"] == "syncing" and status["standby"] is not None and status["primary"]["role"] == "gpu"
+
+
+def _synced_after(status: dict[str, Any], since: float) -> bool:
+    return bool(status.get("last_sync")) and status["last_sync"]["time"] > since
+
+
+async def _wait(observer: Observer, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> None:
+    """Wait until every pair's latest status satisfies ``predicate``."""
+    deadline = time.monotonic() + timeout
+    while len(observer.status) < len(observer.histories) or not all(map(predicate, observer.status.values())):
+        if time.monotonic() > deadline:
+            raise DumontError(f"chaos: timed out after {timeout:g} s waiting for {what}",
+                              hint=f"the pair's last status: {observer.status}")
+        await asyncio.sleep(SAMPLE_SECONDS)  # the observer refreshes the status at this period
+
+
+def _final_state(stack: Stack, status: dict[str, Any], history: PairHistory) -> None:
+    """What the pair holds at the end, and the record numbers in its primary's workspace (each one whole)."""
+    history.held_at_end = {str(status[role]["instance_id"]) for role in ("primary", "standby") if status.get(role)}
+    folder = stack.host(str(status["primary"]["instance_id"])).workspace / "writer"
+    for path in folder.glob("*.rec"):
+        fields = path.read_text(errors="replace").split()
+        if fields and fields[0].isdigit():
+            history.final_records.add(int(fields[0]))
+        else:
+            history.snapshot_problems.append(f"the final workspace: {path.name} is torn ({fields!r})")
+
+
+class Injector:
+    """Applies one planned fault to the local cloud and says when it began and ended (None: nothing to hit)."""
+
+    def __init__(self, stack: Stack, controller: ControllerProcess, observer: Observer, rng: random.Random,
+                 say: Callable[[str], None]) -> None:
+        self.stack, self.controller, self.observer, self.rng, self.say = stack, controller, observer, rng, say
+        self.emulators = {e.name: e for e in stack.cloud.emulators}
+
+    def _host(self, pair: str, role: str) -> Any:
+        ref = self.observer.status.get(pair, {}).get(role)
+        if not ref or (role == "primary" and ref["role"] != "gpu"):
+            return None
+        return self.stack.host(str(ref["instance_id"]))
+
+    async def inject(self, planned: PlannedFault) -> Fault | None:
+        """Apply ``planned``; return the fault as it happened."""
+        kind = planned.kind
+        target = self._host(planned.pair, "standby" if kind.startswith("standby") else "primary")
+        if kind in ("gpu_kill", "gpu_outbid", "gpu_blackhole", "standby_preempt", "link_degrade") and target is None:
+            return None
+        self.say(f"chaos: {planned.describe()}")
+        began = self.observer.now()
+        if kind == "gpu_kill":
+            await self.stack.cloud.pool.kill(target.name)
+        elif kind == "gpu_outbid":
+            await self.emulators["vast"].fault("outbid", target)
+        elif kind == "standby_preempt":
+            await self.emulators["gcp"].fault("preempt", target)
+        elif kind in ("gpu_blackhole", "link_degrade"):
+            spec = LinkSpec(blackhole=True) if kind == "gpu_blackhole" else LINKS["bad"]
+            self.stack.cloud.pool.set_link(target.name, spec)
+            await asyncio.sleep(planned.duration)  # how long the fault lasts (the plan's figure)
+            with contextlib.suppress(DumontError):  # the host may be gone by now (fenced, destroyed)
+                self.stack.cloud.pool.set_link(target.name, LinkSpec())
+        elif kind == "api_errors":
+            vast = self.emulators["vast"]
+            assert isinstance(vast, VastEmulator)
+            faults = vast.faults
+            faults.throttle_status = self.rng.choice((429, 500, 502, 503))
+            faults.throttle_left = 1000
+            await asyncio.sleep(planned.duration)  # how long the burst lasts (the plan's figure)
+            faults.throttle_left = 0
+        elif kind == "controller_kill":
+            if not await self._reach_moment(planned):
+                return None
+            began = self.observer.now()
+            await self.controller.kill()
+            await self.controller.start()
+        return Fault(kind, planned.pair, began, self.observer.now(),
+                     getattr(target, "name", "") or planned.during or "")
+
+    async def _reach_moment(self, planned: PlannedFault) -> bool:
+        """Wait (at most 30 s) for the pair's failover or recovery when the kill must land in one."""
+        if planned.during is None:
+            return True
+        states = {"failover": ("failed_over",), "recovery": ("recovering",)}[planned.during]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.observer.status.get(planned.pair, {}).get("state") in states:
+                return True
+            await asyncio.sleep(0.1)  # polling the observer's latest status
+        return False
