@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 VASTAI_VENV := .venv-vastai
 
-.PHONY: deps system-deps test lint bench drill campaign clean
+.PHONY: deps system-deps test lint bench drill campaign chaos clean
 
 # promtool checks scrapes and alert rules; Chromium loads the dashboard in the tests.
 system-deps:
@@ -45,6 +45,13 @@ KILLS ?= 100
 SEED ?=
 campaign: deps
 	$(PY) bench/replication_campaign.py --kills $(KILLS) $(if $(SEED),--seed $(SEED))
+
+# The chaos campaign: MINUTES of seeded faults against PAIRS pairs, a fault every GAP seconds on average.
+MINUTES ?= 10
+PAIRS ?= 1
+GAP ?= 30
+chaos: deps
+	$(PY) -m dumont chaos --minutes $(MINUTES) --pairs $(PAIRS) --gap $(GAP) $(if $(SEED),--seed $(SEED))
 
 drill: deps
 	$(PY) -m dumont drill $(DRILL_ARGS)

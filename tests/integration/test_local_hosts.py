@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -80,6 +81,25 @@ async def test_a_host_presenting_another_key_is_refused(cloud: Cloud) -> None:
     cloud.known_hosts.pin("gpu-1", impostor)
     with pytest.raises(HostKeyMismatch, match="gpu-1 presented a host key other than"):
         await cloud.transport.check_reachable(host.target(), timeout=10)
+
+
+async def test_a_host_re_keyed_while_running_is_refused_and_its_open_session_goes_on(cloud: Cloud) -> None:
+    """Given a running host with a session open, when it starts presenting a new host key (a reinstall or a man
+    in the middle), then a new login is refused by the pinned key and the open session still answers."""
+    host = await cloud.host("gpu-1")
+    session = await cloud.transport.start(host.target(), ["cat"])
+    assert session.stdin is not None and session.stdout is not None
+    session.stdin.write(b"before\n")
+    assert await asyncio.wait_for(session.stdout.readline(), 15) == b"before\n"
+    old_key = host.host_public_key
+    rekeyed = await cloud.pool.change_host_key("gpu-1")
+    assert rekeyed.host_public_key != old_key
+    with pytest.raises(HostKeyMismatch, match="gpu-1 presented a host key other than"):
+        await cloud.transport.check_reachable(host.target(), timeout=10)
+    session.stdin.write(b"after\n")
+    assert await asyncio.wait_for(session.stdout.readline(), 15) == b"after\n"
+    session.stdin.close()
+    assert await asyncio.wait_for(session.wait(), 15) == 0
 
 
 async def test_a_key_the_host_does_not_accept_is_refused(cloud: Cloud) -> None:

@@ -6,8 +6,8 @@ appends acknowledged, numbered records through the pair's endpoint the whole tim
 pair's status, the controller's events and the instances the emulators hold, and that history goes through
 :mod:`dumont.chaos.checker` at the end.
 
-Faults a campaign can inject today: every kind of :data:`SUPPORTED`; a full standby disk and a changed host key
-are not injected yet and are refused by name.
+Faults a campaign can inject today: every kind of :data:`SUPPORTED`; a full standby disk is not injected yet (its
+hosts share this machine's one filesystem) and is refused by name.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from dumont.localcloud.link import PROFILES as LINKS
 from dumont.localcloud.link import LinkSpec
 from dumont.localcloud.ready import controller_dir, pair_table, rent_gpu
 
-SUPPORTED = FAULT_KINDS - {"standby_disk_full", "host_key_change"}
+SUPPORTED = FAULT_KINDS - {"standby_disk_full"}
 SAMPLE_SECONDS = 0.5
 FIRST_PAIR = "main"  # the ready config's pair; more pairs are named pair-2, pair-3, ...
 
@@ -317,7 +317,8 @@ class Injector:
         """Apply ``planned``; return the fault as it happened."""
         kind = planned.kind
         target = self._host(planned.pair, "standby" if kind.startswith("standby") else "primary")
-        if kind in ("gpu_kill", "gpu_outbid", "gpu_blackhole", "standby_preempt", "link_degrade") and target is None:
+        if kind in ("gpu_kill", "gpu_outbid", "gpu_blackhole", "standby_preempt", "link_degrade",
+                    "host_key_change") and target is None:
             return None
         self.say(f"chaos: {planned.describe()}")
         began = self.observer.now()
@@ -325,6 +326,8 @@ class Injector:
             await self.stack.cloud.pool.kill(target.name)
         elif kind == "gpu_outbid":
             await self.emulators["vast"].fault("outbid", target)
+        elif kind == "host_key_change":
+            await self.stack.cloud.pool.change_host_key(target.name)
         elif kind == "standby_preempt":
             await self.emulators["gcp"].fault("preempt", target)
         elif kind in ("gpu_blackhole", "link_degrade"):

@@ -7,6 +7,8 @@ The rules, per pair:
 - **nothing torn**: the snapshot checks found no torn, partial or mixed-version file;
 - **no false failover**: every failover follows a fault that justifies one (a GPU fault on that pair) by at most
   ``detection_bound`` seconds after the fault began (or while it lasted);
+- **a changed host key is refused**: a GPU that starts presenting another host key is failed over from within
+  ``detection_bound`` seconds (the controller's pinned key refuses it, so it can no longer be trusted);
 - **no leak**: every instance rented for the pair is destroyed by the end, unless the pair holds it;
 - **no double rental**: a recovery never holds two rented instances at once;
 - **back to protected**: a fault that cost the pair its protection is followed by the pair protected again
@@ -59,7 +61,8 @@ class FaultOutcome:
 def check(history: PairHistory, bounds: Bounds) -> list[Violation]:
     """Every violation in one pair's history (none: the pair kept every promise)."""
     return [*_lost_records(history, bounds), *_torn(history), *_false_failovers(history, bounds),
-            *_leaks(history), *_double_rentals(history), *_unprotected(history, bounds)]
+            *_trusted_keys(history, bounds), *_leaks(history), *_double_rentals(history),
+            *_unprotected(history, bounds)]
 
 
 def outcomes(history: PairHistory, bounds: Bounds) -> list[FaultOutcome]:
@@ -112,6 +115,14 @@ def _false_failovers(history: PairHistory, bounds: Bounds) -> list[Violation]:
                       f"within {bounds.detection:g} s before")
             for failover in history.failovers
             if not any(_explains(fault, failover.at, bounds) for fault in history.faults)]
+
+
+def _trusted_keys(history: PairHistory, bounds: Bounds) -> list[Violation]:
+    return [Violation("a changed host key was not refused", history.pair, fault.began,
+                      f"{fault.detail or 'the GPU'} presented a new host key and the pair did not fail over from it "
+                      f"within {bounds.detection:g} s")
+            for fault in history.faults if fault.kind == "host_key_change"
+            and not any(fault.began <= f.at <= fault.began + bounds.detection for f in history.failovers)]
 
 
 def _leaks(history: PairHistory) -> list[Violation]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Faults whose target is the GPU and that justify a failover (the GPU stops serving, or can no longer be trusted).
-GPU_FAULTS = frozenset({"gpu_kill", "gpu_outbid", "gpu_blackhole"})
+# Faults whose target is the GPU and that justify a failover (the GPU stops serving, or can no longer be trusted:
+# a GPU presenting another host key is a reinstalled machine or a man in the middle, and must never be talked to).
+GPU_FAULTS = frozenset({"gpu_kill", "gpu_outbid", "gpu_blackhole", "host_key_change"})
 FAULT_KINDS = GPU_FAULTS | {"standby_preempt", "standby_disk_full", "link_degrade", "controller_kill",
-                            "api_errors", "host_key_change"}
+                            "api_errors"}
 
 
 @dataclass(frozen=True)

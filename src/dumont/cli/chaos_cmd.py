@@ -13,8 +13,8 @@ import click
 from dumont.cli.common import json_option
 from dumont.errors import DumontError
 
-KINDS = ("gpu_kill", "gpu_outbid", "gpu_blackhole", "standby_preempt", "link_degrade", "controller_kill",
-         "api_errors")
+KINDS = ("gpu_kill", "gpu_outbid", "gpu_blackhole", "host_key_change", "standby_preempt", "link_degrade",
+         "controller_kill", "api_errors")
 
 
 @click.command("chaos")
@@ -55,7 +55,8 @@ def chaos_command(minutes: float, pairs: int, seed: int, gap: float, kinds: str,
         skipped = set(result.skipped)
         for fault in result.plan:
             line = fault.describe()
-            click.echo(f"  {line}{'  (skipped: nothing to hit then, or the moment never came)' if line in skipped else ''}")
+            note = "  (skipped: nothing to hit then, or the moment never came)" if line in skipped else ""
+            click.echo(f"  {line}{note}")
         click.echo(result.table())
         for violation in result.violations:
             click.echo(f"VIOLATION  {violation.describe(seed)}")

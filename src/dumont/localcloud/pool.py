@@ -20,7 +20,7 @@ from dumont.localcloud import hosts as hostlib
 from dumont.localcloud import images, procs
 from dumont.localcloud.hosts import HostState, LocalHost
 from dumont.localcloud.link import LinkRelay, LinkSpec, spec_from_dict, spec_to_dict
-from dumont.transport.keys import write_private
+from dumont.transport.keys import generate_keypair, write_private
 
 
 class HostPool:
@@ -180,6 +180,23 @@ class HostPool:
             os.kill(host.pid, signal.SIGSTOP)  # healing the network does not open a closed firewall
         host.state = HostState.RUNNING
         hostlib.save(host)
+        return host
+
+    async def change_host_key(self, name: str) -> LocalHost:
+        """From now on the host presents a new host key, as a reinstalled machine or a man in the middle would:
+        its sshd restarts with a fresh key (and no certificate for it); sessions already open go on."""
+        host = self.get(name)
+        if host.state != HostState.RUNNING or not host.pid:
+            raise LocalCloudError(f"{name} is {host.state}, not running", hint="only a running host can be re-keyed")
+        key = host.host_key
+        for old in (key, key.with_name(key.name + ".pub"), key.with_name(key.name + "-cert.pub")):
+            old.unlink(missing_ok=True)
+        host.host_public_key = generate_keypair(key, f"dumont-local-{name}-rekeyed")
+        os.kill(host.pid, signal.SIGTERM)  # the listener only: its sessions are processes of their own
+        proc = self._procs.pop(name, None)
+        if proc is not None:
+            proc.wait(timeout=10)
+        self._procs[name] = await hostlib.start_sshd(host)
         return host
 
     async def set_reachable(self, name: str, reachable: bool) -> LocalHost:

@@ -111,3 +111,11 @@ def test_a_fault_the_pair_rode_out_counts_as_never_unprotected() -> None:
     history.faults.append(Fault("api_errors", "main", 160.0, 170.0, "429"))
     api = next(o for o in outcomes(history, BOUNDS) if o.kind == "api_errors")
     assert api.back_in == [0.0] and api.failovers == 0
+
+
+def test_a_gpu_that_changed_its_host_key_and_was_not_failed_over_from_was_trusted() -> None:
+    history = clean_history()
+    history.faults.append(Fault("host_key_change", "main", 160.0, 160.0, "vast-30000002"))
+    assert rules(history) == ["a changed host key was not refused"]
+    history.failovers.append(Failover("main", 166.0, "the GPU failed 3 consecutive health checks (host key)"))
+    assert check(history, BOUNDS) == []
