@@ -31,3 +31,4 @@ async def test_a_short_campaign_of_combined_faults_keeps_every_promise(tmp_path:
     assert len(history.faults) >= 4, report  # the rest found nothing to hit (the GPU was already gone)
     assert history.failovers, report
     assert len(history.records) > 100 and history.final_records, report
+    assert history.records_checked > 2 * len(history.final_records), report  # the snapshots' copies too

@@ -99,7 +99,9 @@ class ChaosResult:
         hs = self.histories.values()
         lines += [f"pairs: {len(self.histories)}; faults injected: {sum(len(h.faults) for h in hs)}; "
                   f"skipped: {len(self.skipped)}; failovers: {sum(len(h.failovers) for h in hs)}; "
-                  f"records acknowledged: {sum(len(h.records) for h in hs)}; violations: {len(self.violations)}; "
+                  f"records acknowledged: {sum(len(h.records) for h in hs)}; record files checked whole in the "
+                  f"final workspaces and retained snapshots: {sum(h.records_checked for h in hs)}; "
+                  f"violations: {len(self.violations)}; "
                   f"seed {self.seed}; {self.seconds:.0f} s"]
         return "\n".join(lines)
 
@@ -288,15 +290,33 @@ async def _wait(observer: Observer, predicate: Callable[[dict[str, Any]], bool],
 
 
 def _final_state(stack: Stack, status: dict[str, Any], history: PairHistory) -> None:
-    """What the pair holds at the end, and the record numbers in its primary's workspace (each one whole)."""
+    """What the pair holds at the end, the record numbers in its primary's workspace, and every record in every
+    snapshot its standby retains checked whole."""
     history.held_at_end = {str(status[role]["instance_id"]) for role in ("primary", "standby") if status.get(role)}
-    folder = stack.host(str(status["primary"]["instance_id"])).workspace / "writer"
-    for path in folder.glob("*.rec"):
-        fields = path.read_text(errors="replace").split()
-        if fields and fields[0].isdigit():
-            history.final_records.add(int(fields[0]))
+    for path in (stack.host(str(status["primary"]["instance_id"])).workspace / "writer").glob("*.rec"):
+        number = _whole_record(path)
+        history.records_checked += 1
+        if number is None:
+            history.snapshot_problems.append(f"the final workspace: writer/{path.name} is torn")
         else:
-            history.snapshot_problems.append(f"the final workspace: {path.name} is torn ({fields!r})")
+            history.final_records.add(number)
+    standby = stack.host(str(status["standby"]["instance_id"]))
+    for tree in sorted((standby.data_dir / "snapshots").glob("*/tree")):
+        for path in (tree / "writer").glob("*.rec"):
+            history.records_checked += 1
+            if _whole_record(path) is None:
+                history.snapshot_problems.append(f"the standby's snapshot {tree.parent.name}: writer/{path.name} "
+                                                 "is torn")
+
+
+def _whole_record(path: Path) -> int | None:
+    """The record's number when the file is one whole record (``seq time host``, its number in its name)."""
+    fields = path.read_text(errors="replace").split()
+    try:
+        number, _ = int(fields[0]), float(fields[1])
+    except (IndexError, ValueError):
+        return None
+    return number if len(fields) == 3 and path.stem.isdigit() and int(path.stem) == number else None
 
 
 class Injector:

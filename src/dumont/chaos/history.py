@@ -85,5 +85,7 @@ class PairHistory:
     final_records: set[int] = field(default_factory=set)
     # Problems the snapshot checks found (torn, partial or mixed-version files), each with where it was seen.
     snapshot_problems: list[str] = field(default_factory=list)
+    # How many record files those checks read (in the final workspace and the standby's retained snapshots).
+    records_checked: int = 0
     # Instance ids the pair holds at the end (its primary and standby): anything else still rented is a leak.
     held_at_end: set[str] = field(default_factory=set)

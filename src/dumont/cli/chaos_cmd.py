@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import tempfile
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from dumont.cli.common import json_option
+from dumont.cli.common import json_option, run_until_done
 from dumont.errors import DumontError
 
 KINDS = ("gpu_kill", "gpu_outbid", "gpu_blackhole", "host_key_change", "standby_preempt", "link_degrade",
@@ -41,7 +40,7 @@ def chaos_command(minutes: float, pairs: int, seed: int, gap: float, kinds: str,
     options = ChaosOptions(seed=seed, minutes=minutes, pairs=pairs, mean_gap=gap, kinds=chosen,
                            say=(lambda _line: None) if as_json else click.echo)
     try:
-        result = asyncio.run(run_chaos(root, options))
+        result = run_until_done(run_chaos(root, options))
     finally:
         if not keep_cloud:
             shutil.rmtree(root, ignore_errors=True)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
-from typing import Any
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import click
 
 from dumont.errors import DumontError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+T = TypeVar("T")
 
 LINK_PROFILES = ("lan", "wan", "bad")  # localcloud/link.py PROFILES, named here so the CLI starts fast
 
@@ -34,6 +38,25 @@ def run_guarded(command: click.Command) -> int:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
     return EXIT_OK
+
+
+def run_until_done(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` with SIGTERM taken as Ctrl-C is: the work is cancelled, so whatever it started (hosts,
+    emulators, a controller process) is stopped by its own clean-up before the command exits 130."""
+
+    async def guarded() -> T:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
 
 
 def emit(data: Any, *, as_json: bool, human: Callable[[Any], str]) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
 
 import click
 
-from dumont.cli.common import LINK_PROFILES, json_option
+from dumont.cli.common import LINK_PROFILES, json_option, run_until_done
 from dumont.drill.profiles import PROFILES, SCENARIOS
 from dumont.errors import DumontError
 
@@ -45,7 +44,7 @@ def drill_command(size: str, files: int, passes: int, profile: str, scenario: st
                            normal_passes=passes,
                            corrupt_standby=corrupt_standby, keep_cloud=keep_cloud, quiet=as_json, link=link)
     folder = out or Path("reports") / time.strftime("drill-%Y%m%d-%H%M%S")
-    data = asyncio.run(run_drill(options))
+    data = run_until_done(run_drill(options))
     paths = write_reports(data, folder)
     if as_json:
         click.echo(json.dumps({k: v for k, v in data.items() if k not in ("timeline", "metrics_scrape")},
