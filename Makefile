@@ -10,9 +10,10 @@ VASTAI_VENV := .venv-vastai
 
 .PHONY: deps system-deps test lint bench drill campaign chaos clean
 
-# promtool checks scrapes and alert rules; Chromium loads the dashboard in the tests.
+# promtool checks scrapes and alert rules; Chromium loads the dashboard in the tests; the store contract tests
+# start a throwaway PostgreSQL cluster (initdb and pg_ctl come with the server package).
 system-deps:
-	@scripts/install-system-deps promtool:prometheus chromium:chromium,fonts-dejavu-core
+	@scripts/install-system-deps promtool:prometheus chromium:chromium,fonts-dejavu-core pg_ctlcluster:postgresql
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

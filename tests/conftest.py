@@ -19,6 +19,7 @@ from dumont.replication.hostagent import HostAgent
 from dumont.replication.pairing import pair_hosts
 from dumont.transport.keys import KnownHosts, generate_keypair
 from dumont.transport.ssh import SshTransport
+from tests.postgres import PostgresServer, start_server
 
 REQUIRED_TOOLS = ("ssh", "ssh-keygen", "rsync")
 
@@ -52,6 +53,16 @@ class Cloud:
     def agent(self, host: LocalHost) -> HostAgent:
         """An agent client for ``host``."""
         return HostAgent(self.transport, host.target())
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the session (tests/postgres.py); each test makes its own database."""
+    server = start_server()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -176,6 +176,12 @@ class HostNotReady(DumontError):
     recovery = Recovery.RETRY
 
 
+class StoreUnavailable(DumontError):
+    """The state database cannot be reached or used (PostgreSQL down, a schema from a newer Dumont...)."""
+
+    recovery = Recovery.RETRY
+
+
 class EpochConflict(DumontError):
     """The pair's epoch moved on under us (another controller acted on it): nothing was changed."""
 

@@ -110,6 +110,8 @@ SEED_DEFAULTS = [
     ("gcp.zone", "us-central1-a"),
     ("gcp.project", None),
     ("notifications.events", ("*",)),
+    ("store.url", ""),
+    ("store.password_file", None),
     ("pairs", ()),
 ]
 
@@ -222,6 +224,11 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("notifications.urls_file", "", "''", "must be the path of a file only you can read (mode 0600)"),
     ("notifications.events", "all", "'all'", 'must be a list of event names ("*" for every event)'),
     ("notifications.events", [""], "['']", "(e.g. ['failover', 'recovery'])"),
+    ("store.url", "mysql://db/dumont", "'mysql://db/dumont'", '"sqlite:///ABSOLUTE/PATH" or "postgresql://'),
+    ("store.url", "sqlite://state.db", "'sqlite://state.db'", "(e.g. 'postgresql://dumont@db:5432/dumont')"),
+    ("store.url", "postgresql://db/dumont", "'postgresql://db/dumont'", "USER@HOST:PORT/DB"),
+    ("store.url", "postgresql://u@db:port/x", "'postgresql://u@db:port/x'", "USER@HOST:PORT/DB"),
+    ("store.password_file", 7, "7", "must be the path of a file only you can read (mode 0600)"),
 ]
 
 
@@ -372,7 +379,7 @@ def test_a_secret_is_refused_without_echoing_it(data: dict[str, Any], tmp_path: 
 
 
 SECRET_FILES = ["vast.api_key_file", "controller.api_token_file", "gcp.credentials_file",
-                "notifications.urls_file"]
+                "notifications.urls_file", "store.password_file"]
 
 
 @pytest.mark.parametrize("path", SECRET_FILES)
@@ -686,3 +693,16 @@ def test_an_api_on_every_interface_is_allowed_with_a_warning(tmp_path: Path) -> 
     [warning] = config_warnings(config)
     assert "listens on every interface" in warning and "127.0.0.1" in warning
     assert config_warnings(parse({"pairs": [pair()]}, tmp_path)) == []
+
+
+def test_a_store_url_with_a_password_is_refused_without_showing_it(tmp_path: Path) -> None:
+    [problem] = problems_of(nested("store.url", "postgresql://dumont:hunter2@db:5432/fleet"), tmp_path)
+    assert "hunter2" not in problem
+    assert problem.startswith(f"{SOURCE}: store.url = 'postgresql://dumont:***@db:5432/fleet': holds a password")
+    assert "DUMONT_STORE_PASSWORD" in problem
+
+
+@pytest.mark.parametrize("url", ["", "sqlite:///var/lib/dumont/state.db", "postgresql://dumont@db:5432/fleet",
+                                 "postgres://dumont@10.0.0.5/fleet"])
+def test_store_urls_in_either_form_are_accepted(url: str, tmp_path: Path) -> None:
+    assert parse(nested("store.url", url), tmp_path).store.url == url

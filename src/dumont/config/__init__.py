@@ -5,7 +5,7 @@ A config protecting one pair (every key is optional except inside ``[[pairs]]``)
     health_check_interval = 10          # top-level keys: timing, failover and GPU rental
     gpu_preferred_regions = ["TH", "VN", "JP", "EU"]
 
-    [standby]                           # and [replication] [health] [controller] [notifications]
+    [standby]                           # and [replication] [health] [controller] [notifications] [store]
     machine_type = "e2-medium"
 
     [vast]
@@ -45,6 +45,7 @@ from dumont.config.schema import (
     ReplicationConfig,
     ReplicationMode,
     StandbyConfig,
+    StoreConfig,
     TerminationAction,
     VastConfig,
     plugin_setting,
@@ -66,6 +67,7 @@ __all__ = [
     "ReplicationConfig",
     "ReplicationMode",
     "StandbyConfig",
+    "StoreConfig",
     "TerminationAction",
     "VastConfig",
     "check_config_file",

@@ -110,9 +110,9 @@ class _Reading:
         """Record a problem."""
         self.problems.append(f"{self.source}: {text}")
 
-    def refuse(self, path: str, value: object, reason: str) -> None:
-        """Record that the value at ``path`` is refused, and why."""
-        self.note(f"{path} = {_show(value)}: {reason}")
+    def refuse(self, path: str, value: object, reason: str, *, shown: str | None = None) -> None:
+        """Record that the value at ``path`` is refused, and why (``shown``: the value as it may be shown)."""
+        self.note(f"{path} = {shown or _show(value)}: {reason}")
         self.invalid.add(path)
 
     def is_sound(self, path: str) -> bool:
@@ -175,7 +175,7 @@ def _read_value(spec: Field[Any], raw: Any, path: str, reading: _Reading) -> Any
     try:
         return setting.rule.convert(raw, reading.base_dir)
     except _BadValueError as exc:
-        reading.refuse(path, raw, exc.reason or _must_be(spec))
+        reading.refuse(path, raw, exc.reason or _must_be(spec), shown=exc.shown)
         return _INVALID
 
 

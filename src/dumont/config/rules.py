@@ -52,9 +52,10 @@ def _show_example(value: object) -> str:
 class _BadValueError(Exception):
     """A value does not have the expected form; ``reason``, when set, replaces the generic "must be ..."."""
 
-    def __init__(self, reason: str | None = None) -> None:
+    def __init__(self, reason: str | None = None, *, shown: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.shown = shown  # what to show instead of the value (one that holds a secret)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,28 @@ def _secret_file(raw: Any, base_dir: Path) -> Path:
     return path
 
 
+def _store_url(raw: Any, _base_dir: Path) -> str:
+    """``sqlite:///ABSOLUTE/PATH`` or ``postgresql://USER@HOST[:PORT]/DB``, never with a password in it."""
+    if not isinstance(raw, str):
+        raise _BadValueError
+    if raw == "":
+        return raw
+    url = urlsplit(raw)
+    if url.password is not None:
+        redacted = raw.replace(f":{url.password}@", ":***@", 1)
+        raise _BadValueError("holds a password: put it in the environment (DUMONT_STORE_PASSWORD) or in a file "
+                             "only you can read (store.password_file), never in the config", shown=repr(redacted))
+    if url.scheme == "sqlite" and url.netloc == "" and url.path.startswith("/") and len(url.path) > 1:
+        return raw
+    if url.scheme in ("postgresql", "postgres") and url.username and url.hostname and url.path.strip("/"):
+        try:
+            url.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise _BadValueError from None
+        return raw
+    raise _BadValueError
+
+
 _PAIR_NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _SECONDS = _number("a number of seconds", above=0, at_most=MAX_SECONDS)
 _FLAG = _when("true or false", lambda raw: isinstance(raw, bool), show_example=False)
@@ -235,3 +258,5 @@ def _providers_rule(role: str, what: str) -> _Rule:
 
 _LOCAL_PATH = _Rule("a path (~ and paths relative to the config file's folder work)", _local_path)
 _SECRET_FILE = _Rule("the path of a file only you can read (mode 0600)", _secret_file)
+_STORE_URL = _Rule('"sqlite:///ABSOLUTE/PATH" or "postgresql://USER@HOST:PORT/DB" ("" for the SQLite file in '
+                   "state_dir)", _store_url)

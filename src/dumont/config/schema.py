@@ -25,6 +25,7 @@ from dumont.config.rules import (
     _REGIONS,
     _SECONDS,
     _SECRET_FILE,
+    _STORE_URL,
     _TEXT,
     _WEB_URL,
     _WORKSPACE,
@@ -273,6 +274,16 @@ class PairConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """[store]: where the controller keeps its state (pairs, operations, intents, passes, rented hosts, events)."""
+
+    # "" (the default): SQLite in state_dir; or "sqlite:///PATH", or "postgresql://USER@HOST:PORT/DB" for a fleet
+    # of controllers sharing one database. Its password comes from $DUMONT_STORE_PASSWORD or password_file.
+    url: str = field(default="", metadata=_checked_by(_STORE_URL, example="postgresql://dumont@db:5432/dumont"))
+    password_file: Path | None = field(default=None, metadata=_checked_by(_SECRET_FILE, example="~/.dumont-db"))
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole config: top-level timing and GPU-rental settings, one table per part, and the pairs."""
 
@@ -311,6 +322,7 @@ class Config:
     gcp: GcpConfig = field(default_factory=GcpConfig, metadata=_holds(GcpConfig))
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig,
                                                metadata=_holds(NotificationsConfig))
+    store: StoreConfig = field(default_factory=StoreConfig, metadata=_holds(StoreConfig))
     pairs: tuple[PairConfig, ...] = field(default=(), metadata=_holds(PairConfig, many=True))
     # The [<name>] tables of plug-in providers (registered in providers/registry.py), read by the same loader.
     provider_tables: dict[str, Any] = field(default_factory=dict, metadata={"setting": _Setting(internal=True)})

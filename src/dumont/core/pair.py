@@ -25,7 +25,7 @@ from dumont.endpoint.ports import Endpoint
 from dumont.errors import DumontError
 from dumont.replication.engine import PassReport, ReplicationPolicy
 from dumont.replication.guards import GuardPolicy
-from dumont.store.sqlite import PairRow
+from dumont.store.rows import PairRow
 
 log = logging.getLogger("dumont.controller")
 

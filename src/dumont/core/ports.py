@@ -21,7 +21,7 @@ from dumont.core.bootstrap import HostReadiness
 from dumont.core.model import HostRef, ProbeResult
 from dumont.replication.engine import PassReport, ReplicationPolicy
 from dumont.replication.manifest import Manifest
-from dumont.store.sqlite import EventRow, IntentRow, OperationRow, PairRow
+from dumont.store.rows import EventRow, IntentRow, OperationRow, PairRow
 
 Clock = Callable[[], float]
 """Wall-clock seconds now (``time.time`` in the product)."""

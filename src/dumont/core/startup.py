@@ -31,7 +31,7 @@ from dumont.endpoint.ports import Endpoint
 from dumont.errors import ConfigError, DumontError
 from dumont.providers.base import GpuMarket, StandbyCloud
 from dumont.providers.registry import open_cloud, open_market
-from dumont.store.sqlite import Store
+from dumont.store import open_store
 from dumont.transport.keys import KnownHosts, ensure_keypair, write_private
 from dumont.transport.ssh import SshTransport
 
@@ -70,7 +70,7 @@ async def controller_context(config: Config) -> AsyncIterator[ControllerContext]
                      clock=time.time)
     markets: dict[str, GpuMarket] = {}
     clouds: dict[str, StandbyCloud] = {}
-    store = Store(layout.database)
+    store = open_store(config.store, layout.database)
     try:
         for name in dict.fromkeys([*config.gpu_markets, *(p.primary.provider for p in config.pairs)]):
             markets[name] = await open_market(config, name)

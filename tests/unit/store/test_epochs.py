@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from dumont.errors import EpochConflict
-from dumont.store.sqlite import PairRow, Store
+from dumont.store.base import SqlStore
+from dumont.store.rows import PairRow
 
 
-def test_two_writers_race_and_exactly_one_takes_each_epoch(tmp_path: Path) -> None:
-    """Two controllers' stores on one file, each trying to move epoch N on at the same instant, 50 times."""
-    path = tmp_path / "state.db"
-    first, second = Store(path), Store(path)
+def test_two_writers_race_and_exactly_one_takes_each_epoch(open_store: Callable[[], SqlStore]) -> None:
+    """Two controllers' stores on one database, each trying to move epoch N on at the same instant, 50 times."""
+    first, second = open_store(), open_store()
     first.save_pair(PairRow("main", "syncing", 1, None, None, 0))
     issued: list[int] = []
     conflicts = 0
@@ -23,7 +23,7 @@ def test_two_writers_race_and_exactly_one_takes_each_epoch(tmp_path: Path) -> No
         expected = first.get_pair("main").epoch  # type: ignore[union-attr]
         start = threading.Barrier(2)
 
-        def take(store: Store, expected: int = expected, start: threading.Barrier = start) -> None:
+        def take(store: SqlStore, expected: int = expected, start: threading.Barrier = start) -> None:
             nonlocal conflicts
             start.wait()
             try:
@@ -45,8 +45,7 @@ def test_two_writers_race_and_exactly_one_takes_each_epoch(tmp_path: Path) -> No
     assert second.get_pair("main").epoch == 51  # type: ignore[union-attr]
 
 
-def test_a_stale_writer_is_refused_and_says_who_moved_it(tmp_path: Path) -> None:
-    store = Store(tmp_path / "state.db")
+def test_a_stale_writer_is_refused_and_says_who_moved_it(store: SqlStore) -> None:
     store.save_pair(PairRow("main", "syncing", 4, None, None, 0))
     with pytest.raises(EpochConflict) as caught:
         store.advance_epoch("main", 3)
@@ -54,8 +53,7 @@ def test_a_stale_writer_is_refused_and_says_who_moved_it(tmp_path: Path) -> None
     assert store.get_pair("main").epoch == 4  # type: ignore[union-attr]
 
 
-def test_saving_a_pair_never_takes_its_epoch_back(tmp_path: Path) -> None:
-    store = Store(tmp_path / "state.db")
+def test_saving_a_pair_never_takes_its_epoch_back(store: SqlStore) -> None:
     store.save_pair(PairRow("main", "syncing", 1, None, None, 0))
     assert store.advance_epoch("main", 1) == 2
     store.save_pair(PairRow("main", "degraded", 1, None, None, 0))  # a writer that still thinks it is 1

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from dumont.store.sqlite import Store
+from dumont.store.base import SqlStore
 
 
-def test_passes_since_returns_later_passes_of_the_pair_oldest_first(tmp_path: Path) -> None:
-    store = Store(tmp_path / "state.db")
+def test_passes_since_returns_later_passes_of_the_pair_oldest_first(store: SqlStore) -> None:
     for seq, finished, pair in ((1, 100.0, "main"), (2, 200.0, "main"), (3, 300.0, "main"), (1, 250.0, "other")):
         store.record_pass(pair, {"epoch": 1, "seq": seq, "snapshot_seq": seq, "started_at": finished - 1,
                                  "finished_at": finished, "files_scanned": 2, "bytes_scanned": 10,
