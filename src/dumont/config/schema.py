@@ -179,6 +179,9 @@ class ControllerConfig:
         _SECRET_FILE, example="~/.config/dumont/api_token"))
     fence_action: FenceAction = field(default="stop", metadata=_checked_by(_choice(FenceAction)))
     max_recoveries_per_day: int = field(default=3, metadata=_checked_by(_whole("a whole number", at_least=0)))
+    # Across the fleet: at most this many recoveries rent and restore at once (0: no limit); the other failed-over
+    # pairs wait on the CPU in the order they failed over. An operator's `dumont recover` does not wait.
+    max_recoveries_in_flight: int = field(default=4, metadata=_checked_by(_whole("a whole number", at_least=0)))
     # A standby that cannot be created (or never becomes usable) is deleted; this bounds the retries.
     max_standby_attempts_per_hour: int = field(default=3, metadata=_checked_by(_whole("a whole number",
                                                                                       at_least=1)))

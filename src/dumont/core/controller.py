@@ -17,7 +17,7 @@ from dumont.config import Config
 from dumont.core import probes
 from dumont.core.changes import watch_changes
 from dumont.core.context import ControllerContext
-from dumont.core.decide import decide
+from dumont.core.decide import decide, recovery_turns
 from dumont.core.failover import fail_over
 from dumont.core.model import (
     Action,
@@ -115,9 +115,11 @@ class Controller:
         await asyncio.gather(*(self._refresh_endpoint(rt) for rt in self.pairs.values()))
         network = await self.ctx.network_ok()
         observations = await asyncio.gather(*(self._observe_safely(rt, network) for rt in self.pairs.values()))
-        for rt, observation in zip(self.pairs.values(), observations, strict=True):
-            if observation is None:
+        turns, in_flight = self._recovery_turns()
+        for rt, observed in zip(self.pairs.values(), observations, strict=True):
+            if observed is None:
                 continue
+            observation = dataclasses.replace(observed, recovery_turn=rt.name in turns, recoveries_in_flight=in_flight)
             try:
                 decision = decide(observation, rt.memory, self.policy)
             except Exception as exc:
@@ -134,6 +136,13 @@ class Controller:
                 listener(self.ticks)
             except Exception as exc:
                 self.ctx.internal_errors.report("a tick listener", exc)
+
+    def _recovery_turns(self) -> tuple[frozenset[str], int]:
+        """Which failed-over pairs may start a recovery this tick, and how many recoveries run now."""
+        running = sum(rt.state == PairState.RECOVERING for rt in self.pairs.values())
+        waiting = [(rt.name, rt.timings.get("decided_at", 0.0)) for rt in self.pairs.values()
+                   if rt.state == PairState.FAILED_OVER]
+        return recovery_turns(waiting, running, self.ctx.config.controller.max_recoveries_in_flight), running
 
     async def _refresh_endpoint(self, rt: PairRuntime) -> None:
         """Tell the endpoint we are alive and read its counters; its loss is said once, and its return."""

@@ -6,6 +6,7 @@ the event row, the notification, the dashboard, and the assertion in the tests o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from dumont.core.model import (
@@ -266,6 +267,10 @@ def _failed_over(plan: _Plan, policy: Policy) -> None:
         plan.alert("recoveries_per_day", f"{obs.recoveries_today} recoveries today; not starting another on my own")
         plan.say(f"the CPU serves the endpoint; {obs.recoveries_today} recoveries today reached the daily limit")
         return
+    if not asked and not obs.recovery_turn:
+        plan.say(f"the CPU serves the endpoint; waiting for a recovery slot: {obs.recoveries_in_flight} "
+                 "recoveries in flight (controller.max_recoveries_in_flight), pairs that failed over first go first")
+        return
     if obs.recoveries_today >= 1:
         plan.alert("recovery_repeat", f"more than one auto-recovery today ({obs.recoveries_today + 1})")
     plan.do(StartRecovery())
@@ -318,3 +323,10 @@ def _replacing_standby(plan: _Plan, policy: Policy) -> None:
     else:
         plan.alert("standby_replace_failed", f"replacing the standby failed: {op.error}")
         _replace_standby(plan, policy, f"replacing the standby failed ({op.error}); trying again")
+
+
+def recovery_turns(waiting: Sequence[tuple[str, float]], in_flight: int, limit: int) -> frozenset[str]:
+    """The failed-over pairs (name, when it failed over) that may start a recovery now: the longest waiting first,
+    while fewer than ``limit`` run across the fleet (0: no limit)."""
+    free = len(waiting) if limit == 0 else max(0, limit - in_flight)
+    return frozenset(name for name, _ in sorted(waiting, key=lambda w: (w[1], w[0]))[:free])

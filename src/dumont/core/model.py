@@ -161,6 +161,8 @@ class Observation:
     intents: tuple[Intent, ...] = ()
     recoveries_today: int = 0
     standby_attempts_last_hour: int = 0  # replace_standby operations started in the last hour
+    recovery_turn: bool = True  # False: the fleet's recovery slots are taken by pairs that failed over first
+    recoveries_in_flight: int = 0  # the fleet's recoveries running now (for the waiting pair's sentence)
     outcome: Outcome | None = None  # reported by an inline effector since the last decision
     probed: bool = True  # False: the host health is an earlier tick's (a woken tick), so it counts no failure
     changed_at: float | None = None  # the first change the primary's watcher saw since the last pass started

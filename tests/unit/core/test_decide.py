@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from dumont.core.decide import decide
+from dumont.core.decide import decide, recovery_turns
 from dumont.core.model import (
     Alert,
     ConsumeIntent,
@@ -110,6 +110,12 @@ CASES = [
      "the pair is up; starting replication"),
     ("failed over starts recovery", obs(PairState.FAILED_OVER, standby=None, has_standby=False), Memory(),
      ["StartRecovery", "SetState"], "the CPU serves the endpoint; renting a new GPU"),
+    ("no recovery slot: the pair waits its turn", obs(PairState.FAILED_OVER, standby=None, recovery_turn=False,
+                                                      recoveries_in_flight=4), Memory(), [],
+     "waiting for a recovery slot: 4 recoveries in flight"),
+    ("an operator's recovery does not wait for a slot", obs(PairState.FAILED_OVER, standby=None, recovery_turn=False,
+                                                            intents=(Intent(3, "recover", NOW),)), Memory(),
+     ["ConsumeIntent", "StartRecovery", "SetState"], "renting a new GPU (asked by an operator)"),
     ("recovery limit per day", obs(PairState.FAILED_OVER, standby=None, recoveries_today=3), Memory(), ["Alert"],
      "3 recoveries today reached the daily limit"),
     ("operator recovery beats the limit", obs(PairState.FAILED_OVER, standby=None, recoveries_today=3,
@@ -204,3 +210,11 @@ def test_intents_are_always_consumed() -> None:
 def test_start_recovery_and_replace_standby_are_background_actions() -> None:
     assert isinstance(StartRecovery(), StartRecovery) and isinstance(ReplaceStandby(), ReplaceStandby)
     assert RunSync() == RunSync()
+
+
+def test_recovery_slots_go_to_the_pairs_that_failed_over_first() -> None:
+    waiting = [("c", 30.0), ("a", 10.0), ("d", 40.0), ("b", 20.0)]
+    assert recovery_turns(waiting, in_flight=1, limit=3) == {"a", "b"}
+    assert recovery_turns(waiting, in_flight=3, limit=3) == frozenset()
+    assert recovery_turns(waiting, in_flight=5, limit=3) == frozenset()
+    assert recovery_turns(waiting, in_flight=9, limit=0) == {"a", "b", "c", "d"}  # 0: no limit
