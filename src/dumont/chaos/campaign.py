@@ -29,7 +29,7 @@ from dumont.chaos.checker import Bounds, FaultOutcome, Violation, check, outcome
 from dumont.chaos.history import FAULT_KINDS, Failover, Fault, PairHistory, Protection, Record, Rental
 from dumont.chaos.process import ControllerProcess
 from dumont.chaos.schedule import PlannedFault, plan
-from dumont.config import load_config, to_toml
+from dumont.config import Config, load_config, to_toml
 from dumont.drill.profiles import FAST, fit_to_link
 from dumont.drill.stack import Stack, build_stack
 from dumont.drill.writer import Writer
@@ -97,6 +97,10 @@ class ChaosResult:
             back = (f"{statistics.median(o.back_in):.1f} s / {max(o.back_in):.1f} s" if o.back_in else "n/a")
             lines.append(f"{o.kind:<18}{o.count:>7}{o.failovers:>11}{back:>34}")
         hs = self.histories.values()
+        lost = [age for h in hs for age in _lost_ages(h)]
+        worst = f", the oldest {max(lost):.1f} s before its failover" if lost else ""
+        lines += [f"acknowledged records lost at failovers (within the RPO bound of {self.bounds.rpo:g} s): "
+                  f"{len(lost)}{worst}"]
         lines += [f"pairs: {len(self.histories)}; faults injected: {sum(len(h.faults) for h in hs)}; "
                   f"skipped: {len(self.skipped)}; failovers: {sum(len(h.failovers) for h in hs)}; "
                   f"records acknowledged: {sum(len(h.records) for h in hs)}; record files checked whole in the "
@@ -104,6 +108,18 @@ class ChaosResult:
                   f"violations: {len(self.violations)}; "
                   f"seed {self.seed}; {self.seconds:.0f} s"]
         return "\n".join(lines)
+
+
+def _lost_ages(history: PairHistory) -> list[float]:
+    """For each acknowledged record missing at the end: how long before the next failover it was acknowledged."""
+    failovers = sorted(f.at for f in history.failovers)
+    ages = []
+    for record in history.records:
+        if record.number not in history.final_records:
+            after = next((at for at in failovers if at >= record.acked), None)
+            if after is not None:
+                ages.append(after - record.acked)
+    return ages
 
 
 class Observer:
@@ -186,17 +202,9 @@ async def run_chaos(root: Path, options: ChaosOptions) -> ChaosResult:
     names = pair_names(options.pairs)
     seconds = options.minutes * 60
     faults = plan(options.seed, seconds=seconds, pairs=names, mean_gap=options.mean_gap, kinds=options.kinds)
-    # The checks are fitted to the worst link the campaign degrades to, as a user on that link would set them:
-    # a probe that can never finish across it would make every degradation a (false) failover by design.
-    profile = fit_to_link(FAST, LINKS["bad"]) if "link_degrade" in options.kinds else FAST
-    stack = await build_stack(root, {"auto_recovery": True, "controller": {"max_recoveries_per_day": 100000}},
-                              profile, link=LinkSpec())
-    await _add_pairs(stack, names[1:])
+    stack = await _campaign_stack(root, names, options.kinds)
     cfg = stack.config
-    detection = cfg.health_check_interval * cfg.failover_threshold + 3 * cfg.health.probe_timeout_seconds + 2
-    restart = 20.0  # a controller killed when a fault lands adds its restart to the bounds
-    bounds = Bounds(rpo=2 * cfg.sync_interval_seconds + 5 + restart, detection=detection + restart,
-                    recovery=cfg.ssh_wait_timeout + 180)
+    bounds = _bounds(cfg)
     result = ChaosResult(options.seed, faults, {name: PairHistory(name) for name in names}, bounds)
     controller = ControllerProcess(stack.config_path, cfg.state_dir, cfg.controller.api_listen,
                                    stack.root / "controller.log")
@@ -238,6 +246,31 @@ async def run_chaos(root: Path, options: ChaosOptions) -> ChaosResult:
     result.violations = [v for history in result.histories.values() for v in check(history, bounds)]
     result.seconds = time.time() - started
     return result
+
+
+async def _campaign_stack(root: Path, names: list[str], kinds: frozenset[str]) -> Stack:
+    """The local cloud with every pair's GPU rented and a config protecting them all (the controller not started)."""
+    # The checks are fitted to the worst link the campaign degrades to, as a user on that link would set them:
+    # a probe that can never finish across it would make every degradation a (false) failover by design.
+    profile = fit_to_link(FAST, LINKS["bad"]) if "link_degrade" in kinds else FAST
+    stack = await build_stack(root, {"auto_recovery": True, "controller": {"max_recoveries_per_day": 100000}},
+                              profile, link=LinkSpec())
+    try:
+        await _add_pairs(stack, names[1:])
+    except BaseException:
+        await stack.cloud.stop_emulators()
+        await stack.cloud.pool.shutdown()
+        raise
+    return stack
+
+
+def _bounds(cfg: Config) -> Bounds:
+    """How long each promise may take under this config: a controller killed when a fault lands adds its
+    restart (20 s) to the RPO and detection bounds; a recovery gets the SSH wait and three minutes."""
+    detection = cfg.health_check_interval * cfg.failover_threshold + 3 * cfg.health.probe_timeout_seconds + 2
+    restart = 20.0
+    return Bounds(rpo=2 * cfg.sync_interval_seconds + 5 + restart, detection=detection + restart,
+                  recovery=cfg.ssh_wait_timeout + 180)
 
 
 async def _add_pairs(stack: Stack, names: list[str]) -> None:
