@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from dumont.localcloud.link import LinkSpec
 from tests.integration.stack import Stack, running_stack
 
 pytestmark = pytest.mark.slow
@@ -25,24 +26,28 @@ def failed_over(status: dict[str, Any]) -> bool:
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    """A protected pair that does not recover on its own (so the failed-over state can be examined)."""
-    async for s in running_stack(tmp_path, {"auto_recovery": False}):
+    """A protected pair that does not recover on its own (so the failed-over state can be examined), every host
+    behind a link (a plain one until a test changes it)."""
+    async for s in running_stack(tmp_path, {"auto_recovery": False}, link=LinkSpec()):
         await s.wait_for("the first pass", synced, 120)
         yield s
 
 
-async def test_a_partitioned_gpu_can_never_write_to_the_standby_again(stack: Stack) -> None:
-    """Given a synced pair, when the GPU stops answering and the pair fails over, then after it heals the old GPU
-    cannot push to the standby (its pair key is refused) and no file of the pair changes because of it."""
+async def test_a_blackholed_gpu_fails_over_by_three_strikes_and_can_never_write_again(stack: Stack) -> None:
+    """Given a synced pair, when the GPU's link drops every packet (no reset: a true partition; its provider still
+    says it runs) and the pair fails over on three failed checks, then after the link heals the old GPU cannot
+    push to the standby (its pair key is refused) and no file of the pair changes because of it."""
     gpu = stack.host(stack.status()["primary"]["instance_id"])
     (gpu.workspace / "data.bin").write_bytes(b"before")
     seq = stack.status()["last_sync"]["seq"]
     await stack.wait_for("a pass with data.bin", lambda s: s["last_sync"]["seq"] > seq + 1, 30)
-    await stack.cloud.pool.partition(gpu.name)
+    stack.cloud.pool.set_link(gpu.name, LinkSpec(blackhole=True))
     status = await stack.wait_for("the failover", failed_over, 30)
+    assert "failed 3 consecutive health checks" in stack.events("failover")[-1]["reason"]
     cpu = stack.host(status["primary"]["instance_id"])
     # The provider fence stops the old GPU; it then comes back anyway (healed, restarted by its owner).
     await stack.wait_for("the provider fence", lambda _: bool(stack.events("fenced")), 30)
+    stack.cloud.pool.set_link(gpu.name, LinkSpec())
     await stack.cloud.pool.start(gpu.name)
 
     (gpu.workspace / "data.bin").write_bytes(b"zombie write")
