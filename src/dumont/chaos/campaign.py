@@ -359,6 +359,8 @@ class Injector:
                  say: Callable[[str], None]) -> None:
         self.stack, self.controller, self.observer, self.rng, self.say = stack, controller, observer, rng, say
         self.emulators = {e.name: e for e in stack.cloud.emulators}
+        self._bursts = 0
+        self._restarting = asyncio.Lock()
 
     def _host(self, pair: str, role: str) -> Any:
         ref = self.observer.status.get(pair, {}).get(role)
@@ -367,12 +369,20 @@ class Injector:
         return self.stack.host(str(ref["instance_id"]))
 
     async def inject(self, planned: PlannedFault) -> Fault | None:
-        """Apply ``planned``; return the fault as it happened."""
+        """Apply ``planned``; return the fault as it happened (None: nothing to hit, it is skipped)."""
         kind = planned.kind
         target = self._host(planned.pair, "standby" if kind.startswith("standby") else "primary")
         if kind in ("gpu_kill", "gpu_outbid", "gpu_blackhole", "standby_preempt", "link_degrade",
                     "host_key_change") and target is None:
             return None
+        try:
+            return await self._apply(planned, target)
+        except DumontError as exc:  # the status was half a second old: the target was already gone or changed
+            self.say(f"chaos: skipped {planned.describe()}: {exc}")
+            return None
+
+    async def _apply(self, planned: PlannedFault, target: Any) -> Fault | None:
+        kind = planned.kind
         self.say(f"chaos: {planned.describe()}")
         began = self.observer.now()
         if kind == "gpu_kill":
@@ -394,15 +404,20 @@ class Injector:
             assert isinstance(vast, VastEmulator)
             faults = vast.faults
             faults.throttle_status = self.rng.choice((429, 500, 502, 503))
-            faults.throttle_left = 1000
-            await asyncio.sleep(planned.duration)  # how long the burst lasts (the plan's figure)
-            faults.throttle_left = 0
+            faults.throttle_left, self._bursts = 1000, self._bursts + 1
+            try:
+                await asyncio.sleep(planned.duration)  # how long the burst lasts (the plan's figure)
+            finally:
+                self._bursts -= 1
+                if not self._bursts:  # bursts that overlap end with the last one
+                    faults.throttle_left = 0
         elif kind == "controller_kill":
             if not await self._reach_moment(planned):
                 return None
-            began = self.observer.now()
-            await self.controller.kill()
-            await self.controller.start()
+            async with self._restarting:  # kills that overlap wait for the previous restart
+                began = self.observer.now()
+                await self.controller.kill()
+                await self.controller.start()
         return Fault(kind, planned.pair, began, self.observer.now(),
                      getattr(target, "name", "") or planned.during or "")
 
