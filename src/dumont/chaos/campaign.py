@@ -211,7 +211,14 @@ async def run_chaos(root: Path, options: ChaosOptions) -> ChaosResult:
     writers = {name: Writer(controller_dir(stack.root) / "ssh" / name / "config", f"dumont-{name}")
                for name in names}
     started = time.time()
-    try:
+    async with contextlib.AsyncExitStack() as teardown:  # every step runs, even when one before it fails
+        teardown.push_async_callback(stack.cloud.pool.shutdown)
+        teardown.push_async_callback(stack.cloud.stop_emulators)
+        teardown.push_async_callback(stop_endpoint_daemon,
+                                     cfg.controller.endpoint_dir or controller_dir(stack.root) / "endpoint")
+        teardown.push_async_callback(controller.stop)
+        for writer in writers.values():
+            teardown.push_async_callback(writer.stop)
         await controller.start()
         observer = Observer(stack, controller, result.histories, started)
         watching = asyncio.create_task(observer.run(), name="chaos-observer")
@@ -234,13 +241,6 @@ async def run_chaos(root: Path, options: ChaosOptions) -> ChaosResult:
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
         observer.finish()
-    finally:
-        for writer in writers.values():
-            await writer.stop()
-        await controller.stop()
-        await stop_endpoint_daemon(cfg.controller.endpoint_dir or controller_dir(stack.root) / "endpoint")
-        await stack.cloud.stop_emulators()
-        await stack.cloud.pool.shutdown()
     for name, writer in writers.items():
         result.histories[name].records = [Record(name, r.seq, r.at - started) for r in writer.records]
     result.violations = [v for history in result.histories.values() for v in check(history, bounds)]
