@@ -8,6 +8,7 @@ keeps ticking (and keeps reporting progress) while they work; a failover runs in
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import logging
@@ -69,6 +70,7 @@ class Controller:
         self.ticks = 0
         self.last_tick_at: float | None = None
         self.tick_listeners: list[Callable[[int], None]] = []  # told after every tick (tests, drills)
+        self._listed: dict[str, dict[str, Instance]] = {}  # this tick's instance lists, by market
 
     def wake(self) -> None:
         """Tick now (an intent arrived)."""
@@ -114,6 +116,7 @@ class Controller:
         self.last_tick_at = self.ctx.clock()
         await asyncio.gather(*(self._refresh_endpoint(rt) for rt in self.pairs.values()))
         network = await self.ctx.network_ok()
+        self._listed = await self._list_markets()
         observations = await asyncio.gather(*(self._observe_safely(rt, network) for rt in self.pairs.values()))
         turns, in_flight = self._recovery_turns()
         for rt, observed in zip(self.pairs.values(), observations, strict=True):
@@ -136,6 +139,23 @@ class Controller:
                 listener(self.ticks)
             except Exception as exc:
                 self.ctx.internal_errors.report("a tick listener", exc)
+
+    async def _list_markets(self) -> dict[str, dict[str, Instance]]:
+        """One instance list per GPU market holding two or more of the pairs' hosts, instead of one get for each
+        (Vast limits each endpoint's rate per account). A market whose list fails is asked host by host."""
+        held = collections.Counter(ref.provider for rt in self.pairs.values() for ref in (rt.primary, rt.standby)
+                                   if ref is not None and ref.provider in self.ctx.markets)
+        listed: dict[str, dict[str, Instance]] = {}
+        for provider, count in held.items():
+            if count < 2:
+                continue
+            try:
+                listed[provider] = {i.instance_id: i for i in await self.ctx.markets[provider].list()}
+            except DumontError as exc:
+                log.debug("listing %s failed (%s); asking for each host instead", provider, exc)
+            except Exception as exc:
+                self.ctx.internal_errors.report(f"the {provider} provider's list", exc)
+        return listed
 
     def _recovery_turns(self) -> tuple[frozenset[str], int]:
         """Which failed-over pairs may start a recovery this tick, and how many recoveries run now."""
@@ -174,6 +194,9 @@ class Controller:
         command = ctx.config.health.gpu_check_command
 
         async def instance(ref: HostRef) -> Instance:
+            known = self._listed.get(ref.provider, {}).get(ref.instance_id)
+            if known is not None:
+                return known  # this tick's list of the market (one call for every pair)
             try:
                 return await ctx.instance(ref)
             except DumontError:

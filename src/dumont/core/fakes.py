@@ -10,6 +10,7 @@ instance never boots. Nothing here does I/O.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import itertools
 from collections.abc import Callable, Sequence
@@ -280,8 +281,10 @@ class _Provider:
         self.destroyed: list[str] = []
         self.fail: dict[str, BaseException] = {}  # method name -> raised, every time
         self.unreachable_next = 0  # the next N machines run but never answer SSH
+        self.calls: collections.Counter[str] = collections.Counter()  # API calls made, by method
 
     def _check(self, method: str) -> None:
+        self.calls[method] += 1
         if method in self.fail:
             raise self.fail[method]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 from dumont.core.controller import Controller
 from dumont.core.model import PairState
 from dumont.core.pair import PairRuntime
-from tests.unit.core.world import World, controller_of, make_world, synced_pair
+from dumont.providers.base import InstanceState, ProviderUnavailable
+from tests.unit.core.world import World, controller_of, gpu_ref, make_world, synced_pair
 
 
 async def tick_until(world: World, controller: Controller, rt: PairRuntime, done: Callable[[], bool], *,
@@ -228,3 +230,26 @@ async def test_a_watcher_that_falls_back_to_polling_says_so_once(tmp_path: Path)
             assert "by polling, not inotify" in said and "max_user_watches" in said
         finally:
             watcher.cancel()
+
+
+async def test_a_tick_lists_a_market_once_for_all_its_pairs_instead_of_a_get_for_each(tmp_path: Path) -> None:
+    """Vast limits each endpoint's rate per account: two pairs on one market cost one list per tick, not two
+    gets; a list that fails falls back to a get per host, and the pairs are judged as before."""
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        second_gpu = world.market._new("30000009", machine_id="m9", label="dumont-second", price=0.25)
+        world.clock.now = max(world.clock.now, second_gpu.ready_at) + 1
+        other = PairRuntime(dataclasses.replace(rt.config, name="second"), PairState.SYNCING, 1,
+                            gpu_ref(world, "30000009"), None, rt.endpoint)
+        controller = Controller(world.ctx, [rt, other])
+        world.market.calls.clear()
+        await controller.tick()
+        assert world.market.calls["list"] == 1 and world.market.calls["get"] == 0
+        assert rt.observation is not None and rt.observation.primary is not None
+        assert rt.observation.primary.ok and rt.observation.primary.provider_state == InstanceState.RUNNING
+        world.market.fail["list"] = ProviderUnavailable("the list endpoint is down")
+        world.market.calls.clear()
+        await world.clock.sleep(world.ctx.config.health_check_interval)
+        await controller.tick()
+        assert world.market.calls["get"] == 2, "each pair's GPU asked for on its own"
+        assert rt.state == PairState.SYNCING and rt.memory.primary_failures == 0
