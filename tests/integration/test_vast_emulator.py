@@ -691,3 +691,25 @@ async def test_copy_between_takes_files_off_a_stopped_instance_and_says_when_it_
         await market.copy_between(old.instance_id, new.instance_id, "/etc/", "/workspace/x/")
     with pytest.raises(ProviderRequestError, match="must be running"):
         await market.copy_between(new.instance_id, old.instance_id, "/workspace/", "/workspace/x/")
+
+
+async def test_the_per_endpoint_rate_limit_refuses_in_plain_text_and_our_pacing_never_meets_it(
+        vast: VastCloud) -> None:
+    """Given Vast's rate limit (a minimum interval per endpoint and key, answered with a plain-text 429 and no
+    Retry-After), a client that does not pace itself meets it; ours, paced at that interval, never does."""
+    vast.emulator.min_interval = 0.3
+    paced = VastMarket(VastClient(vast.url, load_api_key(vast.cloud.state_dir / "vast_api_key"), min_interval=0.3))
+    vast.markets.append(paced)
+    started = time.monotonic()
+    for _ in range(5):
+        assert await paced.list() == []
+    assert vast.emulator.too_frequent == 0, "a paced client is never refused"
+    assert time.monotonic() - started >= 4 * 0.3
+    async with httpx.AsyncClient(base_url=vast.url, headers={"Authorization": f"Bearer {vast.key}"}) as raw:
+        first = await raw.get("/api/v0/instances/")
+        second = await raw.get("/api/v0/instances/")
+        other = await raw.get("/api/v0/instances/filters/")  # another endpoint: its own interval
+    assert first.status_code == 200 and other.status_code == 200
+    assert second.status_code == 429 and "Retry-After" not in second.headers
+    assert second.text == "API requests too frequent: endpoint threshold=0.3"
+    assert vast.emulator.too_frequent == 1

@@ -107,6 +107,7 @@ SEED_DEFAULTS = [
     ("vast.api_key_file", None),
     ("vast.min_reliability", 0.98),
     ("vast.bid_margin", 0.2),
+    ("vast.min_request_interval_seconds", 0.25),
     ("vast.image_registry_url", "https://hub.docker.com"),
     ("gcp.zone", "us-central1-a"),
     ("gcp.project", None),
@@ -230,6 +231,7 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("store.url", "sqlite://state.db", "'sqlite://state.db'", "(e.g. 'postgresql://dumont@db:5432/dumont')"),
     ("store.url", "postgresql://db/dumont", "'postgresql://db/dumont'", "USER@HOST:PORT/DB"),
     ("store.url", "postgresql://u@db:port/x", "'postgresql://u@db:port/x'", "USER@HOST:PORT/DB"),
+    ("vast.min_request_interval_seconds", -1, "-1", "at least 0 and at most 60 (e.g. 0.25)"),
     ("store.password_file", 7, "7", "must be the path of a file only you can read (mode 0600)"),
 ]
 

@@ -404,6 +404,7 @@ class Injector:
             assert isinstance(vast, VastEmulator)
             faults = vast.faults
             faults.throttle_status = self.rng.choice((429, 500, 502, 503))
+            faults.retry_after = None  # Vast sends no Retry-After (docs: rate-limits-and-errors)
             faults.throttle_left, self._bursts = 1000, self._bursts + 1
             try:
                 await asyncio.sleep(planned.duration)  # how long the burst lasts (the plan's figure)

@@ -220,6 +220,10 @@ class VastConfig:
                                                                      at_least=1)))
     backoff_initial_seconds: float = field(default=5.0, metadata=_checked_by(_SECONDS))
     backoff_max_seconds: float = field(default=60.0, metadata=_checked_by(_SECONDS))
+    # Vast limits each endpoint (method and route) to a minimum interval between requests per account, and does
+    # not publish it; the client spaces its own requests to each endpoint at least this far apart (0: not at all).
+    min_request_interval_seconds: float = field(default=0.25, metadata=_checked_by(_number(
+        "a number of seconds", at_least=0, at_most=60)))
     # From the rent until Vast says running: pulling an image and booting "can take 5-60 minutes depending on
     # image size" (Vast docs, choosing/templates); SSH then gets ssh_wait_timeout.
     launch_timeout_seconds: float = field(default=3600.0, metadata=_checked_by(_SECONDS))

@@ -47,9 +47,12 @@ Fault controls, for drills and tests (same key; each answers the fault state)::
     GET  /_dumont/faults           the fault state
 
 ``dumont local outbid HOST`` and ``dumont local kill HOST`` reach the same faults through the daemon.
-Settings: ``DUMONT_LOCAL_VAST_SEED`` (the offer catalogue; default 20260) and ``DUMONT_LOCAL_VAST_DELAY_SECONDS``
+Settings: ``DUMONT_LOCAL_VAST_SEED`` (the offer catalogue; default 20260), ``DUMONT_LOCAL_VAST_DELAY_SECONDS``
 (how long a new or restarted instance pulls and boots before its host starts, scaled down from Vast's minutes;
-default 1, tests use 0: booted before the rent answers).
+default 1, tests use 0: booted before the rent answers) and ``DUMONT_LOCAL_VAST_MIN_INTERVAL_SECONDS`` (Vast's
+rate limit: a minimum interval between two requests to one endpoint -- method and route -- from one key, else a
+plain-text 429 "API requests too frequent: endpoint threshold=..." with no Retry-After, as the docs describe;
+Vast does not publish the interval, so the default is 0: off).
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ if TYPE_CHECKING:
 
 ENV_SEED = "DUMONT_LOCAL_VAST_SEED"
 ENV_DELAY = "DUMONT_LOCAL_VAST_DELAY_SECONDS"
+ENV_MIN_INTERVAL = "DUMONT_LOCAL_VAST_MIN_INTERVAL_SECONDS"
 DEFAULT_DELAY = 1.0
 FIRST_INSTANCE_ID = 30_000_001
 OPEN_PATHS = frozenset({"/api/v0/gpu_names/unique/"})
@@ -114,13 +118,17 @@ class VastEmulator:
     name = "vast"
     fault_actions = frozenset({"outbid", "offline"})
 
-    def __init__(self, cloud: LocalCloud, *, seed: int | None = None, delay: float | None = None) -> None:
+    def __init__(self, cloud: LocalCloud, *, seed: int | None = None, delay: float | None = None,
+                 min_interval: float | None = None) -> None:
         self.pool = cloud.pool
         self.state_dir = cloud.state_dir
         self.seed = seed if seed is not None else int(_setting(ENV_SEED, DEFAULT_SEED))
         self.delay = delay if delay is not None else _setting(ENV_DELAY, DEFAULT_DELAY)
         self.catalogue = {int(o["id"]): o for o in generate_catalogue(self.seed)}
         self.faults = Faults()
+        self.min_interval = min_interval if min_interval is not None else _setting(ENV_MIN_INTERVAL, 0.0)
+        self.too_frequent = 0  # requests refused by the per-endpoint rate limit
+        self._last_call: dict[tuple[str, str], float] = {}  # (method, route) -> when it was last served
         self.instances: dict[int, VastInstance] = {}
         self.account_keys = AccountKeys()
         self.key = ""
@@ -221,16 +229,9 @@ class VastEmulator:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        if path not in OPEN_PATHS:
-            sent = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {self.key}".encode()):
-                return refuse(401, "invalid_user_key", "Invalid user key")
-            if self.faults.throttle_left > 0 and not path.startswith("/_dumont/"):
-                self.faults.throttle_left -= 1
-                after = self.faults.retry_after
-                return reply({"success": False, "error": "rate_limit_exceeded", "msg": "API requests too frequent"},
-                             self.faults.throttle_status, {"Retry-After": f"{after:g}"} if after is not None else {})
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         try:
             return await handler(request)
         except Refused as exc:
@@ -239,6 +240,36 @@ class VastEmulator:
             return refuse(exc.status, "not_found" if exc.status == 404 else "invalid_request", exc.reason)
         except DumontError as exc:
             return refuse(409, "conflict", str(exc))
+
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """The answer to a request refused before its handler: a wrong key, an armed throttle, the rate limit."""
+        path = request.path
+        if path in OPEN_PATHS:
+            return None
+        sent = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {self.key}".encode()):
+            return refuse(401, "invalid_user_key", "Invalid user key")
+        if path.startswith("/_dumont/"):
+            return None
+        if self.faults.throttle_left > 0:
+            self.faults.throttle_left -= 1
+            after = self.faults.retry_after
+            return reply({"success": False, "error": "rate_limit_exceeded", "msg": "API requests too frequent"},
+                         self.faults.throttle_status, {"Retry-After": f"{after:g}"} if after is not None else {})
+        if self.min_interval > 0 and self._too_frequent(request):
+            self.too_frequent += 1
+            return web.Response(status=429, text=f"API requests too frequent: endpoint threshold={self.min_interval:g}")
+        return None
+
+    def _too_frequent(self, request: web.Request) -> bool:
+        """Whether this endpoint was served less than ``min_interval`` ago (else it counts as served now)."""
+        route = request.match_info.route.resource
+        key = (request.method, route.canonical if route is not None else request.path)
+        now = time.monotonic()
+        if now - self._last_call.get(key, -self.min_interval) < self.min_interval:
+            return True
+        self._last_call[key] = now
+        return False
 
     def _ensure_key(self) -> str:
         path = self.state_dir / "vast_api_key"

@@ -27,12 +27,14 @@ server text is scrubbed of it before it is quoted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
 import math
+import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -92,6 +94,42 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+class Pacer:
+    """Spaces the requests to each endpoint at least ``interval`` seconds apart: Vast enforces a minimum interval
+    per endpoint and account, answering 429 without a Retry-After, so waiting here costs less than a refusal.
+
+    The interval counts from the moment an answer came back: the server saw the request before that, so the
+    next one reaches it at least ``interval`` later whatever the network's delay."""
+
+    def __init__(self, interval: float, *, clock: Clock, sleep: Sleep) -> None:
+        self.interval, self._clock, self._sleep = interval, clock, sleep
+        self._due: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.waited = 0.0  # seconds spent waiting, in all
+
+    @contextlib.asynccontextmanager
+    async def turn(self, method: str, path: str) -> AsyncIterator[None]:
+        """Hold this endpoint's turn for one request (requests to one endpoint go one after another)."""
+        if self.interval <= 0:
+            yield
+            return
+        endpoint = f"{method} {endpoint_of(path)}"
+        async with self._locks.setdefault(endpoint, asyncio.Lock()):
+            wait = self._due.get(endpoint, 0.0) - self._clock()
+            if wait > 0:
+                self.waited += wait
+                await self._sleep(wait)
+            try:
+                yield
+            finally:
+                self._due[endpoint] = self._clock() + self.interval
+
+
+def endpoint_of(path: str) -> str:
+    """The route of a path, as Vast limits it: ``/api/v0/instances/123/`` is ``/api/v0/instances/{id}/``."""
+    return re.sub(r"/\d+(?=/|$)", "/{id}", path)
+
+
 class VastClient:
     """The Vast.ai REST API at ``base_url`` (``https://console.vast.ai``, or the local cloud's emulator)."""
 
@@ -104,9 +142,11 @@ class VastClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
+        min_interval: float = 0.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
+        self.pacer = Pacer(min_interval, clock=clock, sleep=sleep)
         self._key = api_key
         self._sleep = sleep
         self._clock = clock
@@ -139,11 +179,13 @@ class VastClient:
         attempt = 0
         while True:
             attempt += 1
-            left = deadline - self._clock()
             cause: Exception | None = None
             try:
-                response = await self._http.request(method, path, json=body, params=params,
-                                                    timeout=max(0.1, min(self.retry.attempt_timeout_seconds, left)))
+                async with self.pacer.turn(method, path):
+                    left = deadline - self._clock()
+                    response = await self._http.request(
+                        method, path, json=body, params=params,
+                        timeout=max(0.1, min(self.retry.attempt_timeout_seconds, left)))
             except httpx.TransportError as exc:
                 cause = exc
                 # A connection never made cannot have rented anything; a lost answer might have.

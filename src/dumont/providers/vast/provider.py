@@ -119,7 +119,7 @@ class VastMarket:
                     max_price_per_hour: float | None = None) -> VastMarket:
         """A market for the ``[vast]`` settings; the key comes from ``vast.api_key_file`` or ``$VAST_API_KEY``."""
         key = load_api_key(vast.api_key_file, environ)
-        client = VastClient(api_url or vast.api_url, key, retry=retry)
+        client = VastClient(api_url or vast.api_url, key, retry=retry, min_interval=vast.min_request_interval_seconds)
         policy = RentPolicy(min_reliability=vast.min_reliability, num_gpus=vast.num_gpus, gpu_name=vast.gpu_name,
                             interruptible=vast.interruptible, max_attempts=vast.max_attempts,
                             backoff_initial_seconds=vast.backoff_initial_seconds,

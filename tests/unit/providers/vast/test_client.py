@@ -19,7 +19,7 @@ from dumont.providers.base import (
     ProviderRequestError,
     ProviderUnavailable,
 )
-from dumont.providers.vast.client import RetryPolicy, VastClient, parse_retry_after
+from dumont.providers.vast.client import RetryPolicy, VastClient, endpoint_of, parse_retry_after
 from dumont.providers.vast.credentials import ApiKey
 
 SECRET = "s3cret-key-value-123"
@@ -223,3 +223,32 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert parse_retry_after("nan") is None
     assert parse_retry_after("") is None
     assert parse_retry_after(None) is None
+
+
+async def test_requests_to_one_endpoint_are_spaced_by_the_minimum_interval_others_are_not() -> None:
+    """Vast limits each endpoint (method and route, whatever the id) per account: the client waits its turn."""
+    time = FakeTime()
+    seen: list[tuple[float, str]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append((time.now, f"{request.method} {request.url.path}"))
+        return httpx.Response(200, json={})
+
+    client = VastClient("http://vast.test/", KEY, transport=httpx.MockTransport(handle), sleep=time.sleep,
+                        clock=time.clock, min_interval=0.25)
+    await client.call("GET", "/api/v0/instances/1/")
+    await client.call("GET", "/api/v0/instances/2/")  # the same route: waits
+    await client.call("PUT", "/api/v0/instances/2/")  # another method: its own endpoint
+    await client.call("GET", "/api/v1/instances/")
+    await client.call("GET", "/api/v0/instances/3/")
+    assert seen == [(1000.0, "GET /api/v0/instances/1/"), (1000.25, "GET /api/v0/instances/2/"),
+                    (1000.25, "PUT /api/v0/instances/2/"), (1000.25, "GET /api/v1/instances/"),
+                    (1000.5, "GET /api/v0/instances/3/")]
+    assert client.pacer.waited == pytest.approx(0.5)
+    await client.close()
+
+
+def test_a_route_is_its_path_with_ids_as_placeholders() -> None:
+    assert endpoint_of("/api/v0/instances/30000001/") == "/api/v0/instances/{id}/"
+    assert endpoint_of("/api/v0/instances/3/ssh/7/") == "/api/v0/instances/{id}/ssh/{id}/"
+    assert endpoint_of("/api/v1/instances/") == "/api/v1/instances/"
