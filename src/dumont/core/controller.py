@@ -230,7 +230,9 @@ class Controller:
         recoveries = ctx.store.operations_since(rt.name, "recovery", now - 86_400)
         if rt.operation is not None and rt.operation.kind == "recovery" and not rt.operation.finished:
             recoveries -= 1  # the one running now is not "another"
-        attempts = ctx.store.operations_since(rt.name, "replace_standby", now - 3600)
+        # Only failed attempts count: a standby preempted four times in an hour, replaced each time, is replaced
+        # a fifth (counting every attempt left the pair unprotected for the rest of the hour: a chaos finding).
+        attempts = ctx.store.operations_since(rt.name, "replace_standby", now - 3600, failed=True)
         return Observation(now=now, state=rt.state, has_standby=rt.standby is not None, primary=primary,
                            standby=standby, network_ok=network, sync=rt.sync, operation=rt.operation,
                            intents=intents, recoveries_today=max(0, recoveries), standby_attempts_last_hour=attempts,

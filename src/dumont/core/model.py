@@ -160,7 +160,7 @@ class Observation:
     operation: OperationStatus | None
     intents: tuple[Intent, ...] = ()
     recoveries_today: int = 0
-    standby_attempts_last_hour: int = 0  # replace_standby operations started in the last hour
+    standby_attempts_last_hour: int = 0  # replace_standby operations that failed in the last hour
     recovery_turn: bool = True  # False: the fleet's recovery slots are taken by pairs that failed over first
     recoveries_in_flight: int = 0  # the fleet's recoveries running now (for the waiting pair's sentence)
     outcome: Outcome | None = None  # reported by an inline effector since the last decision

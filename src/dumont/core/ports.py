@@ -183,8 +183,8 @@ class StateStore(Protocol):
         """The pair's unfinished operation, if any."""
         ...
 
-    def operations_since(self, pair: str, kind: str, since: float) -> int:
-        """How many operations of ``kind`` started since ``since``."""
+    def operations_since(self, pair: str, kind: str, since: float, *, failed: bool = False) -> int:
+        """How many operations of ``kind`` started since ``since`` (``failed``: only those that failed)."""
         ...
 
     def record_pass(self, pair: str, report: dict[str, Any]) -> None:

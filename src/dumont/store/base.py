@@ -214,10 +214,10 @@ class SqlStore:
         rows = self._rows(f"{OP_SELECT} WHERE pair = ? AND kind = ? ORDER BY id DESC LIMIT 1", (pair, kind))
         return operation_row(rows[0]) if rows else None
 
-    def operations_since(self, pair: str, kind: str, since: float) -> int:
-        """How many operations of ``kind`` started after ``since``."""
-        return int(self._rows("SELECT COUNT(*) FROM operations WHERE pair = ? AND kind = ? AND started_at > ?",
-                              (pair, kind, since))[0][0])
+    def operations_since(self, pair: str, kind: str, since: float, *, failed: bool = False) -> int:
+        """How many operations of ``kind`` started after ``since`` (``failed``: only those that ended failing)."""
+        sql = "SELECT COUNT(*) FROM operations WHERE pair = ? AND kind = ? AND started_at > ?"
+        return int(self._rows(sql + (" AND succeeded = 0" if failed else ""), (pair, kind, since))[0][0])
 
     # ------------------------------------------------------------------ passes and hosts
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -253,3 +254,23 @@ async def test_a_tick_lists_a_market_once_for_all_its_pairs_instead_of_a_get_for
         await controller.tick()
         assert world.market.calls["get"] == 2, "each pair's GPU asked for on its own"
         assert rt.state == PairState.SYNCING and rt.memory.primary_failures == 0
+
+
+async def test_a_standby_preempted_again_and_again_is_replaced_each_time_within_the_hour(tmp_path: Path) -> None:
+    """The hour's limit counts failed attempts to bring a standby back: four preemptions within an hour, each
+    followed by a successful restart, leave the pair protected after the fourth (a chaos campaign found every
+    attempt counted, and a pair left without a standby for the rest of the hour)."""
+    world = make_world(tmp_path)
+    world.clock.now = time.time()  # the store stamps operations with the real clock: the window must hold them
+    async for rt in synced_pair(world):
+        controller = controller_of(world, rt)
+        began = world.clock()
+        for round_no in range(4):
+            assert rt.standby is not None
+            await world.cloud.preempt(rt.standby.instance_id)
+            await tick_until(world, controller, rt, lambda: rt.state == PairState.STANDBY_LOST)
+            await tick_until(world, controller, rt, lambda: rt.state == PairState.SYNCING)
+            assert world.ctx.store.operations_since("main", "replace_standby", 0) == round_no + 1
+        assert world.clock() - began < 3600
+        assert not [e for e in world.ctx.store.events(limit=10_000) if e.kind == "alert"
+                    and "attempts to create a standby" in e.reason]

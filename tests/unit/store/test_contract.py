@@ -61,6 +61,13 @@ def test_operations_track_progress_and_what_a_restart_resumes(open_store: Callab
     latest = store.latest_operation("main", "recovery")
     assert latest is not None and latest.succeeded is False and latest.error == "every offer failed"
     assert store.operations_since("main", "recovery", 0) == 1
+    assert store.operations_since("main", "recovery", 0, failed=True) == 1
+    fine = store.start_operation("main", "recovery", "searching")
+    store.finish_operation(fine, succeeded=True)
+    running = store.start_operation("main", "recovery", "searching")
+    assert store.operations_since("main", "recovery", 0) == 3
+    assert store.operations_since("main", "recovery", 0, failed=True) == 1, "only the one that failed"
+    store.finish_operation(running, succeeded=True)
 
 
 def test_hosts_are_remembered_until_released(store: SqlStore) -> None:
