@@ -13,11 +13,11 @@ from dumont.chaos.schedule import plan
 
 log = logging.getLogger("tests.chaos")
 
-# A seed whose 75 s hold a kill, two outbids, a blackhole, a changed host key, a standby preemption, a controller
+# A seed whose 60 s hold a kill, two outbids, a blackhole, a changed host key, a standby preemption, a controller
 # kill in the middle of a failover, a degraded link and an API error burst (the plan is printed on failure).
 SEED = 2292
-SECONDS = 75.0
-GAP = 11.0
+SECONDS = 60.0
+GAP = 8.0
 
 
 async def test_a_short_campaign_of_combined_faults_keeps_every_promise(tmp_path: Path) -> None:

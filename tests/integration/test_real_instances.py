@@ -103,9 +103,9 @@ async def test_the_standby_refuses_root_and_replicates_as_its_own_user(stack: St
 
 
 async def test_a_standby_that_never_answers_is_deleted_before_the_next_attempt(tmp_path: Path) -> None:
-    """Given standby creation that fails five times in a row (VMs whose SSH never answers), at the end the only
+    """Given standby creation that fails three times in a row (VMs whose SSH never answers), at the end the only
     VMs that exist are the healthy one, listed with google-cloud-compute, and the failure was alerted once."""
-    async with faulty_stack(tmp_path, "gcp", "nossh", {"next": 5}) as stack:
+    async with faulty_stack(tmp_path, "gcp", "nossh", {"next": 3}) as stack:
         await stack.wait_for("a standby at last", synced, 240)
         await _only_the_healthy_standby_is_left(stack)
 
@@ -119,16 +119,16 @@ async def _only_the_healthy_standby_is_left(stack: Stack) -> None:
                                         client_options=ClientOptions(api_endpoint=stack.cloud.urls["gcp_url"]))
     names = await asyncio.to_thread(lambda: [vm.name for vm in client.list(project="dumont-local", zone="local-a")])
     assert names == [stack.status()["standby"]["instance_id"]]
-    assert len(stack.events("standby_deleted")) == 5
+    assert len(stack.events("standby_deleted")) == 3
     alerts = [e for e in stack.events("alert") if e["data"].get("alert") == "standby_replace_failed"]
     assert len(alerts) == 1
 
 
 async def test_rentals_that_never_answer_leave_nothing_rented(stack: Stack) -> None:
-    """Given a recovery whose first five rentals never answer SSH, each is destroyed before the next, the pair
-    recovers with the sixth, and the Vast account holds exactly the pair's two machines' GPU."""
+    """Given a recovery whose first three rentals never answer SSH, each is destroyed before the next, the pair
+    recovers with the fourth, and the Vast account holds exactly the pair's two machines' GPU."""
     await stack.wait_for("the first pass", synced, 180)
-    await fault(stack, "vast", "nossh", {"next": 5})
+    await fault(stack, "vast", "nossh", {"next": 3})
     gpu = stack.host(stack.status()["primary"]["instance_id"])
     await stack.cloud.pool.kill(gpu.name)
     status = await stack.wait_for("the recovery and its clean-up", lambda s: s["state"] == "syncing"
@@ -136,7 +136,7 @@ async def test_rentals_that_never_answer_leave_nothing_rented(stack: Stack) -> N
                                   and (s["operation"] is None or s["operation"]["finished"]), 300)
     vast = emulator(stack, "vast")
     assert sorted(vast.instances) == [int(status["primary"]["instance_id"])]
-    assert len([e for e in stack.events("instance_destroyed")]) >= 6  # five unusable rentals and the dead GPU
+    assert len([e for e in stack.events("instance_destroyed")]) >= 4  # three unusable rentals and the dead GPU
     alerts = [e for e in stack.events("alert") if e["data"].get("alert") == "recovery_failed"]
     assert len(alerts) <= 1
 

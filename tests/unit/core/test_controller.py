@@ -268,8 +268,8 @@ async def test_a_standby_preempted_again_and_again_is_replaced_each_time_within_
         for round_no in range(4):
             assert rt.standby is not None
             await world.cloud.preempt(rt.standby.instance_id)
-            await tick_until(world, controller, rt, lambda: rt.state == PairState.STANDBY_LOST)
-            await tick_until(world, controller, rt, lambda: rt.state == PairState.SYNCING)
+            await tick_until(world, controller, rt, lambda r=rt: r.state == PairState.STANDBY_LOST)
+            await tick_until(world, controller, rt, lambda r=rt: r.state == PairState.SYNCING)
             assert world.ctx.store.operations_since("main", "replace_standby", 0) == round_no + 1
         assert world.clock() - began < 3600
         assert not [e for e in world.ctx.store.events(limit=10_000) if e.kind == "alert"
