@@ -26,7 +26,8 @@ KINDS = ("gpu_kill", "gpu_outbid", "gpu_blackhole", "host_key_change", "standby_
               help="Mean seconds between two faults (each gap is drawn between half and one and a half of it).")
 @click.option("--kinds", default=",".join(KINDS), show_default=True,
               help="Comma-separated fault kinds to draw from.")
-@click.option("--keep-cloud", is_flag=True, help="Keep the campaign's local cloud directory for inspection.")
+@click.option("--keep-cloud", is_flag=True, help="Keep the campaign's local cloud directory for inspection (it is "
+              "always kept when the campaign finds a violation or fails).")
 @json_option
 def chaos_command(minutes: float, pairs: int, seed: int, gap: float, kinds: str, keep_cloud: bool,
                   as_json: bool) -> None:
@@ -41,9 +42,17 @@ def chaos_command(minutes: float, pairs: int, seed: int, gap: float, kinds: str,
                            say=(lambda _line: None) if as_json else click.echo)
     try:
         result = run_until_done(run_chaos(root, options))
-    finally:
+    except DumontError:
+        click.echo(f"the campaign's local cloud (logs, state) is kept in {root}", err=True)
+        raise
+    except BaseException:  # interrupted: what it started is stopped; its files go unless asked to keep them
         if not keep_cloud:
             shutil.rmtree(root, ignore_errors=True)
+        raise
+    # A campaign that found a violation keeps its cloud: the controller's log and state are how it is explained.
+    keep_cloud = keep_cloud or not result.ok
+    if not keep_cloud:
+        shutil.rmtree(root, ignore_errors=True)
     if as_json:
         click.echo(json.dumps({"ok": result.ok, "seed": seed, "seconds": round(result.seconds, 1),
                                "plan": [f.describe() for f in result.plan], "skipped": result.skipped,
