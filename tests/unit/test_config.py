@@ -707,6 +707,6 @@ def test_a_store_url_with_a_password_is_refused_without_showing_it(tmp_path: Pat
 
 
 @pytest.mark.parametrize("url", ["", "sqlite:///var/lib/dumont/state.db", "postgresql://dumont@db:5432/fleet",
-                                 "postgres://dumont@10.0.0.5/fleet"])
+                                 "postgres://dumont@db.internal/fleet"])
 def test_store_urls_in_either_form_are_accepted(url: str, tmp_path: Path) -> None:
     assert parse(nested("store.url", url), tmp_path).store.url == url

@@ -75,6 +75,14 @@ class SqlStore:
         with self._transaction() as db:
             return int(db.execute(self._sql(sql + " RETURNING id"), args).fetchone()[0])
 
+    def _open(self) -> None:
+        """Migrate a freshly connected database; a refused one is left as it was, with no connection open."""
+        try:
+            self.migrate()
+        except BaseException:
+            self.close()
+            raise
+
     def migrate(self) -> int:
         """Bring the schema up to date (each migration once, in order); the version it is at now.
 

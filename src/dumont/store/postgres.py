@@ -37,11 +37,7 @@ class PostgresStore(SqlStore):
         self.where = f"postgresql://{parts.username}@{parts.hostname}:{parts.port or 5432}{parts.path}"
         self._db: Any = None
         self._connect()
-        try:
-            self.migrate()
-        except BaseException:
-            self.close()  # a refused database is left as it was, and no connection stays open
-            raise
+        self._open()
 
     def _connect(self) -> None:
         params: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS,

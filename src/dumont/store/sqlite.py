@@ -35,11 +35,7 @@ class Store(SqlStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        try:
-            self.migrate()
-        except BaseException:
-            self.close()  # a refused database is left as it was, and no connection stays open
-            raise
+        self._open()
 
     def close(self) -> None:
         """Close the database."""
