@@ -13,6 +13,9 @@ hostile-review.md #1): a failover never needs free space.
 Taking over (``take_over``) is the failover as one step on the standby: drop the pair key and kill every receive,
 promote, and only then move the epoch on. A promotion that fails leaves the epoch where it was, so the standby is
 never left ahead of the controller refusing the primary (hostile-review.md #5); the controller pairs again.
+
+A former primary that failed back keeps its retired workspace until the new GPU's first pass supersedes it; a
+failover inside that window promotes the retired workspace (``mode="retired"``), the newest copy there is.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ from .common import (
     write_atomic,
     write_epoch,
 )
-from .scan import CACHE_TRUST_SECONDS, CHUNK, HashLookup, manifest_digest, scan_tree
-from .snapshots import apply_attributes, list_snapshots, snapshot_manifest
+from .scan import CACHE_TRUST_SECONDS, CHUNK, HashLookup, manifest_digest, scan_tree, walk
+from .snapshots import apply_attributes, list_snapshots, snapshot_info, snapshot_manifest
 
 CP_TIMEOUT_SECONDS = 6 * 3600.0  # a whole first copy of a large workspace
 
@@ -296,6 +299,9 @@ def promote(args: Json) -> Json:
     epoch = int(args["epoch"])
     _refuse_older(epoch)
     seqs, mode = list_snapshots(), args.get("mode", "candidate")
+    retired = _retired_after_snapshots(seqs)
+    if retired is not None:
+        return _promote_retired(epoch, retired, started)
     candidate = candidate_seq() if mode == "candidate" else None
     if candidate is not None and (not seqs or candidate >= seqs[-1]):
         seq, tree, used = candidate, candidate_dir(), "candidate"
@@ -334,6 +340,50 @@ def promote(args: Json) -> Json:
         raise Failure("PromoteFailed", f"promoted snapshot {seq} but could not record it: {exc}") from exc
     return {"seq": seq, "mode": used, "digest": manifest_digest(entries), "displaced": displaced,
             "files": sum(1 for e in entries if e[KIND] == "f"), "seconds": time.time() - started}
+
+
+def _retired_after_snapshots(seqs: list[int]) -> str | None:
+    """The workspace this host served until a failback, if no snapshot committed since supersedes it.
+
+    A CPU that failed back retires its workspace (see :func:`retire_workspace`) and keeps it until the new GPU's
+    first pass commits; its snapshots are all older, from before the failover that made it the primary. If the
+    new GPU dies inside that window, this is the newest copy there is: promoting a snapshot would roll the user's
+    work back to before the first failover (a chaos finding).
+    """
+    retired = sorted((int(name[8:]), name) for name in _data_entries()
+                     if name.startswith("retired-") and name[8:].isdigit())
+    if not retired:
+        return None
+    epoch, name = retired[-1]
+    newest = snapshot_info(seqs[-1]).get("epoch") if seqs else None
+    if isinstance(newest, int) and newest > epoch:
+        return None  # a later pass committed, but the agent stopped before dropping the retirement
+    return os.path.join(data_dir(), name)
+
+
+def _data_entries() -> list[str]:
+    try:
+        return os.listdir(data_dir())
+    except FileNotFoundError:
+        return []
+
+
+def _promote_retired(epoch: int, retired: str, started: float) -> Json:
+    """Make a retired workspace live again (one rename); its first scan hashes it, as nothing vouches for it."""
+    displaced = _clear_workspace()
+    try:
+        os.rename(retired, workspace_dir())
+        invalidate_candidate()  # older than the workspace now live
+        unlink_if_present(promoted_manifest_path())  # an earlier promotion's hashes do not describe this tree
+        write_atomic(os.path.join(data_dir(), "promoted.json"),
+                     dump_json({"epoch": epoch, "seq": None, "mode": "retired", "at": time.time()}))
+        if epoch > read_epoch():
+            write_epoch(epoch)
+    except OSError as exc:
+        raise Failure("PromoteFailed", f"could not make the retired workspace {retired} live again: {exc}") from exc
+    files = sum(1 for _, st in walk(os.fsencode(workspace_dir())) if stat.S_ISREG(st.st_mode))
+    return {"seq": None, "mode": "retired", "digest": None, "displaced": displaced, "files": files,
+            "seconds": time.time() - started}
 
 
 def take_over(args: Json) -> Json:

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from dumont.config import Config
 from dumont.core import probes
@@ -276,7 +277,7 @@ class Controller:
         elif isinstance(action, StartRecovery):
             self._start_operation(rt, "recovery", "searching", reason)
         elif isinstance(action, ReplaceStandby):
-            self._start_operation(rt, "replace_standby", "creating", reason)
+            self._start_operation(rt, "replace_standby", "creating", reason, {"only_restart": action.only_restart})
         elif isinstance(action, RefreshAddress):
             await self._refresh_address(rt, action)
 
@@ -313,13 +314,14 @@ class Controller:
         if rt.operation is not None:
             self._start_operation(rt, rt.operation.kind, rt.operation.step, "resuming after a controller restart")
 
-    def _start_operation(self, rt: PairRuntime, kind: str, step: str, reason: str) -> None:
+    def _start_operation(self, rt: PairRuntime, kind: str, step: str, reason: str,
+                         data: dict[str, Any] | None = None) -> None:
         if rt.op_task is not None and not rt.op_task.done():
             return
         ctx = self.ctx
         existing = ctx.store.open_operation(rt.name)
         op_id = existing.id if existing is not None and existing.kind == kind else ctx.store.start_operation(
-            rt.name, kind, step)
+            rt.name, kind, step, data)
         row = ctx.store.operation(op_id)
         assert row is not None
         rt.operation = OperationStatus(kind, row.step, row.started_at)

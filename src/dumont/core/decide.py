@@ -115,7 +115,7 @@ def _handle_pause(plan: _Plan) -> bool:
     return True
 
 
-def _replace_standby(plan: _Plan, policy: Policy, sentence: str) -> None:
+def _replace_standby(plan: _Plan, policy: Policy, sentence: str, *, only_restart: bool = False) -> None:
     """Start a standby replacement, unless the hour's attempts are spent (each failed one was deleted)."""
     attempts = plan.observation.standby_attempts_last_hour
     if attempts >= policy.max_standby_attempts_per_hour:
@@ -123,7 +123,7 @@ def _replace_standby(plan: _Plan, policy: Policy, sentence: str) -> None:
                                        "waiting before trying again")
         plan.say(f"{sentence}; but {attempts} attempts failed in the last hour, so waiting before the next")
         return
-    plan.do(ReplaceStandby())
+    plan.do(ReplaceStandby(only_restart=only_restart))
     plan.say(sentence)
 
 
@@ -153,6 +153,15 @@ def _protecting(plan: _Plan, policy: Policy) -> None:
                     or standby_failures >= policy.standby_threshold)
     cause = _failover_cause(obs.primary, primary_failures, policy, operator_failover)
     if cause and standby_lost:
+        if _restartable(obs.standby):
+            # Its disk holds the snapshots: start it again and fail over to it (a chaos finding: the GPU killed
+            # while the standby was preempted left the pair waiting for ever).
+            assert obs.standby is not None
+            _replace_standby(plan, policy, f"the GPU is failing ({cause}) and the standby is "
+                                           f"{obs.standby.provider_state}: starting the standby again to fail over "
+                                           "to it", only_restart=True)
+            plan.become(PairState.STANDBY_LOST)
+            return
         plan.alert("both_lost", f"the GPU is failing ({cause}) and there is no healthy standby to take over")
         plan.say(f"cannot fail over: {cause}, but the standby is lost too")
         return
@@ -199,6 +208,15 @@ def _failover_cause(primary: HostHealth | None, failures: int, policy: Policy, o
     if failures >= policy.failover_threshold:
         return f"the GPU failed {failures} consecutive health checks ({primary.summary()})"
     return ""
+
+
+def _restartable(standby: HostHealth | None) -> bool:
+    """The provider stopped or preempted the standby with its disk kept: it can be started again."""
+    return standby is not None and standby.provider_state is not None and standby.provider_state.restartable
+
+
+def _gpu_failing(obs: Observation) -> bool:
+    return obs.primary is not None and (obs.primary.provider_says_lost or obs.primary.failed)
 
 
 def _standby_detail(obs: Observation) -> str:
@@ -306,12 +324,14 @@ def _recovering(plan: _Plan, policy: Policy) -> None:
 def _replacing_standby(plan: _Plan, policy: Policy) -> None:
     obs = plan.observation
     _take_ignored(plan, ("failover", "recover"), "ignored: the standby is being replaced")
-    if obs.primary is not None and (obs.primary.provider_says_lost or obs.primary.failed):
+    failing = _gpu_failing(obs)
+    if failing:
+        assert obs.primary is not None
         plan.alert("gpu_down_without_standby", f"the GPU is failing while the standby is being replaced "
                                                f"({obs.primary.summary()})")
     op = obs.operation
     if op is None or op.kind != "replace_standby":
-        _replace_standby(plan, policy, "creating a standby")
+        _replace_standby(plan, policy, "creating a standby", only_restart=failing)
     elif not op.finished:
         plan.say(f"creating a standby: {op.step} ({obs.now - op.started_at:.0f} s)")
     elif op.succeeded:
@@ -319,10 +339,12 @@ def _replacing_standby(plan: _Plan, policy: Policy) -> None:
         plan.clear("standby_attempts")
         plan.memory = replace(plan.memory, standby_failures=0)
         plan.become(PairState.SYNCING)
-        plan.say("the new standby is synced; the pair is protected again")
+        plan.say("the standby is back; failing over to it if the GPU is still failing" if failing else
+                 "the new standby is synced; the pair is protected again")
     else:
         plan.alert("standby_replace_failed", f"replacing the standby failed: {op.error}")
-        _replace_standby(plan, policy, f"replacing the standby failed ({op.error}); trying again")
+        _replace_standby(plan, policy, f"replacing the standby failed ({op.error}); trying again",
+                         only_restart=failing)
 
 
 def recovery_turns(waiting: Sequence[tuple[str, float]], in_flight: int, limit: int) -> frozenset[str]:

@@ -325,6 +325,7 @@ class _Provider:
         instance = self.instances[instance_id]
         instance.state, instance.ready_at = InstanceState.RUNNING, self.clock() + self.boot_seconds
         instance.port += 1  # a restart may bring it back elsewhere
+        self.hosts.machine(alias_for(self.name, instance_id)).reachable = True
 
     async def _destroy(self, instance_id: str) -> None:
         self._check("destroy")
@@ -419,8 +420,9 @@ class FakeCloud(_Provider):
         keys += [k for k in public_keys if k not in keys]
 
     async def preempt(self, instance_id: str) -> None:
-        """What GCE does to a spot VM: stopped, disk kept, reported PREEMPTED."""
+        """What GCE does to a spot VM: stopped (it answers nothing), disk kept, reported PREEMPTED."""
         self.instances[instance_id].state = InstanceState.PREEMPTED
+        self.hosts.machine(alias_for(self.name, instance_id)).reachable = False
 
 
 def offer(offer_id: str, *, machine: str | None = None, price: float = 0.3, country: str = "TH",

@@ -221,7 +221,11 @@ class StartRecovery(Action):
 
 @dataclass(frozen=True)
 class ReplaceStandby(Action):
-    """Create a new standby and fully sync it (SPEC §4.6), in the background."""
+    """Restart the lost standby or create a new one, and fully sync it (SPEC §4.6), in the background. With
+    ``only_restart`` (the GPU is failing too, so nothing could fill a new one) only start the stopped or preempted
+    standby again, with the snapshots its disk kept, so the pair can fail over to it."""
+
+    only_restart: bool = False
 
 
 @dataclass(frozen=True)

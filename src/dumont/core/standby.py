@@ -24,7 +24,6 @@ log = logging.getLogger("dumont.controller")
 
 FIRST_PASS_ATTEMPTS = 3
 DELETE_TIMEOUT = 300.0
-RESTARTABLE = frozenset({InstanceState.STOPPED, InstanceState.PREEMPTED})  # the disk is kept
 
 
 async def replace_standby(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
@@ -35,10 +34,16 @@ async def replace_standby(ctx: ControllerContext, rt: PairRuntime, op_id: int) -
 async def _replace(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
     if rt.primary is None:
         raise DumontError(f"{rt.name} has no primary to copy to a standby")
-    old = rt.standby
-    if old is not None and await _restart(ctx, rt, op_id, old):
-        return
     op = ctx.store.operation(op_id)
+    only_restart = bool(op and op.data.get("only_restart"))
+    old = rt.standby
+    if old is not None and await _restart(ctx, rt, op_id, old, fill=not only_restart):
+        return
+    if only_restart:
+        raise DumontError(f"{rt.name}'s GPU is failing and its standby could not be started again, so there is "
+                          "nothing to fail over to and nothing to fill a new standby from",
+                          hint="the GPU may come back (an outbid one when its bid wins again); if not, the data is "
+                               "on the stopped standby's disk")
     name = str(op.data.get("name") if op and op.data.get("name") else f"dumont-{rt.name}-standby-{op_id}")
     _step(ctx, rt, op_id, "creating", {"name": name})
     instance = await _create_or_find(ctx, rt, name)
@@ -58,20 +63,21 @@ async def _replace(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
         await _delete(ctx, rt, old.provider, old.instance_id, "it was lost and has been replaced", ref=old)
 
 
-async def _restart(ctx: ControllerContext, rt: PairRuntime, op_id: int, old: HostRef) -> bool:
-    """Start a stopped or preempted standby again; True when it is back with a complete snapshot."""
+async def _restart(ctx: ControllerContext, rt: PairRuntime, op_id: int, old: HostRef, *, fill: bool) -> bool:
+    """Start a stopped or preempted standby again; True when it is back with a complete snapshot (caught up with
+    the primary by a first pass when ``fill``; else with the snapshots its disk kept, for a failover)."""
     try:
         instance = await ctx.standby_cloud_of(rt.config).get(old.instance_id)
     except DumontError:
         return False
-    if instance.state not in RESTARTABLE:
+    if not instance.state.restartable:
         return False
     _step(ctx, rt, op_id, "restarting", {"instance_id": old.instance_id})
     try:
         async with asyncio.timeout(ctx.config.standby.boot_timeout_seconds):
             await ctx.standby_cloud_of(rt.config).start(old.instance_id)
         await ctx.hosts.forget(old, still_ready=True)  # a new address: old channels lead nowhere; its disk is the same
-        await _fill(ctx, rt, op_id, await ctx.standby_cloud_of(rt.config).get(old.instance_id))
+        await _fill(ctx, rt, op_id, await ctx.standby_cloud_of(rt.config).get(old.instance_id), first_pass=fill)
     except (DumontError, TimeoutError) as exc:
         ctx.event(rt.name, "standby_restart_failed",
                   f"could not bring standby {old.instance_id} back ({reason_of(exc)}); creating a new one")
@@ -80,17 +86,19 @@ async def _restart(ctx: ControllerContext, rt: PairRuntime, op_id: int, old: Hos
     return True
 
 
-async def _fill(ctx: ControllerContext, rt: PairRuntime, op_id: int, instance: Instance) -> HostRef:
+async def _fill(ctx: ControllerContext, rt: PairRuntime, op_id: int, instance: Instance, *,
+                first_pass: bool = True) -> HostRef:
     """Wait for the VM, ready it, make it present the pair's key, and copy the workspace onto it."""
     _step(ctx, rt, op_id, "waiting_ssh", {"instance_id": instance.instance_id})
     new = await _wait_running(ctx, instance)
     await ctx.ensure_ready(new)
     await ctx.hosts.certify_host(new, rt.name)
-    _step(ctx, rt, op_id, "syncing", {})
     rt.standby, rt.paired_epoch = new, None
     ctx.store.save_pair(rt.row())
-    assert rt.primary is not None
-    await _first_pass(ctx, rt, rt.primary, new)
+    if first_pass:
+        _step(ctx, rt, op_id, "syncing", {})
+        assert rt.primary is not None
+        await _first_pass(ctx, rt, rt.primary, new)
     return new
 
 
@@ -135,7 +143,7 @@ async def _wait_running(ctx: ControllerContext, instance: Instance) -> HostRef:
         if ctx.clock() > deadline:
             raise DumontError(f"standby {instance.instance_id} was not running after "
                               f"{ctx.config.standby.boot_timeout_seconds:g} s (state {instance.raw_state})")
-        if instance.state in RESTARTABLE:
+        if instance.state.restartable:
             await cloud.start(instance.instance_id)
         await ctx.sleep(1.0)  # the provider has no push notification; poll, bounded by the deadline
         instance = await cloud.get(instance.instance_id)

@@ -38,6 +38,11 @@ class InstanceState(enum.StrEnum):
                         InstanceState.TERMINATED}
 
     @property
+    def restartable(self) -> bool:
+        """Stopped with its disk kept, and started again on request (an outbid Vast instance waits for its bid)."""
+        return self in {InstanceState.STOPPED, InstanceState.PREEMPTED}
+
+    @property
     def is_failed(self) -> bool:
         """The provider says the instance will never run: stop waiting for it now (its status message says why)."""
         return self is InstanceState.FAILED

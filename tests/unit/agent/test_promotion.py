@@ -277,3 +277,31 @@ def test_without_a_working_cp_the_first_candidate_is_copied_entry_by_entry(
     assert promotion.candidate_seq() == 1
     assert describe_tree(candidate) == describe_tree(snapshot)
     assert not inodes(candidate) & inodes(snapshot)
+
+
+def test_a_failover_right_after_a_failback_promotes_the_retired_workspace_not_an_older_snapshot(host: Path) -> None:
+    """A chaos finding: the new GPU outbid before its first pass to the CPU; the CPU's snapshots predate the first
+    failover, so promoting one would roll back everything written on the CPU meanwhile."""
+    build(host / "source")
+    commit_source(host, 1)  # the CPU as a standby, before the first failover
+    promotion.promote({"epoch": 2, "mode": "candidate"})  # the first failover: the CPU serves
+    (host / "workspace" / "sub" / "notes.txt").write_text("written on the CPU")
+    promotion.retire_workspace({"epoch": 3})  # the failback: the new GPU serves, the CPU is the standby again
+    result = promotion.take_over({"epoch": 4, "pair": "main"})  # the new GPU is lost before any pass
+    assert (result["mode"], result["seq"], result["files"]) == ("retired", None, 3)
+    assert (host / "workspace" / "sub" / "notes.txt").read_text() == "written on the CPU"
+    assert common.read_epoch() == 4 and not list(Path(common.data_dir()).glob("retired-*"))
+
+
+def test_a_retirement_superseded_by_a_later_snapshot_is_not_promoted(host: Path) -> None:
+    build(host / "source")
+    commit_source(host, 1)
+    promotion.promote({"epoch": 2, "mode": "candidate"})
+    promotion.retire_workspace({"epoch": 3})
+    (Path(common.data_dir()) / "kept").mkdir()
+    os.rename(Path(common.data_dir()) / "retired-2", Path(common.data_dir()) / "kept" / "retired-2")
+    (host / "source" / "sub" / "notes.txt").write_text("from the new GPU")
+    commit_source(host, 2, epoch=3)  # the new GPU's first pass
+    os.rename(Path(common.data_dir()) / "kept" / "retired-2", Path(common.data_dir()) / "retired-2")  # not dropped
+    assert promotion.take_over({"epoch": 4, "pair": "main"})["mode"] != "retired"
+    assert (host / "workspace" / "sub" / "notes.txt").read_text() == "from the new GPU"

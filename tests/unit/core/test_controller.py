@@ -274,3 +274,25 @@ async def test_a_standby_preempted_again_and_again_is_replaced_each_time_within_
         assert world.clock() - began < 3600
         assert not [e for e in world.ctx.store.events(limit=10_000) if e.kind == "alert"
                     and "attempts to create a standby" in e.reason]
+
+
+async def test_a_gpu_lost_while_its_standby_is_preempted_fails_over_once_the_standby_is_started_again(
+        tmp_path: Path) -> None:
+    """A chaos finding: the GPU killed while its standby was preempted left the pair waiting for ever ("cannot fail
+    over"). The standby's disk holds the snapshot: it is started again (no new VM, nothing copied from the dead
+    GPU), and the pair fails over to it."""
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        controller = controller_of(world, rt)
+        gpu, standby = rt.primary, rt.standby
+        assert gpu is not None and standby is not None
+        kept = dict(world.machine(standby).snapshots[-1])
+        await world.cloud.preempt(standby.instance_id)
+        world.market.instances[gpu.instance_id].state = InstanceState.OFFLINE
+        world.machine(gpu).reachable = False
+        await tick_until(world, controller, rt, lambda r=rt: r.primary is not None and r.primary.role == "cpu")
+        assert rt.primary is not None and rt.primary.instance_id == standby.instance_id
+        assert world.machine(rt.primary).workspace == kept
+        assert world.reasons("standby_restarted") and not world.reasons("standby_created")
+        assert sorted(world.cloud.instances) == [standby.instance_id]
+        assert [b for _, b, _ in state_changes(world)][:2] == ["standby_lost", "syncing"]

@@ -88,8 +88,14 @@ CASES = [
      "the provider reports the GPU offline"),
     ("operator failover", obs(intents=(Intent(7, "failover", NOW),)), Memory(), ["ConsumeIntent", "FailOver"],
      "failing over to the standby: an operator asked for a failover"),
-    ("no failover without a standby", obs(primary=failing(), standby=provider(InstanceState.PREEMPTED, "preempted")),
-     Memory(primary_failures=2), ["Alert"], "cannot fail over: the GPU failed 3 consecutive health checks"),
+    ("no failover without a healthy standby", obs(primary=failing(), standby=failing()),
+     Memory(primary_failures=2, standby_failures=2), ["Alert"],
+     "cannot fail over: the GPU failed 3 consecutive health checks"),
+    ("GPU and standby lost, the standby preempted: it is started again to fail over to it",
+     obs(primary=provider(InstanceState.OFFLINE, "offline"), standby=provider(InstanceState.PREEMPTED, "preempted")),
+     Memory(), ["ReplaceStandby", "SetState"],
+     "the GPU is failing (the provider reports the GPU offline (offline)) and the standby is preempted: starting "
+     "the standby again to fail over to it"),
     ("auto_failover off waits for an operator", obs(primary=failing()), Memory(primary_failures=2), None,
      "auto_failover is off, waiting for an operator"),
     ("standby preempted is replaced, GPU untouched", obs(standby=provider(InstanceState.PREEMPTED, "preempted")),
@@ -205,6 +211,21 @@ def test_intents_are_always_consumed() -> None:
                           operation=OperationStatus("recovery", "renting", NOW))
         decision = decide(observation, Memory(), POLICY)
         assert any(isinstance(a, ConsumeIntent) and a.intent_id == 9 for a in decision.actions), state
+
+
+def test_with_the_gpu_failing_a_standby_is_only_started_again_never_created() -> None:
+    """Nothing could fill a new standby from a failing GPU: every attempt only restarts the stopped one."""
+    both = obs(primary=provider(InstanceState.OFFLINE, "offline"), standby=provider(InstanceState.STOPPED, "stopped"))
+    assert decide(both, Memory(), POLICY).actions[0] == ReplaceStandby(only_restart=True)
+    failed = obs(PairState.STANDBY_LOST, primary=provider(InstanceState.OFFLINE, "offline"),
+                 standby=provider(InstanceState.STOPPED, "stopped"), operation=OperationStatus(
+                     "replace_standby", "restarting", NOW - 5, finished=True, error="boot timed out"))
+    assert ReplaceStandby(only_restart=True) in decide(failed, Memory(), POLICY).actions
+    back = replace(failed, primary=healthy())
+    assert ReplaceStandby(only_restart=False) in decide(back, Memory(), POLICY).actions
+    done = replace(failed, operation=OperationStatus("replace_standby", "restarting", NOW - 5, finished=True,
+                                                     succeeded=True))
+    assert "failing over to it if the GPU is still failing" in decide(done, Memory(), POLICY).reason
 
 
 def test_start_recovery_and_replace_standby_are_background_actions() -> None:
