@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.stack import Stack, running_stack
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # timings and lags measured: run alone
 
 
 @pytest.fixture

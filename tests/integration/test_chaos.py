@@ -8,8 +8,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
+
 from dumont.chaos.campaign import SUPPORTED, ChaosOptions, run_chaos
 from dumont.chaos.schedule import plan
+
+pytestmark = pytest.mark.serial  # its bounds are promises in seconds: run alone
 
 log = logging.getLogger("tests.chaos")
 

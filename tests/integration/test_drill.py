@@ -10,38 +10,65 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # timings and lags measured: run alone
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
-def drill(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """Run the drill CLI as its own process (it runs the local cloud and the controller inside it)."""
-    argv = [sys.executable, "-m", "dumont", "drill", "--out", str(out), "--files", "20", "--passes", "2", *extra]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, stdin=subprocess.DEVNULL)
+Run = tuple[Path, "subprocess.CompletedProcess[str]"]  # where a drill wrote its report, and how it exited
+# Every drill this module checks: the default scenario clean, then with a file damaged on the standby before the
+# failure and every host behind a WAN link (the same story, measured again; only its integrity check must fail),
+# and the other scenarios.
+DRILLS: dict[str, tuple[str, ...]] = {
+    "clean": (), "corrupted": ("--corrupt-standby", "config.json", "--link", "wan"),
+    "gpu-partition": ("--scenario", "gpu-partition"), "standby-preempt": ("--scenario", "standby-preempt"),
+    "gpu-outbid": ("--scenario", "gpu-outbid"),
+}
+
+
+def drill_argv(out: Path, *extra: str) -> list[str]:
+    """The drill CLI as its own process (it runs the local cloud and the controller inside it)."""
+    return [sys.executable, "-m", "dumont", "drill", "--out", str(out), "--files", "20", "--passes", "2", *extra]
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
-    """Two consecutive drills of the default scenario: a clean one, and one with a file damaged on the standby
-    before the failure, every host behind a WAN link (the same story, measured again; only its integrity check
-    must fail)."""
-    runs = {}
-    for name, extra in (("clean", ()), ("corrupted", ("--corrupt-standby", "config.json", "--link", "wan"))):
-        out = tmp_path_factory.mktemp(f"drill-{name}")
-        runs[name] = (out, drill(out, *extra))
-    return runs
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Every drill of :data:`DRILLS`, all at once: each is its own local cloud on its own ports and mostly waits
+    on its hosts, so the five take about as long as the WAN one alone."""
+    started = {}
+    try:
+        for name, extra in DRILLS.items():
+            out = tmp_path_factory.mktemp(f"drill-{name}")
+            argv = drill_argv(out, *extra)
+            started[name] = (out, argv, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                         stdin=subprocess.DEVNULL, text=True))
+        finished = {}
+        for name, (out, argv, proc) in started.items():
+            stdout, stderr = proc.communicate(timeout=600)
+            finished[name] = (out, subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr))
+        return finished
+    finally:
+        for _, _, proc in started.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture
-def clean_run(two_runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]) -> Path:
+def two_runs(runs: dict[str, Run]) -> dict[str, Run]:
+    """Two drills of the default scenario: the clean one and the corrupted one on a WAN link."""
+    return {name: runs[name] for name in ("clean", "corrupted")}
+
+
+@pytest.fixture
+def clean_run(two_runs: dict[str, Run]) -> Path:
     out, result = two_runs["clean"]
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 
 
 def test_two_runs_measure_different_timings_and_the_clean_one_passes(
-        two_runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]], clean_run: Path) -> None:
+        two_runs: dict[str, Run], clean_run: Path) -> None:
     """Given two consecutive drills, each reports its own measured timings (nothing hard-coded)."""
     reports = [json.loads((out / "report.json").read_text()) for out, _ in two_runs.values()]
     assert reports[0]["ok"]
@@ -58,7 +85,7 @@ def test_two_runs_measure_different_timings_and_the_clean_one_passes(
 
 
 def test_a_corrupted_standby_file_fails_the_drill_and_names_it(
-        two_runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]) -> None:
+        two_runs: dict[str, Run]) -> None:
     """Given a file damaged on the standby before the failure, then the drill fails and the report names it."""
     out, result = two_runs["corrupted"]
     assert result.returncode == 1, result.stdout + result.stderr
@@ -70,7 +97,7 @@ def test_a_corrupted_standby_file_fails_the_drill_and_names_it(
 
 
 def test_on_a_wan_link_the_report_says_what_the_link_did_to_each_phase(
-        two_runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]) -> None:
+        two_runs: dict[str, Run]) -> None:
     """Given every host behind 180 ms and 200 Mbit/s, the checks are fitted to it (no false failover) and the
     restore is set beside a plain rsync -a of the same tree over the same link."""
     out, _ = two_runs["corrupted"]
@@ -115,12 +142,12 @@ def test_promtool_accepts_the_metrics_scraped_during_a_drill(clean_run: Path) ->
 
 
 @pytest.mark.parametrize("scenario", ["gpu-partition", "standby-preempt", "gpu-outbid"])
-def test_other_scenarios_pass(tmp_path: Path, scenario: str) -> None:
+def test_other_scenarios_pass(runs: dict[str, Run], scenario: str) -> None:
     """A hung GPU fails over on the three-strike path; a preempted standby is replaced with the GPU untouched; an
     outbid GPU's writes after its last pass are salvaged onto the new GPU and listed in the report."""
-    result = drill(tmp_path, "--scenario", scenario)
+    out, result = runs[scenario]
     assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     detection = next(p for p in report["phases"] if p["key"] == "detection")
     if scenario == "gpu-outbid":
         checks = {c["name"]: c for c in report["checks"]}

@@ -13,7 +13,7 @@ import pytest
 from dumont.localcloud.link import LinkSpec
 from tests.integration.stack import Stack, running_stack
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # timings and lags measured: run alone
 
 
 def synced(status: dict[str, Any]) -> bool:

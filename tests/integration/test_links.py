@@ -19,6 +19,8 @@ from dumont.localcloud.hosts import LocalHost
 from dumont.localcloud.link import PROFILES, LinkRelay, LinkSpec, parse_duration, parse_rate, profile
 from tests.conftest import Cloud
 
+pytestmark = pytest.mark.serial  # round trips and rates measured against the set link: run alone
+
 
 @pytest.fixture
 def relay() -> Iterator[LinkRelay]:

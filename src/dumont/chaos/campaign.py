@@ -377,15 +377,17 @@ class Injector:
         self._restarting = asyncio.Lock()
 
     def _host(self, pair: str, role: str) -> Any:
-        ref = self.observer.status.get(pair, {}).get(role)
-        if not ref or (role == "primary" and ref["role"] != "gpu"):
-            return None
-        return self.stack.host(str(ref["instance_id"]))
+        """The GPU serving the pair (``gpu``), or its CPU VM (``cpu``: the standby, or the primary while failed
+        over: a spot VM can be preempted while it serves too)."""
+        status = self.observer.status.get(pair, {})
+        refs = (status.get("primary"), status.get("standby")) if role == "cpu" else (status.get("primary"),)
+        ref = next((r for r in refs if r and r["role"] == role), None)
+        return self.stack.host(str(ref["instance_id"])) if ref else None
 
     async def inject(self, planned: PlannedFault) -> Fault | None:
         """Apply ``planned``; return the fault as it happened (None: nothing to hit, it is skipped)."""
         kind = planned.kind
-        target = self._host(planned.pair, "standby" if kind.startswith("standby") else "primary")
+        target = self._host(planned.pair, "cpu" if kind.startswith("standby") else "gpu")
         if kind in ("gpu_kill", "gpu_outbid", "gpu_blackhole", "standby_preempt", "link_degrade",
                     "host_key_change") and target is None:
             return None

@@ -3,7 +3,8 @@ seed and the time to replay it.
 
 The rules, per pair:
 - **nothing acknowledged is lost** beyond the RPO bound: a record acknowledged more than ``rpo_bound`` before a
-  failover, or acknowledged after the last failover, must be in the workspace at the end;
+  failover, or acknowledged after the last failover, must be in the workspace at the end (judged only for a pair
+  protected at the end: for one that is not, that is the violation);
 - **nothing torn**: the snapshot checks found no torn, partial or mixed-version file;
 - **no false failover**: every failover follows a fault that justifies one (a GPU fault on that pair) by at most
   ``detection_bound`` seconds after the fault began (or while it lasted);
@@ -81,7 +82,14 @@ def outcomes(history: PairHistory, bounds: Bounds) -> list[FaultOutcome]:
     return sorted(by_kind.values(), key=lambda o: o.kind)
 
 
+def _ended_unprotected(history: PairHistory) -> bool:
+    last = max(history.protection, key=lambda s: s.at, default=None)
+    return last is not None and not last.protected
+
+
 def _lost_records(history: PairHistory, bounds: Bounds) -> list[Violation]:
+    if _ended_unprotected(history):
+        return []  # its final workspace is no protected copy to count records in: "not protected at the end" says so
     failovers = sorted(f.at for f in history.failovers)
     missing = []
     for record in history.records:
@@ -174,8 +182,9 @@ def _unprotected(history: PairHistory, bounds: Bounds) -> list[Violation]:
         found.append(Violation("not protected again in time", history.pair, fault.ended,
                                f"after {fault.kind} ({fault.detail or 'no detail'}): {seen} "
                                f"(bound {bounds.recovery:g} s)"))
-    last = max(history.protection, key=lambda s: s.at, default=None)
-    if last is not None and not last.protected:
-        found.append(Violation("not protected at the end", history.pair, last.at,
-                               "the campaign ended with the pair unprotected"))
+    if _ended_unprotected(history):
+        last = max(s.at for s in history.protection)
+        found.append(Violation("not protected at the end", history.pair, last,
+                               "the campaign ended with the pair unprotected (so its acknowledged records were not "
+                               "counted: its final workspace is no protected copy)"))
     return found

@@ -38,6 +38,7 @@ from dumont.core.model import (
     ReplaceStandby,
     RunSync,
     SetState,
+    StartCpu,
     StartRecovery,
 )
 from dumont.core.pair import PairRuntime, cancel, run_sync, start_background
@@ -47,6 +48,8 @@ from dumont.errors import DumontError
 from dumont.providers.base import Instance, ProviderUnavailable
 
 log = logging.getLogger("dumont.controller")
+
+START_TIMEOUT_SECONDS = 60.0  # asking the cloud to start a VM (the boot itself is observed, not awaited)
 
 
 def policy_of(config: Config) -> Policy:
@@ -280,6 +283,21 @@ class Controller:
             self._start_operation(rt, "replace_standby", "creating", reason, {"only_restart": action.only_restart})
         elif isinstance(action, RefreshAddress):
             await self._refresh_address(rt, action)
+        elif isinstance(action, StartCpu):
+            await self._start_cpu(rt)
+
+    async def _start_cpu(self, rt: PairRuntime) -> None:
+        cpu = rt.primary if rt.primary is not None and rt.primary.role == "cpu" else rt.standby
+        if cpu is None:
+            return
+        try:
+            async with asyncio.timeout(START_TIMEOUT_SECONDS):
+                await self.ctx.cloud(cpu.provider).start(cpu.instance_id)
+        except TimeoutError:
+            raise DumontError(f"{cpu.provider} did not answer a start of {cpu.instance_id} within "
+                              f"{START_TIMEOUT_SECONDS:g} s", hint="the next tick asks again") from None
+        self.ctx.event(rt.name, "cpu_started", f"asked {cpu.provider} to start {cpu.instance_id} again; its disk "
+                                               "holds the workspace", {"instance_id": cpu.instance_id})
 
     async def _refresh_address(self, rt: PairRuntime, action: RefreshAddress) -> None:
         """Follow a host to the address its provider reports now; its pinned host key stays as it was."""

@@ -24,6 +24,7 @@ from dumont.core.model import (
     ReplaceStandby,
     RunSync,
     SetState,
+    StartCpu,
     StartRecovery,
 )
 
@@ -274,10 +275,17 @@ def _take_intent(plan: _Plan, kind: str) -> bool:
 def _failed_over(plan: _Plan, policy: Policy) -> None:
     """The CPU serves the endpoint; start a recovery if allowed."""
     obs = plan.observation
-    asked = _take_intent(plan, "recover")
     _take_ignored(plan, ("failover", "sync"), "ignored: the pair is failed over")
     if obs.primary is not None and obs.primary.provider_says_lost:
         plan.alert("cpu_lost", f"the CPU serving the pair is lost too ({obs.primary.provider_detail})")
+        if _restartable(obs.primary):
+            # Its disk holds the only workspace: a recovery now could restore nothing (and would rent for it). An
+            # operator's `dumont recover` stays pending until the CPU is back.
+            plan.do(StartCpu())
+            plan.say(f"the CPU serving the endpoint is {obs.primary.provider_state}; starting it again, its disk "
+                     "holds the workspace")
+            return
+    asked = _take_intent(plan, "recover")
     if not (asked or policy.auto_recovery):
         plan.say("the CPU serves the endpoint; auto_recovery is off, waiting for `dumont recover`")
         return

@@ -229,6 +229,12 @@ class ReplaceStandby(Action):
 
 
 @dataclass(frozen=True)
+class StartCpu(Action):
+    """Ask the standby cloud to start the pair's CPU VM again (stopped or preempted, its disk kept); the next
+    observations follow it to the address it comes back on."""
+
+
+@dataclass(frozen=True)
 class RefreshAddress(Action):
     """Reach a host (``primary`` or ``standby``) at the address its provider now reports; its key stays pinned."""
 

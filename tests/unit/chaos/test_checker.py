@@ -92,6 +92,15 @@ def test_a_pair_not_protected_in_time_or_at_the_end_is_caught() -> None:
     assert rules(history) == ["not protected again in time", "not protected at the end"]
 
 
+def test_a_pair_unprotected_at_the_end_is_one_violation_not_every_record_lost() -> None:
+    """Its final workspace is a dead GPU's: counting records there named thousands "lost" in a 60-minute run."""
+    history = clean_history()
+    history.protection[-1] = Protection("main", 200.0, False)
+    history.final_records = set()
+    [violation] = check(history, BOUNDS)
+    assert violation.rule == "not protected at the end" and "records were not counted" in violation.detail
+
+
 def test_a_fault_that_comes_before_the_last_one_recovered_rolls_the_bound_over() -> None:
     history = clean_history()
     history.faults.append(Fault("standby_preempt", "main", 140.0, 140.0, "dumont-main-standby-1"))

@@ -296,3 +296,26 @@ async def test_a_gpu_lost_while_its_standby_is_preempted_fails_over_once_the_sta
         assert world.reasons("standby_restarted") and not world.reasons("standby_created")
         assert sorted(world.cloud.instances) == [standby.instance_id]
         assert [b for _, b, _ in state_changes(world)][:2] == ["standby_lost", "syncing"]
+
+
+async def test_a_cpu_preempted_while_it_serves_is_started_again_before_any_gpu_is_rented(tmp_path: Path) -> None:
+    """The CPU holds the only workspace once the GPU is gone: a recovery could restore nothing from a preempted one
+    (and rented a GPU for each attempt). It is started again, the endpoint follows it, and then it recovers."""
+    world = make_world(tmp_path, {"auto_recovery": False})
+    async for rt in synced_pair(world):
+        controller = controller_of(world, rt)
+        assert rt.primary is not None
+        world.market.instances[rt.primary.instance_id].state = InstanceState.OFFLINE
+        await tick_until(world, controller, rt, lambda r=rt: r.state == PairState.FAILED_OVER)
+        cpu = rt.primary
+        assert cpu is not None and cpu.role == "cpu"
+        await world.cloud.preempt(cpu.instance_id)
+        moved = cpu.ssh_port
+        await tick_until(world, controller, rt, lambda r=rt, m=moved: r.primary is not None and r.primary.ssh_port != m)
+        assert world.cloud.calls["start"] == 1 and world.reasons("cpu_started")
+        assert rt.endpoint.relay.stats().target == (rt.primary.ssh_host, rt.primary.ssh_port), "the endpoint followed"
+        assert sorted(world.market.instances) == ["30000001"], "no GPU rented while the CPU was down"
+        world.ctx.store.add_intent("main", "recover")
+        await tick_until(world, controller, rt, lambda r=rt: r.state == PairState.SYNCING and r.epoch == 3)
+        assert rt.primary is not None and rt.primary.role == "gpu"
+        assert world.machine(rt.primary).workspace == world.machine(rt.standby).snapshots[-1]
