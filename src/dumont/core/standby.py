@@ -70,17 +70,22 @@ async def _restart(ctx: ControllerContext, rt: PairRuntime, op_id: int, old: Hos
         instance = await ctx.standby_cloud_of(rt.config).get(old.instance_id)
     except DumontError:
         return False
-    if not instance.state.restartable:
+    # Without a fill, one already running or booting again (an earlier attempt started it, then failed to fill it from a GPU
+    # that was failing meanwhile) is as good: its disk is what the failover needs.
+    running = instance.state in (InstanceState.RUNNING, InstanceState.PENDING) and not fill
+    if not (instance.state.restartable or running):
         return False
     _step(ctx, rt, op_id, "restarting", {"instance_id": old.instance_id})
     try:
-        async with asyncio.timeout(ctx.config.standby.boot_timeout_seconds):
-            await ctx.standby_cloud_of(rt.config).start(old.instance_id)
+        if not running:
+            async with asyncio.timeout(ctx.config.standby.boot_timeout_seconds):
+                await ctx.standby_cloud_of(rt.config).start(old.instance_id)
         await ctx.hosts.forget(old, still_ready=True)  # a new address: old channels lead nowhere; its disk is the same
         await _fill(ctx, rt, op_id, await ctx.standby_cloud_of(rt.config).get(old.instance_id), first_pass=fill)
     except (DumontError, TimeoutError) as exc:
+        then = "creating a new one" if fill else "the next attempt tries again"
         ctx.event(rt.name, "standby_restart_failed",
-                  f"could not bring standby {old.instance_id} back ({reason_of(exc)}); creating a new one")
+                  f"could not bring standby {old.instance_id} back ({reason_of(exc)}); {then}")
         return False
     ctx.event(rt.name, "standby_restarted", f"standby {old.instance_id} is back with a complete snapshot")
     return True

@@ -75,3 +75,22 @@ async def test_a_new_standby_whose_first_pass_keeps_failing_is_deleted(tmp_path:
         succeeded, error = await run_replacement(world, rt)
         assert not succeeded and "first full pass" in (error or "") and "1 MB free" in (error or "")
         assert world.cloud.instances == {} and name in world.cloud.destroyed
+
+
+async def test_with_the_gpu_failing_a_standby_already_running_again_is_taken_as_it_is(tmp_path: Path) -> None:
+    """An earlier attempt started the preempted standby and then failed to fill it from a GPU that was failing
+    meanwhile: the attempt that only restarts takes it as it is (its disk is what a failover needs), no new VM."""
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        old = rt.standby
+        assert old is not None and rt.primary is not None
+        await world.cloud.preempt(old.instance_id)
+        await world.cloud.start(old.instance_id)  # running again, on another address
+        world.machine(rt.primary).reachable = False
+        op_id = world.ctx.store.start_operation("main", "replace_standby", "creating", {"only_restart": True})
+        await replace_standby(world.ctx, rt, op_id)
+        row = world.ctx.store.operation(op_id)
+        assert row is not None and row.succeeded, row
+        assert rt.standby is not None and rt.standby.ssh_port != old.ssh_port
+        assert sorted(world.cloud.instances) == [old.instance_id] and world.cloud.calls["start"] == 1
+        assert ("run_pass", rt.standby.alias) not in world.hosts.calls, "nothing copied from the failing GPU"
