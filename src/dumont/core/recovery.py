@@ -47,6 +47,14 @@ async def _recover(ctx: ControllerContext, rt: PairRuntime, op_id: int) -> None:
     cpu = rt.primary
     if cpu is None:
         raise DumontError(f"{rt.name} has no primary to restore from")
+    if cpu.role == "gpu":
+        # The failback happened and the controller was killed before the recovery was recorded as over: only the
+        # clean-up is left. (A chaos finding: "restoring" from the GPU now serving onto a new one, or onto itself,
+        # made that GPU the pair's standby and lost the CPU, still billed, from the pair.)
+        ctx.event(rt.name, "recovery_resumed", f"the failback to {cpu.instance_id} was done before a controller "
+                                               "restart; cleaning up the failed GPUs")
+        await _clean_up_failed(ctx, rt)
+        return
 
     announced: list[str] = []
 

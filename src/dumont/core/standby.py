@@ -70,8 +70,8 @@ async def _restart(ctx: ControllerContext, rt: PairRuntime, op_id: int, old: Hos
         instance = await ctx.standby_cloud_of(rt.config).get(old.instance_id)
     except DumontError:
         return False
-    # Without a fill, one already running or booting again (an earlier attempt started it, then failed to fill it from a GPU
-    # that was failing meanwhile) is as good: its disk is what the failover needs.
+    # Without a fill, one already running or booting again (an earlier attempt started it, then failed to fill it
+    # from a GPU that was failing meanwhile) is as good: its disk is what the failover needs.
     running = instance.state in (InstanceState.RUNNING, InstanceState.PENDING) and not fill
     if not (instance.state.restartable or running):
         return False

@@ -319,3 +319,16 @@ async def test_a_cpu_preempted_while_it_serves_is_started_again_before_any_gpu_i
         await tick_until(world, controller, rt, lambda r=rt: r.state == PairState.SYNCING and r.epoch == 3)
         assert rt.primary is not None and rt.primary.role == "gpu"
         assert world.machine(rt.primary).workspace == world.machine(rt.standby).snapshots[-1]
+
+
+async def test_a_pair_still_recorded_recovering_after_its_failback_is_protected_again_renting_nothing(
+        tmp_path: Path) -> None:
+    """Killed between the failback and the state change, the controller restarts with the pair "recovering", no
+    open operation, the new GPU serving and the CPU its standby: it must not start another recovery from the GPU."""
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        rt.state = PairState.RECOVERING
+        controller = controller_of(world, rt)
+        cpu = rt.standby
+        await tick_until(world, controller, rt, lambda r=rt: r.state == PairState.SYNCING)
+        assert sorted(world.market.instances) == ["30000001"] and rt.standby == cpu

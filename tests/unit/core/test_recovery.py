@@ -211,3 +211,24 @@ async def test_a_salvage_that_fails_never_blocks_the_failback(world: World) -> N
         assert succeeded, error
         assert "copy refused" in world.reasons("salvage_failed")[0]
         assert gpu.instance_id in world.market.destroyed
+
+
+async def test_a_recovery_resumed_after_its_failback_only_cleans_up(world: World, failed_over: PairRuntime) -> None:
+    """A chaos finding: the controller killed after the failback but before the recovery was recorded as over.
+    Resumed, it used to "restore" from the GPU now serving (onto itself, its id in the operation) and made that
+    GPU the standby, losing the CPU from the pair while it stayed billed. It only cleans up now."""
+    rt, cpu = failed_over, failed_over.primary
+    assert cpu is not None
+    succeeded, error = await run_recovery(world, rt)
+    assert succeeded, error
+    gpu = rt.primary
+    assert gpu is not None and gpu.role == "gpu" and rt.standby == cpu
+    world.ctx.store.record_host("vast", "30000009", "main", "gpu", "a failed GPU the clean-up had not reached")
+    world.market._new("30000009")
+    op_id = world.ctx.store.start_operation("main", "recovery", "switching_back", {"instance_id": gpu.instance_id})
+    await recover(world.ctx, rt, op_id)
+    row = world.ctx.store.operation(op_id)
+    assert row is not None and row.succeeded, row
+    assert rt.primary == gpu and rt.standby == cpu, "the CPU is still the standby"
+    assert sorted(world.market.instances) == [gpu.instance_id], "nothing rented, the failed GPU destroyed"
+    assert world.reasons("recovery_resumed")[-1].startswith(f"the failback to {gpu.instance_id} was done")
