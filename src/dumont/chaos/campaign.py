@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from dumont.chaos.checker import Bounds, FaultOutcome, Violation, check, outcomes
+from dumont.chaos.checker import Bounds, FaultOutcome, Violation, check, ended_unprotected, outcomes
 from dumont.chaos.history import FAULT_KINDS, Failover, Fault, PairHistory, Protection, Record, Rental
 from dumont.chaos.process import ControllerProcess
 from dumont.chaos.schedule import PlannedFault, plan
@@ -98,7 +98,7 @@ class ChaosResult:
             back = (f"{statistics.median(o.back_in):.1f} s / {max(o.back_in):.1f} s" if o.back_in else "n/a")
             lines.append(f"{o.kind:<18}{o.count:>7}{o.failovers:>11}{back:>34}")
         hs = self.histories.values()
-        lost = [age for h in hs for age in _lost_ages(h)]
+        lost = [age for h in hs if not ended_unprotected(h) for age in _lost_ages(h)]  # as the checker counts
         worst = f", the oldest {max(lost):.1f} s before its failover" if lost else ""
         lines += [f"acknowledged records lost at failovers (within the RPO bound of {self.bounds.rpo:g} s): "
                   f"{len(lost)}{worst}"]

@@ -82,13 +82,14 @@ def outcomes(history: PairHistory, bounds: Bounds) -> list[FaultOutcome]:
     return sorted(by_kind.values(), key=lambda o: o.kind)
 
 
-def _ended_unprotected(history: PairHistory) -> bool:
+def ended_unprotected(history: PairHistory) -> bool:
+    """The pair's last sample saw it unprotected (its final workspace is no protected copy)."""
     last = max(history.protection, key=lambda s: s.at, default=None)
     return last is not None and not last.protected
 
 
 def _lost_records(history: PairHistory, bounds: Bounds) -> list[Violation]:
-    if _ended_unprotected(history):
+    if ended_unprotected(history):
         return []  # its final workspace is no protected copy to count records in: "not protected at the end" says so
     failovers = sorted(f.at for f in history.failovers)
     missing = []
@@ -182,7 +183,7 @@ def _unprotected(history: PairHistory, bounds: Bounds) -> list[Violation]:
         found.append(Violation("not protected again in time", history.pair, fault.ended,
                                f"after {fault.kind} ({fault.detail or 'no detail'}): {seen} "
                                f"(bound {bounds.recovery:g} s)"))
-    if _ended_unprotected(history):
+    if ended_unprotected(history):
         last = max(s.at for s in history.protection)
         found.append(Violation("not protected at the end", history.pair, last,
                                "the campaign ended with the pair unprotected (so its acknowledged records were not "
