@@ -350,8 +350,7 @@ def _retired_after_snapshots(seqs: list[int]) -> str | None:
     new GPU dies inside that window, this is the newest copy there is: promoting a snapshot would roll the user's
     work back to before the first failover (a chaos finding).
     """
-    retired = sorted((int(name[8:]), name) for name in _data_entries()
-                     if name.startswith("retired-") and name[8:].isdigit())
+    retired = _retirements()
     if not retired:
         return None
     epoch, name = retired[-1]
@@ -361,11 +360,13 @@ def _retired_after_snapshots(seqs: list[int]) -> str | None:
     return os.path.join(data_dir(), name)
 
 
-def _data_entries() -> list[str]:
+def _retirements() -> list[tuple[int, str]]:
+    """The retired workspaces in the data directory, (epoch they were live in, name), oldest first."""
     try:
-        return os.listdir(data_dir())
+        names = os.listdir(data_dir())
     except FileNotFoundError:
         return []
+    return sorted((int(name[8:]), name) for name in names if name.startswith("retired-") and name[8:].isdigit())
 
 
 def _promote_retired(epoch: int, retired: str, started: float) -> Json:
@@ -432,8 +433,8 @@ def retire_workspace(args: Json) -> Json:
 def drop_superseded_retirements(epoch: int) -> list[str]:
     """Remove workspaces retired before ``epoch`` (a snapshot of this epoch now holds the data)."""
     dropped = []
-    for name in os.listdir(data_dir()):
-        if name.startswith("retired-") and name[8:].isdigit() and int(name[8:]) < epoch:
+    for retired_in, name in _retirements():
+        if retired_in < epoch:
             remove_tree(os.path.join(data_dir(), name))
             dropped.append(name)
     return dropped

@@ -287,8 +287,9 @@ class Controller:
             await self._start_cpu(rt)
 
     async def _start_cpu(self, rt: PairRuntime) -> None:
-        cpu = rt.primary if rt.primary is not None and rt.primary.role == "cpu" else rt.standby
-        if cpu is None:
+        """Ask the cloud to start the CPU serving a failed-over pair again (the next ticks follow it)."""
+        cpu = rt.primary
+        if cpu is None or cpu.role != "cpu":
             return
         try:
             async with asyncio.timeout(START_TIMEOUT_SECONDS):

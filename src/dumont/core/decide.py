@@ -211,9 +211,9 @@ def _failover_cause(primary: HostHealth | None, failures: int, policy: Policy, o
     return ""
 
 
-def _restartable(standby: HostHealth | None) -> bool:
-    """The provider stopped or preempted the standby with its disk kept: it can be started again."""
-    return standby is not None and standby.provider_state is not None and standby.provider_state.restartable
+def _restartable(host: HostHealth | None) -> bool:
+    """The provider stopped or preempted the host (a CPU VM) with its disk kept: it can be started again."""
+    return host is not None and host.provider_state is not None and host.provider_state.restartable
 
 
 def _gpu_failing(obs: Observation) -> bool:

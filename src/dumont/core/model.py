@@ -230,8 +230,8 @@ class ReplaceStandby(Action):
 
 @dataclass(frozen=True)
 class StartCpu(Action):
-    """Ask the standby cloud to start the pair's CPU VM again (stopped or preempted, its disk kept); the next
-    observations follow it to the address it comes back on."""
+    """Ask the standby cloud to start the CPU VM serving a failed-over pair again (stopped or preempted, its disk
+    kept); the next observations follow it to the address it comes back on."""
 
 
 @dataclass(frozen=True)
