@@ -207,6 +207,9 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link
             writer.close()
 
 
+CLOSE_TIMEOUT_SECONDS = 5.0  # how long closing a relay waits for its connections to end
+
+
 class LinkRelay:
     """TCP relays, each in front of one target port, on their own event loop in a thread."""
 
@@ -263,8 +266,13 @@ class LinkRelay:
         async def stop() -> None:
             server, _, tasks = self._relays.pop(port)
             server.close()
-            for task in list(tasks):
+            open_connections = list(tasks)
+            for task in open_connections:
                 task.cancel()
+            if open_connections:
+                # Wait for them to end: a connection still cancelling when the loop closes is destroyed pending
+                # (asyncio logs "Task was destroyed but it is pending!" after every drill on a link).
+                await asyncio.wait(open_connections, timeout=CLOSE_TIMEOUT_SECONDS)
             await server.wait_closed()
 
         self._call(stop)
