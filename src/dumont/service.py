@@ -13,14 +13,16 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 
 from dumont.api.server import ApiServer, Extension
-from dumont.config import Config, split_host_port
+from dumont.config import Config, PairConfig, split_host_port
 from dumont.core.context import ControllerContext
-from dumont.core.controller import Controller, watch_the_loop
+from dumont.core.controller import Controller, say_taken, watch_the_loop
+from dumont.core.leases import Leases
 from dumont.core.lock import hold_state
-from dumont.core.pair import cancel, start_background
+from dumont.core.pair import PairRuntime, cancel, start_background
 from dumont.core.startup import (
     api_token,
     controller_context,
@@ -50,48 +52,76 @@ async def _serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None
                  extensions: tuple[Extension, ...]) -> None:
     async with controller_context(config) as ctx:
         await refuse_unready_setup(ctx)
-        pairs = [await load_pair(ctx, pair) for pair in config.pairs]
-        controller = Controller(ctx, pairs)
-        host, port = split_host_port(config.controller.api_listen)
-        telemetry = Telemetry(controller)
-        api = ApiServer(controller, api_token(config, ctx.layout), host, port, (*telemetry.extensions, *extensions))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, controller.stop)
-        reaching = []
+        # Every controller of a fleet reads the same pairs; it acts on those whose lease it holds (on its own
+        # store, a lone controller takes them all at once: nobody else holds them).
+        leases = Leases(ctx.store, ctx.controller_id, config.controller.lease_seconds,
+                        tick=config.health_check_interval)
         try:
-            for rt in pairs:
-                await start_endpoint(ctx, rt)
-            await api.start()
-            # Hosts are reached after the API answers: an unreachable host must not keep `dumont status` waiting.
-            reaching = [start_background(ctx, rt, "reach", functools.partial(reach_hosts, ctx, rt)) for rt in pairs]
-            for rt in pairs:
-                if rt.operation is not None and not rt.operation.finished:
-                    controller.resume_operation(rt)
-            write_private(ctx.layout.ready, json.dumps({"pid": os.getpid(), "api_url": api.url}) + "\n")
-            ctx.event(None, "controller_started", f"protecting {len(pairs)} pair(s); API at {api.url}")
-            if on_ready is not None:
-                on_ready(api)
-            interval = config.health_check_interval
-            watchdog = asyncio.create_task(watch_the_loop(
-                controller, every=interval, stalled_after=3 * interval + 2 * config.health.probe_timeout_seconds + 30))
-            try:
-                async with telemetry:
-                    await controller.run()
-            finally:
-                watchdog.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watchdog
+            taken = leases.round([pair.name for pair in config.pairs]).taken
+            ctx.acting = leases.held
+            for name in taken:
+                say_taken(ctx, name, time.time())
+            pairs = [await load_pair(ctx, pair) for pair in config.pairs if pair.name in taken]
+            controller = Controller(ctx, pairs, leases=leases, open_pair=functools.partial(open_pair, ctx))
+            await _run(ctx, controller, on_ready=on_ready, extensions=extensions)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            ctx.layout.ready.unlink(missing_ok=True)
-            for task in reaching:
-                await cancel(task)
-            await api.stop()
-            for rt in pairs:
-                await rt.endpoint.detach()  # an endpoint process keeps serving the users meanwhile
-            ctx.event(None, "controller_stopped", "the controller stopped; a restart resumes every pair")
+            leases.release_all()  # a start-up that failed part-way leaves no lease to wait for
+
+
+async def open_pair(ctx: ControllerContext, pair: PairConfig) -> PairRuntime:
+    """Bring up a pair whose lease this controller has just taken: resumed from the store (or adopted), its
+    endpoint attached (an endpoint process that served it for the previous owner goes on serving), its hosts
+    reached in the background."""
+    rt = await load_pair(ctx, pair)
+    await start_endpoint(ctx, rt)
+    rt.reach_task = start_background(ctx, rt, "reach", functools.partial(reach_hosts, ctx, rt))
+    return rt
+
+
+async def _run(ctx: ControllerContext, controller: Controller, *, on_ready: Callable[[ApiServer], None] | None,
+               extensions: tuple[Extension, ...]) -> None:
+    config, pairs = ctx.config, list(controller.pairs.values())
+    host, port = split_host_port(config.controller.api_listen)
+    telemetry = Telemetry(controller)
+    api = ApiServer(controller, api_token(config, ctx.layout), host, port, (*telemetry.extensions, *extensions))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, controller.stop)
+    try:
+        for rt in pairs:
+            await start_endpoint(ctx, rt)
+        await api.start()
+        # Hosts are reached after the API answers: an unreachable host must not keep `dumont status` waiting.
+        for rt in pairs:
+            rt.reach_task = start_background(ctx, rt, "reach", functools.partial(reach_hosts, ctx, rt))
+            if rt.operation is not None and not rt.operation.finished:
+                controller.resume_operation(rt)
+        write_private(ctx.layout.ready, json.dumps({"pid": os.getpid(), "api_url": api.url}) + "\n")
+        others = len(config.pairs) - len(pairs)
+        ctx.event(None, "controller_started", f"controller {ctx.controller_id} protecting {len(pairs)} pair(s)"
+                  + (f" ({others} held by other controllers)" if others else "") + f"; API at {api.url}")
+        if on_ready is not None:
+            on_ready(api)
+        interval = config.health_check_interval
+        watchdog = asyncio.create_task(watch_the_loop(
+            controller, every=interval, stalled_after=3 * interval + 2 * config.health.probe_timeout_seconds + 30))
+        try:
+            async with telemetry:
+                await controller.run()
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        ctx.layout.ready.unlink(missing_ok=True)
+        for rt in controller.pairs.values():
+            await cancel(rt.reach_task)
+        await api.stop()
+        for rt in controller.pairs.values():
+            await rt.endpoint.detach()  # an endpoint process keeps serving the users meanwhile
+        ctx.event(None, "controller_stopped", "the controller stopped; a restart resumes every pair")
 
 
 async def refuse_unready_setup(ctx: ControllerContext) -> None:

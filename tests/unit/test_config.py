@@ -203,6 +203,8 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("controller.max_standby_attempts_per_hour", 0, "0", "must be a whole number from 1 to 1000000 (e.g. 3)"),
     ("controller.endpoint", "sidecar", "'sidecar'", "must be one of 'process', 'external', 'in-process'"),
     ("controller.endpoint_dir", 3, "3", "must be a path"),
+    ("controller.shared_dir", 3, "3", "must be a path"),
+    ("controller.lease_seconds", 0, "0", "a number of seconds greater than 0"),
     ("controller.bootstrap_timeout_seconds", -1, "-1", "a number of seconds greater than 0 and at most 604800"),
     ("controller.user_keys_file", 7, "7", "must be a path"),
     ("vast.api_url", "ftp://console.vast.ai", "'ftp://console.vast.ai'", "an http:// or https:// URL"),
@@ -443,6 +445,9 @@ TIMING_RULES = [
     ({"ssh_wait_timeout": 4, "health_check_interval": 30},
      "health.probe_timeout_seconds = 5 must be less than ssh_wait_timeout = 4: "
      "a new GPU must get longer to answer SSH than one probe takes"),
+    ({"controller": {"lease_seconds": 4}},
+     "health.probe_timeout_seconds = 5 must be less than controller.lease_seconds = 4: "
+     "a lease must outlast a probe, or a controller would lose its pairs while it waits on one"),
 ]
 
 

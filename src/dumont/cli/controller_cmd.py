@@ -44,7 +44,7 @@ class ControllerClient:
         from dumont.core.layout import ControllerLayout
 
         host, port = split_host_port(config.controller.api_listen)
-        token_file = config.controller.api_token_file or ControllerLayout(config.state_dir).api_token
+        token_file = config.controller.api_token_file or ControllerLayout.of(config).api_token
         if not token_file.exists():
             raise DumontError(f"no controller has run with this config yet (no token at {token_file})",
                               hint="start one with: dumont run --config FILE")

@@ -197,6 +197,13 @@ class ControllerConfig:
     endpoint: EndpointMode = field(default="process", metadata=_checked_by(_choice(EndpointMode)))
     endpoint_dir: Path | None = field(default=None, metadata=_checked_by(
         _LOCAL_PATH, example="/var/lib/dumont/endpoint"))
+    # A fleet: several controllers on one PostgreSQL store share the pairs, each pair owned through a lease of
+    # this many seconds (renewed well before it runs out; a dead controller's pairs are taken after it).
+    lease_seconds: float = field(default=30.0, metadata=_checked_by(_SECONDS))
+    # What the controllers of a fleet share (keys, pinned host keys, the users' ssh_config snippets, and the
+    # endpoint directory unless endpoint_dir names one): a directory mounted on each, or a copy kept in step.
+    # None: all of it in state_dir.
+    shared_dir: Path | None = field(default=None, metadata=_checked_by(_LOCAL_PATH, example="/srv/dumont/shared"))
     # Public keys (authorized_keys format) people log in with; every host the controller creates accepts them.
     user_keys_file: Path | None = field(default=None, metadata=_checked_by(
         _LOCAL_PATH, example="~/.ssh/id_ed25519.pub"))
@@ -374,4 +381,6 @@ _TIMING_RULES: Final = (
                 "the first wait between attempts cannot be longer than the longest one", or_equal=True),
     _TimingRule("health.probe_timeout_seconds", "ssh_wait_timeout",
                 "a new GPU must get longer to answer SSH than one probe takes"),
+    _TimingRule("health.probe_timeout_seconds", "controller.lease_seconds",
+                "a lease must outlast a probe, or a controller would lose its pairs while it waits on one"),
 )

@@ -39,6 +39,9 @@ class ControllerContext:
     sleep: Sleep = asyncio.sleep
     network: NetworkCheck | None = None  # the controller's own network (None: the real check of its targets)
     listeners: list[EventSink] = field(default_factory=list)
+    controller_id: str = ""  # this controller's name in a fleet (its leases, the events it writes)
+    # Whether this controller may act on a pair (it holds the pair's lease); None: it acts on every pair it has.
+    acting: Callable[[str], bool] | None = None
     internal_errors: InternalErrors = field(init=False)
 
     def __post_init__(self) -> None:
@@ -47,7 +50,12 @@ class ControllerContext:
     def event(self, pair: str | None, kind: str, reason: str, data: dict[str, Any] | None = None) -> None:
         """Record an event (the one reason sentence) and tell the listeners (notifier, metrics, logs)."""
         payload = data or {}
-        self.store.add_event(pair, kind, reason, payload)
+        if pair is not None and self.acting is not None and not self.acting(pair):
+            # Work still winding down after the lease was lost: the pair's history is its new owner's now.
+            log.warning("%s: %s not recorded: this controller no longer holds the pair's lease (%s)", pair, kind,
+                        reason)
+            return
+        self.store.add_event(pair, kind, reason, payload, controller=self.controller_id)
         # The one log line of each transition; a state change names both ends (the reason says why).
         what = f"{kind} {payload['from']} -> {payload['to']}" if kind == "state" and "to" in payload else kind
         log.info("%s%s: %s", f"{pair}: " if pair else "", what, reason, extra={"pair": pair, "event": kind})
@@ -60,7 +68,7 @@ class ControllerContext:
 
     def _record_quietly(self, pair: str | None, kind: str, reason: str, data: dict[str, Any]) -> None:
         """An event for the store and the log only: listeners may be what failed."""
-        self.store.add_event(pair, kind, reason, data)
+        self.store.add_event(pair, kind, reason, data, controller=self.controller_id)
         log.info("%s%s: %s", f"{pair}: " if pair else "", kind, reason, extra={"pair": pair, "event": kind})
 
     async def ensure_ready(self, ref: HostRef) -> HostReadiness:

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dumont.config import Config
+from dumont.config import Config, PairConfig
 from dumont.core import probes
 from dumont.core.changes import watch_changes
 from dumont.core.context import ControllerContext
 from dumont.core.decide import decide, recovery_turns
 from dumont.core.failover import fail_over
+from dumont.core.leases import Leases
 from dumont.core.model import (
     Action,
     Alert,
@@ -62,12 +65,24 @@ def policy_of(config: Config) -> Policy:
                   max_standby_attempts_per_hour=config.controller.max_standby_attempts_per_hour)
 
 
-class Controller:
-    """Protects every configured pair until stopped."""
+PairOpener = Callable[[PairConfig], Awaitable[PairRuntime]]
+"""Brings a pair up for this controller (resumed from the store or adopted, its endpoint attached, its hosts
+being reached): called when the pair's lease is taken."""
 
-    def __init__(self, ctx: ControllerContext, pairs: list[PairRuntime]) -> None:
+
+class Controller:
+    """Protects its pairs until stopped: all of ``pairs``, or, with ``leases``, those whose lease it holds (taken
+    and let go as the leases change hands; ``open_pair`` brings a newly taken one up)."""
+
+    def __init__(self, ctx: ControllerContext, pairs: list[PairRuntime], *, leases: Leases | None = None,
+                 open_pair: PairOpener | None = None) -> None:
         self.ctx = ctx
         self.pairs = {rt.name: rt for rt in pairs}
+        self.leases = leases
+        self._open_pair = open_pair
+        self._unsaid: list[tuple[str, str, dict[str, Any]]] = []  # fleet events the store did not take yet
+        if leases is not None:
+            ctx.acting = leases.held
         self.policy = policy_of(ctx.config)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -85,13 +100,21 @@ class Controller:
         self._stop.set()
         self._wake.set()
 
+    def acts_on(self, pair: str) -> bool:
+        """Whether this controller may act on ``pair`` now (always, without leases)."""
+        return self.leases is None or self.leases.held(pair)
+
+    def _start_watching(self, rt: PairRuntime) -> None:
+        if self.ctx.config.replication.on_change:
+            rt.watch_task = start_background(self.ctx, rt, "watch", functools.partial(
+                watch_changes, self.ctx, rt, self.wake))
+
     async def run(self) -> None:
         """Tick until stopped, then stop background work (a restart resumes it). Nothing escapes a tick."""
         interval = self.ctx.config.health_check_interval
-        if self.ctx.config.replication.on_change:
-            for rt in self.pairs.values():
-                rt.watch_task = start_background(self.ctx, rt, "watch", functools.partial(
-                    watch_changes, self.ctx, rt, self.wake))
+        for rt in self.pairs.values():
+            self._start_watching(rt)
+        keeping = asyncio.create_task(self._keep_leases(), name="leases") if self.leases is not None else None
         try:
             while not self._stop.is_set():
                 started = self.ctx.clock()
@@ -108,23 +131,104 @@ class Controller:
                     except TimeoutError:
                         pass
         finally:
+            await cancel(keeping)
             for rt in self.pairs.values():
                 await cancel(rt.watch_task)
                 await cancel(rt.sync_task)
                 await cancel(rt.op_task, timeout=30)
+                await cancel(rt.reach_task)
+            if self.leases is not None:
+                released = self.leases.release_all()  # the other controllers take these pairs at once
+                if released:
+                    self.ctx.event(None, "leases_released", f"gave up the lease on {', '.join(released)} on "
+                                                            "stopping", {"pairs": released})
+
+    async def _keep_leases(self) -> None:
+        """Renew this controller's leases, take free or expired ones, let go of lost ones at once."""
+        assert self.leases is not None
+        leases, names = self.leases, [pair.name for pair in self.ctx.config.pairs]
+        while True:
+            self._say_unsaid()
+            changes = leases.round(names)
+            claimed_at = time.time()
+            for name, why in changes.lost:
+                await self._let_go(name, why)
+            for name in changes.taken:
+                try:
+                    await self._take(name, claimed_at)
+                except Exception as exc:  # the pair stays unopened; its lease runs out for another to take
+                    self.ctx.internal_errors.report("taking a pair up", exc, name)
+            deadline = leases.next_deadline()
+            wait = leases.every if deadline is None else min(leases.every, max(0.0, deadline - leases.clock()))
+            await self.ctx.sleep(max(wait, 0.01))
+
+    async def _take(self, name: str, claimed_at: float) -> None:
+        """Bring a pair whose lease was just taken up, and resume what its previous owner left unfinished."""
+        if name in self.pairs or self._open_pair is None:
+            return
+        config = next(pair for pair in self.ctx.config.pairs if pair.name == name)
+        say_taken(self.ctx, name, claimed_at)
+        try:
+            rt = await self._open_pair(config)
+        except DumontError as exc:
+            self._give_back(name)
+            self.ctx.event(None, "lease_unused", f"took the lease on {name} but could not bring it up: {exc}; the "
+                                                 "lease was given back", {"pair": name})
+            return
+        except Exception as exc:
+            self._give_back(name)
+            self.ctx.internal_errors.report("bringing a taken pair up", exc, name)
+            return
+        self.pairs[name] = rt
+        self._start_watching(rt)
+        if rt.operation is not None and not rt.operation.finished:
+            self.resume_operation(rt)
+        self.wake()
+
+    def _give_back(self, name: str) -> None:
+        assert self.leases is not None
+        self.leases.release(name)
+
+    async def _let_go(self, name: str, why: str) -> None:
+        """Stop acting on a pair whose lease is lost: its work is cancelled as a pause cancels it (an operation
+        stays open in the store, with what it rented, for the new owner to resume); its endpoint keeps serving."""
+        rt, stopped_at = self.pairs.pop(name, None), time.time()
+        log.warning("%s: stopped acting on the pair: %s", name, why)
+        if rt is not None:
+            for task in (rt.watch_task, rt.sync_task, rt.reach_task):
+                await cancel(task)
+            await cancel(rt.op_task, timeout=30)
+            with contextlib.suppress(DumontError):  # it keeps serving; the new owner attaches to it
+                await rt.endpoint.detach()
+        # Said without the pair (its history belongs to the new owner from now on), and when the store takes it:
+        # a controller cut off from it says so once it is back, with the time it stopped.
+        self._unsaid.append(("lease_lost", f"stopped acting on {name}: {why}",
+                             {"pair": name, "stopped_at": stopped_at}))
+        self._say_unsaid()
+
+    def _say_unsaid(self) -> None:
+        while self._unsaid:
+            kind, reason, data = self._unsaid[0]
+            try:
+                self.ctx.event(None, kind, reason, data)
+            except DumontError as exc:
+                log.debug("%s not recorded yet (%s); said when the store answers", kind, exc)
+                return
+            self._unsaid.pop(0)
 
     async def tick(self) -> None:
         """Observe, decide and act once for every pair; a pair whose step fails unexpectedly is reported, the others
         go on."""
         self.ticks += 1
         self.last_tick_at = self.ctx.clock()
-        await asyncio.gather(*(self._refresh_endpoint(rt) for rt in self.pairs.values()))
+        pairs = list(self.pairs.values())  # leases may change hands while the tick awaits
+        await asyncio.gather(*(self._refresh_endpoint(rt) for rt in pairs))
         network = await self.ctx.network_ok()
         self._listed = await self._list_markets()
-        observations = await asyncio.gather(*(self._observe_safely(rt, network) for rt in self.pairs.values()))
+        observations = await asyncio.gather(*(self._observe_safely(rt, network) for rt in pairs))
         turns, in_flight = self._recovery_turns()
-        for rt, observed in zip(self.pairs.values(), observations, strict=True):
-            if observed is None:
+        for rt, observed in zip(pairs, observations, strict=True):
+            if observed is None or not self.acts_on(rt.name):
                 continue
             observation = dataclasses.replace(observed, recovery_turn=rt.name in turns, recoveries_in_flight=in_flight)
             try:
@@ -249,6 +353,10 @@ class Controller:
         rt.last_reason = decision.reason
         failure = None
         for action in decision.actions:
+            if not self.acts_on(rt.name):
+                log.warning("%s: not doing %s: this controller no longer holds the pair's lease", rt.name,
+                            type(action).__name__)
+                break
             try:
                 await self._do(rt, action, decision.reason)
             except DumontError as exc:
@@ -353,6 +461,13 @@ class Controller:
             rt.operation = OperationStatus(kind, "crashed", row.started_at, True, False, error)
 
         rt.op_task = start_background(ctx, rt, kind, lambda: work(ctx, rt, op_id), on_crash=crashed)
+
+
+def say_taken(ctx: ControllerContext, name: str, claimed_at: float) -> None:
+    """The first event of a pair's history under a new owner: which controller acts on it from now on."""
+    row = ctx.store.get_pair(name)
+    ctx.event(name, "lease_taken", f"controller {ctx.controller_id} acts on the pair now",
+              {"epoch": row.epoch if row is not None else None, "claimed_at": claimed_at})
 
 
 async def watch_the_loop(controller: Controller, *, every: float, stalled_after: float) -> None:

@@ -60,6 +60,7 @@ class PairRuntime:
     last_scrub_at: float = 0.0
     changed_at: float | None = None  # the first change the primary's watcher reported since the last pass began
     watch_task: asyncio.Task[None] | None = None
+    reach_task: asyncio.Task[None] | None = None  # reaching the hosts when the controller took the pair up
     watch_mode: str = ""  # how the primary's agent watches: inotify, poll (said once when it changes)
 
     @property

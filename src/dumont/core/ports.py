@@ -21,7 +21,7 @@ from dumont.core.bootstrap import HostReadiness
 from dumont.core.model import HostRef, ProbeResult
 from dumont.replication.engine import PassReport, ReplicationPolicy
 from dumont.replication.manifest import Manifest
-from dumont.store.rows import EventRow, IntentRow, OperationRow, PairRow
+from dumont.store.rows import EventRow, IntentRow, LeaseRow, OperationRow, PairRow
 
 Clock = Callable[[], float]
 """Wall-clock seconds now (``time.time`` in the product)."""
@@ -142,8 +142,26 @@ class StateStore(Protocol):
         EpochConflict if not."""
         ...
 
-    def add_event(self, pair: str | None, kind: str, reason: str, data: dict[str, Any] | None = None) -> int:
-        """Append an event."""
+    def add_event(self, pair: str | None, kind: str, reason: str, data: dict[str, Any] | None = None, *,
+                  controller: str = "") -> int:
+        """Append an event (``controller``: the one that wrote it)."""
+        ...
+
+    def lease(self, pair: str) -> LeaseRow | None:
+        """Who owns a pair in the fleet."""
+        ...
+
+    def leases(self) -> list[LeaseRow]:
+        """Every pair's lease."""
+        ...
+
+    def claim_lease(self, pair: str, owner: str, expected: int | None) -> int | None:
+        """Take or renew a pair's lease if it is still at version ``expected`` (compare-and-set); the new version,
+        or None if another controller moved it first."""
+        ...
+
+    def release_lease(self, pair: str, owner: str, expected: int) -> bool:
+        """Give a pair's lease up, if still held at ``expected``."""
         ...
 
     def events(self, *, after: int = 0, pair: str | None = None, limit: int = 500,

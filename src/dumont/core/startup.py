@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -40,13 +42,23 @@ log = logging.getLogger("dumont.controller")
 
 def prepare_state(config: Config) -> ControllerLayout:
     """Create the state directory (0700) and every key the controller needs (0600)."""
-    layout = ControllerLayout(config.state_dir)
+    layout = ControllerLayout.of(config)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    layout.shared.mkdir(parents=True, exist_ok=True, mode=0o700)
     ensure_keypair(layout.controller_key, "dumont-controller")
     for pair in config.pairs:
         ensure_keypair(layout.pair_key(pair.name), f"dumont-pair-{pair.name}")
         ensure_keypair(layout.pair_host_ca(pair.name), f"dumont-pair-{pair.name}-host-ca")
     return layout
+
+
+def controller_name(layout: ControllerLayout) -> str:
+    """This controller's name in a fleet: made once per state dir (``host-xxxxxx``), so a restarted controller is
+    the same one and takes its own leases back at once (the state dir's lock says no other process has them)."""
+    if not layout.controller_id.exists():
+        host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "controller"
+        write_private(layout.controller_id, f"{host}-{secrets.token_hex(3)}\n")
+    return layout.controller_id.read_text().strip()
 
 
 def api_token(config: Config, layout: ControllerLayout) -> str:
@@ -70,13 +82,14 @@ async def controller_context(config: Config) -> AsyncIterator[ControllerContext]
                      clock=time.time)
     markets: dict[str, GpuMarket] = {}
     clouds: dict[str, StandbyCloud] = {}
-    store = open_store(config.store, layout.database)
+    store = open_store(config.store, layout.database, lease_seconds=config.controller.lease_seconds)
     try:
         for name in dict.fromkeys([*config.gpu_markets, *(p.primary.provider for p in config.pairs)]):
             markets[name] = await open_market(config, name)
         for name in dict.fromkeys(p.standby.provider for p in config.pairs):
             clouds[name] = await open_cloud(config, name)
-        yield ControllerContext(config, layout, store, hosts, markets, clouds)
+        yield ControllerContext(config, layout, store, hosts, markets, clouds,
+                                controller_id=controller_name(layout))
     finally:
         await hosts.close()
         await transport.close()

@@ -358,7 +358,7 @@ async def _tear_down(run: DrillRun | None, cloud_root: Path, keep: bool) -> list
         leftovers = await tear_down(run.stack)
         run.facts["ca_key_found_on"] = await asyncio.to_thread(
             checks.hosts_holding_key, run.stack.cloud.pool.hosts_dir,
-            ControllerLayout(run.config.state_dir).pair_host_ca(run.config.pairs[0].name))
+            ControllerLayout.of(run.config).pair_host_ca(run.config.pairs[0].name))
     if not keep:
         await asyncio.to_thread(shutil.rmtree, cloud_root, True)
     return sorted(leftovers)

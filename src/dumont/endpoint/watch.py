@@ -8,7 +8,7 @@ endpoint keeps serving the last published routes and says so.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_EXPECT_WITHIN = 30.0
 
@@ -32,14 +32,18 @@ class ControllerWatch:
     seen_wall: float | None = None
     expect_within: float = DEFAULT_EXPECT_WITHIN
     _present: bool = False
+    _recent: dict[int, float] = field(default_factory=dict)  # pid -> last heard: a fleet's controllers take turns
 
     def heard(self, pid: int, *, now: float, wall: float, expect_within: float | None = None) -> Change:
-        """Record a heartbeat from controller ``pid``; return what changed."""
+        """Record a heartbeat from controller ``pid``; return what changed (the controllers of a fleet, each
+        serving its own pairs here, are heard in turn: that is no take-over)."""
+        self._recent = {p: at for p, at in self._recent.items() if now - at <= self.expect_within}
         change = Change.NONE
         if not self._present:
             change = Change.ARRIVED
-        elif pid != self.pid:
+        elif pid != self.pid and pid not in self._recent:
             change = Change.REPLACED
+        self._recent[pid] = now
         self.pid, self.seen_at, self.seen_wall, self._present = pid, now, wall, True
         if expect_within is not None:
             self.expect_within = expect_within

@@ -98,7 +98,7 @@ def _state_dir(config: Config) -> Check:
     except OSError as exc:
         return fail(name, f"{path} cannot be written ({exc.strerror})",
                     f"create it for this user: mkdir -p {path} && chmod 700 {path}")
-    keys = ControllerLayout(path).controller_key
+    keys = ControllerLayout.of(config).controller_key
     detail = f"{path} is writable" + ("" if keys.exists() else "; the keys are created by dumont init or run")
     return ok(name, detail)
 
@@ -127,7 +127,7 @@ def _bindable(name: str, address: str, config: Config) -> Check:
 
 
 def _running_controller(config: Config) -> int | None:
-    ready = ControllerLayout(config.state_dir).ready
+    ready = ControllerLayout.of(config).ready
     with contextlib.suppress(OSError, ValueError, KeyError):
         pid = int(json.loads(ready.read_text())["pid"])
         if Path(f"/proc/{pid}").exists():

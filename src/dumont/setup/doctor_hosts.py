@@ -63,7 +63,7 @@ async def _login(config: Config, pair: PairConfig, instance: Instance) -> list[C
         return [fail(f"{name} answers", f"{host}:{port} does not accept TCP ({exc})",
                      "check the instance's ports in the Vast console; it may still be starting")]
     checks = [ok(f"{name} answers", f"{host}:{port} accepts connections")]
-    key = ControllerLayout(config.state_dir).controller_key
+    key = ControllerLayout.of(config).controller_key
     if not key.exists():
         return [*checks, by_run(f"{name} controller key", "the controller has no key yet",
                                 "dumont init (or run) creates it; run attaches it to the GPU through the Vast API")]

@@ -23,6 +23,7 @@ from dumont.store.rows import (
     PASS_KEYS,
     EventRow,
     IntentRow,
+    LeaseRow,
     OperationRow,
     PairRow,
     operation_row,
@@ -97,9 +98,10 @@ class SqlStore:
                                    "another database: nothing was changed")
         for migration in MIGRATIONS:
             if migration.version > current:
-                self._run_script(migration.script(self.dialect))
-                self._write("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE "
-                            "SET value = excluded.value", (str(migration.version),))
+                # The step and its version in one transaction: a step cut off half-way is run again whole.
+                step = migration.script(self.dialect).rstrip().rstrip(";")
+                self._run_script(f"{step};\nINSERT INTO meta VALUES ('schema_version', "
+                                 f"'{migration.version}') ON CONFLICT (key) DO UPDATE SET value = excluded.value;")
                 current = migration.version
         return current
 
@@ -143,25 +145,57 @@ class SqlStore:
 
     # ------------------------------------------------------------------ events
 
-    def add_event(self, pair: str | None, kind: str, reason: str, data: dict[str, Any] | None = None) -> int:
-        """Append an event; return its id."""
-        return self._insert("INSERT INTO events (at, pair, kind, reason, data) VALUES (?, ?, ?, ?, ?)",
-                            (time.time(), pair, kind, reason, json.dumps(data or {}, default=str)))
+    def add_event(self, pair: str | None, kind: str, reason: str, data: dict[str, Any] | None = None, *,
+                  controller: str = "") -> int:
+        """Append an event (``controller``: the one that wrote it); return its id."""
+        return self._insert("INSERT INTO events (at, pair, kind, reason, data, controller) VALUES (?, ?, ?, ?, ?, ?)",
+                            (time.time(), pair, kind, reason, json.dumps(data or {}, default=str), controller))
 
     def events(self, *, after: int = 0, pair: str | None = None, limit: int = 500,
                newest: bool = False) -> list[EventRow]:
         """Events with an id above ``after``, oldest first: the first ``limit`` of them, or the last (``newest``)."""
-        sql = "SELECT id, at, pair, kind, reason, data FROM events WHERE id > ?"
+        sql = "SELECT id, at, pair, kind, reason, data, controller FROM events WHERE id > ?"
         args: tuple[Any, ...] = (after,)
         if pair is not None:
             sql, args = sql + " AND pair = ?", (*args, pair)
         rows = self._rows(sql + f" ORDER BY id {'DESC' if newest else ''} LIMIT ?", (*args, limit))
-        found = [EventRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        found = [EventRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows]
         return found[::-1] if newest else found
 
     def last_event_id(self) -> int:
         """The newest event's id (0 when the log is empty)."""
         return int(self._rows("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
+
+    # ------------------------------------------------------------------ leases
+
+    def lease(self, pair: str) -> LeaseRow | None:
+        """Who owns ``pair`` (None: nobody ever has)."""
+        rows = self._rows("SELECT pair, owner, version, renewed_at FROM leases WHERE pair = ?", (pair,))
+        return LeaseRow(rows[0][0], rows[0][1], int(rows[0][2]), float(rows[0][3])) if rows else None
+
+    def leases(self) -> list[LeaseRow]:
+        """Every pair's lease, by pair."""
+        return [LeaseRow(r[0], r[1], int(r[2]), float(r[3])) for r in self._rows(
+            "SELECT pair, owner, version, renewed_at FROM leases ORDER BY pair")]
+
+    def claim_lease(self, pair: str, owner: str, expected: int | None) -> int | None:
+        """Make ``owner`` the owner of ``pair`` (a renewal when it already is), compare-and-set: only if the
+        lease is still at version ``expected`` (None: only if there is no lease yet). The new version, or None
+        when another controller moved it first (nothing was changed)."""
+        if expected is None:
+            with self._transaction() as db:
+                taken = db.execute(self._sql("INSERT INTO leases VALUES (?, ?, 1, ?) ON CONFLICT (pair) DO NOTHING"),
+                                   (pair, owner, time.time())).rowcount
+            return 1 if taken == 1 else None
+        moved = self._write("UPDATE leases SET owner = ?, version = ?, renewed_at = ? WHERE pair = ? AND version = ?",
+                            (owner, expected + 1, time.time(), pair, expected))
+        return expected + 1 if moved == 1 else None
+
+    def release_lease(self, pair: str, owner: str, expected: int) -> bool:
+        """Give ``pair`` up (another controller may take it at once) if ``owner`` still holds it at ``expected``."""
+        return self._write("UPDATE leases SET owner = '', version = ?, renewed_at = ? "
+                           "WHERE pair = ? AND owner = ? AND version = ?",
+                           (expected + 1, time.time(), pair, owner, expected)) == 1
 
     # ------------------------------------------------------------------ intents
 

@@ -71,6 +71,21 @@ CREATE OR REPLACE TRIGGER events_append_only_truncate BEFORE TRUNCATE ON events
 """
 
 
+# A fleet: who owns each pair (a lease renewed by compare-and-set on ``version``), and which controller wrote each
+# event (so a history shows that no two acted on one pair at once).
+_SQLITE_V2 = """
+CREATE TABLE IF NOT EXISTS leases (
+    pair TEXT PRIMARY KEY, owner TEXT NOT NULL, version INTEGER NOT NULL, renewed_at REAL NOT NULL);
+ALTER TABLE events ADD COLUMN controller TEXT NOT NULL DEFAULT '';
+"""
+
+_POSTGRES_V2 = """
+CREATE TABLE IF NOT EXISTS leases (
+    pair TEXT PRIMARY KEY, owner TEXT NOT NULL, version BIGINT NOT NULL, renewed_at DOUBLE PRECISION NOT NULL);
+ALTER TABLE events ADD COLUMN IF NOT EXISTS controller TEXT NOT NULL DEFAULT '';
+"""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: its version, what it does, and its SQL for each database."""
@@ -87,5 +102,6 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "pairs, events (append-only), intents, operations, passes, hosts", _SQLITE_V1, _POSTGRES_V1),
+    Migration(2, "leases on pairs; the controller that wrote each event", _SQLITE_V2, _POSTGRES_V2),
 )
 LATEST = MIGRATIONS[-1].version

@@ -9,6 +9,11 @@ naming it without its password.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -19,6 +24,11 @@ from dumont.store.base import SqlStore
 from dumont.store.migrations import Dialect
 
 CONNECT_TIMEOUT_SECONDS = 10
+# Store calls run on the controller's loop: a database behind a partition must fail them within seconds (and so
+# let the lease deadlines decide), not hang the loop until the kernel gives the connection up, minutes later.
+# tcp_user_timeout bounds a request the network does not deliver; keepalives notice a dead peer while idle; the
+# statement timeout bounds a server that accepted a request and does not answer.
+IO_TIMEOUT_SECONDS = 5.0
 
 
 class PostgresStore(SqlStore):
@@ -27,8 +37,10 @@ class PostgresStore(SqlStore):
     dialect: ClassVar[Dialect] = "postgres"
     greatest: ClassVar[str] = "GREATEST"
 
-    def __init__(self, url: str, *, password: str | None = None) -> None:
+    def __init__(self, url: str, *, password: str | None = None, io_timeout: float = IO_TIMEOUT_SECONDS) -> None:
         super().__init__()
+        self.io_timeout = io_timeout
+        self._retry_at = 0.0  # monotonic: no reconnecting before this after a failure
         import psycopg  # imported here: a controller on SQLite never loads the driver
 
         self._psycopg = psycopg
@@ -40,8 +52,12 @@ class PostgresStore(SqlStore):
         self._open()
 
     def _connect(self) -> None:
-        params: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-                                  "application_name": "dumont"}
+        millis = max(1, round(self.io_timeout * 1000))
+        params: dict[str, Any] = {"autocommit": True, "connect_timeout": max(2, min(CONNECT_TIMEOUT_SECONDS,
+                                                                                round(self.io_timeout * 1.5))),
+                                  "application_name": "dumont", "tcp_user_timeout": millis, "keepalives": 1,
+                                  "keepalives_idle": max(1, round(self.io_timeout)), "keepalives_interval": 1,
+                                  "keepalives_count": 3, "options": f"-c statement_timeout={millis}"}
         if self._password:
             params["password"] = self._password
         try:
@@ -64,17 +80,40 @@ class PostgresStore(SqlStore):
     def _transaction(self) -> Iterator[Any]:
         with self._lock:
             if self._db is None or self._db.closed or self._db.broken:
+                # A database that just failed is not asked again for io_timeout: every call would otherwise hold
+                # the loop for a whole connect, and a controller cut off would let its pairs go late.
+                left = self._retry_at - time.monotonic()
+                if left > 0:
+                    raise StoreUnavailable(f"the state database {self.where} did not answer; asking again in "
+                                           f"{left:.1f} s", hint="check the database and the network to it")
+                self._retry_at = time.monotonic() + self.io_timeout
                 self._connect()
+            # The server bounds a statement it received; this bounds one it never did (a link that swallows
+            # packets yet acknowledges them, as a proxy or a userspace relay does, keeps a request waiting with
+            # no TCP timeout ever firing): past it the socket is shut, and the call fails at once.
+            deadline = threading.Timer(self.io_timeout + 1.0, _shut, (self._db,))
+            deadline.daemon = True
+            deadline.start()
             try:
                 with self._db.transaction(), self._db.cursor() as cursor:
                     yield cursor
             except self._psycopg.OperationalError as exc:
+                self._retry_at = time.monotonic() + self.io_timeout
                 raise StoreUnavailable(f"the state database {self.where} failed: {_first_line(exc)}",
                                        hint="the next call reconnects; check the database if this repeats") from None
+            finally:
+                deadline.cancel()
 
     def _run_script(self, script: str) -> None:
         with self._transaction() as cursor:
             cursor.execute(script)
+
+
+def _shut(db: Any) -> None:
+    """Shut a connection's socket from another thread: the call blocked on it fails instead of waiting on."""
+    # Already closed, or finished meanwhile: nothing to shut.
+    with contextlib.suppress(Exception), socket.socket(fileno=os.dup(db.pgconn.socket)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -29,11 +29,23 @@ class EventRow:
     kind: str
     reason: str
     data: dict[str, Any]
+    controller: str = ""  # the controller that wrote it ("" before fleets were recorded)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"id": self.id, "at": self.at, "pair": self.pair, "kind": self.kind, "reason": self.reason,
-                "data": self.data}
+                "data": self.data, "controller": self.controller}
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    """Who owns a pair in a fleet: ``version`` moves on with every renewal and every change of hands (the
+    compare-and-set token); ``renewed_at`` is the writer's wall clock, for people only (no decision reads it)."""
+
+    pair: str
+    owner: str  # "" once released
+    version: int
+    renewed_at: float
 
 
 @dataclass(frozen=True)

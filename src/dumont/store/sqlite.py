@@ -55,4 +55,10 @@ class Store(SqlStore):
 
     def _run_script(self, script: str) -> None:
         with self._lock:
-            self._db.executescript(script)  # idempotent scripts; executescript manages its own transaction
+            # executescript commits what is pending and runs the script as written: BEGIN..COMMIT makes it atomic.
+            try:
+                self._db.executescript(f"BEGIN IMMEDIATE;\n{script.rstrip().rstrip(';')};\nCOMMIT;")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise

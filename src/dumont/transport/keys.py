@@ -7,11 +7,14 @@ inherit the trust given to the previous one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from dumont.errors import DumontError, UsageError
@@ -104,7 +107,7 @@ class KnownHosts:
         """Trust ``public_key`` for ``alias``; with ``keep_existing`` the old key stays trusted too."""
         check_alias(alias)
         body = public_key_body(public_key)
-        with self._lock:
+        with self._changing():
             entries = self._read()
             kept = entries if keep_existing else [(a, k) for a, k in entries if a != alias]
             if (alias, body) not in kept:
@@ -114,9 +117,18 @@ class KnownHosts:
     def unpin(self, alias: str, public_key: str | None = None) -> None:
         """Stop trusting ``public_key`` (or every key) for ``alias``."""
         body = public_key_body(public_key) if public_key else None
-        with self._lock:
+        with self._changing():
             entries = [(a, k) for a, k in self._read() if not (a == alias and (body is None or k == body))]
             self._write(entries)
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Read, change and write the file as one step, also against other processes (a fleet's controllers
+        share it: a pin written by one must not be lost to another's)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def keys_for(self, alias: str) -> list[str]:
         """Return the keys pinned for ``alias``."""

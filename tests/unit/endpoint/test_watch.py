@@ -24,3 +24,13 @@ def test_a_controller_arrives_is_replaced_and_leaves_once() -> None:
 
     assert watch.heard(13, now=157.0, wall=0.0) is Change.ARRIVED
     assert watch.expect_within == 10.0  # kept until a controller says otherwise
+
+
+def test_the_controllers_of_a_fleet_heard_in_turn_are_no_take_over() -> None:
+    watch = ControllerWatch(started_at=0.0, expect_within=10.0)
+    assert watch.heard(11, now=1.0, wall=0.0) is Change.ARRIVED
+    assert watch.heard(12, now=1.5, wall=0.0) is Change.REPLACED  # first heard: said once
+    for at in (2.0, 3.0, 4.0, 5.0):
+        assert watch.heard(11 if at % 2 else 12, now=at, wall=0.0) is Change.NONE
+    assert watch.heard(11, now=30.0, wall=0.0) is Change.NONE  # 12 fell silent; 11 was still heard
+    assert watch.heard(12, now=31.0, wall=0.0) is Change.REPLACED  # 12 is back after its silence

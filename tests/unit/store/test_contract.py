@@ -108,8 +108,9 @@ def test_a_database_from_a_newer_dumont_is_refused_untouched(open_store: Callabl
     assert store._rows("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(LATEST + 1),)]
 
 
-def test_a_sqlite_file_from_before_migrations_opens_as_version_1(tmp_path: Path) -> None:
-    """The first schema was written with CREATE IF NOT EXISTS and a meta row: it is migration 1 exactly."""
+def test_a_sqlite_file_at_version_1_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:
+    """The first schema was written with CREATE IF NOT EXISTS and a meta row (migration 1 exactly): opening it
+    applies the later migrations, and its events read back, written by no named controller."""
     import sqlite3
 
     db = sqlite3.connect(tmp_path / "old.db")
@@ -120,4 +121,5 @@ def test_a_sqlite_file_from_before_migrations_opens_as_version_1(tmp_path: Path)
                      "INSERT INTO events (at, pair, kind, reason) VALUES (1.5, 'main', 'failover', 'kept');")
     db.close()
     store = Store(tmp_path / "old.db")
-    assert [e.reason for e in store.events()] == ["kept"] and store.migrate() == 1
+    assert [(e.reason, e.controller) for e in store.events()] == [("kept", "")] and store.migrate() == LATEST
+    assert store._rows("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(LATEST),)]

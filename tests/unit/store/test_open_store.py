@@ -26,7 +26,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
 
     class Recorded:
-        def __init__(self, url: str, *, password: str | None = None) -> None:
+        def __init__(self, url: str, *, password: str | None = None, io_timeout: float = 0) -> None:
             calls.append({"url": url, "password": password})
 
     monkeypatch.setattr(dumont.store.postgres, "PostgresStore", Recorded)
