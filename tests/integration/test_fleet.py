@@ -17,10 +17,11 @@ import pytest
 
 from dumont.chaos.process import ControllerProcess
 from dumont.config import to_toml
+from dumont.drill.stack import add_pairs
 from dumont.endpoint.launch import stop_endpoint_daemon
 from dumont.localcloud.emulators.vast import VastEmulator
 from dumont.localcloud.link import LinkRelay, LinkSpec
-from dumont.localcloud.ready import free_port, pair_table, rent_gpu
+from dumont.localcloud.ready import free_port
 from dumont.store.postgres import PostgresStore
 from dumont.store.rows import EventRow
 from dumont.transport.ssh import quote_remote, run_local
@@ -89,10 +90,7 @@ async def fleet(tmp_path: Path, postgres: PostgresServer) -> AsyncIterator[Calla
             stack = await build_stack(tmp_path, {"ssh_wait_timeout": 60, "auto_recovery": True})
         finally:
             del os.environ["DUMONT_LOCAL_VAST_DELAY_SECONDS"]
-        data = tomllib.loads(stack.config_path.read_text())
-        for name in PAIRS[1:]:
-            data["pairs"].append(pair_table(name, await rent_gpu(stack.root, stack.cloud.urls["vast_url"], name)))
-        stack.config_path.write_text(to_toml(data))
+        await add_pairs(stack, PAIRS[1:])
         made.append(Fleet(stack, postgres.new_database()))
         return made[-1]
 

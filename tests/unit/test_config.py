@@ -204,6 +204,7 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("controller.endpoint", "sidecar", "'sidecar'", "must be one of 'process', 'external', 'in-process'"),
     ("controller.endpoint_dir", 3, "3", "must be a path"),
     ("controller.shared_dir", 3, "3", "must be a path"),
+    ("health.fresh_login_every", 0, "0", "a whole number of probes"),
     ("controller.lease_seconds", 0, "0", "a number of seconds greater than 0"),
     ("controller.bootstrap_timeout_seconds", -1, "-1", "a number of seconds greater than 0 and at most 604800"),
     ("controller.user_keys_file", 7, "7", "must be a path"),

@@ -157,6 +157,9 @@ class ApiServer:
         """The whole controller's status."""
         return {
             "api_url": self.url, "metrics_url": f"{self.url}/metrics", "dashboard_url": f"{self.url}/",
+            # In a fleet each controller shows the pairs whose lease it holds; the others show theirs.
+            "controller": {"name": self.controller.ctx.controller_id, "ticks": self.controller.ticks,
+                           "pairs_configured": len(self.controller.ctx.config.pairs)},
             "pairs": [pair_status(self.controller, rt) for rt in self.controller.pairs.values()],
         }
 

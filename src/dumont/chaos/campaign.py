@@ -17,7 +17,6 @@ import contextlib
 import random
 import statistics
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +28,9 @@ from dumont.chaos.checker import Bounds, FaultOutcome, Violation, check, ended_u
 from dumont.chaos.history import FAULT_KINDS, Failover, Fault, PairHistory, Protection, Record, Rental
 from dumont.chaos.process import ControllerProcess
 from dumont.chaos.schedule import PlannedFault, plan
-from dumont.config import Config, load_config, to_toml
+from dumont.config import Config
 from dumont.drill.profiles import FAST, fit_to_link
-from dumont.drill.stack import Stack, build_stack
+from dumont.drill.stack import Stack, add_pairs, build_stack
 from dumont.drill.writer import Writer
 from dumont.endpoint.launch import stop_endpoint_daemon
 from dumont.errors import DumontError, UsageError
@@ -39,7 +38,7 @@ from dumont.localcloud.emulators.gcp import GcpEmulator
 from dumont.localcloud.emulators.vast import VastEmulator
 from dumont.localcloud.link import PROFILES as LINKS
 from dumont.localcloud.link import LinkSpec
-from dumont.localcloud.ready import controller_dir, pair_table, rent_gpu
+from dumont.localcloud.ready import controller_dir
 
 SUPPORTED = FAULT_KINDS - {"standby_disk_full"}
 SAMPLE_SECONDS = 0.5
@@ -260,7 +259,7 @@ async def _campaign_stack(root: Path, names: list[str], kinds: frozenset[str]) -
     stack = await build_stack(root, {"auto_recovery": True, "controller": {"max_recoveries_per_day": 100000}},
                               profile, link=LinkSpec())
     try:
-        await _add_pairs(stack, names[1:])
+        await add_pairs(stack, names[1:])
     except BaseException:
         await stack.cloud.stop_emulators()
         await stack.cloud.pool.shutdown()
@@ -275,18 +274,6 @@ def _bounds(cfg: Config) -> Bounds:
     restart = 20.0
     return Bounds(rpo=2 * cfg.sync_interval_seconds + 5 + restart, detection=detection + restart,
                   recovery=cfg.ssh_wait_timeout + 180)
-
-
-async def _add_pairs(stack: Stack, names: list[str]) -> None:
-    """Rent a GPU for each further pair and protect it in the same config (the controller creates its standby)."""
-    if not names:
-        return
-    data = tomllib.loads(stack.config_path.read_text())
-    for name in names:
-        instance_id = await rent_gpu(stack.root, stack.cloud.urls["vast_url"], name)
-        data["pairs"].append(pair_table(name, instance_id))
-    stack.config_path.write_text(to_toml(data))
-    stack.config = load_config(stack.config_path)
 
 
 async def _run_plan(injector: Injector, result: ChaosResult, seconds: float) -> None:

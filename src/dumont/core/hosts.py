@@ -17,7 +17,7 @@ from typing import Any
 from dumont.core import probes
 from dumont.core.bootstrap import HostReadiness, ready_host
 from dumont.core.layout import ControllerLayout
-from dumont.core.model import HostRef, ProbeResult
+from dumont.core.model import Health, HostRef, ProbeResult
 from dumont.core.ports import Clock, Sleep
 from dumont.endpoint.sshconfig import host_alias
 from dumont.errors import DumontError, HostUnreachable
@@ -40,8 +40,11 @@ class SshHosts:
     """Every host of the controller, reached over one shared SSH transport."""
 
     def __init__(self, transport: SshTransport, known_hosts: KnownHosts, layout: ControllerLayout, *,
-                 bootstrap_timeout: float, clock: Clock, sleep: Sleep = asyncio.sleep) -> None:
+                 bootstrap_timeout: float, clock: Clock, sleep: Sleep = asyncio.sleep,
+                 fresh_login_every: int = 1) -> None:
         self.transport = transport
+        self.fresh_login_every = fresh_login_every
+        self._since_fresh: dict[str, int] = {}  # alias -> good probes over the shared connection since a login
         self.known_hosts = known_hosts
         self.layout = layout
         self.bootstrap_timeout = bootstrap_timeout
@@ -137,8 +140,21 @@ class SshHosts:
         self._certified[ref.alias] = (self.clock(), pair)
 
     async def probe(self, ref: HostRef, *, timeout: float, command: str | None) -> tuple[ProbeResult, ...]:
-        """TCP, a fresh SSH login and the optional command, concurrently; never raises."""
-        return await probes.probe_ssh(ref, transport=self.transport, timeout=timeout, command=command)
+        """TCP, an SSH round trip and the optional command, concurrently; never raises.
+
+        The round trip is a fresh login every ``fresh_login_every`` probes of a host, and after any failure until
+        a login succeeds again (so a host that refuses logins, or presents another key, gathers its strikes in a
+        row); in between it runs over the host's shared connection, without a handshake: a fleet's controller
+        does not pay a login for every host every tick."""
+        since = self._since_fresh.get(ref.alias)
+        fresh = since is None or since + 1 >= self.fresh_login_every
+        results = await probes.probe_ssh(ref, transport=self.transport, timeout=timeout, command=command,
+                                         fresh=fresh)
+        if any(r.health != Health.OK for r in results if r.name in ("tcp", "ssh")):
+            self._since_fresh.pop(ref.alias, None)
+        else:
+            self._since_fresh[ref.alias] = 0 if fresh else (since or 0) + 1
+        return results
 
     # ------------------------------------------------------------------ replication
 

@@ -44,12 +44,13 @@ async def probe_host(
 
 
 async def probe_ssh(ref: HostRef, *, transport: SshTransport, timeout: float,
-                    command: str | None = None) -> tuple[ProbeResult, ...]:
-    """TCP connect, a fresh SSH login and the optional command against the machine, concurrently."""
+                    command: str | None = None, fresh: bool = True) -> tuple[ProbeResult, ...]:
+    """TCP connect, an SSH round trip and the optional command against the machine, concurrently. The round trip
+    is a fresh login (``fresh``) or a command over the host's open shared connection, which costs no handshake."""
     target = SshTarget(ref.alias, ref.ssh_host, ref.ssh_port, ref.ssh_user)
     probes: list[Awaitable[ProbeResult]] = [
         _timed("tcp", tcp_probe(ref.ssh_host, ref.ssh_port, timeout)),
-        _timed("ssh", ssh_probe(transport, target, timeout)),
+        _timed("ssh", ssh_probe(transport, target, timeout) if fresh else shared_probe(transport, target, timeout)),
     ]
     if command:
         probes.append(_timed("command", command_probe(transport, target, command, timeout)))
@@ -106,6 +107,18 @@ async def ssh_probe(transport: SshTransport, target: SshTarget, timeout: float) 
         return Health.FAIL, f"ssh did not answer within {timeout:g} s"
     except HostKeyMismatch as exc:
         return Health.FAIL, exc.message
+    except DumontError as exc:
+        return Health.FAIL, exc.message
+    return Health.OK, ""
+
+
+async def shared_probe(transport: SshTransport, target: SshTarget, timeout: float) -> tuple[Health, str]:
+    """Does ``true`` run over the host's shared connection in time? A host that died closes that connection (the
+    command then needs a fresh login, which fails); one cut off leaves it silent (the command times out)."""
+    try:
+        await transport.run(target, ["true"], timeout=timeout)
+    except CommandTimeout:
+        return Health.FAIL, f"ssh (over the open connection) did not answer within {timeout:g} s"
     except DumontError as exc:
         return Health.FAIL, exc.message
     return Health.OK, ""

@@ -79,7 +79,7 @@ async def controller_context(config: Config) -> AsyncIterator[ControllerContext]
     transport = SshTransport(identity=layout.controller_key, known_hosts=known,
                              connect_timeout=max(1.0, config.health.probe_timeout_seconds))
     hosts = SshHosts(transport, known, layout, bootstrap_timeout=config.controller.bootstrap_timeout_seconds,
-                     clock=time.time)
+                     clock=time.time, fresh_login_every=config.health.fresh_login_every)
     markets: dict[str, GpuMarket] = {}
     clouds: dict[str, StandbyCloud] = {}
     store = open_store(config.store, layout.database, lease_seconds=config.controller.lease_seconds)

@@ -25,7 +25,7 @@ from dumont.localcloud import layout
 from dumont.localcloud.daemon import LocalCloud
 from dumont.localcloud.hosts import LocalHost
 from dumont.localcloud.link import LinkSpec
-from dumont.localcloud.ready import controller_dir, ensure_ready_config, free_port
+from dumont.localcloud.ready import controller_dir, ensure_ready_config, free_port, pair_table, rent_gpu
 from dumont.service import serve
 from dumont.transport.keys import ensure_keypair
 from dumont.transport.ssh import quote_remote, run_local
@@ -172,6 +172,18 @@ async def build_stack(root: Path, overrides: dict[str, Any] | None = None, profi
     merged["controller"]["api_listen"] = f"127.0.0.1:{free_port()}"
     path.write_text(to_toml(merged))
     return Stack(state, cloud, load_config(path), path)
+
+
+async def add_pairs(stack: Stack, names: list[str]) -> None:
+    """Rent a GPU for each further pair and protect it in the same config (the controller creates its standby)."""
+    if not names:
+        return
+    data = tomllib.loads(stack.config_path.read_text())
+    for name in names:
+        instance_id = await rent_gpu(stack.root, stack.cloud.urls["vast_url"], name)
+        data["pairs"].append(pair_table(name, instance_id))
+    stack.config_path.write_text(to_toml(data))
+    stack.config = load_config(stack.config_path)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,7 @@ import asyncio
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -115,6 +116,7 @@ class GcpEmulator:
         self.ops.before_list = self._notice_dead_hosts
         self.projects = ProjectApi(self.ops, cloud.state_dir / PROJECTS_FILE, self._vms_of, self._project_changed)
         self.faults = Faults()
+        self.requests: Counter[tuple[str, str]] = Counter()  # API requests by (method, route), for the benches
         self._runner: web.AppRunner | None = None
 
     @property
@@ -159,7 +161,7 @@ class GcpEmulator:
 
     def app(self) -> web.Application:
         """The Compute routes and the fault routes."""
-        app = web.Application(middlewares=[api_errors])
+        app = web.Application(middlewares=[self._count, api_errors])
         app.router.add_post(INSTANCES, self._insert)
         app.router.add_get(INSTANCES, self._list_instances)
         app.router.add_get(INSTANCES + "/{name}", self._get)
@@ -171,6 +173,14 @@ class GcpEmulator:
         app.router.add_get("/_dumont/faults", self._fault_state)
         app.router.add_post("/_dumont/faults/{action}", self._inject)
         return app
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/_dumont/"):
+            route = request.match_info.route.resource
+            self.requests[(request.method, route.canonical if route is not None else request.path)] += 1
+        response: web.StreamResponse = await handler(request)
+        return response
 
     # ------------------------------------------------------------------ instances
 

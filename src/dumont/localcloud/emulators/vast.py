@@ -128,6 +128,7 @@ class VastEmulator:
         self.faults = Faults()
         self.min_interval = min_interval if min_interval is not None else _setting(ENV_MIN_INTERVAL, 0.0)
         self.too_frequent = 0  # requests refused by the per-endpoint rate limit
+        self.requests: Counter[tuple[str, str]] = Counter()  # API requests by (method, route), for the benches
         self._last_call: dict[tuple[str, str], float] = {}  # (method, route) -> when it was last served
         self.instances: dict[int, VastInstance] = {}
         self.account_keys = AccountKeys()
@@ -229,6 +230,9 @@ class VastEmulator:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/_dumont/"):
+            route = request.match_info.route.resource
+            self.requests[(request.method, route.canonical if route is not None else request.path)] += 1
         refused = self._refused(request)
         if refused is not None:
             return refused
