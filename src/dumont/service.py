@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
 
 from dumont.api.server import ApiServer, Extension
@@ -60,7 +59,7 @@ async def _serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None
             taken = leases.round([pair.name for pair in config.pairs]).taken
             ctx.acting = leases.held
             for name in taken:
-                say_taken(ctx, name, time.time())
+                say_taken(ctx, name, ctx.clock())
             pairs = [await load_pair(ctx, pair) for pair in config.pairs if pair.name in taken]
             controller = Controller(ctx, pairs, leases=leases, open_pair=functools.partial(open_pair, ctx))
             await _run(ctx, controller, on_ready=on_ready, extensions=extensions)

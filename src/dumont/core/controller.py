@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -146,21 +145,26 @@ class Controller:
     async def _keep_leases(self) -> None:
         """Renew this controller's leases, take free or expired ones, let go of lost ones at once."""
         assert self.leases is not None
-        leases, names = self.leases, [pair.name for pair in self.ctx.config.pairs]
+        leases = self.leases
         while True:
-            self._say_unsaid()
-            changes = leases.round(names)
-            claimed_at = time.time()
-            for name, why in changes.lost:
-                await self._let_go(name, why)
-            for name in changes.taken:
-                try:
-                    await self._take(name, claimed_at)
-                except Exception as exc:  # the pair stays unopened; its lease runs out for another to take
-                    self.ctx.internal_errors.report("taking a pair up", exc, name)
+            await self.lease_round()
             deadline = leases.next_deadline()
             wait = leases.every if deadline is None else min(leases.every, max(0.0, deadline - leases.clock()))
             await self.ctx.sleep(max(wait, 0.01))
+
+    async def lease_round(self) -> None:
+        """One round of the leases: lost pairs let go at once, taken ones brought up."""
+        assert self.leases is not None
+        self._say_unsaid()
+        changes = self.leases.round([pair.name for pair in self.ctx.config.pairs])
+        claimed_at = self.ctx.clock()
+        for name, why in changes.lost:
+            await self._let_go(name, why)
+        for name in changes.taken:
+            try:
+                await self._take(name, claimed_at)
+            except Exception as exc:  # the pair stays unopened; its lease runs out for another to take
+                self.ctx.internal_errors.report("taking a pair up", exc, name)
 
     async def _take(self, name: str, claimed_at: float) -> None:
         """Bring a pair whose lease was just taken up, and resume what its previous owner left unfinished."""
@@ -192,7 +196,7 @@ class Controller:
     async def _let_go(self, name: str, why: str) -> None:
         """Stop acting on a pair whose lease is lost: its work is cancelled as a pause cancels it (an operation
         stays open in the store, with what it rented, for the new owner to resume); its endpoint keeps serving."""
-        rt, stopped_at = self.pairs.pop(name, None), time.time()
+        rt, stopped_at = self.pairs.pop(name, None), self.ctx.clock()
         log.warning("%s: stopped acting on the pair: %s", name, why)
         if rt is not None:
             for task in (rt.watch_task, rt.sync_task, rt.reach_task):

@@ -1,0 +1,70 @@
+"""The loop with leases, on fakes and virtual time: a pair whose lease is lost is let go at once and nothing more
+is said or done for it; a pair whose lease is taken is brought up and its unfinished operation resumed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dumont.config import PairConfig
+from dumont.core.controller import Controller
+from dumont.core.leases import Leases
+from dumont.core.model import OperationStatus
+from dumont.core.pair import PairRuntime
+from tests.unit.core.world import make_world, synced_pair
+
+TTL = 8.0
+
+
+async def test_a_pair_whose_lease_another_controller_took_is_let_go_and_said_nothing_more_of(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    world.ctx.controller_id = "a"
+    async for rt in synced_pair(world):
+        store, clock = world.ctx.store, world.clock
+        mine = Leases(store, "a", TTL, tick=1, clock=clock)
+        theirs = Leases(store, "b", TTL, tick=1, clock=clock)
+        assert mine.round(["main"]).taken == ("main",)
+        controller = Controller(world.ctx, [rt], leases=mine)
+        await controller.tick()
+        assert controller.acts_on("main")
+        theirs.round(["main"])  # b sees a's lease...
+        await clock.sleep(TTL)  # ...unchanged for a whole TTL: a stopped renewing (paused, or cut off)
+        assert not controller.acts_on("main"), "a's deadline passed half a TTL after its last renewal"
+        assert theirs.round(["main"]).taken == ("main",)
+        await controller.tick()  # a tick before the lease round: it decides and does nothing for the pair
+        said_before = len(store.events(pair="main", limit=10_000))
+        world.ctx.event("main", "note", "late work of a")  # work winding down: not recorded
+        assert len(store.events(pair="main", limit=10_000)) == said_before
+        await controller.lease_round()
+        assert "main" not in controller.pairs
+        [lost] = [e for e in store.events(limit=10_000) if e.kind == "lease_lost"]
+        assert lost.pair is None and lost.controller == "a" and lost.data["pair"] == "main"
+        assert lost.data["stopped_at"] == clock.now
+        assert rt.sync_task is None or rt.sync_task.done()
+
+
+async def test_a_freed_pair_is_taken_brought_up_and_its_open_operation_resumed(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    world.ctx.controller_id = "b"
+    async for rt in synced_pair(world):
+        store = world.ctx.store
+        gone = Leases(store, "a", TTL, tick=1, clock=world.clock)
+        gone.round(["main"])
+        op_id = store.start_operation("main", "replace_standby", "creating", {"only_restart": False})
+        gone.release_all()  # a stopped cleanly (SIGTERM) in the middle of replacing the standby
+        opened: list[str] = []
+
+        async def open_pair(config: PairConfig) -> PairRuntime:
+            opened.append(config.name)
+            row = store.open_operation(config.name)
+            assert row is not None
+            rt.operation, rt.operation_id = OperationStatus(row.kind, row.step, row.started_at), row.id
+            return rt
+
+        controller = Controller(world.ctx, [], leases=Leases(store, "b", TTL, tick=1, clock=world.clock),
+                                open_pair=open_pair)
+        await controller.lease_round()
+        assert opened == ["main"] and controller.pairs == {"main": rt}
+        kinds = [(e.kind, e.controller) for e in store.events(pair="main", limit=10_000)]
+        assert kinds[:2] == [("lease_taken", "b"), ("replace_standby_resumed", "b")], kinds
+        assert rt.op_task is not None and rt.operation_id == op_id
+        rt.op_task.cancel()
