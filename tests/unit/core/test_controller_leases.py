@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from dumont.config import PairConfig
-from dumont.core.controller import Controller
+from dumont.core.controller import Controller, PairOpener
 from dumont.core.leases import Leases
 from dumont.core.model import OperationStatus
 from dumont.core.pair import PairRuntime
+from dumont.core.ports import StateStore
 from tests.unit.core.world import make_world, synced_pair
 
 TTL = 8.0
@@ -52,19 +53,24 @@ async def test_a_freed_pair_is_taken_brought_up_and_its_open_operation_resumed(t
         op_id = store.start_operation("main", "replace_standby", "creating", {"only_restart": False})
         gone.release_all()  # a stopped cleanly (SIGTERM) in the middle of replacing the standby
         opened: list[str] = []
-
-        async def open_pair(config: PairConfig) -> PairRuntime:
-            opened.append(config.name)
-            row = store.open_operation(config.name)
-            assert row is not None
-            rt.operation, rt.operation_id = OperationStatus(row.kind, row.step, row.started_at), row.id
-            return rt
-
         controller = Controller(world.ctx, [], leases=Leases(store, "b", TTL, tick=1, clock=world.clock),
-                                open_pair=open_pair)
+                                open_pair=resuming(rt, store, opened))
         await controller.lease_round()
         assert opened == ["main"] and controller.pairs == {"main": rt}
         kinds = [(e.kind, e.controller) for e in store.events(pair="main", limit=10_000)]
         assert kinds[:2] == [("lease_taken", "b"), ("replace_standby_resumed", "b")], kinds
         assert rt.op_task is not None and rt.operation_id == op_id
         rt.op_task.cancel()
+
+
+def resuming(rt: PairRuntime, store: StateStore, opened: list[str]) -> PairOpener:
+    """Brings ``rt`` up as startup.load_pair would: with the operation the store holds open for it."""
+
+    async def open_pair(config: PairConfig) -> PairRuntime:
+        opened.append(config.name)
+        row = store.open_operation(config.name)
+        assert row is not None
+        rt.operation, rt.operation_id = OperationStatus(row.kind, row.step, row.started_at), row.id
+        return rt
+
+    return open_pair
