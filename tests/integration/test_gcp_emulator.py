@@ -764,6 +764,15 @@ async def test_a_rule_deleted_or_added_closes_or_opens_ssh_on_a_running_vm(gcp_l
     assert await local.provider.ensure_ssh_firewall("dumont-standby", ("0.0.0.0/0",)) is False
 
 
+async def test_two_callers_creating_the_ssh_rule_at_once_both_succeed(gcp_local: GcpLocal) -> None:
+    """Given no rule, when two pairs ensure it at the same time (both list, both insert), then one creates it and
+    the other, refused with "already exists", finds the rule that opens tcp:22 and goes on (a fleet's first start
+    failed its standbys on this)."""
+    ensure = gcp_local.provider.ensure_ssh_firewall
+    created = await asyncio.gather(*(ensure("dumont-standby", ("0.0.0.0/0",)) for _ in range(4)))
+    assert sorted(created) == [False, False, False, True]
+
+
 async def test_a_deny_rule_of_higher_precedence_is_named_instead_of_worked_around(gcp_local: GcpLocal) -> None:
     """Given a rule denying tcp:22 at priority 100, then ensure_ssh_firewall refuses, naming that rule, and
     creating the standby fails before any VM exists."""

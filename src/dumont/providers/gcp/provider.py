@@ -219,6 +219,10 @@ class GcpStandbyCloud:
         except ProviderRequestError as exc:
             if "already exists" not in str(exc):
                 raise
+            # Two pairs creating their standbys at once both find no rule and both insert it: the one that lost
+            # the race finds the rule the other made (seen on a fleet's first start), which opens what it needs.
+            if project.ssh_open(await self.firewall_rules(), network_tag, source_ranges):
+                return False
             raise ProviderRequestError(
                 f"firewall rule {project.SSH_RULE_NAME} exists but does not open tcp:22 to VMs tagged {network_tag} "
                 f"from {', '.join(source_ranges)}",
