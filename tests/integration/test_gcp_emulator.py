@@ -462,6 +462,23 @@ async def test_a_preemption_is_reported_as_such_and_a_user_stop_is_not(gcp_local
     assert (await local.provider.get("standby-1")).state is InstanceState.STOPPED
 
 
+async def test_the_list_gives_every_vm_as_get_gives_it(gcp_local: GcpLocal) -> None:
+    """Given three standbys, one preempted and one stopped by the user, then one list call reports each as a get
+    does: RUNNING, PREEMPTED, STOPPED (the controller's one look at every standby per tick)."""
+    local = gcp_local
+    for name in ("standby-1", "standby-2", "standby-3"):
+        await local.provider.create_standby(local.spec(name))
+    await local.emulator.fault("preempt", local.cloud.pool.get("gcp-standby-2"))
+    await local.provider.stop("standby-3")
+    listed = {i.instance_id: i for i in await local.provider.list()}
+    assert sorted(listed) == ["standby-1", "standby-2", "standby-3"]
+    for name, seen in listed.items():
+        got = await local.provider.get(name)
+        assert (seen.state, seen.ssh_host, seen.ssh_port) == (got.state, got.ssh_host, got.ssh_port), name
+    assert [listed[n].state for n in sorted(listed)] == [InstanceState.RUNNING, InstanceState.PREEMPTED,
+                                                         InstanceState.STOPPED]
+
+
 async def test_a_preemption_notice_shows_the_vm_stopping_then_terminated(gcp_local: GcpLocal) -> None:
     """Given a notice period, then the fault answers at once, the VM is PREEMPTED while STOPPING, and the
     preempted operation is DONE (waited for through the API, not by sleeping) once the host is stopped."""

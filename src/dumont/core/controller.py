@@ -47,7 +47,7 @@ from dumont.core.pair import PairRuntime, cancel, run_sync, start_background
 from dumont.core.recovery import recover
 from dumont.core.standby import replace_standby
 from dumont.errors import DumontError
-from dumont.providers.base import Instance, ProviderUnavailable
+from dumont.providers.base import GpuMarket, Instance, ProviderUnavailable, StandbyCloud
 
 log = logging.getLogger("dumont.controller")
 
@@ -253,16 +253,18 @@ class Controller:
                 self.ctx.internal_errors.report("a tick listener", exc)
 
     async def _list_markets(self) -> dict[str, dict[str, Instance]]:
-        """One instance list per GPU market holding two or more of the pairs' hosts, instead of one get for each
-        (Vast limits each endpoint's rate per account). A market whose list fails is asked host by host."""
+        """One instance list per GPU market or standby cloud holding two or more of the pairs' hosts, instead of
+        one get for each (Vast limits each endpoint's rate per account; GCP counts reads against a per-minute
+        quota). A provider whose list fails is asked host by host."""
         held = collections.Counter(ref.provider for rt in self.pairs.values() for ref in (rt.primary, rt.standby)
-                                   if ref is not None and ref.provider in self.ctx.markets)
+                                   if ref is not None)
         listed: dict[str, dict[str, Instance]] = {}
         for provider, count in held.items():
-            if count < 2:
+            source: GpuMarket | StandbyCloud | None = self.ctx.markets.get(provider) or self.ctx.clouds.get(provider)
+            if count < 2 or source is None:
                 continue
             try:
-                listed[provider] = {i.instance_id: i for i in await self.ctx.markets[provider].list()}
+                listed[provider] = {i.instance_id: i for i in await source.list()}
             except DumontError as exc:
                 log.debug("listing %s failed (%s); asking for each host instead", provider, exc)
             except Exception as exc:

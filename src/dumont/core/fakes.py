@@ -411,6 +411,10 @@ class FakeCloud(_Provider):
     async def delete(self, instance_id: str) -> None:
         await self._destroy(instance_id)
 
+    async def list(self) -> list[Instance]:
+        self._check("list")
+        return [self.record(i) for i in self.instances]
+
     async def close(self) -> None:
         """Nothing to close."""
 

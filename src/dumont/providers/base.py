@@ -226,6 +226,11 @@ class StandbyCloud(Protocol):
         """The VM's record; PREEMPTED (not STOPPED) when the provider took it back."""
         ...
 
+    async def list(self) -> list[Instance]:
+        """Every VM where the standbys are created, each as :meth:`get` gives it (the controller's one look at all
+        its standbys per tick; one it does not find there it asks for with :meth:`get`)."""
+        ...
+
     async def stop(self, instance_id: str) -> None:
         """Stop the VM (disk kept)."""
         ...

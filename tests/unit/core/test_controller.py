@@ -256,6 +256,25 @@ async def test_a_tick_lists_a_market_once_for_all_its_pairs_instead_of_a_get_for
         assert rt.state == PairState.SYNCING and rt.memory.primary_failures == 0
 
 
+async def test_a_tick_lists_the_standby_cloud_once_for_all_its_standbys(tmp_path: Path) -> None:
+    """Two pairs' standbys on one cloud cost one list per tick, not a get for each, and a preempted one is seen
+    in that list as the get would show it."""
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        world.cloud._new("dumont-second-standby-0", user="dumont")
+        second_cpu = dataclasses.replace(rt.standby, instance_id="dumont-second-standby-0",
+                                         alias="gcp-dumont-second-standby-0")
+        other = PairRuntime(dataclasses.replace(rt.config, name="second"), PairState.SYNCING, 1, None, second_cpu,
+                            rt.endpoint)
+        controller = Controller(world.ctx, [rt, other])
+        await world.cloud.preempt("dumont-second-standby-0")
+        world.cloud.calls.clear()
+        await controller.tick()
+        assert world.cloud.calls["list"] == 1 and world.cloud.calls["get"] == 0
+        assert other.observation is not None and other.observation.standby is not None
+        assert other.observation.standby.provider_state == InstanceState.PREEMPTED
+
+
 async def test_a_standby_preempted_again_and_again_is_replaced_each_time_within_the_hour(tmp_path: Path) -> None:
     """The hour's limit counts failed attempts to bring a standby back: four preemptions within an hour, each
     followed by a successful restart, leave the pair protected after the fourth (a chaos campaign found every

@@ -13,6 +13,7 @@ tcp:22 to that tag, created before the VM when no rule opens the port (``project
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -130,6 +131,15 @@ class GcpStandbyCloud:
         preempted = await self.preemptions(instance_id) if states.needs_preemption_check(vm) else []
         return states.to_instance(vm, preempted)
 
+    async def list(self) -> list[Instance]:
+        """Every VM of the zone, as :meth:`get` gives each (a stopped one is asked about its preemptions)."""
+        vms = await self.api.call("list of VMs", self._list_instances)
+        found = []
+        for vm in vms:
+            preempted = await self.preemptions(str(vm["name"])) if states.needs_preemption_check(vm) else []
+            found.append(states.to_instance(vm, preempted))
+        return found
+
     async def stop(self, instance_id: str) -> None:
         """Stop the VM (disk kept) and wait until it is TERMINATED."""
         await self._act("stop", instance_id, self.api.instances.stop_unary)
@@ -145,7 +155,7 @@ class GcpStandbyCloud:
         except InstanceNotFound:
             return
 
-    async def preemptions(self, instance_id: str) -> list[datetime]:
+    async def preemptions(self, instance_id: str) -> builtins.list[datetime]:
         """When Compute Engine preempted VM ``instance_id`` (oldest first), from the zone's operations."""
         operations = await self.api.call(f"list of preemptions of VM {instance_id}", self._list_operations,
                                          filter_=preemption_filter(instance_id))
@@ -156,7 +166,7 @@ class GcpStandbyCloud:
         times = await self.preemptions(instance_id)
         return times[-1] if times else None
 
-    async def ssh_host_keys(self, instance_id: str) -> list[str]:
+    async def ssh_host_keys(self, instance_id: str) -> builtins.list[str]:
         """The VM's SSH host keys as its guest published them (guest attributes ``hostkeys/``), for pinning."""
         try:
             attributes = await self.api.call(f"host keys of VM {instance_id}", self._guest_attributes,
@@ -182,13 +192,13 @@ class GcpStandbyCloud:
             return False
         return True
 
-    async def quotas(self) -> list[Quota]:
+    async def quotas(self) -> builtins.list[Quota]:
         """The quotas of the configured zone's region (CPUS, PREEMPTIBLE_CPUS, IN_USE_ADDRESSES, disks, ...)."""
         region = project.region_of(self.api.zone)
         data = await self.api.call(f"read of region {region}", self.api.regions.get, zonal=False, region=region)
         return project.quotas(to_json(data))
 
-    async def firewall_rules(self) -> list[FirewallRule]:
+    async def firewall_rules(self) -> builtins.list[FirewallRule]:
         """Every VPC firewall rule of the project."""
         rules = await self.api.call("list of firewall rules", self._list_firewalls, zonal=False)
         return [project.firewall_rule(rule) for rule in rules]
@@ -285,13 +295,18 @@ class GcpStandbyCloud:
                                                                 query_path="hostkeys/")
         return self.api.instances.get_guest_attributes(request=request, retry=retry, timeout=timeout)
 
-    def _list_firewalls(self, *, retry: Any, timeout: float, project: str) -> list[dict[str, Any]]:
+    def _list_firewalls(self, *, retry: Any, timeout: float, project: str) -> builtins.list[dict[str, Any]]:
         # Runs in a thread: the pager fetches further pages as it is iterated.
         request = compute_v1.ListFirewallsRequest(project=project)
         return [to_json(rule) for rule in self.api.firewalls.list(request=request, retry=retry, timeout=timeout)]
 
+    def _list_instances(self, *, retry: Any, timeout: float, project: str, zone: str) -> builtins.list[dict[str, Any]]:
+        # Runs in a thread: the pager fetches further pages as it is iterated.
+        request = compute_v1.ListInstancesRequest(project=project, zone=zone)
+        return [to_json(vm) for vm in self.api.instances.list(request=request, retry=retry, timeout=timeout)]
+
     def _list_operations(self, *, filter_: str, retry: Any, timeout: float, project: str,
-                         zone: str) -> list[dict[str, Any]]:
+                         zone: str) -> builtins.list[dict[str, Any]]:
         # Runs in a thread: the pager fetches further pages as it is iterated.
         request = compute_v1.ListZoneOperationsRequest(project=project, zone=zone, filter=filter_)
         return [to_json(op) for op in self.api.operations.list(request=request, retry=retry, timeout=timeout)]
