@@ -22,6 +22,7 @@ from dumont.core.changes import watch_changes
 from dumont.core.context import ControllerContext
 from dumont.core.decide import decide, recovery_turns
 from dumont.core.failover import fail_over
+from dumont.core.faults import reason_of
 from dumont.core.leases import Leases
 from dumont.core.model import (
     Action,
@@ -80,6 +81,8 @@ class Controller:
         self.leases = leases
         self._open_pair = open_pair
         self._unsaid: list[tuple[str, str, dict[str, Any]]] = []  # fleet events the store did not take yet
+        self._winding: set[asyncio.Task[None]] = set()  # pairs let go, their work still ending
+        self._retry_at: dict[str, float] = {}  # pairs that could not be brought up: not taken again before
         if leases is not None:
             ctx.acting = leases.held
         self.policy = policy_of(ctx.config)
@@ -131,6 +134,8 @@ class Controller:
                         pass
         finally:
             await cancel(keeping)
+            if self._winding:
+                await asyncio.wait(set(self._winding), timeout=60)
             for rt in self.pairs.values():
                 await cancel(rt.watch_task)
                 await cancel(rt.sync_task)
@@ -147,41 +152,47 @@ class Controller:
         assert self.leases is not None
         leases = self.leases
         while True:
-            await self.lease_round()
+            try:
+                await self.lease_round()
+            except Exception as exc:  # a bug here must not stop the renewals: the leases would all run out
+                self.ctx.internal_errors.report("a round of the leases", exc)
             deadline = leases.next_deadline()
             wait = leases.every if deadline is None else min(leases.every, max(0.0, deadline - leases.clock()))
             await self.ctx.sleep(max(wait, 0.01))
 
     async def lease_round(self) -> None:
-        """One round of the leases: lost pairs let go at once, taken ones brought up."""
+        """One round of the leases: lost pairs let go at once, held ones not yet up brought up."""
         assert self.leases is not None
         self._say_unsaid()
-        changes = self.leases.round([pair.name for pair in self.ctx.config.pairs])
+        now = self.ctx.clock()
+        # A pair this controller could not bring up is left to the others for a while (a lease it holds without
+        # acting on the pair would keep everyone off it).
+        names = [pair.name for pair in self.ctx.config.pairs if self._retry_at.get(pair.name, 0.0) <= now]
+        changes = self.leases.round(names)
         claimed_at = self.ctx.clock()
         for name, why in changes.lost:
-            await self._let_go(name, why)
-        for name in changes.taken:
-            try:
-                await self._take(name, claimed_at)
-            except Exception as exc:  # the pair stays unopened; its lease runs out for another to take
-                self.ctx.internal_errors.report("taking a pair up", exc, name)
+            self._let_go(name, why)
+        if self._open_pair is not None:
+            for name in self.leases.holding():
+                if name not in self.pairs:
+                    await self._take(name, claimed_at)
 
     async def _take(self, name: str, claimed_at: float) -> None:
-        """Bring a pair whose lease was just taken up, and resume what its previous owner left unfinished."""
-        if name in self.pairs or self._open_pair is None:
-            return
+        """Bring up a pair whose lease this controller holds, and resume what its previous owner left unfinished;
+        a pair that cannot be brought up has its lease given back (never held with nobody acting on it)."""
+        assert self._open_pair is not None
         config = next(pair for pair in self.ctx.config.pairs if pair.name == name)
-        say_taken(self.ctx, name, claimed_at)
         try:
+            say_taken(self.ctx, name, claimed_at)
             rt = await self._open_pair(config)
-        except DumontError as exc:
-            self._give_back(name)
-            self.ctx.event(None, "lease_unused", f"took the lease on {name} but could not bring it up: {exc}; the "
-                                                 "lease was given back", {"pair": name})
-            return
         except Exception as exc:
             self._give_back(name)
-            self.ctx.internal_errors.report("bringing a taken pair up", exc, name)
+            self._retry_at[name] = self.ctx.clock() + self.leases.ttl if self.leases is not None else 0.0
+            if not isinstance(exc, DumontError):
+                self.ctx.internal_errors.report("bringing a taken pair up", exc, name)
+            with contextlib.suppress(DumontError):  # the store may be what failed
+                self.ctx.event(None, "lease_unused", f"took the lease on {name} but could not bring it up: "
+                                                     f"{reason_of(exc)}; the lease was given back", {"pair": name})
             return
         self.pairs[name] = rt
         self._start_watching(rt)
@@ -193,22 +204,30 @@ class Controller:
         assert self.leases is not None
         self.leases.release(name)
 
-    async def _let_go(self, name: str, why: str) -> None:
-        """Stop acting on a pair whose lease is lost: its work is cancelled as a pause cancels it (an operation
-        stays open in the store, with what it rented, for the new owner to resume); its endpoint keeps serving."""
+    def _let_go(self, name: str, why: str) -> None:
+        """Stop acting on a pair whose lease is lost, at once: its work is cancelled as a pause cancels it (an
+        operation stays open in the store, with what it rented, for the new owner to resume), and waited for in
+        the background, so that the other pairs' renewals do not wait on it; its endpoint keeps serving."""
         rt, stopped_at = self.pairs.pop(name, None), self.ctx.clock()
         log.warning("%s: stopped acting on the pair: %s", name, why)
         if rt is not None:
-            for task in (rt.watch_task, rt.sync_task, rt.reach_task):
-                await cancel(task)
-            await cancel(rt.op_task, timeout=30)
-            with contextlib.suppress(DumontError):  # it keeps serving; the new owner attaches to it
-                await rt.endpoint.detach()
+            tasks = [t for t in (rt.watch_task, rt.sync_task, rt.reach_task, rt.op_task) if t is not None]
+            for task in tasks:
+                task.cancel()
+            winding = asyncio.create_task(self._wind_down(rt, tasks), name=f"{name}:let go")
+            self._winding.add(winding)
+            winding.add_done_callback(self._winding.discard)
         # Said without the pair (its history belongs to the new owner from now on), and when the store takes it:
         # a controller cut off from it says so once it is back, with the time it stopped.
         self._unsaid.append(("lease_lost", f"stopped acting on {name}: {why}",
                              {"pair": name, "stopped_at": stopped_at}))
         self._say_unsaid()
+
+    async def _wind_down(self, rt: PairRuntime, tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            await cancel(task, timeout=30)
+        with contextlib.suppress(DumontError):  # it keeps serving; the new owner attaches to it
+            await rt.endpoint.detach()
 
     def _say_unsaid(self) -> None:
         while self._unsaid:

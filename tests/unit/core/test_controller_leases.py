@@ -11,6 +11,7 @@ from dumont.core.leases import Leases
 from dumont.core.model import OperationStatus
 from dumont.core.pair import PairRuntime
 from dumont.core.ports import StateStore
+from dumont.errors import HostUnreachable
 from tests.unit.core.world import make_world, synced_pair
 
 TTL = 8.0
@@ -74,3 +75,24 @@ def resuming(rt: PairRuntime, store: StateStore, opened: list[str]) -> PairOpene
         return rt
 
     return open_pair
+
+
+async def test_a_pair_that_cannot_be_brought_up_is_given_back_and_left_to_the_others(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    world.ctx.controller_id = "b"
+    store, clock = world.ctx.store, world.clock
+
+    async def broken(config: PairConfig) -> PairRuntime:
+        raise HostUnreachable(f"the GPU of {config.name} does not answer", hint="later")
+
+    controller = Controller(world.ctx, [], leases=Leases(store, "b", TTL, tick=1, clock=clock), open_pair=broken)
+    await controller.lease_round()
+    assert controller.pairs == {} and not controller.acts_on("main")
+    [unused] = [e for e in store.events(limit=100) if e.kind == "lease_unused"]
+    assert "does not answer" in unused.reason
+    other = Leases(store, "c", TTL, tick=1, clock=clock)
+    assert other.round(["main"]).taken == ("main",), "given back: another controller takes it at once"
+    other.release_all()
+    await clock.sleep(1)
+    await controller.lease_round()
+    assert store.lease("main").owner == "", "not taken again before a TTL has passed"  # type: ignore[union-attr]
