@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from dumont.errors import StoreUnavailable
+from dumont.localcloud.link import LinkRelay, LinkSpec
 from dumont.store.postgres import PostgresStore
 from tests.integration.stack import running_stack
 from tests.postgres import PostgresServer
@@ -36,3 +38,40 @@ async def test_a_controller_on_postgres_fails_over_and_keeps_its_state_there(tmp
             assert {role for _, _, role in store.held_hosts("main")} >= {"cpu"}
         finally:
             store.close()
+
+
+def test_a_store_cut_off_fails_fast_and_connects_again_on_its_own(postgres: PostgresServer) -> None:
+    """Given a store reaching PostgreSQL through a link, when the link swallows everything (blackholed: packets
+    acknowledged, nothing delivered), then a call fails within the store's I/O bound instead of hanging, the next
+    calls fail at once while it reconnects in the background, and once the link heals calls work again."""
+    url = postgres.new_database()
+    relay = LinkRelay()
+    try:
+        host, port = url.split("@", 1)[1].split("/", 1)[0].split(":")
+        through = relay.add(host, int(port), LinkSpec())
+        store = PostgresStore(url.replace(f":{port}/", f":{through}/"), io_timeout=1.0)
+        try:
+            store.add_event("main", "note", "before the cut")
+            relay.set(through, LinkSpec(blackhole=True))
+            began = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="failed"):
+                store.add_event("main", "note", "into the void")
+            assert time.monotonic() - began < 1.0 + 1.0 + 0.5, "bounded by io_timeout and a second"
+            began = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="connecting again in the background"):
+                store.events()
+            assert time.monotonic() - began < 0.1, "no caller waits for the reconnect"
+            relay.set(through, LinkSpec())
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    reasons = [e.reason for e in store.events()]
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline, "the store did not connect again within 30 s"
+                    time.sleep(0.1)  # the reconnect runs in its own thread; polling its outcome
+            assert reasons == ["before the cut"]
+        finally:
+            store.close()
+    finally:
+        relay.close()

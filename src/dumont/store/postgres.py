@@ -39,19 +39,24 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str, *, password: str | None = None, io_timeout: float = IO_TIMEOUT_SECONDS) -> None:
         super().__init__()
-        self.io_timeout = io_timeout
-        self._retry_at = 0.0  # monotonic: no reconnecting before this after a failure
         import psycopg  # imported here: a controller on SQLite never loads the driver
 
         self._psycopg = psycopg
-        self.url, self._password = url, password
+        self.url, self._password, self.io_timeout = url, password, io_timeout
         parts = urlsplit(url)
         self.where = f"postgresql://{parts.username}@{parts.hostname}:{parts.port or 5432}{parts.path}"
-        self._db: Any = None
-        self._connect()
+        self._closed = False
+        self._lost = ""  # why the connection was lost, while it is being made again
+        self._reconnecting: threading.Thread | None = None
+        try:
+            self._db: Any = self._connect()
+        except self._psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"cannot reach the state database {self.where}: {_first_line(exc)}",
+                                   hint="check that PostgreSQL runs and accepts this user, and the password in "
+                                   "$DUMONT_STORE_PASSWORD or store.password_file") from None
         self._open()
 
-    def _connect(self) -> None:
+    def _connect(self) -> Any:
         millis = max(1, round(self.io_timeout * 1000))
         params: dict[str, Any] = {"autocommit": True, "connect_timeout": max(2, min(CONNECT_TIMEOUT_SECONDS,
                                                                                 round(self.io_timeout * 1.5))),
@@ -60,16 +65,12 @@ class PostgresStore(SqlStore):
                                   "keepalives_count": 3, "options": f"-c statement_timeout={millis}"}
         if self._password:
             params["password"] = self._password
-        try:
-            self._db = self._psycopg.connect(self.url, **params)
-        except self._psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"cannot reach the state database {self.where}: {_first_line(exc)}",
-                                   hint="check that PostgreSQL runs and accepts this user, and the password in "
-                                   "$DUMONT_STORE_PASSWORD or store.password_file") from None
+        return self._psycopg.connect(self.url, **params)
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and stop making it again)."""
         with self._lock:
+            self._closed = True
             if self._db is not None:
                 self._db.close()
 
@@ -79,15 +80,13 @@ class PostgresStore(SqlStore):
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
         with self._lock:
-            if self._db is None or self._db.closed or self._db.broken:
-                # A database that just failed is not asked again for io_timeout: every call would otherwise hold
-                # the loop for a whole connect, and a controller cut off would let its pairs go late.
-                left = self._retry_at - time.monotonic()
-                if left > 0:
-                    raise StoreUnavailable(f"the state database {self.where} did not answer; asking again in "
-                                           f"{left:.1f} s", hint="check the database and the network to it")
-                self._retry_at = time.monotonic() + self.io_timeout
-                self._connect()
+            if self._db.closed or self._db.broken:
+                # Made again in a thread of its own: a call on the controller's loop never waits for a connect
+                # to a database that may be behind a partition; it fails at once, and the leases decide.
+                self._reconnect_in_background()
+                raise StoreUnavailable(f"the state database {self.where} is not connected ({self._lost}); "
+                                       "connecting again in the background",
+                                       hint="check the database and the network to it")
             # The server bounds a statement it received; this bounds one it never did (a link that swallows
             # packets yet acknowledges them, as a proxy or a userspace relay does, keeps a request waiting with
             # no TCP timeout ever firing): past it the socket is shut, and the call fails at once.
@@ -98,11 +97,35 @@ class PostgresStore(SqlStore):
                 with self._db.transaction(), self._db.cursor() as cursor:
                     yield cursor
             except self._psycopg.OperationalError as exc:
-                self._retry_at = time.monotonic() + self.io_timeout
-                raise StoreUnavailable(f"the state database {self.where} failed: {_first_line(exc)}",
-                                       hint="the next call reconnects; check the database if this repeats") from None
+                self._lost = _first_line(exc)
+                self._reconnect_in_background()
+                raise StoreUnavailable(f"the state database {self.where} failed: {self._lost}",
+                                       hint="it is connected again in the background; check the database if this "
+                                            "repeats") from None
             finally:
                 deadline.cancel()
+
+    def _reconnect_in_background(self) -> None:
+        if self._reconnecting is None or not self._reconnecting.is_alive():
+            self._reconnecting = threading.Thread(target=self._reconnect, name="dumont-store-reconnect", daemon=True)
+            self._reconnecting.start()
+
+    def _reconnect(self) -> None:
+        """Connect until it works (or the store is closed), then hand the new connection to the callers."""
+        while not self._closed:
+            try:
+                db = self._connect()
+            except self._psycopg.OperationalError as exc:
+                self._lost = _first_line(exc)
+                time.sleep(self.io_timeout)  # this thread's own pace between attempts; no caller waits on it
+                continue
+            with self._lock:
+                old, self._db = self._db, db
+                if self._closed:
+                    db.close()
+            with contextlib.suppress(Exception):
+                old.close()
+            return
 
     def _run_script(self, script: str) -> None:
         with self._transaction() as cursor:
