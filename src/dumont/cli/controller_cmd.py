@@ -123,6 +123,11 @@ def _human_status(data: dict[str, Any]) -> str:
     from dumont.core.progress import describe_progress
 
     lines = [f"API {data['api_url']}  metrics {data['metrics_url']}  dashboard {data['dashboard_url']}"]
+    me = data.get("controller") or {}
+    others = int(me.get("pairs_configured", len(data["pairs"]))) - len(data["pairs"])
+    if others > 0:  # a fleet: the other pairs' leases are held by other controllers, whose status shows them
+        lines.append(f"controller {me.get('name', '?')} holds {len(data['pairs'])} of the "
+                     f"{me['pairs_configured']} pairs; the other controllers hold the rest")
     for p in data["pairs"]:
         lag = f"{p['lag_seconds']:.0f} s" if p["lag_seconds"] is not None else "no pass yet"
         lines.append(f"{p['name']}: {p['state']} (epoch {p['epoch']}), endpoint {p['endpoint']}, lag {lag}")
