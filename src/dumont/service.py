@@ -60,11 +60,23 @@ async def _serve(config: Config, *, on_ready: Callable[[ApiServer], None] | None
             ctx.acting = leases.held
             for name in taken:
                 say_taken(ctx, name, ctx.clock())
-            pairs = [await load_pair(ctx, pair) for pair in config.pairs if pair.name in taken]
+            # Adopting many pairs can outlast half a lease: what was taken is renewed while they load.
+            renewing = asyncio.create_task(_renew(leases, taken), name="leases while loading")
+            try:
+                pairs = [await load_pair(ctx, pair) for pair in config.pairs if pair.name in taken]
+            finally:
+                await cancel(renewing)
             controller = Controller(ctx, pairs, leases=leases, open_pair=functools.partial(open_pair, ctx))
+            controller.keep_leases()
             await _run(ctx, controller, on_ready=on_ready, extensions=extensions)
         finally:
             leases.release_all()  # a start-up that failed part-way leaves no lease to wait for
+
+
+async def _renew(leases: Leases, pairs: tuple[str, ...]) -> None:
+    while True:
+        await asyncio.sleep(leases.every)  # the renewal period, as the controller's own loop keeps it
+        leases.round(pairs)
 
 
 async def open_pair(ctx: ControllerContext, pair: PairConfig) -> PairRuntime:

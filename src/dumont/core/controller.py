@@ -83,6 +83,7 @@ class Controller:
         self._unsaid: list[tuple[str, str, dict[str, Any]]] = []  # fleet events the store did not take yet
         self._winding: set[asyncio.Task[None]] = set()  # pairs let go, their work still ending
         self._retry_at: dict[str, float] = {}  # pairs that could not be brought up: not taken again before
+        self._keeping: asyncio.Task[None] | None = None
         if leases is not None:
             ctx.acting = leases.held
         self.policy = policy_of(ctx.config)
@@ -116,7 +117,7 @@ class Controller:
         interval = self.ctx.config.health_check_interval
         for rt in self.pairs.values():
             self._start_watching(rt)
-        keeping = asyncio.create_task(self._keep_leases(), name="leases") if self.leases is not None else None
+        self.keep_leases()
         try:
             while not self._stop.is_set():
                 started = self.ctx.clock()
@@ -133,7 +134,7 @@ class Controller:
                     except TimeoutError:
                         pass
         finally:
-            await cancel(keeping)
+            await cancel(self._keeping)
             if self._winding:
                 await asyncio.wait(set(self._winding), timeout=60)
             for rt in self.pairs.values():
@@ -146,6 +147,11 @@ class Controller:
                 if released:
                     self.ctx.event(None, "leases_released", f"gave up the lease on {', '.join(released)} on "
                                                             "stopping", {"pairs": released})
+
+    def keep_leases(self) -> None:
+        """Renew the leases (and take, and let go) from now on, in the background; :meth:`run` does it too."""
+        if self.leases is not None and self._keeping is None:
+            self._keeping = asyncio.create_task(self._keep_leases(), name="leases")
 
     async def _keep_leases(self) -> None:
         """Renew this controller's leases, take free or expired ones, let go of lost ones at once."""
@@ -169,9 +175,10 @@ class Controller:
         # acting on the pair would keep everyone off it).
         names = [pair.name for pair in self.ctx.config.pairs if self._retry_at.get(pair.name, 0.0) <= now]
         changes = self.leases.round(names)
-        claimed_at = self.ctx.clock()
-        for name, why in changes.lost:
-            self._let_go(name, why)
+        claimed_at, why = self.ctx.clock(), dict(changes.lost)
+        for name in list(self.pairs):  # what is up is what is held, whenever the lease went
+            if not self.leases.held(name):
+                self._let_go(name, why.get(name, "its lease is no longer held"))
         if self._open_pair is not None:
             for name in self.leases.holding():
                 if name not in self.pairs:
@@ -208,15 +215,14 @@ class Controller:
         """Stop acting on a pair whose lease is lost, at once: its work is cancelled as a pause cancels it (an
         operation stays open in the store, with what it rented, for the new owner to resume), and waited for in
         the background, so that the other pairs' renewals do not wait on it; its endpoint keeps serving."""
-        rt, stopped_at = self.pairs.pop(name, None), self.ctx.clock()
+        rt, stopped_at = self.pairs.pop(name), self.ctx.clock()
         log.warning("%s: stopped acting on the pair: %s", name, why)
-        if rt is not None:
-            tasks = [t for t in (rt.watch_task, rt.sync_task, rt.reach_task, rt.op_task) if t is not None]
-            for task in tasks:
-                task.cancel()
-            winding = asyncio.create_task(self._wind_down(rt, tasks), name=f"{name}:let go")
-            self._winding.add(winding)
-            winding.add_done_callback(self._winding.discard)
+        tasks = [t for t in (rt.watch_task, rt.sync_task, rt.reach_task, rt.op_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        winding = asyncio.create_task(self._wind_down(rt, tasks), name=f"{name}:let go")
+        self._winding.add(winding)
+        winding.add_done_callback(self._winding.discard)
         # Said without the pair (its history belongs to the new owner from now on), and when the store takes it:
         # a controller cut off from it says so once it is back, with the time it stopped.
         self._unsaid.append(("lease_lost", f"stopped acting on {name}: {why}",
