@@ -12,7 +12,9 @@ rsync's throughput within 15% of the set rate. What a relay cannot do: drop a pa
 its effect on a TCP stream: a segment lost is retransmitted after a timeout, so that chunk (and, in order, all
 behind it) arrives one retransmission timeout late (``max(200 ms, 2 RTT)``, Linux's minimum RTO being 200 ms).
 A blackholed relay still completes new TCP handshakes (the kernel accepts them) where a real partition would let
-the SYN time out; the connection then carries nothing, so ssh waits for a banner that never comes.
+the SYN time out; the connection then carries nothing, so ssh waits for a banner that never comes. Its kernel also
+acknowledges what a sender writes (until the buffers fill), so the sender's own TCP timeouts (``tcp_user_timeout``,
+retransmission give-ups) never fire, as behind a proxy that hangs: whatever waits on it must bound its own wait.
 
 The relays run on an event loop of their own, in a thread, so a busy controller in the same process does not
 delay its own packets.
