@@ -166,7 +166,8 @@ class HealthConfig:
     probe_timeout_seconds: float = field(default=5.0, metadata=_checked_by(_SECONDS))
     gpu_check_command: str | None = field(default=None, metadata=_checked_by(_TEXT, example="nvidia-smi"))
     # One probe in this many makes a fresh SSH login (and every probe after a failure, until one succeeds); the
-    # others run over the host's open shared connection, which a dead or cut-off host breaks or silences as well.
+    # others run over the host's open shared connection, which a dead or cut-off host breaks or silences, and read
+    # sshd's greeting, which a stopped listener does not send. A changed host key shows at the next fresh login.
     # 1: a fresh login every time.
     fresh_login_every: int = field(default=5, metadata=_checked_by(_whole("a whole number of probes", at_least=1)))
     # Empty means: check that the provider API hosts answer.

@@ -20,6 +20,7 @@ from dumont.providers.base import Instance, InstanceState
 from dumont.transport.ssh import SshTarget, SshTransport
 
 GetInstance = Callable[[HostRef], Awaitable[Instance]]
+BANNER_LINES = 20  # lines an SSH server may send before its version line, read at most
 log = logging.getLogger("dumont.controller")
 
 
@@ -113,8 +114,15 @@ async def ssh_probe(transport: SshTransport, target: SshTarget, timeout: float) 
 
 
 async def shared_probe(transport: SshTransport, target: SshTarget, timeout: float) -> tuple[Health, str]:
-    """Does ``true`` run over the host's shared connection in time? A host that died closes that connection (the
-    command then needs a fresh login, which fails); one cut off leaves it silent (the command times out)."""
+    """A login's worth of evidence without a login's handshake: ``true`` runs over the host's shared connection
+    (a host that died closes it, one cut off leaves it silent), and its sshd greets a new connection with its
+    banner (a listener stopped or gone does not, though sessions already open go on)."""
+    greeted, ran = await asyncio.gather(banner_probe(target.host, target.port, timeout),
+                                        _over_shared(transport, target, timeout))
+    return greeted if greeted[0] != Health.OK else ran
+
+
+async def _over_shared(transport: SshTransport, target: SshTarget, timeout: float) -> tuple[Health, str]:
     try:
         await transport.run(target, ["true"], timeout=timeout)
     except CommandTimeout:
@@ -122,6 +130,28 @@ async def shared_probe(transport: SshTransport, target: SshTarget, timeout: floa
     except DumontError as exc:
         return Health.FAIL, exc.message
     return Health.OK, ""
+
+
+async def banner_probe(host: str, port: int, timeout: float) -> tuple[Health, str]:
+    """Does the SSH port greet a new connection with ``SSH-...`` in time (RFC 4253 lets a server send other lines
+    first)? The key exchange and the login are left to the fresh-login probes."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                for _ in range(BANNER_LINES):
+                    line = await reader.readline()
+                    if not line:
+                        return Health.FAIL, "the SSH port closed the connection without a greeting"
+                    if line.startswith(b"SSH-"):
+                        return Health.OK, ""
+            finally:
+                writer.close()
+    except TimeoutError:
+        return Health.FAIL, f"the SSH port sent no greeting within {timeout:g} s"
+    except OSError as exc:
+        return Health.FAIL, exc.strerror or str(exc)
+    return Health.FAIL, f"the SSH port sent {BANNER_LINES} lines and no SSH greeting"
 
 
 async def command_probe(transport: SshTransport, target: SshTarget, command: str, timeout: float) -> tuple[Health, str]:

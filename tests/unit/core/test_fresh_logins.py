@@ -3,6 +3,7 @@ succeeds (so a host that refuses logins gathers its strikes in a row); the other
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +37,39 @@ async def test_one_probe_in_n_logs_in_afresh_and_a_failure_keeps_logging_in(
     # and the count starts again from that login.
     assert fresh == [True, False, False, True, False, False, True, False, True, True, False, False, True, False,
                      False]
+
+
+async def _greeter(lines: list[bytes], done: asyncio.Event) -> tuple[asyncio.Server, int]:
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for line in lines:
+            writer.write(line)
+        await writer.drain()
+        await reader.read()  # hold the connection until the probe closes it
+        writer.close()
+        await writer.wait_closed()
+        done.set()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize(("lines", "health"), [
+    ([b"SSH-2.0-OpenSSH_9.2\r\n"], Health.OK),
+    ([b"a notice before the version line\r\n", b"SSH-2.0-OpenSSH_9.2\r\n"], Health.OK),  # RFC 4253 4.2
+    ([], Health.FAIL),  # a stopped listener: the kernel accepts, nobody greets
+])
+async def test_the_banner_probe_wants_an_ssh_greeting(lines: list[bytes], health: Health) -> None:
+    done = asyncio.Event()
+    server, port = await _greeter(lines, done)
+    async with server:
+        found, detail = await probes.banner_probe("127.0.0.1", port, 0.5)
+        await asyncio.wait_for(done.wait(), 5)  # the server's side of the connection ends too
+    assert found is health, detail
+
+
+async def test_the_banner_probe_fails_on_a_closed_port() -> None:
+    server, port = await _greeter([], asyncio.Event())
+    server.close()
+    await server.wait_closed()
+    found, _ = await probes.banner_probe("127.0.0.1", port, 0.5)
+    assert found is Health.FAIL
