@@ -133,8 +133,8 @@ class Fleet:
         """Instances alive in the clouds that no pair holds as its primary or standby."""
         held = {str(s[role]["instance_id"]) for s in (await self.statuses()).values()
                 for role in ("primary", "standby") if s.get(role)}
-        alive = {str(i) for i, inst in self.vast.instances.items()}
-        alive |= {vm.name for vm in self.gcp.vms.values() if self.gcp._status(vm) not in (None, "TERMINATED")}
+        alive = {str(i) for i in self.vast.instances}
+        alive |= {vm.name for vm in self.gcp.vms.values() if self.gcp._status(vm) is not None}  # stopped: its disk
         return sorted(alive - held)
 
 
