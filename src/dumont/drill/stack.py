@@ -181,7 +181,11 @@ async def add_pairs(stack: Stack, names: list[str]) -> None:
     data = tomllib.loads(stack.config_path.read_text())
     for name in names:
         instance_id = await rent_gpu(stack.root, stack.cloud.urls["vast_url"], name)
-        data["pairs"].append(pair_table(name, instance_id))
+        taken = {p["endpoint_listen"] for p in data["pairs"]} | {data["controller"]["api_listen"]}
+        table = pair_table(name, instance_id)
+        while table["endpoint_listen"] in taken:  # a free port is free until bound: the config's are not yet
+            table = pair_table(name, instance_id)
+        data["pairs"].append(table)
     stack.config_path.write_text(to_toml(data))
     stack.config = load_config(stack.config_path)
 
