@@ -40,6 +40,7 @@ from dumont.localcloud.emulators.gcp import GcpEmulator
 from dumont.localcloud.emulators.gcp_project import DEFAULT_LIMITS
 from dumont.localcloud.emulators.vast import VastEmulator
 from dumont.localcloud.ready import LOCAL_PROJECT
+from dumont.store.rows import EventRow
 from dumont.store.sqlite import Store
 
 PROFILES = {"fast": FAST, "seed": SEED}
@@ -80,6 +81,7 @@ class Fleet:
         assert isinstance(vast, VastEmulator) and isinstance(gcp, GcpEmulator)
         self.vast, self.gcp = vast, gcp
         self.store = Store(stack.config.state_dir / "dumont.db")
+        self._events_read: list[EventRow] = []
 
     @property
     def pid(self) -> int:
@@ -115,19 +117,26 @@ class Fleet:
                 raise TimeoutError(f"{what}: {sorted(set(victims) - set(seen()))} not seen after {timeout:g} s")
             await asyncio.sleep(0.5)  # polling the store: the controller runs in a process of its own
 
+    def _events(self) -> list[EventRow]:
+        """Every event so far, read page by page from where the last read ended (this process also runs the
+        emulators: reading the whole log at every poll held their answers back past the probes' timeout)."""
+        while page := self.store.events(after=self._events_read[-1].id if self._events_read else 0, limit=5000):
+            self._events_read += page
+        return self._events_read
+
     def events_after(self, kind: str, since: float) -> dict[str, float]:
         """The first ``kind`` event of each pair after ``since`` (wall clock), by pair."""
         first: dict[str, float] = {}
-        for event in self.store.events(limit=100_000, newest=True):
+        for event in self._events():
             if event.kind == kind and event.pair is not None and event.at > since:
-                first[event.pair] = min(event.at, first.get(event.pair, event.at))
+                first.setdefault(event.pair, event.at)
         return first
 
     def standby_lost_after(self, since: float) -> dict[str, float]:
         first: dict[str, float] = {}
-        for event in self.store.events(limit=100_000, newest=True):
+        for event in self._events():
             if event.kind == "state" and event.data.get("to") == "standby_lost" and event.pair and event.at > since:
-                first[event.pair] = min(event.at, first.get(event.pair, event.at))
+                first.setdefault(event.pair, event.at)
         return first
 
     def gpu_rentals_after(self, since: float) -> dict[str, int]:
@@ -303,7 +312,10 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         except BaseException:
             print(f"{name}: failed; the controllers' logs are kept in {root}", file=sys.stderr)
             raise
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"{name}: the controllers' logs and stores are kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return results
 
 
@@ -315,6 +327,7 @@ def main() -> None:
     parser.add_argument("--profiles", default="fast,seed", help="Comma-separated: fast, seed (default both).")
     parser.add_argument("--seed", type=int, default=int(time.time()), help="Which pairs are hit (default: the time).")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/fleet.json"))
+    parser.add_argument("--keep", action="store_true", help="Keep the controllers' logs and stores.")
     args = parser.parse_args()
     unknown = set(args.profiles.split(",")) - set(PROFILES)
     if unknown or args.pairs < 1 or args.kill < 1:
