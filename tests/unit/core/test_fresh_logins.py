@@ -13,7 +13,9 @@ from dumont.core import probes
 from dumont.core.hosts import SshHosts
 from dumont.core.layout import ControllerLayout
 from dumont.core.model import Health, HostRef, ProbeResult
+from dumont.errors import HostKeyMismatch
 from dumont.transport.keys import KnownHosts
+from dumont.transport.ssh import SshTarget
 
 REF = HostRef("vast", "1", "127.0.0.1", 22, "root", "gpu", "vast-1")
 
@@ -73,3 +75,25 @@ async def test_the_banner_probe_fails_on_a_closed_port() -> None:
     await server.wait_closed()
     found, _ = await probes.banner_probe("127.0.0.1", port, 0.5)
     assert found is Health.FAIL
+
+
+class _Refusing:
+    """A transport whose logins fail host key verification, with ``known_hosts`` as given."""
+
+    def __init__(self, known: KnownHosts) -> None:
+        self.known_hosts = known
+
+    async def check_reachable(self, target: Any, *, timeout: float) -> None:
+        raise HostKeyMismatch(f"{target.alias} presented a host key other than the one pinned for it")
+
+
+async def test_a_host_key_refused_fails_the_probe_only_once_a_key_is_pinned(tmp_path: Path) -> None:
+    """A pair being adopted is probed before its hosts are first reached: no pinned key is no verdict (the
+    fleet bench saw four GPUs alerted as failing at adoption); a pinned key refused is a failure."""
+    known = KnownHosts(tmp_path / "known_hosts")
+    target = SshTarget("vast-1", "127.0.0.1", 22, "root")
+    health, detail = await probes.ssh_probe(_Refusing(known), target, 1.0)  # type: ignore[arg-type]
+    assert health is Health.UNKNOWN and "not reached yet" in detail
+    known.pin("vast-1", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl")
+    health, detail = await probes.ssh_probe(_Refusing(known), target, 1.0)  # type: ignore[arg-type]
+    assert health is Health.FAIL and "other than the one pinned" in detail
