@@ -123,3 +123,27 @@ def test_a_sqlite_file_at_version_1_is_migrated_and_keeps_its_events(tmp_path: P
     store = Store(tmp_path / "old.db")
     assert [(e.reason, e.controller) for e in store.events()] == [("kept", "")] and store.migrate() == LATEST
     assert store._rows("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(LATEST),)]
+
+
+def test_a_lease_changes_hands_only_by_compare_and_set(open_store: Callable[[], SqlStore]) -> None:
+    """Two controllers on one database: the first claim wins, a renewal or a take names the version it saw, a
+    stale version changes nothing, and a release lets the next claimant in."""
+    a, b = open_store(), open_store()
+    assert a.lease("main") is None
+    assert a.claim_lease("main", "a", None) == 1
+    assert b.claim_lease("main", "b", None) is None, "the row exists: a second first claim fails"
+    assert a.claim_lease("main", "a", 1) == 2  # a renewal
+    assert b.claim_lease("main", "b", 1) is None, "a version already moved on changes nothing"
+    assert b.claim_lease("main", "b", 2) == 3  # b takes it (it judged it expired)
+    assert not a.release_lease("main", "a", 2), "a no longer holds it"
+    lease = a.lease("main")
+    assert lease is not None and (lease.owner, lease.version) == ("b", 3)
+    assert b.release_lease("main", "b", 3)
+    assert [(r.pair, r.owner, r.version) for r in a.leases()] == [("main", "", 4)]
+    assert a.claim_lease("main", "a", 4) == 5
+
+
+def test_events_name_the_controller_that_wrote_them(store: SqlStore) -> None:
+    store.add_event("main", "lease_taken", "controller vm-1 acts on the pair now", controller="vm-1")
+    store.add_event(None, "controller_started", "started")
+    assert [(e.kind, e.controller) for e in store.events()] == [("lease_taken", "vm-1"), ("controller_started", "")]
