@@ -162,7 +162,7 @@ def _protected(status: dict[str, Any]) -> bool:
 
 async def _fleet(root: Path, profile: dict[str, Any], count: int) -> Fleet:
     names = _names(count)
-    stack = await build_stack(root, {"auto_recovery": True,
+    stack = await build_stack(root, {"auto_recovery": True, "health": {"fresh_login_every": 5},
                                      "controller": {"max_recoveries_per_day": 1000}}, profile)
     # A new GCP project may hold 8 external addresses per region, as the emulator's does: a fleet asks for more,
     # as its operator would (50 standbys stopped at 8 in a first run of this bench).

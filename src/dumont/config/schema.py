@@ -168,8 +168,9 @@ class HealthConfig:
     # One probe in this many makes a fresh SSH login (and every probe after a failure, until one succeeds); the
     # others run over the host's open shared connection, which a dead or cut-off host breaks or silences, and read
     # sshd's greeting, which a stopped listener does not send. A changed host key shows at the next fresh login.
-    # 1: a fresh login every time.
-    fresh_login_every: int = field(default=5, metadata=_checked_by(_whole("a whole number of probes", at_least=1)))
+    # 1 (the default): a fresh login every time. A fleet's controller sets more (docs/fleet.md): the drill of a
+    # frozen GPU took 8.8 s to detect at 5 against 5 s at 1, not yet understood.
+    fresh_login_every: int = field(default=1, metadata=_checked_by(_whole("a whole number of probes", at_least=1)))
     # Empty means: check that the provider API hosts answer.
     network_check_targets: tuple[str, ...] = field(default=(), metadata=_checked_by(
         _ADDRESSES, example=["console.vast.ai:443"]))

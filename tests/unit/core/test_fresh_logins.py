@@ -97,3 +97,20 @@ async def test_a_host_key_refused_fails_the_probe_only_once_a_key_is_pinned(tmp_
     known.pin("vast-1", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl")
     health, detail = await probes.ssh_probe(_Refusing(known), target, 1.0)  # type: ignore[arg-type]
     assert health is Health.FAIL and "other than the one pinned" in detail
+
+
+class _Waiting:
+    """A transport whose shared connection is still being made when the probe's deadline passes."""
+
+    async def run(self, target: Any, remote: Any, *, timeout: float, **_: Any) -> None:
+        raise TimeoutError  # what SshTransport.run raises when prepare() outlives the deadline
+
+
+async def test_a_shared_probe_whose_connection_is_still_being_made_fails_instead_of_raising() -> None:
+    """A drill saw 7 s of a partitioned GPU with no strike: the deadline passed while the shared connection was
+    being made again, the TimeoutError escaped, and each probe counted as no verdict."""
+    server, port = await _greeter([b"SSH-2.0-OpenSSH_9.2\r\n"], asyncio.Event())
+    async with server:
+        health, detail = await probes.shared_probe(_Waiting(), SshTarget("vast-1", "127.0.0.1", port, "root"),  # type: ignore[arg-type]
+                                                   0.5)
+    assert health is Health.FAIL and "did not answer within 0.5 s" in detail
