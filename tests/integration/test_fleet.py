@@ -5,7 +5,7 @@ show that no two controllers acted on one pair at any instant."""
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import os
 import time
 import tomllib
@@ -19,13 +19,14 @@ from dumont.chaos.process import ControllerProcess
 from dumont.config import to_toml
 from dumont.drill.stack import add_pairs
 from dumont.endpoint.launch import stop_endpoint_daemon
-from dumont.localcloud.emulators.vast import VastEmulator
 from dumont.localcloud.link import LinkRelay, LinkSpec
 from dumont.localcloud.ready import free_port
 from dumont.store.postgres import PostgresStore
-from dumont.store.rows import EventRow
+from dumont.store.rows import EventRow, LeaseRow
 from dumont.transport.ssh import quote_remote, run_local
+from tests.conftest import eventually
 from tests.integration.stack import Stack, build_stack
+from tests.integration.test_recovery import live_instances
 from tests.postgres import PostgresServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
@@ -33,6 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.serial]
 TTL = 8.0  # a store call held up by the network fails within TTL/6 (a connect in 2 s): well inside
 TICK = 1.0  # the fast profile's health_check_interval
 PAIRS = ["main", "pair-2", "pair-3", "pair-4", "pair-5"]
+RENEWALS_IN_A_TTL = round(TTL / min(TTL / 4, TICK / 2))  # Leases.every
 
 
 class Fleet:
@@ -64,10 +66,12 @@ class Fleet:
         finally:
             store.close()
 
-    def vast_instances(self) -> set[str]:
-        emulator = next(e for e in self.stack.cloud.emulators if e.name == "vast")
-        assert isinstance(emulator, VastEmulator)
-        return {str(i) for i in emulator.instances}
+    def leases(self) -> dict[str, LeaseRow]:
+        store = PostgresStore(self.url)
+        try:
+            return {row.pair: row for row in store.leases()}
+        finally:
+            store.close()
 
     async def login(self, pair: str) -> str:
         """Run a command through the pair's endpoint as its user would; the host that answered."""
@@ -112,11 +116,14 @@ async def statuses(process: ControllerProcess) -> dict[str, dict[str, Any]]:
     return {p["name"]: p for p in (await process.get("/api/status"))["pairs"]}
 
 
-async def until(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
-        await asyncio.sleep(0.25)  # polling an API: nothing announces a state we wait for
+async def until(what: str, check: Callable[[], bool | Awaitable[bool]], timeout: float) -> None:
+    """Wait for ``check`` to hold (the suite's one polling loop, ``eventually``, with this module's checks)."""
+
+    async def holds() -> None:
+        found = check()
+        assert (await found if inspect.isawaitable(found) else found), f"still waiting for {what}"
+
+    await eventually(holds, timeout=timeout, retry_on=(AssertionError,))
 
 
 def synced(status: dict[str, Any]) -> bool:
@@ -178,7 +185,7 @@ async def test_a_controller_killed_mid_recovery_hands_its_pairs_to_the_other(
         return ((await statuses(first))["main"].get("operation") or {}).get("step") == "waiting_ssh"
 
     await until("the recovery of main waiting for its new GPU", renting, 60)
-    rented = f.vast_instances() - set(gpus.values())
+    rented = live_instances(f.stack) - set(gpus.values())
     assert len(rented) == 1, rented
     await first.kill()
     killed_at = time.time()
@@ -203,8 +210,8 @@ async def test_a_controller_killed_mid_recovery_hands_its_pairs_to_the_other(
     await until("main recovered by the second controller", recovered, 180)
     main = (await statuses(second))["main"]
     assert {main["primary"]["instance_id"]} == rented, "the second controller used the GPU the first rented"
-    await until("the failed GPU destroyed", lambda: _async(f.vast_instances() == rented | {
-        gpus[n] for n in PAIRS[1:]}), 60)
+    await until("the failed GPU destroyed", lambda: live_instances(f.stack) == rented | {
+        gpus[n] for n in PAIRS[1:]}, 60)
     for name in PAIRS:
         assert await f.login(name)
     owners = one_actor_at_a_time(f.events())
@@ -240,24 +247,27 @@ async def test_a_controller_cut_off_from_the_database_stops_before_the_other_tak
                     if e.kind == "lease_lost" and e.controller == first_id(f, "a")}
 
         await until("the first controller saying when it let each pair go",
-                    lambda: _async(sorted(stopped()) == sorted(PAIRS)), 60)
+                    lambda: sorted(stopped()) == sorted(PAIRS), 60)
         taken = {e.pair: e.data["claimed_at"] for e in f.events()
                  if e.kind == "lease_taken" and e.controller == first_id(f, "b")}
         margins = {name: round(taken[name] - stopped()[name], 3) for name in PAIRS}
         print(f"the cut-off controller stopped this long before the other took over: {margins} s")
         assert min(margins.values()) > 0, f"a pair had two controllers acting on it: {margins}"
-        watched = time.monotonic()
-        while time.monotonic() - watched < TTL:  # absence can only be watched for: a TTL of it
-            assert await statuses(first) == {}, "the controller that was cut off took a pair back"
-            await asyncio.sleep(0.25)
+        # Back in touch, the first must stay off the pairs while the second renews them for a whole TTL.
+        seen = {pair: row.version for pair, row in f.leases().items()}
+
+        def renewed_for_a_ttl() -> bool:
+            now = f.leases()
+            if any(row.owner != first_id(f, "b") for row in now.values()):
+                pytest.fail(f"a lease changed hands after the heal: {now}")
+            return all(now[pair].version >= seen[pair] + RENEWALS_IN_A_TTL for pair in PAIRS)
+
+        await until("the second controller renewing every lease for a TTL", renewed_for_a_ttl, 4 * TTL)
+        assert await statuses(first) == {}, "the controller that was cut off took a pair back"
         owners = one_actor_at_a_time(f.events())
         assert all(owners[name] == [first_id(f, "a"), first_id(f, "b")] for name in PAIRS), owners
     finally:
         relay.close()
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 def first_id(f: Fleet, name: str) -> str:
