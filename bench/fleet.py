@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,22 +101,22 @@ class Fleet:
     async def until_protected(self, what: str, timeout: float) -> float:
         """Wait until every pair serves from a GPU with a synced standby and no operation running; seconds."""
         started = time.monotonic()
-        while True:
-            found = await self.statuses()
-            if len(found) == len(self.names) and all(map(_protected, found.values())):
-                return time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                late = sorted(n for n, s in found.items() if not _protected(s))
-                raise TimeoutError(f"{what}: not every pair protected after {timeout:g} s ({late[:5]}...)")
-            await asyncio.sleep(0.5)  # polling the API: nothing announces that every pair is protected
 
-    async def until_every(self, what: str, seen: Any, victims: list[str], timeout: float) -> None:
+        async def protected() -> bool:
+            found = await self.statuses()
+            return len(found) == len(self.names) and all(map(_protected, found.values()))
+
+        await _until(what, protected, timeout)
+        return time.monotonic() - started
+
+    async def until_every(self, what: str, seen: Callable[[], dict[str, float]], victims: list[str],
+                          timeout: float) -> None:
         """Wait until ``seen()`` (pair -> when) names every victim."""
-        started = time.monotonic()
-        while not set(victims) <= set(seen()):
-            if time.monotonic() - started > timeout:
-                raise TimeoutError(f"{what}: {sorted(set(victims) - set(seen()))} not seen after {timeout:g} s")
-            await asyncio.sleep(0.5)  # polling the store: the controller runs in a process of its own
+
+        async def all_seen() -> bool:
+            return set(victims) <= set(seen())
+
+        await _until(what, all_seen, timeout)
 
     def _events(self) -> list[EventRow]:
         """Every event so far, read page by page from where the last read ended (this process also runs the
@@ -152,6 +153,15 @@ class Fleet:
         alive = {str(i) for i in self.vast.instances}
         alive |= {vm.name for vm in self.gcp.vms.values() if self.gcp._status(vm) is not None}  # stopped: its disk
         return sorted(alive - held)
+
+
+async def _until(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    """Poll ``check`` (the controller runs in a process of its own: nothing here announces its progress)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not reached after {timeout:g} s")
+        await asyncio.sleep(0.5)
 
 
 def _protected(status: dict[str, Any]) -> bool:

@@ -187,14 +187,14 @@ class Controller:
     async def _take(self, name: str, claimed_at: float) -> None:
         """Bring up a pair whose lease this controller holds, and resume what its previous owner left unfinished;
         a pair that cannot be brought up has its lease given back (never held with nobody acting on it)."""
-        assert self._open_pair is not None
+        assert self._open_pair is not None and self.leases is not None
         config = next(pair for pair in self.ctx.config.pairs if pair.name == name)
         try:
             say_taken(self.ctx, name, claimed_at)
             rt = await self._open_pair(config)
         except Exception as exc:
-            self._give_back(name)
-            self._retry_at[name] = self.ctx.clock() + self.leases.ttl if self.leases is not None else 0.0
+            self.leases.release(name)
+            self._retry_at[name] = self.ctx.clock() + self.leases.ttl
             if not isinstance(exc, DumontError):
                 self.ctx.internal_errors.report("bringing a taken pair up", exc, name)
             with contextlib.suppress(DumontError):  # the store may be what failed
@@ -206,10 +206,6 @@ class Controller:
         if rt.operation is not None and not rt.operation.finished:
             self.resume_operation(rt)
         self.wake()
-
-    def _give_back(self, name: str) -> None:
-        assert self.leases is not None
-        self.leases.release(name)
 
     def _let_go(self, name: str, why: str) -> None:
         """Stop acting on a pair whose lease is lost, at once: its work is cancelled as a pause cancels it (an
@@ -253,7 +249,7 @@ class Controller:
         pairs = list(self.pairs.values())  # leases may change hands while the tick awaits
         await asyncio.gather(*(self._refresh_endpoint(rt) for rt in pairs))
         network = await self.ctx.network_ok()
-        self._listed = await self._list_markets()
+        self._listed = await self._list_providers()
         observations = await asyncio.gather(*(self._observe_safely(rt, network) for rt in pairs))
         turns, in_flight = self._recovery_turns()
         for rt, observed in zip(pairs, observations, strict=True):
@@ -277,7 +273,7 @@ class Controller:
             except Exception as exc:
                 self.ctx.internal_errors.report("a tick listener", exc)
 
-    async def _list_markets(self) -> dict[str, dict[str, Instance]]:
+    async def _list_providers(self) -> dict[str, dict[str, Instance]]:
         """One instance list per GPU market or standby cloud holding two or more of the pairs' hosts, instead of
         one get for each (Vast limits each endpoint's rate per account; GCP counts reads against a per-minute
         quota). A provider whose list fails is asked host by host."""

@@ -129,7 +129,7 @@ async def shared_probe(transport: SshTransport, target: SshTarget, timeout: floa
 async def _over_shared(transport: SshTransport, target: SshTarget, timeout: float) -> tuple[Health, str]:
     try:
         await transport.run(target, ["true"], timeout=timeout)
-    except (CommandTimeout, TimeoutError):  # TimeoutError: waiting for the shared connection to be (re)made
+    except CommandTimeout:
         return Health.FAIL, f"ssh (over the open connection) did not answer within {timeout:g} s"
     except DumontError as exc:
         return Health.FAIL, exc.message
@@ -162,7 +162,7 @@ async def command_probe(transport: SshTransport, target: SshTarget, command: str
     """Does the configured check command (e.g. ``nvidia-smi``) succeed on the host?"""
     try:
         result = await transport.run(target, ["sh", "-c", command], timeout=timeout, check=False)
-    except (CommandTimeout, TimeoutError):  # TimeoutError: waiting for the shared connection to be (re)made
+    except CommandTimeout:
         return Health.FAIL, f"{command!r} did not finish within {timeout:g} s"
     except DumontError as exc:
         return Health.UNKNOWN, exc.message  # the ssh probe already judges reachability

@@ -152,8 +152,12 @@ class SshTransport:
         :raises HostUnreachable, HostKeyMismatch, AuthRefused: SSH itself failed.
         :raises RemoteCommandFailed: the command exited non-zero and ``check`` is true.
         """
-        async with asyncio.timeout(timeout):
-            await self.prepare(target, timeout=timeout)
+        try:  # waiting for another call that is opening the shared connection counts against the deadline too
+            async with asyncio.timeout(timeout):
+                await self.prepare(target, timeout=timeout)
+        except TimeoutError:
+            raise CommandTimeout(f"the connection to {target.alias} for {remote[0]} was not open within "
+                                 f"{timeout:g} s", hint="retry; the host may be down or cut off") from None
         argv = self.ssh_argv(target, remote)
         result = await run_local(argv, input=input, timeout=timeout, what=f"{remote[0]} on {target.alias}")
         if result.returncode == SSH_FAILED:

@@ -15,7 +15,7 @@ from dumont.core.layout import ControllerLayout
 from dumont.core.model import Health, HostRef, ProbeResult
 from dumont.errors import HostKeyMismatch
 from dumont.transport.keys import KnownHosts
-from dumont.transport.ssh import SshTarget
+from dumont.transport.ssh import SshTarget, SshTransport
 
 REF = HostRef("vast", "1", "127.0.0.1", 22, "root", "gpu", "vast-1")
 
@@ -99,18 +99,20 @@ async def test_a_host_key_refused_fails_the_probe_only_once_a_key_is_pinned(tmp_
     assert health is Health.FAIL and "other than the one pinned" in detail
 
 
-class _Waiting:
-    """A transport whose shared connection is still being made when the probe's deadline passes."""
+async def test_a_shared_probe_whose_connection_is_still_being_made_fails_instead_of_raising(tmp_path: Path) -> None:
+    """A drill saw 7 s of a partitioned GPU with no strike: the deadline passed while another call was opening the
+    shared connection, SshTransport.run let a bare TimeoutError out, and each probe counted as no verdict."""
+    transport = SshTransport(identity=tmp_path / "id", known_hosts=KnownHosts(tmp_path / "known_hosts"))
 
-    async def run(self, target: Any, remote: Any, *, timeout: float, **_: Any) -> None:
-        raise TimeoutError  # what SshTransport.run raises when prepare() outlives the deadline
+    async def still_opening(target: SshTarget, *, timeout: float) -> None:
+        await asyncio.Event().wait()  # another call holds the connection's lock while it opens it
 
-
-async def test_a_shared_probe_whose_connection_is_still_being_made_fails_instead_of_raising() -> None:
-    """A drill saw 7 s of a partitioned GPU with no strike: the deadline passed while the shared connection was
-    being made again, the TimeoutError escaped, and each probe counted as no verdict."""
+    transport.prepare = still_opening  # type: ignore[method-assign]
     server, port = await _greeter([b"SSH-2.0-OpenSSH_9.2\r\n"], asyncio.Event())
-    async with server:
-        health, detail = await probes.shared_probe(_Waiting(), SshTarget("vast-1", "127.0.0.1", port, "root"),  # type: ignore[arg-type]
-                                                   0.5)
+    try:
+        async with server:
+            health, detail = await probes.shared_probe(transport, SshTarget("vast-1", "127.0.0.1", port, "root"),
+                                                       0.5)
+    finally:
+        await transport.close()
     assert health is Health.FAIL and "did not answer within 0.5 s" in detail

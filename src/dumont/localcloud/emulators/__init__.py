@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from dumont.localcloud.daemon import LocalCloud
     from dumont.localcloud.hosts import LocalHost
 
@@ -32,6 +34,12 @@ class Emulator(Protocol):
     async def fault(self, action: str, host: LocalHost) -> dict[str, Any]:
         """Apply one of ``fault_actions`` to a host this emulator created; return the host's new record."""
         ...
+
+
+def endpoint_of(request: web.Request) -> tuple[str, str]:
+    """(method, route) of a request: what Vast rate-limits one at a time, and what the benches count."""
+    route = request.match_info.route.resource
+    return request.method, route.canonical if route is not None else request.path
 
 
 def create_emulators(cloud: LocalCloud) -> list[Emulator]:

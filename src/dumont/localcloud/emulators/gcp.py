@@ -54,7 +54,7 @@ from aiohttp import web
 
 from dumont.errors import UsageError
 from dumont.localcloud.daemon import json_response
-from dumont.localcloud.emulators import gcp_firewalls, gcp_metadata
+from dumont.localcloud.emulators import endpoint_of, gcp_firewalls, gcp_metadata
 from dumont.localcloud.emulators.gcp_http import API, ApiError, api_errors, not_found, read_json
 from dumont.localcloud.emulators.gcp_operations import Operations, Work
 from dumont.localcloud.emulators.gcp_project import ProjectApi, check_fingerprint, checked_items, disk_needs, needs
@@ -177,8 +177,7 @@ class GcpEmulator:
     @web.middleware
     async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not request.path.startswith("/_dumont/"):
-            route = request.match_info.route.resource
-            self.requests[(request.method, route.canonical if route is not None else request.path)] += 1
+            self.requests[endpoint_of(request)] += 1
         response: web.StreamResponse = await handler(request)
         return response
 

@@ -71,7 +71,7 @@ from aiohttp import web
 
 from dumont.errors import DumontError, LocalCloudError, UsageError
 from dumont.localcloud import layout
-from dumont.localcloud.emulators import vast_images
+from dumont.localcloud.emulators import endpoint_of, vast_images
 from dumont.localcloud.emulators import vast_instances as records
 from dumont.localcloud.emulators.vast_boot import BootTimers
 from dumont.localcloud.emulators.vast_copy import Copies, host_path, instance_number
@@ -231,8 +231,7 @@ class VastEmulator:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/_dumont/"):
-            route = request.match_info.route.resource
-            self.requests[(request.method, route.canonical if route is not None else request.path)] += 1
+            self.requests[endpoint_of(request)] += 1
         refused = self._refused(request)
         if refused is not None:
             return refused
@@ -267,8 +266,7 @@ class VastEmulator:
 
     def _too_frequent(self, request: web.Request) -> bool:
         """Whether this endpoint was served less than ``min_interval`` ago (else it counts as served now)."""
-        route = request.match_info.route.resource
-        key = (request.method, route.canonical if route is not None else request.path)
+        key = endpoint_of(request)
         now = time.monotonic()
         if now - self._last_call.get(key, -self.min_interval) < self.min_interval:
             return True
