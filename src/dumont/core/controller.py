@@ -1,8 +1,9 @@
 """The controller: observe every pair, decide, act; one tick per health-check interval, or sooner when woken.
 
-Each tick gathers one frozen Observation per pair (probes never raise), asks the pure ``decide`` what to do, and
-carries out the actions. Syncs, recoveries and standby replacements run as tracked background tasks so the loop
-keeps ticking (and keeps reporting progress) while they work; a failover runs inline, because the user is waiting.
+Each tick takes one step per pair, all pairs at once: a frozen Observation (probes never raise), the pure
+``decide``, and its actions carried out. Syncs, recoveries and standby replacements run as tracked background tasks
+so the loop keeps ticking (and keeps reporting progress) while they work; a failover runs inline in its pair's
+step, because the user is waiting, and beside the other pairs' steps, so ten GPUs lost at once fail over together.
 """
 
 from __future__ import annotations
@@ -250,23 +251,10 @@ class Controller:
         await asyncio.gather(*(self._refresh_endpoint(rt) for rt in pairs))
         network = await self.ctx.network_ok()
         self._listed = await self._list_providers()
-        observations = await asyncio.gather(*(self._observe_safely(rt, network) for rt in pairs))
         turns, in_flight = self._recovery_turns()
-        for rt, observed in zip(pairs, observations, strict=True):
-            if observed is None or not self.acts_on(rt.name):
-                continue
-            observation = dataclasses.replace(observed, recovery_turn=rt.name in turns, recoveries_in_flight=in_flight)
-            try:
-                decision = decide(observation, rt.memory, self.policy)
-            except Exception as exc:
-                self.ctx.internal_errors.report("decide", exc, rt.name)
-                continue
-            rt.memory, rt.observation = decision.memory, observation
-            if observation.outcome is rt.outcome:
-                rt.outcome = None  # decided on once
-            await self.act(rt, decision)
-            if rt.outcome is not None:
-                self.wake()  # an effector reported something: decide on it now, not a whole interval later
+        # Each pair decides as soon as its own observation is in, and acts beside the others: a dead GPU's failover
+        # waits neither for the slowest healthy pair's probe nor for the other pairs' failovers.
+        await asyncio.gather(*(self._step(rt, network, rt.name in turns, in_flight) for rt in pairs))
         for listener in list(self.tick_listeners):
             try:
                 listener(self.ticks)
@@ -315,6 +303,24 @@ class Controller:
         if rt.endpoint_lost:
             rt.endpoint_lost = False
             self.ctx.event(rt.name, "endpoint_reachable", "the pair's endpoint answers again")
+
+    async def _step(self, rt: PairRuntime, network: bool | None, recovery_turn: bool, in_flight: int) -> None:
+        """Observe one pair, decide, act."""
+        observed = await self._observe_safely(rt, network)
+        if observed is None or not self.acts_on(rt.name):
+            return
+        observation = dataclasses.replace(observed, recovery_turn=recovery_turn, recoveries_in_flight=in_flight)
+        try:
+            decision = decide(observation, rt.memory, self.policy)
+        except Exception as exc:
+            self.ctx.internal_errors.report("decide", exc, rt.name)
+            return
+        rt.memory, rt.observation = decision.memory, observation
+        if observation.outcome is rt.outcome:
+            rt.outcome = None  # decided on once
+        await self.act(rt, decision)
+        if rt.outcome is not None:
+            self.wake()  # an effector reported something: decide on it now, not a whole interval later
 
     async def _observe_safely(self, rt: PairRuntime, network: bool | None) -> Observation | None:
         try:

@@ -75,6 +75,7 @@ class FakeMachine:
     paired_for: int | None = None  # the epoch a pair key lets it push into
     retired: bool = False
     fail: dict[str, DumontError | BaseException] = field(default_factory=dict)  # operation -> raised, every time
+    hold: dict[str, asyncio.Event] = field(default_factory=dict)  # operation -> waits until the test sets it
 
     def check(self, operation: str) -> None:
         """Raise what the test armed for ``operation``, or HostUnreachable when the machine does not answer."""
@@ -135,6 +136,8 @@ class FakeHosts:
     async def probe(self, ref: HostRef, *, timeout: float, command: str | None) -> tuple[ProbeResult, ...]:
         self.calls.append(("probe", ref.alias))
         machine = self.machine(ref)
+        if "probe" in machine.hold:
+            await machine.hold["probe"].wait()
         if "probe" in machine.fail:
             raise machine.fail["probe"]
         health = Health.OK if machine.reachable else Health.FAIL
@@ -170,6 +173,8 @@ class FakeHosts:
 
     async def take_over(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:
         machine = self._use("take_over", standby)
+        if "take_over" in machine.hold:
+            await machine.hold["take_over"].wait()
         if new_epoch < machine.epoch:
             raise StaleEpochRefused(f"epoch {new_epoch} is older than {standby.alias}'s {machine.epoch}")
         machine.paired_for = None

@@ -8,11 +8,14 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from dumont.core.controller import Controller
 from dumont.core.model import PairState
 from dumont.core.pair import PairRuntime
+from dumont.endpoint.local import LocalEndpoint
 from dumont.providers.base import InstanceState, ProviderUnavailable
+from dumont.store.sqlite import PairRow
 from tests.unit.core.world import World, controller_of, gpu_ref, make_world, synced_pair
 
 
@@ -273,6 +276,96 @@ async def test_a_tick_lists_the_standby_cloud_once_for_all_its_standbys(tmp_path
         assert world.cloud.calls["list"] == 1 and world.cloud.calls["get"] == 0
         assert other.observation is not None and other.observation.standby is not None
         assert other.observation.standby.provider_state == InstanceState.PREEMPTED
+
+
+async def test_gpus_lost_at_once_fail_over_side_by_side_each_waiting_for_nothing_but_its_own_standby(
+        tmp_path: Path) -> None:
+    """Ten GPUs on one Vast host go at once (bench/fleet.py): each pair's failover runs beside the others', so a
+    standby slow to take over keeps only its own pair's user waiting; one after the other, the last pair's user
+    waited for every failover before it."""
+    world = two_pair_world(tmp_path)
+    async for rt in synced_pair(world):
+        other = await second_pair(world, rt)
+        try:
+            controller = Controller(world.ctx, [rt, other])
+            slow = world.machine(rt.standby).hold["take_over"] = asyncio.Event()
+            seen = announced(world, "second", "failover")
+            world.machine(rt.primary).reachable = world.machine(other.primary).reachable = False
+            for _ in range(world.ctx.config.failover_threshold - 1):
+                await controller.tick()
+                await world.clock.sleep(world.ctx.config.health_check_interval)
+            deciding = asyncio.create_task(controller.tick())
+            await asyncio.wait_for(seen.wait(), timeout=10)  # a bound: the failover is announced, not polled for
+            assert not deciding.done() and "failover" not in [k for p, k, _, _ in world.events if p == "main"]
+            slow.set()
+            await deciding
+            assert [p for p, k, _, _ in world.events if k == "failover"] == ["second", "main"]
+        finally:
+            await other.endpoint.stop()
+
+
+async def test_a_lost_gpu_fails_over_without_waiting_for_a_slow_probe_of_another_pair(tmp_path: Path) -> None:
+    """A healthy pair whose probe is slow (a login on a loaded host) does not hold up another pair's failover:
+    each pair decides as soon as its own observation is in."""
+    world = two_pair_world(tmp_path)
+    async for rt in synced_pair(world):
+        other = await second_pair(world, rt)
+        try:
+            controller = Controller(world.ctx, [rt, other])
+            world.machine(rt.primary).reachable = False
+            for _ in range(world.ctx.config.failover_threshold - 1):
+                await controller.tick()
+                await world.clock.sleep(world.ctx.config.health_check_interval)
+            seen = announced(world, "main", "failover")
+            slow = world.machine(other.primary).hold["probe"] = asyncio.Event()
+            deciding = asyncio.create_task(controller.tick())
+            await asyncio.wait_for(seen.wait(), timeout=10)
+            assert not deciding.done(), "the second pair's probe is still out"
+            slow.set()
+            await deciding
+            assert other.state == PairState.SYNCING
+        finally:
+            await other.endpoint.stop()
+
+
+def announced(world: World, pair: str, kind: str) -> asyncio.Event:
+    """An event set when the controller records ``kind`` for ``pair``."""
+    seen = asyncio.Event()
+
+    def hear(said_pair: str | None, said_kind: str, reason: str, data: dict[str, Any]) -> None:
+        if (said_pair, said_kind) == (pair, kind):
+            seen.set()
+
+    world.ctx.listeners.append(hear)
+    return seen
+
+
+def two_pair_world(tmp_path: Path) -> World:
+    """A world configured with the pairs ``main`` and ``second``."""
+    pairs = [{"name": name, "endpoint_listen": f"127.0.0.1:{port}", "standby": {"provider": "gcp"},
+              "primary": {"provider": "vast", "instance_id": instance_id}}
+             for name, port, instance_id in (("main", 2222, "30000001"), ("second", 2223, "30000009"))]
+    return make_world(tmp_path, {"pairs": pairs})
+
+
+async def second_pair(world: World, rt: PairRuntime) -> PairRuntime:
+    """The world's second pair, synced beside ``rt`` with its own GPU, standby and endpoint."""
+    assert rt.primary is not None and rt.standby is not None
+    world.market._new("30000009", machine_id="m9", label="dumont-second", price=0.25)
+    world.cloud._new("dumont-second-standby-0", user="dumont")
+    world.clock.now += world.market.boot_seconds
+    gpu = gpu_ref(world, "30000009")
+    cpu = dataclasses.replace(rt.standby, instance_id="dumont-second-standby-0", alias="gcp-dumont-second-standby-0")
+    for ref in (gpu, cpu):
+        machine = world.machine(ref)
+        machine.epoch, machine.certified = 1, True
+    world.machine(gpu).workspace = {"notes.txt": b"second"}
+    world.machine(cpu).snapshots = [{"notes.txt": b"second"}]
+    endpoint = LocalEndpoint("second")
+    await endpoint.start(("127.0.0.1", 0), 30)
+    await endpoint.point_to((gpu.ssh_host, gpu.ssh_port), reason="serving the GPU", epoch=1)
+    world.ctx.store.save_pair(PairRow("second", "syncing", 1, gpu.as_dict(), cpu.as_dict(), 0))
+    return PairRuntime(world.ctx.config.pairs[1], PairState.SYNCING, 1, gpu, cpu, endpoint)
 
 
 async def test_a_standby_preempted_again_and_again_is_replaced_each_time_within_the_hour(tmp_path: Path) -> None:
