@@ -281,11 +281,22 @@ class Controller:
         return listed
 
     def _recovery_turns(self) -> tuple[frozenset[str], int]:
-        """Which failed-over pairs may start a recovery this tick, and how many recoveries run now."""
+        """Which failed-over pairs may start a recovery this tick, and how many recoveries run now, across the
+        fleet: the pairs other controllers hold are counted from the store, and wait in the same order."""
         running = sum(rt.state == PairState.RECOVERING for rt in self.pairs.values())
         waiting = [(rt.name, rt.timings.get("decided_at", 0.0)) for rt in self.pairs.values()
                    if rt.state == PairState.FAILED_OVER]
-        return recovery_turns(waiting, running, self.ctx.config.controller.max_recoveries_in_flight), running
+        limit = self.ctx.config.controller.max_recoveries_in_flight
+        elsewhere = [pair.name for pair in self.ctx.config.pairs if pair.name not in self.pairs]
+        if waiting and limit and elsewhere:
+            try:
+                rows = [row for name in elsewhere if (row := self.ctx.store.get_pair(name)) is not None]
+            except DumontError as exc:
+                log.debug("the other controllers' recoveries cannot be counted (%s): none starts now", exc)
+                return frozenset(), running
+            running += sum(row.state == PairState.RECOVERING for row in rows)
+            waiting += [(row.name, row.updated_at) for row in rows if row.state == PairState.FAILED_OVER]
+        return frozenset(name for name in recovery_turns(waiting, running, limit) if name in self.pairs), running
 
     async def _refresh_endpoint(self, rt: PairRuntime) -> None:
         """Tell the endpoint we are alive and read its counters; its loss is said once, and its return."""

@@ -13,10 +13,8 @@ from typing import Any
 from dumont.core.controller import Controller
 from dumont.core.model import PairState
 from dumont.core.pair import PairRuntime
-from dumont.endpoint.local import LocalEndpoint
 from dumont.providers.base import InstanceState, ProviderUnavailable
-from dumont.store.sqlite import PairRow
-from tests.unit.core.world import World, controller_of, gpu_ref, make_world, synced_pair
+from tests.unit.core.world import World, controller_of, gpu_ref, make_world, second_pair, synced_pair, two_pair_world
 
 
 async def tick_until(world: World, controller: Controller, rt: PairRuntime, done: Callable[[], bool], *,
@@ -338,34 +336,6 @@ def announced(world: World, pair: str, kind: str) -> asyncio.Event:
 
     world.ctx.listeners.append(hear)
     return seen
-
-
-def two_pair_world(tmp_path: Path) -> World:
-    """A world configured with the pairs ``main`` and ``second``."""
-    pairs = [{"name": name, "endpoint_listen": f"127.0.0.1:{port}", "standby": {"provider": "gcp"},
-              "primary": {"provider": "vast", "instance_id": instance_id}}
-             for name, port, instance_id in (("main", 2222, "30000001"), ("second", 2223, "30000009"))]
-    return make_world(tmp_path, {"pairs": pairs})
-
-
-async def second_pair(world: World, rt: PairRuntime) -> PairRuntime:
-    """The world's second pair, synced beside ``rt`` with its own GPU, standby and endpoint."""
-    assert rt.primary is not None and rt.standby is not None
-    world.market._new("30000009", machine_id="m9", label="dumont-second", price=0.25)
-    world.cloud._new("dumont-second-standby-0", user="dumont")
-    world.clock.now += world.market.boot_seconds
-    gpu = gpu_ref(world, "30000009")
-    cpu = dataclasses.replace(rt.standby, instance_id="dumont-second-standby-0", alias="gcp-dumont-second-standby-0")
-    for ref in (gpu, cpu):
-        machine = world.machine(ref)
-        machine.epoch, machine.certified = 1, True
-    world.machine(gpu).workspace = {"notes.txt": b"second"}
-    world.machine(cpu).snapshots = [{"notes.txt": b"second"}]
-    endpoint = LocalEndpoint("second")
-    await endpoint.start(("127.0.0.1", 0), 30)
-    await endpoint.point_to((gpu.ssh_host, gpu.ssh_port), reason="serving the GPU", epoch=1)
-    world.ctx.store.save_pair(PairRow("second", "syncing", 1, gpu.as_dict(), cpu.as_dict(), 0))
-    return PairRuntime(world.ctx.config.pairs[1], PairState.SYNCING, 1, gpu, cpu, endpoint)
 
 
 async def test_a_standby_preempted_again_and_again_is_replaced_each_time_within_the_hour(tmp_path: Path) -> None:

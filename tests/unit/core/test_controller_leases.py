@@ -3,16 +3,17 @@ is said or done for it; a pair whose lease is taken is brought up and its unfini
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from dumont.config import PairConfig
 from dumont.core.controller import Controller, PairOpener
 from dumont.core.leases import Leases
-from dumont.core.model import OperationStatus
+from dumont.core.model import OperationStatus, PairState
 from dumont.core.pair import PairRuntime
 from dumont.core.ports import StateStore
 from dumont.errors import HostUnreachable
-from tests.unit.core.world import make_world, synced_pair
+from tests.unit.core.world import make_world, second_pair, synced_pair, two_pair_world
 
 TTL = 8.0
 
@@ -96,3 +97,32 @@ async def test_a_pair_that_cannot_be_brought_up_is_given_back_and_left_to_the_ot
     await clock.sleep(1)
     await controller.lease_round()
     assert store.lease("main").owner == "", "not taken again before a TTL has passed"  # type: ignore[union-attr]
+
+
+async def test_the_limit_on_recoveries_is_the_fleets_counting_those_other_controllers_run(tmp_path: Path) -> None:
+    """``max_recoveries_in_flight`` holds across the fleet: a pair of this controller waits on its CPU while a pair
+    of another controller recovers, or failed over before it and waits too, and takes its turn once that one is
+    done."""
+    world = two_pair_world(tmp_path, {"controller": {"max_recoveries_in_flight": 1}})
+    world.ctx.controller_id = "a"
+    async for rt in synced_pair(world):
+        other = await second_pair(world, rt)
+        try:
+            store = world.ctx.store
+            mine = Leases(store, "a", TTL, tick=1, clock=world.clock)
+            assert mine.round(["main"]).taken == ("main",)
+            Leases(store, "b", TTL, tick=1, clock=world.clock).round(["second"])
+            controller = Controller(world.ctx, [rt], leases=mine)
+            rt.state, rt.timings["decided_at"] = PairState.FAILED_OVER, world.clock.now
+            turns = []
+            for theirs in ("recovering", "failed_over", "syncing"):
+                store.save_pair(dataclasses.replace(other.row(), state=theirs))
+                turns.append(controller._recovery_turns())
+            assert turns == [(frozenset(), 1), (frozenset(), 0), (frozenset({"main"}), 0)]
+            store.save_pair(dataclasses.replace(other.row(), state="failed_over"))
+            controller.pairs["second"] = other  # held here too: its turn is counted from memory, not the store
+            other.state, other.timings["decided_at"] = PairState.FAILED_OVER, world.clock.now + 1
+            assert controller._recovery_turns() == (frozenset({"main"}), 0)
+        finally:
+            await other.endpoint.stop()
+
