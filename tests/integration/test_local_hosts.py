@@ -63,6 +63,22 @@ async def test_partition_hangs_connections_and_heal_restores_them(cloud: Cloud) 
     await cloud.transport.check_reachable(host.target(), timeout=10)
 
 
+async def test_a_command_over_the_shared_connection_of_a_frozen_host_gives_up_at_its_deadline(cloud: Cloud) -> None:
+    """A probe's ``true`` over the open shared connection of a host that froze returns at its deadline, not when
+    the master gives the session up: the killed client's pipes belong to the master by then."""
+    host = await cloud.host("gpu-1")
+    await cloud.transport.run(host.target(), ["true"], timeout=20)  # the shared connection is open
+    await cloud.pool.partition("gpu-1")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(CommandTimeout):
+        await cloud.transport.run(host.target(), ["true"], timeout=0.5)
+    waited = loop.time() - started
+    assert waited < 3.0, f"the call returned {waited:.1f} s after it started, its deadline was 0.5 s"
+    await cloud.pool.heal("gpu-1")
+    await cloud.transport.run(host.target(), ["true"], timeout=20)
+
+
 async def test_stop_and_start_keep_the_files(cloud: Cloud) -> None:
     """Given a host with data, when it is stopped and started, then its files are as they were."""
     host = await cloud.host("cpu-1")
