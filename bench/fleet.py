@@ -7,10 +7,9 @@ the Vast and GCP emulators. Then ``--kill`` GPUs are killed at once (one Vast ho
 all pairs are protected again, ``--kill`` standbys are preempted at once (one GCP zone): detection p50/p95 (kill
 to the failover's decision, preemption to the pair noticing), the p95 of kill to the endpoint switched (the
 failovers of one tick run side by side, so this one shows what they cost each other on a loaded machine), the time
-until every pair is protected again, rentals per
-recovery (never two), and what is left running at the end (nothing beyond what the pairs hold). A single pair goes
-through the same GPU kill at the same profile first, five times: the fleet's detection p95 is judged against its
-p95.
+until every pair is protected again, rentals per recovery (never two), and what is left running at the end
+(nothing beyond what the pairs hold). A single pair goes through the same GPU kill at the same profile first, five
+times: the fleet's detection p95 is judged against its p95.
 
 Usage: ``python bench/fleet.py [--pairs 50] [--kill 10] [--profiles fast,seed] [--out FILE.json]``.
 Exit 1 if a killed GPU was not failed over, a recovery rented twice, an instance leaked, or the fleet's detection
@@ -30,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +110,9 @@ class Fleet:
         await _until(what, protected, timeout)
         return time.monotonic() - started
 
-    async def until_every(self, what: str, seen: Callable[[], dict[str, float]], victims: list[str],
+    async def until_every(self, what: str, seen: Callable[[], Collection[str]], victims: list[str],
                           timeout: float) -> None:
-        """Wait until ``seen()`` (pair -> when) names every victim."""
+        """Wait until ``seen()`` names every victim."""
 
         async def all_seen() -> bool:
             return set(victims) <= set(seen())
@@ -127,28 +126,12 @@ class Fleet:
             self._events_read += page
         return self._events_read
 
-    def events_after(self, kind: str, since: float) -> dict[str, float]:
-        """The first ``kind`` event of each pair after ``since`` (wall clock), by pair."""
-        first: dict[str, float] = {}
+    def first_after(self, since: float, matches: Callable[[EventRow], bool]) -> dict[str, EventRow]:
+        """Each pair's first event after ``since`` (wall clock) that ``matches``, by pair."""
+        first: dict[str, EventRow] = {}
         for event in self._events():
-            if event.kind == kind and event.pair is not None and event.at > since:
-                first.setdefault(event.pair, event.at)
-        return first
-
-    def failovers_after(self, since: float) -> dict[str, tuple[float, float]]:
-        """When each pair's first failover after ``since`` was decided, and when its endpoint had switched."""
-        first: dict[str, tuple[float, float]] = {}
-        for event in self._events():
-            if event.kind == "failover" and event.pair is not None and event.at > since:
-                took = float(event.data.get("decision_to_switch_seconds", 0.0))
-                first.setdefault(event.pair, (event.at - took, event.at))
-        return first
-
-    def standby_lost_after(self, since: float) -> dict[str, float]:
-        first: dict[str, float] = {}
-        for event in self._events():
-            if event.kind == "state" and event.data.get("to") == "standby_lost" and event.pair and event.at > since:
-                first.setdefault(event.pair, event.at)
+            if event.pair is not None and event.at > since and matches(event):
+                first.setdefault(event.pair, event)
         return first
 
     def gpu_rentals_after(self, since: float) -> dict[str, int]:
@@ -205,6 +188,14 @@ async def _close(fleet: Fleet) -> list[int]:
     return sorted(await tear_down(fleet.stack))
 
 
+def _failover(event: EventRow) -> bool:
+    return event.kind == "failover"
+
+
+def _standby_lost(event: EventRow) -> bool:
+    return event.kind == "state" and event.data.get("to") == "standby_lost"
+
+
 async def kill_gpus(fleet: Fleet, victims: list[str], timeout: float) -> dict[str, Any]:
     """Kill the victims' GPUs at once; detection and the time until every pair is protected again."""
     statuses = await fleet.statuses()
@@ -212,12 +203,13 @@ async def kill_gpus(fleet: Fleet, victims: list[str], timeout: float) -> dict[st
     killed_at = time.time()
     await asyncio.gather(*(fleet.stack.cloud.pool.kill(h.name) for h in hosts))
     with contextlib.suppress(TimeoutError):  # a GPU not failed over is counted below, not waited for forever
-        await fleet.until_every("the failovers", lambda: fleet.events_after("failover", killed_at), victims, timeout)
+        await fleet.until_every("the failovers", lambda: fleet.first_after(killed_at, _failover), victims, timeout)
     await fleet.until_protected("after the GPU kills", timeout)
     reprotected = time.time() - killed_at
-    failovers = fleet.failovers_after(killed_at)
-    detection = [failovers[v][0] - killed_at for v in victims if v in failovers]  # the failure noticed
-    switched = [failovers[v][1] - killed_at for v in victims if v in failovers]  # the user's endpoint moved
+    failovers = fleet.first_after(killed_at, _failover)
+    switched = [failovers[v].at - killed_at for v in victims if v in failovers]  # the user's endpoint moved
+    detection = [failovers[v].at - float(failovers[v].data["decision_to_switch_seconds"]) - killed_at
+                 for v in victims if v in failovers]  # the failure noticed
     rentals = fleet.gpu_rentals_after(killed_at)
     return {"killed": len(victims), "failed_over": sum(v in failovers for v in victims),
             "detection_s": [round(d, 3) for d in detection],
@@ -237,12 +229,12 @@ async def preempt_standbys(fleet: Fleet, victims: list[str], timeout: float) -> 
     preempted_at = time.time()
     await asyncio.gather(*(fleet.gcp.fault("preempt", h) for h in hosts))
     with contextlib.suppress(TimeoutError):
-        await fleet.until_every("the preemptions noticed", lambda: fleet.standby_lost_after(preempted_at), victims,
-                                timeout)
+        await fleet.until_every("the preemptions noticed", lambda: fleet.first_after(preempted_at, _standby_lost),
+                                victims, timeout)
     await fleet.until_protected("after the preemptions", timeout)
     reprotected = time.time() - preempted_at
-    noticed = fleet.standby_lost_after(preempted_at)
-    detection = [noticed[v] - preempted_at for v in victims if v in noticed]
+    noticed = fleet.first_after(preempted_at, _standby_lost)
+    detection = [noticed[v].at - preempted_at for v in victims if v in noticed]
     return {"preempted": len(victims), "noticed": len(detection),
             "detection_p50_s": round(statistics.median(detection), 3) if detection else None,
             "detection_p95_s": round(_p95(detection), 3) if detection else None,

@@ -287,10 +287,9 @@ class Controller:
         waiting = [(rt.name, rt.timings.get("decided_at", 0.0)) for rt in self.pairs.values()
                    if rt.state == PairState.FAILED_OVER]
         limit = self.ctx.config.controller.max_recoveries_in_flight
-        elsewhere = [pair.name for pair in self.ctx.config.pairs if pair.name not in self.pairs]
-        if waiting and limit and elsewhere:
-            try:
-                rows = [row for name in elsewhere if (row := self.ctx.store.get_pair(name)) is not None]
+        if waiting and limit and len(self.pairs) < len(self.ctx.config.pairs):
+            try:  # one read, and only while a pair of this controller waits for its turn
+                rows = [row for row in self.ctx.store.pairs() if row.name not in self.pairs]
             except DumontError as exc:
                 log.debug("the other controllers' recoveries cannot be counted (%s): none starts now", exc)
                 return frozenset(), running

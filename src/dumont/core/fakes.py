@@ -84,6 +84,11 @@ class FakeMachine:
         if operation in self.fail:
             raise self.fail[operation]
 
+    async def held(self, operation: str) -> None:
+        """Wait while the test holds ``operation`` open."""
+        if operation in self.hold:
+            await self.hold[operation].wait()
+
 
 def manifest_of(files: dict[str, bytes]) -> Manifest:
     """The manifest of a file map (content hashes stand in for the agent's)."""
@@ -136,8 +141,7 @@ class FakeHosts:
     async def probe(self, ref: HostRef, *, timeout: float, command: str | None) -> tuple[ProbeResult, ...]:
         self.calls.append(("probe", ref.alias))
         machine = self.machine(ref)
-        if "probe" in machine.hold:
-            await machine.hold["probe"].wait()
+        await machine.held("probe")
         if "probe" in machine.fail:
             raise machine.fail["probe"]
         health = Health.OK if machine.reachable else Health.FAIL
@@ -173,8 +177,7 @@ class FakeHosts:
 
     async def take_over(self, pair: str, standby: HostRef, new_epoch: int) -> dict[str, Any]:
         machine = self._use("take_over", standby)
-        if "take_over" in machine.hold:
-            await machine.hold["take_over"].wait()
+        await machine.held("take_over")
         if new_epoch < machine.epoch:
             raise StaleEpochRefused(f"epoch {new_epoch} is older than {standby.alias}'s {machine.epoch}")
         machine.paired_for = None

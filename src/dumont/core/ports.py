@@ -133,6 +133,10 @@ class StateStore(Protocol):
         """The pair called ``name``, if known."""
         ...
 
+    def pairs(self) -> list[PairRow]:
+        """Every pair, by name."""
+        ...
+
     def save_pair(self, row: PairRow) -> None:
         """Insert or update a pair; its epoch never goes back."""
         ...

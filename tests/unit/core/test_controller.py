@@ -283,7 +283,7 @@ async def test_gpus_lost_at_once_fail_over_side_by_side_each_waiting_for_nothing
     waited for every failover before it."""
     world = two_pair_world(tmp_path)
     async for rt in synced_pair(world):
-        other = await second_pair(world, rt)
+        other = await second_pair(world)
         try:
             controller = Controller(world.ctx, [rt, other])
             slow = world.machine(rt.standby).hold["take_over"] = asyncio.Event()
@@ -307,7 +307,7 @@ async def test_a_lost_gpu_fails_over_without_waiting_for_a_slow_probe_of_another
     each pair decides as soon as its own observation is in."""
     world = two_pair_world(tmp_path)
     async for rt in synced_pair(world):
-        other = await second_pair(world, rt)
+        other = await second_pair(world)
         try:
             controller = Controller(world.ctx, [rt, other])
             world.machine(rt.primary).reachable = False

@@ -106,7 +106,7 @@ async def test_the_limit_on_recoveries_is_the_fleets_counting_those_other_contro
     world = two_pair_world(tmp_path, {"controller": {"max_recoveries_in_flight": 1}})
     world.ctx.controller_id = "a"
     async for rt in synced_pair(world):
-        other = await second_pair(world, rt)
+        other = await second_pair(world)
         try:
             store = world.ctx.store
             mine = Leases(store, "a", TTL, tick=1, clock=world.clock)
@@ -125,4 +125,3 @@ async def test_the_limit_on_recoveries_is_the_fleets_counting_those_other_contro
             assert controller._recovery_turns() == (frozenset({"main"}), 0)
         finally:
             await other.endpoint.stop()
-

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,29 +80,35 @@ def gpu_ref(world: World, instance_id: str) -> HostRef:
 
 async def synced_pair(world: World, files: dict[str, bytes] | None = None) -> AsyncIterator[PairRuntime]:
     """A pair as the loop leaves it after its first pass: GPU primary at epoch 1, CPU standby with a snapshot."""
-    market, cloud = world.market, world.cloud
-    gpu_instance = market._new("30000001", machine_id="m0", label="dumont-main", price=0.25)
-    cloud._new("dumont-main-standby-0", user="dumont")
-    world.clock.now = max(gpu_instance.ready_at, world.clock.now) + 1
-    gpu = gpu_ref(world, "30000001")
-    cpu = HostRef("gcp", "dumont-main-standby-0", "127.0.0.1", 22, "dumont", "cpu",
-                  alias_for("gcp", "dumont-main-standby-0"))
-    world.machine(gpu).workspace = dict(files or {"model.pt": b"weights", "data.csv": b"a,b\n1,2\n"})
-    world.machine(gpu).epoch = world.machine(cpu).epoch = 1
-    world.machine(cpu).snapshots = [dict(world.machine(gpu).workspace)]
-    world.machine(cpu).certified = world.machine(gpu).certified = True
-    config = world.ctx.config.pairs[0]
-    endpoint = LocalEndpoint("main")
-    await endpoint.start(("127.0.0.1", 0), 30)
-    await endpoint.point_to((gpu.ssh_host, gpu.ssh_port), reason="serving the GPU", epoch=1)
-    rt = PairRuntime(config, PairState.SYNCING, 1, gpu, cpu, endpoint)
-    world.ctx.store.save_pair(PairRow("main", "syncing", 1, gpu.as_dict(), cpu.as_dict(), 0))
-    for ref in (gpu, cpu):
-        world.ctx.store.record_host(ref.provider, ref.instance_id, "main", ref.role, "test")
+    rt = await bring_up(world, 0, "30000001", files or {"model.pt": b"weights", "data.csv": b"a,b\n1,2\n"})
     try:
         yield rt
     finally:
-        await endpoint.stop()
+        await rt.endpoint.stop()
+
+
+async def bring_up(world: World, index: int, instance_id: str, files: dict[str, bytes]) -> PairRuntime:
+    """The configured pair ``index`` synced: its GPU rented (``instance_id``) and holding ``files``, its CPU standby
+    with one snapshot of them, both at epoch 1 and certified, its endpoint serving the GPU (the caller stops it)."""
+    config = world.ctx.config.pairs[index]
+    name = config.name
+    gpu_instance = world.market._new(instance_id, machine_id=f"m{index}", label=f"dumont-{name}", price=0.25)
+    world.cloud._new(f"dumont-{name}-standby-0", user="dumont")
+    world.clock.now = max(gpu_instance.ready_at, world.clock.now) + 1
+    gpu = gpu_ref(world, instance_id)
+    cpu = HostRef("gcp", f"dumont-{name}-standby-0", "127.0.0.1", 22, "dumont", "cpu",
+                  alias_for("gcp", f"dumont-{name}-standby-0"))
+    world.machine(gpu).workspace = dict(files)
+    world.machine(gpu).epoch = world.machine(cpu).epoch = 1
+    world.machine(cpu).snapshots = [dict(files)]
+    world.machine(cpu).certified = world.machine(gpu).certified = True
+    endpoint = LocalEndpoint(name)
+    await endpoint.start(("127.0.0.1", 0), 30)
+    await endpoint.point_to((gpu.ssh_host, gpu.ssh_port), reason="serving the GPU", epoch=1)
+    world.ctx.store.save_pair(PairRow(name, "syncing", 1, gpu.as_dict(), cpu.as_dict(), 0))
+    for ref in (gpu, cpu):
+        world.ctx.store.record_host(ref.provider, ref.instance_id, name, ref.role, "test")
+    return PairRuntime(config, PairState.SYNCING, 1, gpu, cpu, endpoint)
 
 
 def controller_of(world: World, rt: PairRuntime) -> Controller:
@@ -119,21 +124,6 @@ def two_pair_world(tmp_path: Path, overrides: dict[str, Any] | None = None) -> W
     return make_world(tmp_path, {**(overrides or {}), "pairs": pairs})
 
 
-async def second_pair(world: World, rt: PairRuntime) -> PairRuntime:
-    """The world's second pair, synced beside ``rt`` with its own GPU, standby and endpoint."""
-    assert rt.primary is not None and rt.standby is not None
-    world.market._new("30000009", machine_id="m9", label="dumont-second", price=0.25)
-    world.cloud._new("dumont-second-standby-0", user="dumont")
-    world.clock.now += world.market.boot_seconds
-    gpu = gpu_ref(world, "30000009")
-    cpu = dataclasses.replace(rt.standby, instance_id="dumont-second-standby-0", alias="gcp-dumont-second-standby-0")
-    for ref in (gpu, cpu):
-        machine = world.machine(ref)
-        machine.epoch, machine.certified = 1, True
-    world.machine(gpu).workspace = {"notes.txt": b"second"}
-    world.machine(cpu).snapshots = [{"notes.txt": b"second"}]
-    endpoint = LocalEndpoint("second")
-    await endpoint.start(("127.0.0.1", 0), 30)
-    await endpoint.point_to((gpu.ssh_host, gpu.ssh_port), reason="serving the GPU", epoch=1)
-    world.ctx.store.save_pair(PairRow("second", "syncing", 1, gpu.as_dict(), cpu.as_dict(), 0))
-    return PairRuntime(world.ctx.config.pairs[1], PairState.SYNCING, 1, gpu, cpu, endpoint)
+async def second_pair(world: World) -> PairRuntime:
+    """The second pair of :func:`two_pair_world`, synced beside the first with its own GPU, standby and endpoint."""
+    return await bring_up(world, 1, "30000009", {"notes.txt": b"second"})
