@@ -47,6 +47,7 @@ from .common import (
     write_atomic,
     write_epoch,
 )
+from .recycle import drop_spare
 from .scan import CACHE_TRUST_SECONDS, CHUNK, HashLookup, manifest_digest, scan_tree, walk
 from .snapshots import apply_attributes, list_snapshots, snapshot_info, snapshot_manifest
 
@@ -119,7 +120,8 @@ def refresh_candidate(seq: int, force: list[str] | None = None) -> Json:
     previous = candidate_seq()
     old: dict[str, Entry] = {}
     if previous is not None and previous in list_snapshots():
-        old = {e[PATH]: e for e in snapshot_manifest(previous) if e[PATH] not in set(force or [])}
+        forced = set(force or [])
+        old = {e[PATH]: e for e in snapshot_manifest(previous) if e[PATH] not in forced}
     else:
         remove_tree(candidate_dir())  # unknown state (a crash mid-refresh): rebuild it whole
     # Marked invalid while it changes: a crash here leaves a candidate nobody will promote.
@@ -327,6 +329,7 @@ def promote(args: Json) -> Json:
         if used == "take":
             for old in seqs:  # they share inodes with what is now live: an in-place write would alter them
                 remove_tree(snapshot_path(old))
+            drop_spare()  # and so does the spare
         invalidate_candidate()
         write_atomic(os.path.join(data_dir(), "promoted.json"),
                      dump_json({"epoch": epoch, "seq": seq, "mode": used, "at": moved_at}))

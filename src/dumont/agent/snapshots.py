@@ -1,13 +1,16 @@
 """The standby's replica store: stage a pass, inspect it, revert unsettled paths, commit it as a snapshot.
 
 Staging builds ``incoming-<epoch>/tree`` as hard links to the newest snapshot, minus the paths the pass
-replaces; rsync then writes only those (always to new inodes: it writes a temporary file and renames it), so no
-snapshot's file is ever modified. Commit checks the whole staged tree against the expected manifest and renames
-it into ``snapshots/``: the one atomic step that publishes a pass.
+replaces: from the spare (the last pruned snapshot, patched where it differs: ``recycle``) or, without one, a link
+per file. rsync then writes only the replaced paths (always to new inodes: it writes a temporary file and renames
+it), so no snapshot's file is ever modified. Commit checks the staged tree against the expected manifest
+(``treecheck``: every name, and what is not the base's own inode read again) and renames it into ``snapshots/``:
+the one atomic step that publishes a pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -37,7 +40,9 @@ from .common import (
     unlink_if_present,
     write_atomic,
 )
-from .scan import HashLookup, diff_entries, manifest_digest, scan_paths, scan_tree, stat_key, summarize
+from .recycle import drop_spare, keep_as_spare, patch, spare_dir, take_spare
+from .scan import HashLookup, manifest_digest, scan_paths, scan_tree, stat_key, summarize
+from .treecheck import Listing, check_staged, listing
 
 
 def list_snapshots() -> list[int]:
@@ -49,11 +54,56 @@ def list_snapshots() -> list[int]:
 
 
 def snapshot_manifest(seq: int) -> list[Entry]:
-    """The manifest of snapshot ``seq``."""
-    value = read_json(os.path.join(snapshot_path(seq), "manifest.json"))
+    """The manifest of snapshot ``seq`` (shared with other callers: never change it)."""
+    path = os.path.join(snapshot_path(seq), "manifest.json")
+    signature = _signature(path)
+    held = _MANIFESTS.get(path)
+    if held is not None and signature is not None and held[0] == signature:
+        return held[1]
+    value = read_json(path)
     if value is None:
         raise Failure("NotFound", f"snapshot {seq} has no manifest on this host")
+    _remember(path, signature, value)
     return value  # type: ignore[no-any-return]
+
+
+# A pass reads its base's manifest four times (stage, inspect, commit, the candidate's refresh) and the next pass
+# reads the one this pass wrote: the newest two stay parsed in the agent process, keyed by the file's identity.
+_MANIFESTS: dict[str, tuple[tuple[int, int, int], list[Entry]]] = {}
+_KEEP_PARSED = 2
+# The names and inodes of the newest committed tree, from its commit's check: the next pass's base listing.
+_COMMITTED: dict[str, tuple[tuple[int, int], Listing]] = {}
+
+
+def _signature(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _remember(path: str, signature: tuple[int, int, int] | None, entries: list[Entry]) -> None:
+    if signature is None:
+        return
+    _MANIFESTS.pop(path, None)
+    _MANIFESTS[path] = (signature, entries)
+    for old in list(_MANIFESTS)[:-_KEEP_PARSED]:
+        del _MANIFESTS[old]
+
+
+def _base_listing(base_tree: str) -> Listing:
+    """The base tree's names and inodes: kept from its own commit when it is still the same directory."""
+    held = _COMMITTED.get(base_tree)
+    identity = _identity(base_tree)
+    if held is not None and held[0] == identity:
+        return held[1]
+    return listing(base_tree)
+
+
+def _identity(path: str) -> tuple[int, int]:
+    st = os.lstat(path)
+    return (st.st_dev, st.st_ino)
 
 
 def snapshot_info(seq: int) -> Json:
@@ -93,11 +143,12 @@ def append_pass(record: Json) -> None:
 
 
 def prune(keep: int) -> list[int]:
-    """Remove all but the newest ``keep`` snapshots; return the ones removed."""
+    """Remove all but the newest ``keep`` snapshots, the newest of those removed kept as the spare; return them."""
     seqs = list_snapshots()
     doomed = seqs[: max(0, len(seqs) - max(1, keep))]
-    for seq in doomed:
-        remove_tree(snapshot_path(seq))
+    for seq in reversed(doomed):
+        if not keep_as_spare(snapshot_path(seq)):
+            remove_tree(snapshot_path(seq))
     return doomed
 
 
@@ -114,10 +165,15 @@ def stage(args: Json) -> Json:
         if name.startswith("incoming-"):
             remove_tree(os.path.join(data_dir(), name))  # leftovers of interrupted or fenced passes
     tree = os.path.join(incoming_dir(epoch), "tree")
-    os.makedirs(tree)
-    resend = [p for p in args.get("replace", []) if p in set(suspects())]  # a scrub found every copy wrong
+    os.makedirs(incoming_dir(epoch))
+    found = set(suspects())
+    resend = [p for p in args.get("replace", []) if p in found]  # a scrub found every copy wrong
     replaced = set(args.get("replace", [])) | set(args.get("delete", []))
-    linked = _link_base(base, tree, replaced) if base is not None else 0
+    spare = take_spare(tree) if base is not None else None
+    if spare is None:
+        drop_spare()
+        os.mkdir(tree)
+    linked = _link_base(base, tree, replaced, spare) if base is not None else 0
     write_atomic(os.path.join(incoming_dir(epoch), "stage.json"),
                  dump_json({"epoch": epoch, "base_seq": base, "resend": resend}))
     link_dest = os.path.join(snapshot_path(base), "tree") if base is not None else None
@@ -132,6 +188,9 @@ def _make_room(needed: int, min_free_fraction: float, base: int | None) -> Json:
         reserve = int(usage["total_bytes"] * min_free_fraction)
         if usage["free_bytes"] - needed >= reserve:
             return usage
+        if os.path.lexists(spare_dir()):
+            drop_spare()  # the old versions it holds come first
+            continue
         if not older:
             raise Failure("InsufficientSpace",
                           f"the standby has {usage['free_bytes']} bytes free; this pass needs {needed} (the files "
@@ -140,28 +199,21 @@ def _make_room(needed: int, min_free_fraction: float, base: int | None) -> Json:
         remove_tree(snapshot_path(older.pop(0)))
 
 
-def _link_base(base: int, tree: str, replaced: set[str]) -> int:
-    """Recreate the base snapshot in ``tree``: directories made, files and symlinks hard-linked."""
-    base_tree = os.fsencode(os.path.join(snapshot_path(base), "tree"))
-    btree = os.fsencode(tree)
-    linked = 0
-    for entry in snapshot_manifest(base):
-        name = entry[PATH]
-        if name == "." or name in replaced:
-            continue
-        rel = os.fsencode(name)
-        if entry[KIND] == "d":
-            os.mkdir(os.path.join(btree, rel), 0o700)  # its real mode is set at commit, once it is filled
-        elif not _parent_replaced(name, replaced):
-            os.link(os.path.join(base_tree, rel), os.path.join(btree, rel), follow_symlinks=False)
-            linked += 1
-    return linked
+def _link_base(base: int, tree: str, replaced: set[str], spare: list[Entry] | None) -> int:
+    """Recreate the base snapshot in ``tree`` minus ``replaced``: patched from the spare's tree already there, or
+    from nothing (directories made, files and symlinks hard-linked); return the links made."""
+    entries = snapshot_manifest(base)
+    # A replaced directory's own entry stays out, its children with it: rsync makes it anew.
+    gone = {e[PATH] for e in entries if e[KIND] == "d" and e[PATH] in replaced}
+    want = [e for e in entries
+            if e[PATH] != "." and e[PATH] not in replaced and not (gone and _under(e[PATH], gone))]
+    return patch(tree, spare or [], os.path.join(snapshot_path(base), "tree"), want)
 
 
-def _parent_replaced(name: str, replaced: set[str]) -> bool:
+def _under(name: str, directories: set[str]) -> bool:
     parent = os.path.dirname(name)
     while parent:
-        if parent in replaced:
+        if parent in directories:
             return True
         parent = os.path.dirname(parent)
     return False
@@ -177,34 +229,31 @@ def load_stage(epoch: int) -> Json:
     return meta
 
 
-def _base_hashes(base: int | None) -> dict[str, tuple[int, str]]:
-    """Path -> (inode, hash) for the base snapshot's files; a file sharing that inode has that content."""
-    if base is None:
-        return {}
-    base_tree = os.fsencode(os.path.join(snapshot_path(base), "tree"))
-    known = {}
-    for entry in snapshot_manifest(base):
-        if entry[KIND] == "f":
-            try:
-                inode = os.lstat(os.path.join(base_tree, os.fsencode(entry[PATH]))).st_ino
-            except OSError:
-                continue
-            known[entry[PATH]] = (inode, entry[DATA])
-    return known
+def base_manifest(meta: Json) -> list[Entry]:
+    """The manifest of the snapshot a staged pass is based on ([] for a first pass)."""
+    base = meta.get("base_seq")
+    return snapshot_manifest(int(base)) if base is not None else []
 
 
-def staged_hashes(meta: Json, epoch: int, vouched: dict[str, list[Any]] | None = None) -> HashLookup:
-    """Hashes we can trust in the staged tree: links into the base snapshot, files inspect already hashed, and
-    files the source vouches for (``[size, mtime, hash]`` of a file that stood still while rsync, which checks
-    every transfer end to end, copied it)."""
-    known = _base_hashes(meta.get("base_seq"))
+def staged_hashes(meta: Json, epoch: int, vouched: dict[str, list[Any]] | None = None,
+                  base: list[Entry] | None = None) -> HashLookup:
+    """Hashes we can trust in the staged tree: links into the base snapshot (a file sharing the base file's inode
+    has its content; looked up only for the files asked about), files inspect already hashed, and files the
+    source vouches for (``[size, mtime, hash]`` of a file that stood still while rsync, which checks every
+    transfer end to end, copied it)."""
+    seq = meta.get("base_seq")
+    known = {e[PATH]: e[DATA] for e in (base_manifest(meta) if base is None else base) if e[KIND] == "f"}
+    base_tree = os.fsencode(os.path.join(snapshot_path(int(seq)), "tree")) if seq is not None else b""
     inspected: dict[str, list[Any]] = read_json(os.path.join(incoming_dir(epoch), "inspected.json"), {}) or {}
     vouched = vouched or {}
 
     def lookup(rel: str, st: os.stat_result) -> str | None:
-        hit = known.get(rel)
-        if hit is not None and hit[0] == st.st_ino:
-            return hit[1]
+        if rel in known:
+            try:
+                if os.lstat(os.path.join(base_tree, os.fsencode(rel))).st_ino == st.st_ino:
+                    return str(known[rel])
+            except OSError:
+                pass
         seen = inspected.get(rel)
         if seen is not None and tuple(seen[:4]) == stat_key(st):
             return str(seen[4])
@@ -289,21 +338,32 @@ def commit(args: Json) -> Json:
     incoming = incoming_dir(epoch)
     tree = os.fsencode(os.path.join(incoming, "tree"))
     apply_attributes(tree, expected)
-    actual, skipped, _ = scan_tree(os.fsdecode(tree), staged_hashes(meta, epoch))
-    if skipped or manifest_digest(actual) != manifest_digest(expected):
-        problems = "; ".join(diff_entries(expected, actual)[:20])
-        raise Failure("IntegrityError", f"staged tree does not match the expected manifest: {problems}")
+    base = base_manifest(meta)
+    base_seq = meta.get("base_seq")
+    base_tree = os.path.join(snapshot_path(int(base_seq)), "tree") if base_seq is not None else None
+    staged = listing(os.fsdecode(tree))
+    problems = check_staged(staged, expected, _base_listing(base_tree) if base_tree is not None else {}, base,
+                            staged_hashes(meta, epoch, base=base), os.fsdecode(tree))
+    if problems:
+        raise Failure("IntegrityError", f"staged tree does not match the expected manifest: {'; '.join(problems[:20])}")
+    actual = sorted(expected, key=lambda e: os.fsencode(e[PATH]))  # what the tree holds, in the manifest's order
+    raw = dump_json(actual)
     record = dict(args.get("record") or {})
     record.update({"seq": seq, "epoch": epoch, "snapshot": seq, "finished_at": time.time(),
-                   "manifest_digest": manifest_digest(actual)})
+                   "manifest_digest": hashlib.sha256(raw).hexdigest()})  # manifest_digest, from the bytes written
     record.update(summarize(actual))
-    write_atomic(os.path.join(incoming, "manifest.json"), dump_json(actual))
+    write_atomic(os.path.join(incoming, "manifest.json"), raw)
     write_atomic(os.path.join(incoming, "pass.json"), dump_json(record))
     os.unlink(os.path.join(incoming, "stage.json"))
     unlink_if_present(os.path.join(incoming, "inspected.json"))
     os.makedirs(snapshots_dir(), exist_ok=True)
     os.rename(incoming, snapshot_path(seq))  # the pass becomes visible here, whole, or not at all
     fsync_dir(snapshots_dir())
+    published = os.path.join(snapshot_path(seq), "tree")
+    _COMMITTED.clear()
+    _COMMITTED[published] = (_identity(published), staged)
+    manifest_file = os.path.join(snapshot_path(seq), "manifest.json")
+    _remember(manifest_file, _signature(manifest_file), actual)
     append_pass(record)
     return {"seq": seq, "record": record, "pruned": prune(int(args.get("keep", 3)))}
 
