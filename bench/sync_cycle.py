@@ -324,7 +324,7 @@ def checks_for(rows: list[dict[str, object]], series: list[dict[str, object]], f
         return float(value)  # type: ignore[arg-type]
 
     seed_same, seed_changed = step("seed", "no-change pass"), step("seed", "pass after a change")
-    small_changed = step(f"{files} small", "pass after a change")
+    small_changed = step(f"{files:,} small", "pass after a change")
     checks = {
         f"no-change pass on the seed workspace <= {NO_CHANGE_TARGET_S} s": num(seed_same["ours_median_s"])
         <= NO_CHANGE_TARGET_S,
