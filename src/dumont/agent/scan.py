@@ -109,7 +109,7 @@ def scan_tree(root: str, hashes: HashLookup, cache: dict[str, list[Any]] | None 
     by_inode: dict[tuple[int, ...], str | None] = {}
     for rel, st in walk(broot):
         name = os.fsdecode(rel)
-        digest, cached = _known_hash(name, st, hashes, cache, by_inode)
+        digest, cached = known_hash(name, st, hashes, cache, by_inode)
         entry = entry_for(name, os.path.join(broot, rel), st, digest)
         if entry is None:
             skipped.append(name)
@@ -146,7 +146,7 @@ def scan_paths(root: str, names: list[str], hashes: HashLookup) -> ScanResult:
             st = os.lstat(full)
         except FileNotFoundError:
             continue
-        digest, _ = _known_hash(name, st, hashes, None, by_inode)
+        digest, _ = known_hash(name, st, hashes, None, by_inode)
         entry = entry_for(name, full, st, digest)
         if entry is None:
             skipped.append(name)
@@ -161,7 +161,7 @@ def scan_paths(root: str, names: list[str], hashes: HashLookup) -> ScanResult:
     return entries, skipped, fresh
 
 
-def _known_hash(name: str, st: os.stat_result, hashes: HashLookup, cache: dict[str, list[Any]] | None,
+def known_hash(name: str, st: os.stat_result, hashes: HashLookup, cache: dict[str, list[Any]] | None,
                 by_inode: dict[tuple[int, ...], str | None]) -> tuple[str | None, bool]:
     """A hash we already have for this file, and whether it came from the cache."""
     if not stat.S_ISREG(st.st_mode):

@@ -11,10 +11,12 @@ import threading
 import time
 from typing import Callable
 
-from . import pairing, promotion, push, salvage, scancache, scrub, snapshots, tracker, watch
+from . import pairing, promotion, push, rescan, salvage, scancache, scrub, snapshots, tracker, watch
 from .common import (
     DATA,
     KIND,
+    PATH,
+    Entry,
     Failure,
     Json,
     accept_epoch,
@@ -79,8 +81,9 @@ def scan(args: Json) -> Json:
         tracker.forget(root)
         return {"epoch": read_epoch(), "entries": [], "skipped": [], "missing": True, **summarize([])}
     watched = tracker.tracker_for(root)
-    last = watched.unchanged(args.get("since"), started, float(args.get("full_walk_seconds", FULL_WALK_SECONDS)))
-    if last is not None:
+    last, touched = watched.changes(args.get("since"), started,
+                                    float(args.get("full_walk_seconds", FULL_WALK_SECONDS)))
+    if last is not None and touched is not None and not touched:
         return {"epoch": read_epoch(), "unchanged": True, "token": last.token, "skipped": last.skipped,
                 "missing": False, "scan_seconds": time.time() - started, "started_at": last.started_at,
                 "sparse": last.sparse, "tracking": watched.watcher.mode, "peak_rss_kb": _peak_rss_kb(),
@@ -88,6 +91,12 @@ def scan(args: Json) -> Json:
     use_cache = args.get("use_cache", True)
     cache_path = os.path.join(data_dir(), "scan-cache.bin")
     cache = scancache.load(cache_path) if use_cache else {}
+    if use_cache and last is not None and last.entries is not None and touched is not None:
+        found = rescan.rescan(root, last.entries, touched, cache, skipped=last.skipped, sparse=last.sparse)
+        if found is not None:  # the paths touched looked at again; the rest is the last scan's
+            entries = sorted(found.entries.values(), key=lambda e: os.fsencode(e[PATH]))
+            return _scanned(watched, started, entries, skipped=found.skipped, sparse=found.sparse,
+                            by_path=found.entries, full=False)
     sparse: list[str] = []
     promoted = promotion.promoted_hashes() if use_cache and root == workspace_dir() else None
     entries, skipped, new_cache = scan_tree(root, promoted or no_known_hash, cache, sparse=sparse)
@@ -95,12 +104,19 @@ def scan(args: Json) -> Json:
         scancache.save(cache_path, new_cache)
     if promoted is not None:
         promotion.promoted_hashes_used()
+    return _scanned(watched, started, entries, skipped=skipped, sparse=sparse,
+                    by_path={e[PATH]: e for e in entries} if use_cache else None, full=True)
+
+
+def _scanned(watched: tracker.Tracker, started: float, entries: list[Entry], *, skipped: list[str],
+             sparse: list[str], by_path: dict[str, Entry] | None, full: bool) -> Json:
+    """Record a scan in the workspace's tracker and answer it."""
     summary = summarize(entries)
-    walk = watched.walked(started, not any(e[KIND] == "f" and e[DATA] is None for e in entries), summary,
-                          skipped, sparse)
+    clean = not any(e[KIND] == "f" and e[DATA] is None for e in entries)
+    walk = watched.walked(started, clean, summary, skipped, sparse, entries=by_path, full=full)
     result = {"epoch": read_epoch(), "entries": entries, "skipped": skipped, "missing": False,
               "scan_seconds": time.time() - started, "started_at": started, "sparse": sparse, "token": walk.token,
-              "tracking": watched.watcher.mode, "peak_rss_kb": _peak_rss_kb()}
+              "tracking": watched.watcher.mode, "walked": full, "peak_rss_kb": _peak_rss_kb()}
     result.update(summary)
     return result
 

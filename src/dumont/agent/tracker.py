@@ -21,13 +21,15 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 from .watch import Watcher
 
 
 @dataclass
 class Walk:
-    """What the last walk under a watcher found, as far as an unchanged scan needs to repeat it."""
+    """What the last scan under a watcher found: enough to repeat it unchanged, or to bring it up to date by
+    looking again at only the paths the watcher heard of since (``agent/rescan.py``)."""
 
     token: str
     started_at: float  # wall clock, this host
@@ -35,6 +37,8 @@ class Walk:
     summary: dict[str, int]
     skipped: list[str]
     sparse: list[str]
+    full_at: float = 0.0  # when the last full walk began (a rescan keeps it)
+    entries: dict[str, list[Any]] | None = None  # path -> entry, what the scan answered (None: not kept)
 
 
 @dataclass
@@ -53,23 +57,36 @@ class Tracker:
 
         Always drains the queue, so the walk that follows sees every change made before it.
         """
+        last, touched = self.changes(since, now, full_walk_seconds)
+        return last if touched is not None and not touched else None
+
+    def changes(self, since: object, now: float, full_walk_seconds: float) -> tuple[Walk | None, set[bytes] | None]:
+        """The last scan and every path changed since it began (absolute, with each one's directory), when the
+        watcher can vouch that nothing else changed; ``(None, None)`` means: walk the whole tree.
+
+        Always drains the queue first, so what the caller reads next sees every change made before it, and
+        starts recording afresh, so the next call hears of every change made after it.
+        """
         if self.watcher.mode != "inotify":
-            return None
-        changed = self.watcher.wait(0.0)  # drains, and watches directories made since
+            return None, None
+        self.watcher.wait(0.0)  # drains, and watches directories made since
+        touched = self.watcher.take_touched()
         last = self.last
-        if changed or last is None or not last.clean or since != last.token or self.watcher.mode != "inotify":
-            return None
+        if last is None or not last.clean or since != last.token or self.watcher.mode != "inotify":
+            return None, None
         if self.watcher.root_lost or _identity(self.root) != self.identity:
-            return None
-        if now - last.started_at >= full_walk_seconds:
-            return None
-        return last
+            return None, None
+        if now - last.full_at >= full_walk_seconds:
+            return None, None
+        return last, touched
 
     def walked(self, started_at: float, clean: bool, summary: dict[str, int], skipped: list[str],
-               sparse: list[str]) -> Walk:
-        """Record a walk that began at ``started_at`` (after the queue was drained); return it with its token."""
+               sparse: list[str], *, entries: dict[str, list[Any]] | None = None, full: bool = True) -> Walk:
+        """Record a scan that began at ``started_at`` (after the queue was drained); return it with its token."""
         self._count += 1
-        self.last = Walk(f"{self._session}-{self._count}", started_at, clean, summary, skipped, sparse)
+        full_at = started_at if full or self.last is None else self.last.full_at
+        self.last = Walk(f"{self._session}-{self._count}", started_at, clean, summary, skipped, sparse, full_at,
+                         entries)
         return self.last
 
 
@@ -84,7 +101,7 @@ def tracker_for(root: str) -> Tracker:
         return known  # on a poll fallback too: it never vouches, and setting watches again would fail again
     if known is not None:
         known.watcher.close()
-    tracker = _TRACKERS[root] = Tracker(root, Watcher(root), identity)
+    tracker = _TRACKERS[root] = Tracker(root, Watcher(root, record=True), identity)
     return tracker
 
 

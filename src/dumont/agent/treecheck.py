@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from typing import Dict, Tuple
 
 from .common import KIND, LINK, PATH, Entry, Failure
 from .scan import HashLookup, diff_entries, scan_paths
 
-Listing = dict[str, tuple[int, str]]  # path -> (inode, kind: d, f, l, or o for anything else)
+Listing = Dict[str, Tuple[int, str]]  # path -> (inode, kind: d, f, l, or o for anything else)
 
 
 def listing(root: str) -> Listing:

@@ -28,18 +28,23 @@ MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | I
         | IN_DELETE_SELF | IN_MOVE_SELF)
 EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then the name)
 POLL_SECONDS = 1.0
+MAX_TOUCHED = 50_000  # more paths than this between two scans: a walk is as cheap as looking at each
 
 
 class Watcher:
     """Changes under one directory tree, by inotify or, failing that, by polling."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, record: bool = False) -> None:
         self.root = os.fsencode(root)
         self.mode, self.reason = "inotify", ""
         self.fd = -1
         self.dirs: dict[int, bytes] = {}
         self.root_lost = False  # the root itself was removed or moved: a directory made in its place is unwatched
         self.overflows = 0  # how often the queue overflowed (and every watch was set again)
+        # With ``record``, the paths events named since ``take_touched`` (each with its directory); None once
+        # events were lost or too many came to be worth keeping: then only a walk knows what changed.
+        self.touched: set[bytes] | None = set() if record else None
+        self._record = record
         self._signature: tuple[int, int] | None = None
         try:
             self._libc: Any = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -119,8 +124,17 @@ class Watcher:
                 offset += EVENT.size + length
                 if mask & IN_Q_OVERFLOW:
                     overflowed = True  # events were lost, a new directory's creation perhaps among them
+                    self.touched = None
                     continue
                 parent = self.dirs.get(wd)
+                if parent is None:
+                    self.touched = None  # an event of a watch we no longer know: only a walk can tell
+                elif self.touched is not None:
+                    self.touched.add(parent)  # a name made, removed or renamed in it changes its own times
+                    if name:
+                        self.touched.add(os.path.join(parent, name))
+                    if len(self.touched) > MAX_TOUCHED:
+                        self.touched = None
                 if parent == self.root and mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
                     self.root_lost = True
                 if mask & IN_IGNORED:
@@ -132,6 +146,12 @@ class Watcher:
             # ever be heard: set the watches on the whole tree again (existing ones come back unchanged).
             self.overflows += 1
             self._watch_tree(self.root)
+
+    def take_touched(self) -> set[bytes] | None:
+        """The paths touched since the last call (None: unknown, walk), and start recording afresh."""
+        touched = self.touched
+        self.touched = set() if self._record else None
+        return touched
 
     def _poll(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,155 @@
+"""A scan that looks again only at the paths inotify named must answer what a whole walk would, on a real tree:
+every kind of change, a random sequence of them, and the cases where it must walk instead (hard links, lost
+events, the full-walk period)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dumont.agent import server, tracker
+from dumont.agent.scan import no_known_hash, scan_tree
+from tests.unit.agent.test_tracker import CHANGES
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    ws = tmp_path / "ws"
+    (ws / "data" / "deep").mkdir(parents=True)
+    (ws / "data" / "a.txt").write_text("a")
+    (ws / "data" / "deep" / "b.txt").write_text("b")
+    (ws / "model.pt").write_bytes(b"m" * 1000)
+    monkeypatch.setenv("DUMONT_WORKSPACE", str(ws))
+    monkeypatch.setenv("DUMONT_DATA_DIR", str(tmp_path / "data"))
+    if tracker.tracker_for(str(ws)).watcher.mode != "inotify":
+        pytest.skip("no inotify here")
+    yield ws
+    tracker.forget(str(ws))
+
+
+def scan(since: object = None, **args: object) -> dict[str, object]:
+    return server.scan({"since": since, **args})
+
+
+def walked_from_scratch(ws: Path) -> tuple[list[object], list[str]]:
+    entries, skipped, _ = scan_tree(str(ws), no_known_hash)
+    return entries, skipped
+
+
+def assert_as_walked(result: dict[str, object], ws: Path) -> None:
+    entries, skipped = walked_from_scratch(ws)
+    assert result["entries"] == entries
+    assert result["skipped"] == skipped
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_every_kind_of_change_is_seen_without_a_walk(workspace: Path, change: str) -> None:
+    first = scan()
+    assert first["walked"] is True
+    CHANGES[change](workspace)
+    second = scan(first["token"])
+    assert second["walked"] is False, "only the touched paths are looked at again"
+    assert_as_walked(second, workspace)
+
+
+def test_a_folder_moved_inside_the_tree_and_changed_under_its_new_name(workspace: Path) -> None:
+    token = scan()["token"]
+    (workspace / "data").rename(workspace / "moved")
+    (workspace / "moved" / "deep" / "c.txt").write_text("c")
+    result = scan(token)
+    assert_as_walked(result, workspace)
+    (workspace / "moved" / "deep" / "b.txt").write_text("changed after the move")
+    again = scan(result["token"])
+    assert again["walked"] is False
+    assert_as_walked(again, workspace)
+
+
+def test_a_file_becomes_a_folder_and_back(workspace: Path) -> None:
+    token = scan()["token"]
+    (workspace / "model.pt").unlink()
+    (workspace / "model.pt").mkdir()
+    (workspace / "model.pt" / "inside").write_text("i")
+    result = scan(token)
+    assert_as_walked(result, workspace)
+    shutil.rmtree(workspace / "data")
+    (workspace / "data").write_text("a file now")
+    assert_as_walked(scan(result["token"]), workspace)
+
+
+def test_a_hard_link_makes_the_scan_walk(workspace: Path) -> None:
+    token = scan()["token"]
+    os.link(workspace / "model.pt", workspace / "model.hard")
+    result = scan(token)
+    assert result["walked"] is True
+    assert_as_walked(result, workspace)
+    (workspace / "model.pt").write_bytes(b"n" * 1000)  # a member of a group: walk again
+    assert scan(result["token"])["walked"] is True
+
+
+def test_lost_events_make_the_scan_walk(workspace: Path) -> None:
+    token = scan()["token"]
+    tracker.tracker_for(str(workspace)).watcher.touched = None  # as after a queue overflow
+    (workspace / "model.pt").write_bytes(b"n" * 1000)
+    result = scan(token)
+    assert result["walked"] is True
+    assert_as_walked(result, workspace)
+
+
+def test_the_full_walk_period_still_holds(workspace: Path) -> None:
+    token = scan()["token"]
+    (workspace / "model.pt").write_bytes(b"n" * 1000)
+    token = scan(token)["token"]
+    (workspace / "model.pt").write_bytes(b"o" * 1000)
+    assert scan(token, full_walk_seconds=0)["walked"] is True
+
+
+@pytest.mark.parametrize("seed", [20261207, 1, 2])
+def test_a_random_sequence_of_changes_is_always_answered_as_a_walk_would(workspace: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    result = scan()
+    rescans = 0
+    for _ in range(80):
+        for _ in range(rng.randint(1, 4)):
+            _random_change(workspace, rng)
+        answer = scan(result["token"])
+        if not answer.get("unchanged"):  # some draws change nothing (a rename onto itself, nothing to delete)
+            result = answer
+            rescans += result["walked"] is False
+        assert_as_walked(result, workspace)
+    assert rescans > 50
+
+
+def _random_change(ws: Path, rng: random.Random) -> None:
+    dirs = [p for p in ws.rglob("*") if p.is_dir() and not p.is_symlink()] + [ws]
+    files = [p for p in ws.rglob("*") if p.is_file() and not p.is_symlink()]
+    kind = rng.choice(["write", "new file", "new dir", "delete", "rmdir", "rename", "chmod", "symlink", "move dir"])
+    where = rng.choice(dirs)
+    name = f"n{rng.randint(0, 10**6)} x"
+    if kind == "write" and files:
+        rng.choice(files).write_bytes(os.urandom(rng.randint(0, 3000)))
+    elif kind == "new file":
+        (where / name).write_text(name)
+    elif kind == "new dir":
+        (where / name / "sub").mkdir(parents=True)
+        (where / name / "sub" / "f").write_text("f")
+    elif kind == "delete" and files:
+        rng.choice(files).unlink()
+    elif kind == "rmdir" and len(dirs) > 1:
+        shutil.rmtree(rng.choice(dirs[:-1]))
+    elif kind == "rename" and files:
+        source = rng.choice(files)
+        source.rename(where / name)
+    elif kind == "chmod" and files:
+        os.chmod(rng.choice(files), rng.choice([0o600, 0o644, 0o755]))
+    elif kind == "symlink":
+        os.symlink(name, where / f"link {name}")
+    elif kind == "move dir" and len(dirs) > 1:
+        source = rng.choice(dirs[:-1])
+        target = rng.choice(dirs)
+        if not str(target).startswith(str(source)):
+            source.rename(target / name)
