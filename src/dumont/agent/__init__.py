@@ -12,6 +12,7 @@ Layout of ``data_dir`` (``$DUMONT_DATA_DIR``, default ``/var/lib/dumont``)::
     snapshots/<seq>/tree/    complete, verified, immutable copies; unchanged files are hard links between them
     snapshots/<seq>/manifest.json, pass.json
     incoming-<epoch>/        the pass being received; renamed into snapshots/ only once verified
+    spare/                   the last pruned snapshot, renamed there whole: the next pass's staging tree
     passes.jsonl             every completed pass, append-only
     pair/                    direct mode: the pair key and ssh_config a primary pushes with
     candidate/, candidate.json, candidate-manifest.json

@@ -242,7 +242,8 @@ def staged_hashes(meta: Json, epoch: int, vouched: dict[str, list[Any]] | None =
     source vouches for (``[size, mtime, hash]`` of a file that stood still while rsync, which checks every
     transfer end to end, copied it)."""
     seq = meta.get("base_seq")
-    known = {e[PATH]: e[DATA] for e in (base_manifest(meta) if base is None else base) if e[KIND] == "f"}
+    known = {e[PATH]: e[DATA] for e in (base_manifest(meta) if base is None else base)
+             if e[KIND] == "f" and e[DATA] is not None}
     base_tree = os.fsencode(os.path.join(snapshot_path(int(seq)), "tree")) if seq is not None else b""
     inspected: dict[str, list[Any]] = read_json(os.path.join(incoming_dir(epoch), "inspected.json"), {}) or {}
     vouched = vouched or {}
