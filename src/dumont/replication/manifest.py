@@ -175,6 +175,8 @@ def expected_after_pass(source: Manifest, base: Manifest | None, kept_from_base:
     it still has to exist to hold kept children.
     """
     kept = set(kept_from_base)
+    if not kept:
+        return source  # a scan is a whole tree: every parent is there, every group has its leader
     old = base.index if base else {}
     result: dict[str, Entry] = {}
     for entry in source.entries:
