@@ -1,12 +1,14 @@
-"""Knowing, without walking it, that a workspace has not changed since the last scan.
+"""Knowing, without walking it, what changed in a workspace since the last scan.
 
 A walk of a million files costs seconds of ``lstat`` calls; a pass that finds nothing should cost milliseconds.
 The scan keeps one :class:`~.watch.Watcher` per workspace in the agent process, set up before its first walk.
 inotify queues an event inside the very system call that changes a file, so when the queue is still empty at
-the next scan, nothing under the tree changed since the last walk began, and that walk's result still holds.
+the next scan, nothing under the tree changed since the last scan began, and its result still holds; when it is
+not, the paths its events named are all that changed (``rescan`` looks at those again).
 
-The shortcut is taken only when all of this is true; otherwise the scan walks the tree as before:
-- the watcher runs on inotify (a poll fallback proves nothing) and lost no event (an overflow is a change);
+The watcher vouches only when all of this is true; otherwise the scan walks the tree as before:
+- the watcher runs on inotify (a poll fallback proves nothing) and lost no event (an overflow, or more
+  paths than it keeps);
 - the workspace root is the same directory the watcher was set on (not removed or moved, then made again: a
   new directory may well get the old one's inode number, so the root's own watch events decide);
 - the last walk found no file changing while it was read;
@@ -51,14 +53,6 @@ class Tracker:
     last: Walk | None = None
     _count: int = field(default=0, repr=False)
     _session: str = field(default_factory=lambda: secrets.token_hex(6), repr=False)
-
-    def unchanged(self, since: object, now: float, full_walk_seconds: float) -> Walk | None:
-        """The last walk, if the tree provably has not changed since it began; None means: walk again.
-
-        Always drains the queue, so the walk that follows sees every change made before it.
-        """
-        last, touched = self.changes(since, now, full_walk_seconds)
-        return last if touched is not None and not touched else None
 
     def changes(self, since: object, now: float, full_walk_seconds: float) -> tuple[Walk | None, set[bytes] | None]:
         """The last scan and every path changed since it began (absolute, with each one's directory), when the
