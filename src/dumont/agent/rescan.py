@@ -37,10 +37,12 @@ class Rescanned:
 
 
 def rescan(root: str, last: dict[str, Entry], touched: set[bytes], cache: dict[str, list[Any]], *,
-           skipped: list[str], sparse: list[str]) -> Rescanned | None:
-    """The entries of the tree at ``root`` now, from ``last`` and the absolute paths ``touched`` since; None when a
-    walk is needed. ``cache`` (the scan cache) is brought up to date in place."""
-    update = _Update(os.fsencode(root), dict(last), set(skipped), set(sparse), cache)
+           made: set[bytes], skipped: list[str], sparse: list[str]) -> Rescanned | None:
+    """The entries of the tree at ``root`` now, from ``last`` and the absolute paths ``touched`` since (``made``:
+    the directories made or moved in among them); None when a walk is needed. ``cache`` (the scan cache) is
+    brought up to date in place."""
+    broot = os.fsencode(root)
+    update = _Update(broot, dict(last), set(skipped), set(sparse), cache, _relative(broot, made))
     leaders = {e[LINK] for e in last.values() if e[LINK] is not None}
     try:
         for name in sorted(_relative(os.fsencode(root), touched), key=os.fsencode):
@@ -72,6 +74,7 @@ class _Update:
     skipped: set[str]
     sparse: set[str]
     cache: dict[str, list[Any]]
+    made: set[str]
     clean: bool = True
 
     def look(self, name: str, old: Entry | None) -> None:
@@ -89,7 +92,7 @@ class _Update:
         is_dir = stat.S_ISDIR(st.st_mode)
         if old is not None and old[KIND] == "d" and not is_dir:
             self.drop(name)
-        if is_dir and name != "." and (old is None or old[KIND] != "d"):
+        if is_dir and name != "." and (old is None or old[KIND] != "d" or name in self.made):
             self.drop(name)
             for rel, child_st in walk(full):  # new here: what was made in it before its watch was set is found too
                 child = name if rel == b"." else f"{name}/{os.fsdecode(rel)}"

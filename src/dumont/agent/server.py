@@ -83,7 +83,7 @@ def scan(args: Json) -> Json:
     watched = tracker.tracker_for(root)
     last, touched = watched.changes(args.get("since"), started,
                                     float(args.get("full_walk_seconds", FULL_WALK_SECONDS)))
-    if last is not None and touched is not None and not touched:
+    if last is not None and touched is not None and not touched[0]:
         return {"epoch": read_epoch(), "unchanged": True, "token": last.token, "skipped": last.skipped,
                 "missing": False, "scan_seconds": time.time() - started, "started_at": last.started_at,
                 "sparse": last.sparse, "tracking": watched.watcher.mode, "peak_rss_kb": _peak_rss_kb(),
@@ -92,7 +92,8 @@ def scan(args: Json) -> Json:
     cache_path = os.path.join(data_dir(), "scan-cache.bin")
     cache = scancache.load(cache_path) if use_cache else {}
     if use_cache and last is not None and last.entries is not None and touched is not None:
-        found = rescan.rescan(root, last.entries, touched, cache, skipped=last.skipped, sparse=last.sparse)
+        found = rescan.rescan(root, last.entries, touched[0], cache, made=touched[1], skipped=last.skipped,
+                              sparse=last.sparse)
         if found is not None:  # the paths touched looked at again; the rest is the last scan's
             entries = sorted(found.entries.values(), key=lambda e: os.fsencode(e[PATH]))
             return _scanned(watched, started, entries, skipped=found.skipped, sparse=found.sparse,

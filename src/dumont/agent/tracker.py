@@ -54,9 +54,11 @@ class Tracker:
     _count: int = field(default=0, repr=False)
     _session: str = field(default_factory=lambda: secrets.token_hex(6), repr=False)
 
-    def changes(self, since: object, now: float, full_walk_seconds: float) -> tuple[Walk | None, set[bytes] | None]:
-        """The last scan and every path changed since it began (absolute, with each one's directory), when the
-        watcher can vouch that nothing else changed; ``(None, None)`` means: walk the whole tree.
+    def changes(self, since: object, now: float, full_walk_seconds: float,
+                ) -> tuple[Walk | None, tuple[set[bytes], set[bytes]] | None]:
+        """The last scan and every path changed since it began (absolute, with each one's directory) with the
+        directories made among them, when the watcher can vouch that nothing else changed; ``(None, None)``
+        means: walk the whole tree.
 
         Always drains the queue first, so what the caller reads next sees every change made before it, and
         starts recording afresh, so the next call hears of every change made after it.

@@ -44,6 +44,9 @@ class Watcher:
         # With ``record``, the paths events named since ``take_touched`` (each with its directory); None once
         # events were lost or too many came to be worth keeping: then only a walk knows what changed.
         self.touched: set[bytes] | None = set() if record else None
+        # Of those, the directories made or moved in: what they hold was never heard of (they were not watched yet),
+        # even where a directory of the same name stood before.
+        self.made: set[bytes] = set()
         self._record = record
         self._signature: tuple[int, int] | None = None
         try:
@@ -127,14 +130,7 @@ class Watcher:
                     self.touched = None
                     continue
                 parent = self.dirs.get(wd)
-                if parent is None:
-                    self.touched = None  # an event of a watch we no longer know: only a walk can tell
-                elif self.touched is not None:
-                    self.touched.add(parent)  # a name made, removed or renamed in it changes its own times
-                    if name:
-                        self.touched.add(os.path.join(parent, name))
-                    if len(self.touched) > MAX_TOUCHED:
-                        self.touched = None
+                self._note(parent, name, mask)
                 if parent == self.root and mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
                     self.root_lost = True
                 if mask & IN_IGNORED:
@@ -147,11 +143,28 @@ class Watcher:
             self.overflows += 1
             self._watch_tree(self.root)
 
-    def take_touched(self) -> set[bytes] | None:
-        """The paths touched since the last call (None: unknown, walk), and start recording afresh."""
-        touched = self.touched
+    def _note(self, parent: bytes | None, name: bytes, mask: int) -> None:
+        """Record the paths one event names, when recording."""
+        if self.touched is None:
+            return
+        if parent is None:
+            self.touched = None  # an event of a watch we no longer know: only a walk can tell
+            return
+        self.touched.add(parent)  # a name made, removed or renamed in it changes its own times
+        if name:
+            self.touched.add(os.path.join(parent, name))
+            if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
+                self.made.add(os.path.join(parent, name))
+        if len(self.touched) > MAX_TOUCHED:
+            self.touched = None
+
+    def take_touched(self) -> tuple[set[bytes], set[bytes]] | None:
+        """The paths touched since the last call and the directories made among them (None: unknown, walk), and
+        start recording afresh."""
+        touched, made = self.touched, self.made
         self.touched = set() if self._record else None
-        return touched
+        self.made = set()
+        return None if touched is None else (touched, made)
 
     def _poll(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
