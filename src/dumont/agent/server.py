@@ -88,7 +88,16 @@ def scan(args: Json) -> Json:
                 "missing": False, "scan_seconds": time.time() - started, "started_at": last.started_at,
                 "sparse": last.sparse, "tracking": watched.watcher.mode, "peak_rss_kb": _peak_rss_kb(),
                 **last.summary}
-    use_cache = args.get("use_cache", True)
+    try:
+        return _look(root, watched, last, touched, started=started, use_cache=bool(args.get("use_cache", True)))
+    except BaseException:
+        watched.last = None  # the changes heard of went with this scan: the next one must walk
+        raise
+
+
+def _look(root: str, watched: tracker.Tracker, last: tracker.Walk | None,
+          touched: tuple[set[bytes], set[bytes]] | None, *, started: float, use_cache: bool) -> Json:
+    """The scan proper: the touched paths looked at again where the watcher vouches for the rest, else a walk."""
     cache_path = os.path.join(data_dir(), "scan-cache.bin")
     cache = scancache.load(cache_path) if use_cache else {}
     if use_cache and last is not None and last.entries is not None and touched is not None:

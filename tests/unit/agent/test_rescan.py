@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dumont.agent import server, tracker
+from dumont.agent import common, server, tracker
 from dumont.agent.scan import no_known_hash, scan_tree
 from tests.unit.agent.test_tracker import CHANGES
 
@@ -183,3 +183,27 @@ def _random_change(ws: Path, rng: random.Random) -> None:
         target = rng.choice(dirs)
         if not str(target).startswith(str(source)):
             source.rename(target / name)
+
+
+@pytest.mark.parametrize("failing", ["rescan", "walk"])
+def test_a_scan_that_fails_leaves_the_next_one_to_walk(workspace: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       failing: str) -> None:
+    """The changes a failed scan heard of went with it: the next scan, holding the same token, must not be told
+    that nothing changed."""
+    token = scan()["token"]
+    (workspace / "model.pt").write_bytes(b"n" * 1000)
+    if failing == "walk":
+        token = scan(token, full_walk_seconds=0)["token"]
+        (workspace / "model.pt").write_bytes(b"o" * 1000)
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise common.Failure("UnreadablePath", "cannot list 'data': planted by the test")
+
+    target = "dumont.agent.rescan.rescan" if failing == "rescan" else "dumont.agent.server.scan_tree"
+    with monkeypatch.context() as patched:
+        patched.setattr(target, broken)
+        with pytest.raises(common.Failure):
+            scan(token, full_walk_seconds=0 if failing == "walk" else 300)
+    result = scan(token)
+    assert "entries" in result and result["walked"] is True
+    assert_as_walked(result, workspace)
