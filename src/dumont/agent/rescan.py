@@ -94,9 +94,12 @@ class _Update:
             self.drop(name)
         if is_dir and name != "." and (old is None or old[KIND] != "d" or name in self.made):
             self.drop(name)
-            for rel, child_st in walk(full):  # new here: what was made in it before its watch was set is found too
-                child = name if rel == b"." else f"{name}/{os.fsdecode(rel)}"
-                self.put(child, os.path.join(full, rel) if rel != b"." else full, child_st)
+            try:
+                for rel, child_st in walk(full):  # new here: what was made in it before its watch was set is seen
+                    child = name if rel == b"." else f"{name}/{os.fsdecode(rel)}"
+                    self.put(child, os.path.join(full, rel) if rel != b"." else full, child_st)
+            except FileNotFoundError:
+                self.drop(name)  # removed again meanwhile: its removal is an event of the next scan
             return
         self.put(name, full, st)
 
