@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .common import DATA, KIND, LINK, Entry
+from .common import DATA, KIND, LINK, PATH, Entry
 from .scan import CACHE_TRUST_SECONDS, SPARSE_MIN_BYTES, entry_for, known_hash, no_known_hash, stat_key, walk
 
 
@@ -42,18 +42,33 @@ def rescan(root: str, last: dict[str, Entry], touched: set[bytes], cache: dict[s
     the directories made or moved in among them); None when a walk is needed. ``cache`` (the scan cache) is
     brought up to date in place."""
     broot = os.fsencode(root)
+    names = _relative(broot, touched)
+    if _near_a_group(last, names):
+        return None
     update = _Update(broot, dict(last), set(skipped), set(sparse), cache, _relative(broot, made))
-    leaders = {e[LINK] for e in last.values() if e[LINK] is not None}
     try:
-        for name in sorted(_relative(os.fsencode(root), touched), key=os.fsencode):
-            old = update.entries.get(name)
-            if old is not None and (old[LINK] is not None or name in leaders):
-                return None
-            update.look(name, old)
+        for name in sorted(names, key=os.fsencode):
+            update.look(name, update.entries.get(name))
     except _GiveUp:
         return None
     return Rescanned(update.entries, sorted(update.skipped, key=os.fsencode),
                      sorted(update.sparse, key=os.fsencode), update.clean)
+
+
+def _near_a_group(last: dict[str, Entry], names: set[str]) -> bool:
+    """Whether a touched path is a member or the leader of a hard-link group, or a directory above one (removing
+    it removes a member: the others' link count changes without an event in any directory watched)."""
+    grouped = {e[PATH] for e in last.values() if e[LINK] is not None}
+    if not grouped:
+        return False
+    grouped |= {e[LINK] for e in last.values() if e[LINK] is not None}
+    above = set()
+    for path in grouped:
+        parent = os.path.dirname(path)
+        while parent and parent not in above:
+            above.add(parent)
+            parent = os.path.dirname(parent)
+    return any(name in grouped or name in above for name in names)
 
 
 def _relative(broot: bytes, touched: set[bytes]) -> set[str]:

@@ -207,3 +207,14 @@ def test_a_scan_that_fails_leaves_the_next_one_to_walk(workspace: Path, monkeypa
     result = scan(token)
     assert "entries" in result and result["walked"] is True
     assert_as_walked(result, workspace)
+
+
+def test_a_folder_holding_a_hard_link_removed_makes_the_scan_walk(workspace: Path) -> None:
+    """Removing one name of a group changes the other's link count, an event no directory watch may see."""
+    (workspace / "keep").mkdir()
+    os.link(workspace / "model.pt", workspace / "keep" / "model.hard")
+    token = scan()["token"]
+    shutil.rmtree(workspace / "keep")
+    result = scan(token)
+    assert result["walked"] is True
+    assert_as_walked(result, workspace)
