@@ -71,6 +71,16 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(parent)
 
 
+def file_signature(path: str) -> tuple[int, int, int] | None:
+    """(size, mtime, inode) of a file we wrote whole, to know a copy held in memory still is its content; None
+    when it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def fsync_dir(path: str) -> None:
     """Make a rename or creation in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)

@@ -50,7 +50,7 @@ def take_spare(tree: str) -> list[Entry] | None:
     return manifest
 
 
-def same_entry(old: Entry | None, new: Entry | None) -> bool:
+def _same_entry(old: Entry | None, new: Entry | None) -> bool:
     """Whether the path can stay as it is: a directory stays a directory (its attributes are set at commit), and
     anything else must be the very same entry."""
     if old is None or new is None or old[KIND] != new[KIND]:
@@ -69,7 +69,7 @@ def patch(tree: str, have: list[Entry], base_tree: str, want: list[Entry]) -> in
     leaders = {e[LINK] for e in want if e[LINK] is not None}
     grouped = {p for p, e in wanted.items() if e[LINK] is not None or p in leaders}
     held = {e[PATH]: e for e in have if e[PATH] != "."}
-    keep = {p for p, e in held.items() if p not in grouped and same_entry(e, wanted.get(p))}
+    keep = {p for p, e in held.items() if p not in grouped and _same_entry(e, wanted.get(p))}
     opened: set[bytes] = set()
     # Children before their parents, so a directory that goes is empty of what we know of by then.
     for name in sorted((p for p in held if p not in keep), key=os.fsencode, reverse=True):

@@ -14,7 +14,7 @@ import struct
 import zlib
 from typing import Any, Dict, List
 
-from .common import write_atomic
+from .common import file_signature, write_atomic
 
 MAGIC = b"dumont-scan-cache 2\n"
 RECORD = struct.Struct("<IqqqQ16s")  # path length, size, mtime_ns, ctime_ns, inode, blake2b-128
@@ -25,7 +25,7 @@ _MEMORY: dict[str, tuple[tuple[int, int, int], CacheMap]] = {}  # file -> (its s
 
 def load(path: str) -> CacheMap:
     """The cache stored at ``path`` ({} when there is none or it cannot be read)."""
-    signature = _signature(path)
+    signature = file_signature(path)
     held = _MEMORY.get(path)
     if held is not None and held[0] == signature:
         return held[1]
@@ -43,7 +43,7 @@ def load(path: str) -> CacheMap:
 def save(path: str, cache: CacheMap) -> None:
     """Store ``cache`` at ``path`` atomically, and keep it in memory for the next scan."""
     write_atomic(path, encode(cache))
-    signature = _signature(path)
+    signature = file_signature(path)
     if signature is not None:
         _MEMORY[path] = (signature, cache)
 
@@ -77,9 +77,3 @@ def decode(data: bytes) -> CacheMap:
     return cache
 
 
-def _signature(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)

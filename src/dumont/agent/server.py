@@ -105,8 +105,9 @@ def _look(root: str, watched: tracker.Tracker, last: tracker.Walk | None,
                               sparse=last.sparse)
         if found is not None:  # the paths touched looked at again; the rest is the last scan's
             entries = sorted(found.entries.values(), key=lambda e: os.fsencode(e[PATH]))
+            # The last scan was clean (or the watcher would not vouch), so only the paths read here can be hot.
             return _scanned(watched, started, entries, skipped=found.skipped, sparse=found.sparse,
-                            by_path=found.entries, full=False)
+                            by_path=found.entries, full=False, clean=found.clean)
     sparse: list[str] = []
     promoted = promotion.promoted_hashes() if use_cache and root == workspace_dir() else None
     entries, skipped, new_cache = scan_tree(root, promoted or no_known_hash, cache, sparse=sparse)
@@ -114,15 +115,15 @@ def _look(root: str, watched: tracker.Tracker, last: tracker.Walk | None,
         scancache.save(cache_path, new_cache)
     if promoted is not None:
         promotion.promoted_hashes_used()
+    clean = not any(e[KIND] == "f" and e[DATA] is None for e in entries)
     return _scanned(watched, started, entries, skipped=skipped, sparse=sparse,
-                    by_path={e[PATH]: e for e in entries} if use_cache else None, full=True)
+                    by_path={e[PATH]: e for e in entries} if use_cache else None, full=True, clean=clean)
 
 
 def _scanned(watched: tracker.Tracker, started: float, entries: list[Entry], *, skipped: list[str],
-             sparse: list[str], by_path: dict[str, Entry] | None, full: bool) -> Json:
-    """Record a scan in the workspace's tracker and answer it."""
+             sparse: list[str], by_path: dict[str, Entry] | None, full: bool, clean: bool) -> Json:
+    """Record a scan in the workspace's tracker and answer it (``clean``: no file was changing as it was read)."""
     summary = summarize(entries)
-    clean = not any(e[KIND] == "f" and e[DATA] is None for e in entries)
     walk = watched.walked(started, clean, summary, skipped, sparse, entries=by_path, full=full)
     result = {"epoch": read_epoch(), "entries": entries, "skipped": skipped, "missing": False,
               "scan_seconds": time.time() - started, "started_at": started, "sparse": sparse, "token": walk.token,

@@ -29,6 +29,7 @@ from .common import (
     data_dir,
     disk_usage,
     dump_json,
+    file_signature,
     fsync_dir,
     incoming_dir,
     read_epoch,
@@ -56,7 +57,7 @@ def list_snapshots() -> list[int]:
 def snapshot_manifest(seq: int) -> list[Entry]:
     """The manifest of snapshot ``seq`` (shared with other callers: never change it)."""
     path = os.path.join(snapshot_path(seq), "manifest.json")
-    signature = _signature(path)
+    signature = file_signature(path)
     held = _MANIFESTS.get(path)
     if held is not None and signature is not None and held[0] == signature:
         return held[1]
@@ -73,14 +74,6 @@ _MANIFESTS: dict[str, tuple[tuple[int, int, int], list[Entry]]] = {}
 _KEEP_PARSED = 2
 # The names and inodes of the newest committed tree, from its commit's check: the next pass's base listing.
 _COMMITTED: dict[str, tuple[tuple[int, int], Listing]] = {}
-
-
-def _signature(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _remember(path: str, signature: tuple[int, int, int] | None, entries: list[Entry]) -> None:
@@ -344,7 +337,7 @@ def commit(args: Json) -> Json:
     base_tree = os.path.join(snapshot_path(int(base_seq)), "tree") if base_seq is not None else None
     staged = listing(os.fsdecode(tree))
     problems = check_staged(staged, expected, _base_listing(base_tree) if base_tree is not None else {}, base,
-                            staged_hashes(meta, epoch, base=base), os.fsdecode(tree))
+                            lookup=staged_hashes(meta, epoch, base=base), tree=os.fsdecode(tree))
     if problems:
         raise Failure("IntegrityError", f"staged tree does not match the expected manifest: {'; '.join(problems[:20])}")
     actual = sorted(expected, key=lambda e: os.fsencode(e[PATH]))  # what the tree holds, in the manifest's order
@@ -364,7 +357,7 @@ def commit(args: Json) -> Json:
     _COMMITTED.clear()
     _COMMITTED[published] = (_identity(published), staged)
     manifest_file = os.path.join(snapshot_path(seq), "manifest.json")
-    _remember(manifest_file, _signature(manifest_file), actual)
+    _remember(manifest_file, file_signature(manifest_file), actual)
     append_pass(record)
     return {"seq": seq, "record": record, "pruned": prune(int(args.get("keep", 3)))}
 

@@ -44,7 +44,7 @@ def listing(root: str) -> Listing:
     return found
 
 
-def check_staged(staged: Listing, expected: list[Entry], base_inodes: Listing, base: list[Entry],  # noqa: PLR0917
+def check_staged(staged: Listing, expected: list[Entry], base_inodes: Listing, base: list[Entry], *,
                  lookup: HashLookup, tree: str) -> list[str]:
     """What is wrong with ``tree`` (whose ``listing`` is ``staged``) against ``expected``, given the base
     snapshot's manifest and listing; nothing: it may be published."""

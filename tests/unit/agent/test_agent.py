@@ -13,16 +13,6 @@ import pytest
 from dumont.agent import common, pairing, scan, server, snapshots
 
 
-@pytest.fixture
-def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fake host: its workspace and data dir, found by the agent through its environment."""
-    (tmp_path / "workspace").mkdir()
-    monkeypatch.setenv("DUMONT_WORKSPACE", str(tmp_path / "workspace"))
-    monkeypatch.setenv("DUMONT_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DUMONT_AUTHORIZED_KEYS", str(tmp_path / "authorized_keys"))
-    return tmp_path
-
-
 def age(path: Path, seconds: float = 60) -> None:
     """Make a file look written long ago (its ctime cannot be changed, so only mtime moves)."""
     st = path.stat()

@@ -14,14 +14,6 @@ from tests.conftest import describe_tree
 KEEP = 2
 
 
-@pytest.fixture
-def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "workspace").mkdir()
-    monkeypatch.setenv("DUMONT_WORKSPACE", str(tmp_path / "workspace"))
-    monkeypatch.setenv("DUMONT_DATA_DIR", str(tmp_path / "data"))
-    return tmp_path
-
-
 def run_pass(host: Path, seq: int) -> dict[str, object]:
     """One pass as the engine runs it: stage what changed since the newest snapshot, copy it in as rsync would
     (new inodes, hard-link groups whole), commit."""

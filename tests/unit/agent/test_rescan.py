@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,18 +17,11 @@ from tests.unit.agent.test_tracker import CHANGES
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    ws = tmp_path / "ws"
-    (ws / "data" / "deep").mkdir(parents=True)
-    (ws / "data" / "a.txt").write_text("a")
-    (ws / "data" / "deep" / "b.txt").write_text("b")
-    (ws / "model.pt").write_bytes(b"m" * 1000)
-    monkeypatch.setenv("DUMONT_WORKSPACE", str(ws))
-    monkeypatch.setenv("DUMONT_DATA_DIR", str(tmp_path / "data"))
-    if tracker.tracker_for(str(ws)).watcher.mode != "inotify":
-        pytest.skip("no inotify here")
-    yield ws
-    tracker.forget(str(ws))
+def workspace(workspace: Path) -> Path:
+    """The shared watched workspace, with a folder two levels deep."""
+    (workspace / "data" / "deep").mkdir()
+    (workspace / "data" / "deep" / "b.txt").write_text("b")
+    return workspace
 
 
 def scan(since: object = None, **args: object) -> dict[str, object]:

@@ -7,26 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from dumont.agent import server, tracker
-
-
-@pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    ws = tmp_path / "ws"
-    (ws / "data").mkdir(parents=True)
-    (ws / "data" / "a.txt").write_text("a")
-    (ws / "model.pt").write_bytes(b"m" * 1000)
-    monkeypatch.setenv("DUMONT_WORKSPACE", str(ws))
-    monkeypatch.setenv("DUMONT_DATA_DIR", str(tmp_path / "data"))
-    if tracker.tracker_for(str(ws)).watcher.mode != "inotify":
-        pytest.skip("no inotify here")
-    yield ws
-    tracker.forget(str(ws))
 
 
 def scan(since: object = None, **args: object) -> dict[str, object]:

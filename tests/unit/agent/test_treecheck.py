@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 
 from dumont.agent import common, server, snapshots, treecheck
-from tests.unit.agent.test_recycle import host, run_pass
-
-__all__ = ["host"]  # the fixture, used by name
+from tests.unit.agent.test_recycle import run_pass
 
 
 def staged_pass(host: Path, replace: list[str]) -> tuple[Path, list[common.Entry]]:
