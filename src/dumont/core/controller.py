@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from dumont.config import Config, PairConfig
 from dumont.core import probes
 from dumont.core.changes import watch_changes
 from dumont.core.context import ControllerContext
-from dumont.core.decide import decide, recovery_turns
+from dumont.core.decide import decide, next_pass_at, recovery_turns
 from dumont.core.failover import fail_over
 from dumont.core.faults import reason_of
 from dumont.core.leases import Leases
@@ -127,7 +128,10 @@ class Controller:
                     await self.tick()
                 except Exception as exc:
                     self.ctx.internal_errors.report("the controller's tick", exc)
-                left = interval - (self.ctx.clock() - started)
+                now, due_at = self.ctx.clock(), self.pass_due_at()
+                left = interval - (now - started)
+                if due_at > now:  # an overdue pass the tick did not start (a host is failing) waits for a tick
+                    left = min(left, due_at - now)
                 if left > 0 and not self._wake.is_set():
                     try:
                         async with asyncio.timeout(left):
@@ -148,6 +152,18 @@ class Controller:
                 if released:
                     self.ctx.event(None, "leases_released", f"gave up the lease on {', '.join(released)} on "
                                                             "stopping", {"pairs": released})
+
+    def pass_due_at(self) -> float:
+        """The earliest instant a protected pair's next pass falls due (infinity when none will)."""
+        due = (next_pass_at(rt.sync, rt.changed_at, self.policy) for rt in self.pairs.values()
+               if rt.state in (PairState.SYNCING, PairState.DEGRADED) and self.acts_on(rt.name))
+        return min((at for at in due if at is not None), default=math.inf)
+
+    def _pass_ended(self, rt: PairRuntime) -> None:
+        """A pass that ran past the next one's due instant (or while changes came) starts the next at once."""
+        due_at = next_pass_at(rt.sync, rt.changed_at, self.policy)
+        if due_at is not None and due_at <= self.ctx.clock():
+            self.wake()
 
     def keep_leases(self) -> None:
         """Renew the leases (and take, and let go) from now on, in the background; :meth:`run` does it too."""
@@ -426,6 +442,7 @@ class Controller:
             if rt.sync_task is None or rt.sync_task.done():
                 rt.changed_at = None  # this pass takes every change seen so far; later ones start the next
                 rt.sync_task = start_background(ctx, rt, "sync", lambda: run_sync(ctx, rt))
+                rt.sync_task.add_done_callback(lambda _: self._pass_ended(rt))
         elif isinstance(action, FailOver):
             await fail_over(ctx, rt, action.cause)
         elif isinstance(action, StartRecovery):

@@ -26,6 +26,7 @@ from dumont.core.model import (
     SetState,
     StartCpu,
     StartRecovery,
+    SyncStatus,
 )
 
 
@@ -248,14 +249,26 @@ def _sync(plan: _Plan, policy: Policy) -> None:
         plan.alert("sync_failures", f"{sync.consecutive_failures} consecutive sync passes failed: {sync.last_error}")
     elif sync.consecutive_failures == 0:
         plan.clear("sync_failures")
-    if sync.running:
-        return
-    due = sync.last_started_at is None or obs.now - sync.last_started_at >= policy.sync_interval
-    # A change starts a pass once it has settled for the debounce, counted from the *first* change since the last
-    # pass began: a continuous writer never starves replication, and one pass in flight coalesces the rest.
-    changed = obs.changed_at is not None and obs.now - obs.changed_at >= policy.change_debounce
-    if asked or due or changed:
+    due_at = next_pass_at(sync, obs.changed_at, policy)
+    if due_at is not None and (asked or obs.now >= due_at):
         plan.do(RunSync())
+
+
+def next_pass_at(sync: SyncStatus, changed_at: float | None, policy: Policy) -> float | None:
+    """When a pass falls due by time alone, or None while one runs (the next coalesces what comes meanwhile).
+
+    A pass is due an interval after the last one began, or once a change has settled for the debounce, counted from
+    the *first* change since the last pass began: a continuous writer never starves replication. The loop ticks at
+    this instant rather than at its next health check, so waiting for a tick adds nothing to the RPO.
+    """
+    if sync.running:
+        return None
+    if sync.last_started_at is None:
+        return float("-inf")
+    due_at = sync.last_started_at + policy.sync_interval
+    if changed_at is not None:
+        due_at = min(due_at, changed_at + policy.change_debounce)
+    return due_at
 
 
 def _healthy_sentence(obs: Observation) -> str:

@@ -159,6 +159,7 @@ class FakeHosts:
                        progress: Callable[[int, int], None] | None = None) -> PassReport:
         primary, standby = self._use("run_pass", source), self._use("run_pass", target)
         started = self.clock()
+        await primary.held("run_pass")
         if primary.epoch < standby.epoch:
             raise StaleEpochRefused(f"source epoch {primary.epoch} is older than {target.alias}'s {standby.epoch}")
         previous = standby.snapshots[-1] if standby.snapshots else {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -414,3 +415,27 @@ async def test_a_pair_still_recorded_recovering_after_its_failback_is_protected_
         cpu = rt.standby
         await tick_until(world, controller, rt, lambda r=rt: r.state == PairState.SYNCING)
         assert sorted(world.market.instances) == ["30000001"] and rt.standby == cpu
+
+
+async def test_the_loop_ticks_when_a_pass_falls_due_and_when_an_overdue_pass_ends(tmp_path: Path) -> None:
+    """bench/rpo.py without on_change: a pass waited up to a health-check interval past its due instant, and one
+    that ran past the next one's due instant waited as long again, both adding to the RPO."""
+    world = make_world(tmp_path, {"health_check_interval": 5})
+    async for rt in synced_pair(world):
+        assert rt.primary is not None
+        controller = controller_of(world, rt)
+        await controller.tick()
+        assert rt.sync_task is not None
+        await rt.sync_task
+        assert rt.sync.last_started_at is not None
+        assert controller.pass_due_at() == rt.sync.last_started_at + world.ctx.config.sync_interval_seconds
+        assert not controller._wake.is_set(), "a pass that ended before the next was due wakes nothing"
+        await world.clock.sleep(world.ctx.config.sync_interval_seconds)
+        world.machine(rt.primary).hold["run_pass"] = held = asyncio.Event()
+        await controller.tick()
+        assert controller.pass_due_at() == math.inf, "one pass in flight: the next is not due"
+        await world.clock.sleep(world.ctx.config.sync_interval_seconds)  # the held pass runs past the next's
+        held.set()
+        await rt.sync_task
+        await asyncio.sleep(0)
+        assert controller._wake.is_set(), "the overdue pass starts as the last one ends, not at the next tick"

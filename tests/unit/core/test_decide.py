@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from dumont.core.decide import decide, recovery_turns
+from dumont.core.decide import decide, next_pass_at, recovery_turns
 from dumont.core.model import (
     Alert,
     ConsumeIntent,
@@ -243,3 +243,15 @@ def test_recovery_slots_go_to_the_pairs_that_failed_over_first() -> None:
     assert recovery_turns(waiting, in_flight=3, limit=3) == frozenset()
     assert recovery_turns(waiting, in_flight=5, limit=3) == frozenset()
     assert recovery_turns(waiting, in_flight=9, limit=0) == {"a", "b", "c", "d"}  # 0: no limit
+
+
+def test_a_pass_falls_due_an_interval_after_the_last_began_or_a_debounce_after_the_first_change() -> None:
+    interval, debounce = POLICY.sync_interval, POLICY.change_debounce
+    assert next_pass_at(SyncStatus(), None, POLICY) == float("-inf"), "never synced: due now"
+    last = SyncStatus(last_good_at=NOW - 1, last_started_at=NOW - 2)
+    assert next_pass_at(last, None, POLICY) == NOW - 2 + interval
+    assert next_pass_at(last, NOW - 0.5, POLICY) == min(NOW - 2 + interval, NOW - 0.5 + debounce)
+    assert next_pass_at(replace(last, running=True), NOW - 0.5, POLICY) is None, "one pass in flight at most"
+    for at in (NOW - 2 + interval - 0.01, NOW - 2 + interval):
+        due = decide(obs(sync=last, now=at), Memory(), POLICY).has(RunSync)
+        assert due == (at >= NOW - 2 + interval), "decide starts a pass exactly from the instant the loop ticks at"
