@@ -236,6 +236,9 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("store.url", "postgresql://u@db:port/x", "'postgresql://u@db:port/x'", "USER@HOST:PORT/DB"),
     ("vast.min_request_interval_seconds", -1, "-1", "at least 0 and at most 60 (e.g. 0.25)"),
     ("store.password_file", 7, "7", "must be the path of a file only you can read (mode 0600)"),
+    ("controller.endpoint_hosts", ["a", "a"], "['a', 'a']", "a list, without repeats, of host names or IP"),
+    ("controller.endpoint_hosts", ["%h"], "['%h']", "host names or IP addresses"),
+    ("controller.endpoint_bind", "a b", "'a b'", "must be a host name or an IP address"),
 ]
 
 
@@ -716,3 +719,15 @@ def test_a_store_url_with_a_password_is_refused_without_showing_it(tmp_path: Pat
                                  "postgres://dumont@db.internal/fleet"])
 def test_store_urls_in_either_form_are_accepted(url: str, tmp_path: Path) -> None:
     assert parse(nested("store.url", url), tmp_path).store.url == url
+
+
+def test_fleet_endpoints_need_endpoint_processes_and_a_bind_needs_the_fleet_s_hosts(tmp_path: Path) -> None:
+    base = {"pairs": [pair()]}
+    [problem] = problems_of(merged(base, {"controller": {"endpoint_bind": "127.0.0.2"}}), tmp_path)
+    assert "controller.endpoint_bind = '127.0.0.2': only a fleet's endpoints" in problem
+    assert "set controller.endpoint_hosts" in problem
+    [problem] = problems_of(merged(base, {"controller": {"endpoint_hosts": ["a", "b"], "endpoint": "in-process"}}),
+                            tmp_path)
+    assert 'an "in-process" endpoint ends with its controller' in problem
+    config = parse(merged(base, {"controller": {"endpoint_hosts": ["a", "b"], "endpoint_bind": "b"}}), tmp_path)
+    assert config.controller.endpoint_hosts == ("a", "b") and config.controller.endpoint_bind == "b"

@@ -61,6 +61,7 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
         config = dataclasses.replace(config, provider_tables=plugin_tables)
     _check_timing(config, reading)
     _check_pairs(data, config, reading)
+    _check_fleet_endpoints(config, reading)
     if reading.problems:
         count = len(reading.problems)
         raise ConfigError(f"{source}: {count} problem{'s' if count > 1 else ''}", reading.problems)
@@ -311,6 +312,19 @@ def _check_pairs(data: Mapping[str, Any], config: Config, reading: _Reading) -> 
         _check_listener(pair, prefix, listeners, reading)
         for role in ("primary", "standby"):
             _check_gcp_project(pair.get(role), f"{prefix}.{role}", config, reading)
+
+
+def _check_fleet_endpoints(config: Config, reading: _Reading) -> None:
+    keys = ("controller.endpoint_hosts", "controller.endpoint_bind", "controller.endpoint")
+    if not all(reading.is_sound(key) for key in keys):
+        return
+    cfg = config.controller
+    if cfg.endpoint_bind is not None and not cfg.endpoint_hosts:
+        reading.note(f"controller.endpoint_bind = {_show(cfg.endpoint_bind)}: only a fleet's endpoints are bound "
+                     "elsewhere; set controller.endpoint_hosts to every controller's endpoint host, or drop it")
+    if cfg.endpoint_hosts and cfg.endpoint == "in-process":
+        reading.note('controller.endpoint_hosts: an "in-process" endpoint ends with its controller; set '
+                     'controller.endpoint = "process" (or "external") for a fleet\'s endpoints')
 
 
 def _sound_value(table: Mapping[str, Any], prefix: str, key: str, reading: _Reading) -> Any:

@@ -216,6 +216,16 @@ _TEXT = _when("a non-empty string", _is_text)
 _ADDRESS = _when('a "host:port" address with a port from 1 to 65535', _is_address)
 _ADDRESSES = _when('a list of "host:port" addresses', functools.partial(_is_list_of, _is_address), tuple)
 _WEB_URL = _when("an http:// or https:// URL", _is_web_url)
+_HOST_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,252}")  # a name or an IP literal only
+
+
+def _is_host(raw: Any) -> bool:
+    return isinstance(raw, str) and _HOST_NAME_PATTERN.fullmatch(raw) is not None
+
+
+_HOST = _when("a host name or an IP address", _is_host)
+_HOSTS = _when("a list, without repeats, of host names or IP addresses",
+               lambda raw: _is_list_of(_is_host, raw) and len(set(raw)) == len(raw), tuple)
 _REGIONS = _when("a non-empty list, without repeats and in order of preference, of 2-letter country codes"
                  " or region names (" + ", ".join(sorted(REGION_NAMES)) + ")", _is_regions, tuple)
 _EVENTS = _when(f'a list of event names ("{ALL_EVENTS}" for every event)',

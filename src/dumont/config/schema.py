@@ -18,6 +18,8 @@ from dumont.config.rules import (
     _CIDRS,
     _EVENTS,
     _FLAG,
+    _HOST,
+    _HOSTS,
     _LOCAL_PATH,
     _LOGIN,
     _NETWORK_TAG,
@@ -203,6 +205,15 @@ class ControllerConfig:
     endpoint: EndpointMode = field(default="process", metadata=_checked_by(_choice(EndpointMode)))
     endpoint_dir: Path | None = field(default=None, metadata=_checked_by(
         _LOCAL_PATH, example="/var/lib/dumont/endpoint"))
+    # A fleet whose controllers each run an endpoint process serving every pair (docs/fleet.md): the host of each
+    # controller's endpoints, in the order the users' ssh tries them, each on the pair's endpoint_listen port. A
+    # controller's endpoint routes its own pairs and follows the store for the others; one whose controller falls
+    # silent refuses new connections, so ssh goes on to the next. Empty: one endpoint per pair, at endpoint_listen.
+    endpoint_hosts: tuple[str, ...] = field(default=(), metadata=_checked_by(
+        _HOSTS, example=["ctl-a.internal", "ctl-b.internal"]))
+    # The host this controller's endpoints listen on instead of endpoint_listen's (with endpoint_hosts: its own
+    # entry there, or 0.0.0.0); it differs between the controller machines, like state_dir.
+    endpoint_bind: str | None = field(default=None, metadata=_checked_by(_HOST, example="ctl-a.internal"))
     # A fleet: several controllers on one PostgreSQL store share the pairs, each pair owned through a lease of
     # this many seconds (renewed well before it runs out; a dead controller's pairs are taken after it).
     lease_seconds: float = field(default=30.0, metadata=_checked_by(_SECONDS))

@@ -26,6 +26,7 @@ from dumont.core.decide import decide, next_pass_at, recovery_turns
 from dumont.core.failover import fail_over
 from dumont.core.faults import reason_of
 from dumont.core.leases import Leases
+from dumont.core.mirrors import Mirrors
 from dumont.core.model import (
     Action,
     Alert,
@@ -49,6 +50,7 @@ from dumont.core.model import (
 from dumont.core.pair import PairRuntime, cancel, run_sync, start_background
 from dumont.core.recovery import recover
 from dumont.core.standby import replace_standby
+from dumont.core.startup import make_endpoint
 from dumont.errors import DumontError
 from dumont.providers.base import GpuMarket, Instance, ProviderUnavailable, StandbyCloud
 
@@ -95,6 +97,9 @@ class Controller:
         self.last_tick_at: float | None = None
         self.tick_listeners: list[Callable[[int], None]] = []  # told after every tick (tests, drills)
         self._listed: dict[str, dict[str, Instance]] = {}  # this tick's instance lists, by market
+        # A fleet's endpoints: this controller's own serve the pairs it does not hold too, routed from the store.
+        self.mirrors = (Mirrors(ctx, functools.partial(make_endpoint, ctx)) if ctx.config.controller.endpoint_hosts
+                        else None)
 
     def wake(self) -> None:
         """Tick now (an intent arrived)."""
@@ -265,6 +270,11 @@ class Controller:
         self.last_tick_at = self.ctx.clock()
         pairs = list(self.pairs.values())  # leases may change hands while the tick awaits
         await asyncio.gather(*(self._refresh_endpoint(rt) for rt in pairs))
+        if self.mirrors is not None:
+            try:
+                await self.mirrors.follow(self.pairs)
+            except Exception as exc:
+                self.ctx.internal_errors.report("the fleet's mirrored endpoints", exc)
         network = await self.ctx.network_ok()
         self._listed = await self._list_providers()
         turns, in_flight = self._recovery_turns()

@@ -74,6 +74,11 @@ class ControllerLayout:
         """The endpoint process's directory (socket, routes, log) when the config names none."""
         return self.shared / "endpoint"
 
+    @property
+    def own_endpoint_dir(self) -> Path:
+        """This controller's own endpoint process's directory (a fleet's controllers each run one)."""
+        return self.root / "endpoint"
+
     def relay_dir(self, pair: str) -> Path:
         """The relay mode's copy of the workspace."""
         return self.root / "relay" / pair

@@ -20,9 +20,9 @@ import socket
 import time
 from collections.abc import AsyncIterator
 
-from dumont.config import Config, PairConfig, split_host_port
+from dumont.config import Config, PairConfig
 from dumont.core.context import ControllerContext, host_ref
-from dumont.core.endpoint import publish_endpoint
+from dumont.core.endpoint import listen_address, publish_endpoint
 from dumont.core.hosts import SshHosts
 from dumont.core.layout import ControllerLayout
 from dumont.core.model import HostRef, OperationStatus, PairState
@@ -120,8 +120,10 @@ def make_endpoint(ctx: ControllerContext, pair: PairConfig) -> Endpoint:
         return LocalEndpoint(pair.name)
     # The endpoint process releases a hold of a controller it no longer hears from (a crash mid-failback).
     silence = 3 * ctx.config.health_check_interval + 2 * ctx.config.health.probe_timeout_seconds + 10
-    return EndpointClient(cfg.endpoint_dir or ctx.layout.endpoint_dir, pair.name,
-                          start_daemon=cfg.endpoint == "process", expect_within=silence, controller_pid=os.getpid())
+    # A fleet's controllers each run an endpoint process of their own (docs/fleet.md), in their own state dir.
+    root = cfg.endpoint_dir or (ctx.layout.own_endpoint_dir if cfg.endpoint_hosts else ctx.layout.endpoint_dir)
+    return EndpointClient(root, pair.name, start_daemon=cfg.endpoint == "process", expect_within=silence,
+                          controller_pid=os.getpid(), fall_through=bool(cfg.endpoint_hosts))
 
 
 async def reach_hosts(ctx: ControllerContext, rt: PairRuntime) -> None:
@@ -183,8 +185,7 @@ async def start_endpoint(ctx: ControllerContext, rt: PairRuntime) -> None:
     An endpoint process that outlived a previous controller already serves the pair: this only confirms its route.
     """
     # Connections arriving during a failback's catch-up pass wait for it (bounded by the transfer timeout).
-    await rt.endpoint.start(split_host_port(rt.config.endpoint_listen),
-                            ctx.config.replication.transfer_timeout_seconds)
+    await rt.endpoint.start(listen_address(ctx, rt.config), ctx.config.replication.transfer_timeout_seconds)
     if rt.primary is not None:
         await rt.endpoint.point_to((rt.primary.ssh_host, rt.primary.ssh_port), reason=f"serving {rt.primary.alias}",
                                    epoch=rt.epoch)

@@ -34,6 +34,7 @@ class EndpointClient:
         expect_within: float = DEFAULT_EXPECT_WITHIN,
         start_daemon: bool = True,
         controller_pid: int | None = None,
+        fall_through: bool = False,
     ) -> None:
         self.layout = EndpointLayout(root)
         self.timeout = timeout
@@ -41,6 +42,7 @@ class EndpointClient:
         self.expect_within = expect_within
         self.start_daemon = start_daemon  # False under systemd: the endpoint has its own unit
         self.controller_pid = controller_pid if controller_pid is not None else os.getpid()
+        self.fall_through = fall_through  # a fleet's endpoint: refused while its controller is silent
         self._pair = pair
         self._address: Address | None = None
         self._status: Message | None = None
@@ -58,7 +60,8 @@ class EndpointClient:
         """Start the endpoint process unless it runs (``start_daemon``), serve the pair on ``listen``, refresh."""
         if self.start_daemon:
             self.daemon_pid = await ensure_endpoint_daemon(self.layout.root, timeout=self.start_timeout)
-        answer = await self._call("serve", listen=format_listen(listen), hold_timeout=hold_timeout)
+        answer = await self._call("serve", listen=format_listen(listen), hold_timeout=hold_timeout,
+                                  fall_through=self.fall_through)
         self._keep(answer)
         await self.refresh()
         return self.address

@@ -70,6 +70,14 @@ def number_field(message: Message, name: str, *, default: float | None = None) -
     return float(value)
 
 
+def flag_field(message: Message, name: str, *, default: bool = False) -> bool:
+    """The boolean field ``name`` (``default`` when missing); raise UsageError when it is not a boolean."""
+    value = message.get(name, default)
+    if not isinstance(value, bool):
+        raise UsageError(f"{_op(message)}: {name!r} must be true or false, got {value!r}")
+    return value
+
+
 def int_field(message: Message, name: str) -> int:
     """The non-negative integer field ``name``; raise UsageError when it is missing or not one."""
     value = message.get(name)
@@ -112,7 +120,8 @@ def stats_to_wire(stats: RelayStats) -> Message:
         "active": stats.active, "parked": stats.parked, "accepted": stats.accepted,
         "failed_connects": stats.failed_connects, "timed_out": stats.timed_out, "bytes_in": stats.bytes_in,
         "bytes_out": stats.bytes_out, "target": address_to_wire(stats.target), "held": stats.held,
-        "switched_at": stats.switched_at, "switch_reason": stats.switch_reason,
+        "switched_at": stats.switched_at, "switch_reason": stats.switch_reason, "refused": stats.refused,
+        "refusing": stats.refusing,
     }
 
 
@@ -125,7 +134,8 @@ def stats_from_wire(data: Message) -> RelayStats:
         bytes_in=int(data["bytes_in"]), bytes_out=int(data["bytes_out"]),
         target=address_from_wire(data.get("target")), held=bool(data["held"]),
         switched_at=float(switched_at) if switched_at is not None else None,
-        switch_reason=str(data.get("switch_reason", "")),
+        switch_reason=str(data.get("switch_reason", "")), refused=int(data.get("refused", 0)),
+        refusing=str(data.get("refusing", "")),
     )
 
 

@@ -8,6 +8,9 @@ Behaviour decided here:
 
 - **Half-close.** End of stream from one side becomes ``write_eof`` on the other; the opposite direction stays
   open until it ends too. A connection is closed when both directions have ended or either one fails.
+- **Refusing.** While :meth:`EndpointRelay.refuse` is in force, a new connection is closed as soon as it is
+  accepted, before a byte is sent: the users' ``ssh`` falls through to the next endpoint of a fleet
+  (``endpoint/fallthrough.py``). Connections already relayed go on.
 - **Parking.** While the relay is held, or has no target, new connections are accepted and parked: they wait
   until the relay is released *and* has a target, then go to the target current at that moment. A parked
   connection waits at most ``hold_timeout`` seconds from its arrival, then is closed.
@@ -68,6 +71,8 @@ class RelayStats:
     held: bool
     switched_at: float | None
     switch_reason: str
+    refused: int = 0  # new connections closed at once while refusing
+    refusing: str = ""  # why new connections are refused now ("": they are not)
 
 
 class _Connection:
@@ -135,6 +140,8 @@ class EndpointRelay:
         self._accepted = self._failed_connects = self._timed_out = 0
         self._bytes_in = self._bytes_out = 0
         self._failing = False  # inside a streak of failed connects (logged once)
+        self._refusing = ""  # why new connections are closed at once ("": they are served)
+        self._refused = 0
 
     # -- life cycle -------------------------------------------------------------------------------------------
 
@@ -230,6 +237,27 @@ class EndpointRelay:
         log.info("endpoint %s released; %s", self.name, detail)
         self._emit("release", detail)
 
+    def refuse(self, *, reason: str) -> None:
+        """Close every new connection at once, before a byte, until :meth:`serve_again`; relayed ones go on."""
+        if not reason:
+            raise UsageError(f"endpoint {self.name}: a refusal needs a reason", hint="say why, for the status")
+        if self._refusing:
+            self._refusing = reason
+            return
+        self._refusing = reason
+        log.warning("endpoint %s refuses new connections: %s", self.name, reason)
+        self._emit("refuse", reason)
+        self._notify()
+
+    def serve_again(self, *, reason: str = "") -> None:
+        """End a refusal: new connections are served again."""
+        if not self._refusing:
+            return
+        self._refusing = ""
+        log.info("endpoint %s serves new connections again%s", self.name, f": {reason}" if reason else "")
+        self._emit("serve_again", reason)
+        self._notify()
+
     def close_existing(self, *, reason: str) -> int:
         """Close both sides of every connection that was given a target; return how many were closed."""
         given = [c for c in self._connections if c.target is not None and not c.closed]
@@ -271,6 +299,8 @@ class EndpointRelay:
             held=self._held,
             switched_at=self._switched_at,
             switch_reason=self._switch_reason,
+            refused=self._refused,
+            refusing=self._refusing,
         )
 
     async def wait_for_state(self, predicate: Callable[[RelayStats], bool], *, timeout: float) -> RelayStats:
@@ -289,6 +319,11 @@ class EndpointRelay:
         # A plain callback (not a coroutine) so that the task is ours: tracked, cancelled and awaited by stop().
         if self._stopping:
             writer.transport.abort()
+            return
+        if self._refusing:
+            self._refused += 1
+            writer.close()
+            self._notify()
             return
         self._accepted += 1
         conn = _Connection(self._accepted, reader, writer)

@@ -3,6 +3,8 @@
 The file is the endpoint process's memory across its own restarts: it is rewritten whole and atomically (write,
 fsync, rename) on every change, so a process started after a crash serves the last published primary at once.
 Holds are not written: a hold belongs to a controller that is running, and a restarted endpoint serves.
+A route marked ``fall_through`` (a fleet whose controllers each run an endpoint) is refused while no controller is
+heard instead: another controller's endpoint serves the route the store holds, this one may be stale.
 
 Epochs order routes: a route whose epoch is lower than the one served comes from a controller that missed a
 failover (an old process still running during an upgrade) and is refused with :class:`StaleRouteRefused`.
@@ -36,6 +38,7 @@ class Route:
     target: Address | None = None
     epoch: int = 0
     reason: str = ""
+    fall_through: bool = False  # refused while no controller is heard: users' ssh goes to the next endpoint
 
     def bind_address(self) -> Address:
         """Where to listen: the published address, or the one bound before when the published port is 0."""
@@ -128,6 +131,7 @@ def _from_json(name: str, entry: dict[str, Any]) -> Route:
         target=(str(target[0]), int(target[1])) if target is not None else None,
         epoch=int(entry["epoch"]),
         reason=str(entry.get("reason", "")),
+        fall_through=bool(entry.get("fall_through", False)),
     )
     parse_listen(route.listen)
     return route

@@ -7,7 +7,10 @@ for them.
 
 A hold belongs to a running controller: a hold is refused while no controller is heard, and every hold is
 released when the controller falls silent past its deadline, so that an endpoint without a controller serves the
-last published primary instead of parking users until their connections time out.
+last published primary instead of parking users until their connections time out. A route served with
+``"fall_through": true`` is refused instead while no controller is heard (new connections closed at once): in a
+fleet, each controller's endpoint serves every pair, and the users' ``ssh`` falls through to one whose controller
+is alive, since a silent one's routes go stale as soon as another controller fails the pair over.
 
 ``status`` answers::
 
@@ -15,7 +18,8 @@ last published primary instead of parking users until their connections time out
      "controller" (pid or null), "controller_seen_at" (wall clock or null), "controller_present",
      "controller_silent_for", "controller_expect_within", "summary" (one sentence),
      "pairs": {name: {"listen", "address", "listening", "error", "target", "epoch", "reason",
-                      "hold_timeout", "held", "stats" (RelayStats fields or null), "history": [switch, ...]}}}
+                      "hold_timeout", "held", "fall_through", "stats" (RelayStats fields or null),
+                      "history": [switch, ...]}}}
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from dumont.endpoint.protocol import (
     decode,
     encode,
     error_answer,
+    flag_field,
     int_field,
     number_field,
     stats_to_wire,
@@ -165,8 +170,18 @@ class EndpointServer:
         held = [s.relay for s in self._pairs.values() if s.relay is not None and s.relay.stats().held]
         for relay in held:
             relay.release(reason=f"{reason}; serving the last published route")
-        log.warning("%s (last: pid %s); serving the last published routes%s", reason, self._watch.pid,
-                    f", {len(held)} hold(s) released" if held else "")
+        refused = [s.relay for s in self._pairs.values() if s.relay is not None and s.route.fall_through]
+        for relay in refused:
+            relay.refuse(reason=f"{reason}; another controller's endpoint serves the pair")
+        log.warning("%s (last: pid %s); serving the last published routes%s%s", reason, self._watch.pid,
+                    f", {len(held)} hold(s) released" if held else "",
+                    f", {len(refused)} refused for the fleet's other endpoints" if refused else "")
+
+    def _serve_refused(self) -> None:
+        """A controller is heard: the routes refused while none was are served again."""
+        for served in self._pairs.values():
+            if served.relay is not None and served.relay.stats().refusing:
+                served.relay.serve_again(reason=f"controller {self._watch.pid} is heard")
 
     def _note_controller(self, message: Message) -> None:
         if "controller" not in message:
@@ -178,6 +193,7 @@ class EndpointServer:
         self._heard.set()
         if change is Change.ARRIVED:
             log.info("controller %d is heard; it expects to send again within %g s", pid, self._watch.expect_within)
+            self._serve_refused()
         elif change is Change.REPLACED:
             log.info("controller %d took over from controller %s", pid, previous)
 
@@ -238,9 +254,10 @@ class EndpointServer:
         listen = text_field(message, "listen")
         address = parse_listen(listen)
         hold_timeout = number_field(message, "hold_timeout", default=DEFAULT_HOLD_TIMEOUT)
+        fall_through = flag_field(message, "fall_through")
         served = self._pairs.get(pair)
         if served is None:
-            route = Route(pair, listen, hold_timeout)
+            route = Route(pair, listen, hold_timeout, fall_through=fall_through)
             relay = await self._bind(route, address)
             self._pairs[pair] = served = _Served(replace(route, address=relay.address), relay)
         elif served.relay is None or served.route.listen != listen:
@@ -254,6 +271,9 @@ class EndpointServer:
             relay = served.relay
             relay.hold_timeout = hold_timeout
             served.route = replace(served.route, hold_timeout=hold_timeout)
+        served.route = replace(served.route, fall_through=fall_through)
+        if not fall_through or self._watch.is_present(self._clock()):
+            relay.serve_again(reason="served by a controller")
         await self._save()
         return {"address": address_to_wire(relay.address), "endpoint": self._pair_status(served)}
 
@@ -331,7 +351,8 @@ class EndpointServer:
             "listen": route.listen, "address": address_to_wire(relay.address if relay else route.address),
             "listening": relay is not None, "error": served.error, "target": address_to_wire(route.target),
             "epoch": route.epoch, "reason": route.reason, "hold_timeout": route.hold_timeout,
-            "held": bool(stats and stats.held), "stats": stats_to_wire(stats) if stats else None,
+            "held": bool(stats and stats.held), "fall_through": route.fall_through,
+            "stats": stats_to_wire(stats) if stats else None,
             "history": [switch_to_wire(s) for s in relay.history] if relay else [],
         }
 
@@ -364,6 +385,8 @@ class EndpointServer:
             log.error("endpoint %s could not be restored on %s: %s", route.pair, route.listen, exc)
             self._pairs[route.pair] = _Served(route, None, error=str(exc))
             return
+        if route.fall_through:  # no controller is heard yet: the fleet's other endpoints serve the pair meanwhile
+            relay.refuse(reason="no controller heard since the endpoint started")
         self._pairs[route.pair] = _Served(replace(route, address=relay.address), relay)
 
     async def _save(self) -> None:

@@ -3,11 +3,16 @@
 Every host of a pair presents a certificate of its own host key from the pair's host CA, so the CA is trusted
 once under the alias ``dumont-<pair>`` (``HostKeyAlias``) rather than under an address: a failover changes where
 the relay forwards, never what the client must trust. ``StrictHostKeyChecking`` is always ``yes``.
+
+A fleet serves each pair from every controller's endpoint: the block then connects through ``fallthrough.py``
+(a ``ProxyCommand`` beside the snippet), which tries the endpoints in order and takes the first that serves.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 from dumont.errors import UsageError
@@ -26,16 +31,14 @@ def host_alias(pair: str) -> str:
 
 
 def render_ssh_config(  # noqa: PLR0917 - the signature the controller was promised; all six are required
-    pair: str, host: str, port: int, user: str, identity_file: Path | None, known_hosts: Path
+    pair: str, host: str, port: int, user: str, identity_file: Path | None, known_hosts: Path, *,
+    fall_through: Sequence[tuple[str, int]] = (), proxy: Path | None = None,
 ) -> str:
-    """Return the ``Host dumont-<pair>`` block that reaches the pair's endpoint at ``host:port``."""
+    """Return the ``Host dumont-<pair>`` block that reaches the pair's endpoint at ``host:port``; with two or more
+    ``fall_through`` endpoints, through the ``proxy`` script that tries them in order."""
     alias = host_alias(pair)
-    if not _HOSTNAME.match(host):
-        raise UsageError(
-            f"endpoint host {host!r} cannot be written into an ssh_config", hint="use a host name or an IP address"
-        )
-    if not 0 < port < 65536:
-        raise UsageError(f"endpoint port {port} is out of range", hint="use the port the relay is bound to (1-65535)")
+    for checked_host, checked_port in [(host, port), *fall_through]:
+        _check_endpoint(checked_host, checked_port)
     if not _USER.match(user):
         raise UsageError(f"SSH user {user!r} cannot be written into an ssh_config", hint="use a plain login name")
     lines = [
@@ -45,6 +48,15 @@ def render_ssh_config(  # noqa: PLR0917 - the signature the controller was promi
         f"  Port {port}",
         f"  User {user}",
     ]
+    if len(fall_through) > 1:
+        if proxy is None:
+            raise UsageError(f"the ssh_config of {pair} names {len(fall_through)} endpoints but no fall-through "
+                             "script", hint="write fallthrough.py beside the snippet and pass its path")
+        _quote_path(proxy)  # the same characters are refused as in the other paths
+        endpoints = " ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in fall_through)
+        # ssh expands %-tokens, then has sh exec it: "%" is doubled, the path quoted for sh.
+        command = f"python3 {shlex.quote(str(proxy))} {endpoints}".replace("%", "%%")
+        lines.append(f"  ProxyCommand {command}")
     if identity_file is not None:
         lines += [f"  IdentityFile {_quote_path(identity_file)}", "  IdentitiesOnly yes"]
     lines += [
@@ -55,6 +67,15 @@ def render_ssh_config(  # noqa: PLR0917 - the signature the controller was promi
         "  UpdateHostKeys no",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _check_endpoint(host: str, port: int) -> None:
+    if not _HOSTNAME.match(host):
+        raise UsageError(
+            f"endpoint host {host!r} cannot be written into an ssh_config", hint="use a host name or an IP address"
+        )
+    if not 0 < port < 65536:
+        raise UsageError(f"endpoint port {port} is out of range", hint="use the port the relay is bound to (1-65535)")
 
 
 def write_ssh_config(path: Path, text: str) -> None:

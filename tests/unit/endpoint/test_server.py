@@ -105,7 +105,8 @@ async def test_a_route_sends_new_connections_to_its_target_and_is_saved_before_t
 
     assert answer["changed"] is True and answer["endpoint"]["target"] == list(harness.a.address)
     assert harness.saved()["train"] == {"listen": "127.0.0.1:0", "address": list(address), "hold_timeout": WAIT,
-                                        "target": list(harness.a.address), "epoch": 1, "reason": "gpu-1 is primary"}
+                                        "target": list(harness.a.address), "epoch": 1, "reason": "gpu-1 is primary",
+                                        "fall_through": False}
     assert await harness.greeting(address) == "A"
 
 
@@ -263,3 +264,38 @@ async def test_shutdown_is_answered_before_the_server_is_asked_to_stop(harness: 
     server = await harness.start()
     assert (await harness.send("shutdown"))["pid"] == os.getpid()
     await asyncio.wait_for(server.shutdown_requested.wait(), WAIT)
+
+
+async def test_a_fleet_route_is_refused_while_its_controller_is_silent_and_served_once_one_is_heard(
+        harness: Harness) -> None:
+    """controller.endpoint_hosts: once another controller fails the pair over, a silent controller's endpoint
+    serves a stale route, so it closes new connections at once (the users' ssh falls through to the next
+    endpoint); sessions already relayed go on; a restarted endpoint refuses until a controller is heard."""
+    server = await harness.start()
+    answer = await harness.send("serve", pair="train", listen="127.0.0.1:0", hold_timeout=WAIT, fall_through=True,
+                                controller=4242, expect_within=0.2)
+    address = (answer["address"][0], answer["address"][1])
+    await harness.route(harness.a, epoch=1)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), WAIT)
+    harness.writers.append(writer)
+    assert (await asyncio.wait_for(reader.readline(), WAIT)).strip() == b"A"
+
+    stats = await server.relay("train").wait_for_state(lambda s: bool(s.refusing), timeout=WAIT)
+    assert stats.refusing.startswith("no controller for 0 s; another controller's endpoint serves the pair")
+    refused_reader, refused = await asyncio.wait_for(asyncio.open_connection(*address), WAIT)
+    harness.writers.append(refused)
+    assert await asyncio.wait_for(refused_reader.read(), WAIT) == b"", "closed before a byte"
+    writer.write(b"still relayed\n")
+    assert await asyncio.wait_for(reader.readline(), WAIT) == b"still relayed\n", "the open session goes on"
+    status = (await harness.send("status"))["pairs"]["train"]
+    assert status["stats"]["refused"] == 1 and status["fall_through"] is True
+
+    await harness.send("heartbeat", controller=4242, expect_within=WAIT)
+    assert await harness.greeting(address) == "A"
+    await server.stop()
+    restarted = await harness.start()
+    assert restarted.relay("train").stats().refusing == "no controller heard since the endpoint started"
+    await harness.send("heartbeat", controller=4243, expect_within=WAIT)
+    assert await harness.greeting(address) == "A"
+    await harness.send("serve", pair="train", listen="127.0.0.1:0", hold_timeout=WAIT, controller=4243)
+    assert harness.saved()["train"]["fall_through"] is False, "a plain serve makes it an ordinary endpoint again"

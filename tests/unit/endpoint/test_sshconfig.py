@@ -91,3 +91,29 @@ def test_the_known_hosts_line_names_the_alias_and_drops_the_comment(tmp_path: Pa
     assert host_alias("train") == "dumont-train"
     with pytest.raises(DumontError, match="not an OpenSSH public key"):
         known_hosts_line("train", "AAAA only a body")
+
+
+def test_a_fleet_s_block_connects_through_the_fall_through_script_to_every_endpoint_in_order(tmp_path: Path) -> None:
+    """controller.endpoint_hosts: ssh itself runs the block's ProxyCommand (here a stand-in script at the path that
+    records its arguments) on the endpoints in the order given, the 100% in the path kept literal through ssh's
+    %-tokens and sh's quoting."""
+    import json
+    import subprocess
+
+    proxy = tmp_path / "100% it's" / "fallthrough.py"
+    proxy.parent.mkdir()
+    proxy.write_text(f"import json, sys\nopen({str(tmp_path / 'argv.json')!r}, 'w').write(json.dumps(sys.argv))\n")
+    text = render_ssh_config("train", "10.0.0.1", 2222, "root", None, tmp_path / "known_hosts",
+                             fall_through=[("10.0.0.1", 2222), ("10.0.0.2", 2222), ("::1", 2222)], proxy=proxy)
+    config = tmp_path / "config"
+    write_ssh_config(config, text)
+    subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "dumont-train", "true"], capture_output=True,
+                   stdin=subprocess.DEVNULL, timeout=30, check=False)  # fails: the stand-in serves nothing
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv == [str(proxy), "10.0.0.1:2222", "10.0.0.2:2222", "[::1]:2222"]
+    with pytest.raises(UsageError, match="names 2 endpoints but no fall-through script"):
+        render_ssh_config("train", "10.0.0.1", 2222, "root", None, tmp_path / "k",
+                          fall_through=[("10.0.0.1", 2222), ("10.0.0.2", 2222)])
+    with pytest.raises(UsageError, match="endpoint host 'a b' cannot be written"):
+        render_ssh_config("train", "10.0.0.1", 2222, "root", None, tmp_path / "k",
+                          fall_through=[("10.0.0.1", 2222), ("a b", 2222)], proxy=proxy)
