@@ -1,7 +1,8 @@
 """A fleet: two `dumont run` processes on one PostgreSQL share five pairs through leases. The one that owns them is
 killed (SIGKILL) in the middle of a recovery, or cut off from the database; the other takes the pairs within the
 TTL and a tick, resumes the recovery with the GPU already rented, every endpoint keeps serving, and the events
-show that no two controllers acted on one pair at any instant."""
+show that no two controllers acted on one pair at any instant. Each controller runs an endpoint process serving
+every pair (on 127.0.0.1 and 127.0.0.2), and the users' ssh falls through from a dead controller's to the other's."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from dumont.chaos.process import ControllerProcess
 from dumont.config import to_toml
 from dumont.drill.stack import add_pairs
+from dumont.endpoint.control import request
 from dumont.endpoint.launch import stop_endpoint_daemon
 from dumont.localcloud.link import LinkRelay, LinkSpec
 from dumont.localcloud.ready import free_port
@@ -34,6 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.serial]
 TTL = 8.0  # a store call held up by the network fails within TTL/6 (a connect in 2 s): well inside
 TICK = 1.0  # the fast profile's health_check_interval
 PAIRS = ["main", "pair-2", "pair-3", "pair-4", "pair-5"]
+ENDPOINT_HOSTS = {"a": "127.0.0.1", "b": "127.0.0.2"}  # each controller's endpoints (loopback: both are this host)
 RENEWALS_IN_A_TTL = round(TTL / min(TTL / 4, TICK / 2))  # Leases.every
 
 
@@ -52,7 +55,8 @@ class Fleet:
         data["state_dir"] = str(self.stack.root / f"controller-{name}")
         data["store"] = {"url": store_url or self.url}
         data["controller"] = {**data["controller"], "api_listen": api, "lease_seconds": TTL,
-                              "shared_dir": str(self.shared)}
+                              "shared_dir": str(self.shared), "endpoint_hosts": list(ENDPOINT_HOSTS.values()),
+                              "endpoint_bind": ENDPOINT_HOSTS[name]}
         path = self.stack.root / f"controller-{name}.toml"
         path.write_text(to_toml(data))
         process = ControllerProcess(path, Path(data["state_dir"]), api, self.stack.root / f"controller-{name}.log")
@@ -73,15 +77,30 @@ class Fleet:
         finally:
             store.close()
 
-    async def login(self, pair: str) -> str:
-        """Run a command through the pair's endpoint as its user would; the host that answered."""
-        config = self.shared / "ssh" / pair / "config"
-        result = await run_local(["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-                                  f"dumont-{pair}", "--", quote_remote(["printenv", "DUMONT_HOST"])], timeout=30,
+    async def login(self, pair: str, *, config: Path | None = None, only: str | None = None) -> str:
+        """Run a command through the pair's endpoints as its user would (its snippet, or ``config``; ``only``: through
+        that controller's endpoint alone); the host that answered."""
+        config = config or self.shared / "ssh" / pair / "config"
+        options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        if only is not None:
+            proxy = self.shared / "ssh" / pair / "fallthrough.py"
+            options += ["-o", f"ProxyCommand=python3 {proxy} {ENDPOINT_HOSTS[only]}:{self.port(pair)}"]
+        result = await run_local(["ssh", "-F", str(config), *options, f"dumont-{pair}", "--",
+                                  quote_remote(["printenv", "DUMONT_HOST"])], timeout=30,
                                  what=f"ssh through the endpoint of {pair}")
         lines = result.stdout.decode(errors="replace").strip().splitlines()
         assert result.returncode == 0 and lines, f"{pair}: {result.stderr.decode(errors='replace')}"
         return lines[-1].strip()
+
+    def port(self, pair: str) -> int:
+        listen = next(p.endpoint_listen for p in self.stack.config.pairs if p.name == pair)
+        return int(listen.rsplit(":", 1)[1])
+
+    async def endpoint_status(self, name: str) -> dict[str, Any]:
+        """What controller ``name``'s endpoint process says of its pairs."""
+        socket = self.stack.root / f"controller-{name}" / "endpoint" / "control.sock"
+        answer: dict[str, Any] = await request(socket, {"op": "status"}, timeout=10, what=f"endpoint of {name}")
+        return answer
 
 
 @pytest.fixture
@@ -106,7 +125,8 @@ async def fleet(tmp_path: Path, postgres: PostgresServer) -> AsyncIterator[Calla
 async def _tear_down(fleet: Fleet) -> None:
     for process in fleet.processes:
         await process.stop()
-    await stop_endpoint_daemon(fleet.shared / "endpoint")
+    for name in ENDPOINT_HOSTS:
+        await stop_endpoint_daemon(fleet.stack.root / f"controller-{name}" / "endpoint")
     await fleet.stack.cloud.stop_emulators()
     await fleet.stack.cloud.pool.shutdown()
     assert not fleet.stack.cloud.pool.leftover_processes()
@@ -179,6 +199,16 @@ async def test_a_controller_killed_mid_recovery_hands_its_pairs_to_the_other(
 
     status = await statuses(first)
     gpus = {name: s["primary"]["instance_id"] for name, s in status.items()}
+
+    async def mirrored() -> bool:
+        pairs = (await f.endpoint_status("b"))["pairs"]
+        return sorted(pairs) == sorted(PAIRS)
+
+    await until("the second controller's endpoint serving every pair", mirrored, 30)
+    for name in PAIRS:  # routed to the primary in the store, not by the controller that holds the pair
+        assert await f.login(name, only="b") == f.stack.host(gpus[name]).name
+    as_the_first_wrote_it = f.stack.root / "main-config-of-a"
+    as_the_first_wrote_it.write_text((f.shared / "ssh" / "main" / "config").read_text())
     await f.stack.cloud.pool.kill(f.stack.host(gpus["main"]).name)
 
     async def renting() -> bool:
@@ -214,6 +244,14 @@ async def test_a_controller_killed_mid_recovery_hands_its_pairs_to_the_other(
         gpus[n] for n in PAIRS[1:]}, 60)
     for name in PAIRS:
         assert await f.login(name)
+
+    async def first_refuses() -> bool:  # its controller is silent: its routes (main's dead GPU) may be stale
+        return bool((await f.endpoint_status("a"))["pairs"]["main"]["stats"]["refusing"])
+
+    await until("the dead controller's endpoint refusing new connections", first_refuses, 30)
+    new_gpu = f.stack.host(main["primary"]["instance_id"]).name
+    assert await f.login("main", config=as_the_first_wrote_it) == new_gpu, "fell through to the live endpoint"
+    assert (await f.endpoint_status("a"))["pairs"]["main"]["stats"]["refused"] >= 1, "tried the first one first"
     owners = one_actor_at_a_time(f.events())
     assert owners["main"] == [first_id(f, "a"), first_id(f, "b")]
 
