@@ -218,8 +218,8 @@ class ControllerConfig:
     # this many seconds (renewed well before it runs out; a dead controller's pairs are taken after it).
     lease_seconds: float = field(default=30.0, metadata=_checked_by(_SECONDS))
     # What the controllers of a fleet share (keys, pinned host keys, the users' ssh_config snippets, and the
-    # endpoint directory unless endpoint_dir names one): a directory mounted on each, or a copy kept in step.
-    # None: all of it in state_dir.
+    # endpoint directory unless endpoint_dir names one or endpoint_hosts gives each controller its own): a
+    # directory mounted on each, or a copy kept in step. None: all of it in state_dir.
     shared_dir: Path | None = field(default=None, metadata=_checked_by(_LOCAL_PATH, example="/srv/dumont/shared"))
     # Public keys (authorized_keys format) people log in with; every host the controller creates accepts them.
     user_keys_file: Path | None = field(default=None, metadata=_checked_by(
