@@ -48,7 +48,8 @@ lint: deps
 # Every benchmark runs even when an earlier one fails; the target fails if any did.
 bench: deps
 	$(PY) bench/sync_cycle.py; sync=$$?; $(PY) bench/restore.py; restore=$$?; $(PY) bench/cli.py; cli=$$?; \
-	  $(PY) bench/rpo.py; rpo=$$?; $(PY) bench/fleet.py; fleet=$$?; exit $$(( sync || restore || cli || rpo || fleet ))
+	  $(PY) bench/rpo.py; rpo=$$?; $(PY) bench/fleet.py; fleet=$$?; $(PY) bench/ciphers.py; ciphers=$$?; \
+	  exit $$(( sync || restore || cli || rpo || fleet || ciphers ))
 
 # The replication campaign: KILLS kills of the primary inside passes, every retained snapshot checked each time.
 KILLS ?= 100

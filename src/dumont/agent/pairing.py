@@ -112,11 +112,31 @@ def install_pair_client(args: Json) -> Json:
         f'UserKnownHostsFile "{known}"', "GlobalKnownHostsFile /dev/null", "StrictHostKeyChecking yes",
         "HostKeyAlgorithms ssh-ed25519", "BatchMode yes", "ConnectTimeout 10", "ServerAliveInterval 5",
         "ServerAliveCountMax 3", "ControlMaster auto", f'ControlPath "{control}"', "ControlPersist 60",
-        "LogLevel ERROR",
+        "LogLevel ERROR", f"Ciphers {stream_ciphers()}",
     ]
     config = "Host dumont-standby\n" + "".join(f"  {o}\n" for o in options)
     write_atomic(os.path.join(pair_dir, "ssh_config"), config.encode(), 0o600)
     return {"ssh_config": os.path.join(pair_dir, "ssh_config")}
+
+
+# Every OpenSSH since 6.5 knows all four; the first both ends know is used.
+_AES_FIRST = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr"
+_CHACHA_FIRST = "chacha20-poly1305@openssh.com,aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr"
+
+
+def stream_ciphers(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The pair stream's ciphers, fastest first: AES-GCM where the CPU has AES instructions (``aes`` on x86,
+    ``aes`` among an ARM core's features), ChaCha20-Poly1305 elsewhere (OpenSSH's own default, fast in software).
+    ``bench/ciphers.py`` measures both on this machine."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as info:
+            for line in info:
+                name, _, value = line.partition(":")
+                if name.strip() in ("flags", "Features") and "aes" in value.split():
+                    return _AES_FIRST
+    except OSError:
+        pass
+    return _CHACHA_FIRST
 
 
 def _allowed_option(arg: str) -> bool:

@@ -239,7 +239,8 @@ def staged_hashes(meta: Json, epoch: int, vouched: dict[str, list[Any]] | None =
              if e[KIND] == "f" and e[DATA] is not None}
     base_tree = os.fsencode(os.path.join(snapshot_path(int(seq)), "tree")) if seq is not None else b""
     inspected: dict[str, list[Any]] = read_json(os.path.join(incoming_dir(epoch), "inspected.json"), {}) or {}
-    vouched = vouched or {}
+    if vouched is None:  # the commit's lookup: the claims inspect was given
+        vouched = read_json(os.path.join(incoming_dir(epoch), "vouched.json"), {}) or {}
 
     def lookup(rel: str, st: os.stat_result) -> str | None:
         if rel in known:
@@ -262,13 +263,16 @@ def staged_hashes(meta: Json, epoch: int, vouched: dict[str, list[Any]] | None =
 def inspect(args: Json) -> Json:
     """Manifest of the staged tree as received; only files that are not links into the base are hashed.
 
-    With ``paths``, only those paths are looked at: what the pass copied. Everything else in the tree is a link
-    this host made to its own snapshot, and commit checks the whole tree anyway before publishing it.
+    With ``paths``, only those paths are looked at: what the pass copied that the source does not vouch for.
+    Everything else in the tree is a link this host made to its own snapshot or a file ``vouched`` for (kept in
+    ``vouched.json`` for the commit's lookup), and commit checks the whole tree anyway before publishing it.
     """
     epoch = int(args["epoch"])
     meta = load_stage(epoch)
     tree = os.path.join(incoming_dir(epoch), "tree")
-    lookup = staged_hashes(meta, epoch, args.get("vouched"))
+    vouched = args.get("vouched") or {}
+    write_atomic(os.path.join(incoming_dir(epoch), "vouched.json"), dump_json(vouched))  # for the commit
+    lookup = staged_hashes(meta, epoch, vouched)
     if args.get("paths") is not None:
         entries, skipped, fresh = scan_paths(tree, args["paths"], lookup)
     else:
@@ -350,6 +354,7 @@ def commit(args: Json) -> Json:
     write_atomic(os.path.join(incoming, "pass.json"), dump_json(record))
     os.unlink(os.path.join(incoming, "stage.json"))
     unlink_if_present(os.path.join(incoming, "inspected.json"))
+    unlink_if_present(os.path.join(incoming, "vouched.json"))
     os.makedirs(snapshots_dir(), exist_ok=True)
     os.rename(incoming, snapshot_path(seq))  # the pass becomes visible here, whole, or not at all
     fsync_dir(snapshots_dir())

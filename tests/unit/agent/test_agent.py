@@ -268,3 +268,48 @@ def test_a_push_in_streams_splits_by_size_and_keeps_hard_links_together(tmp_path
     assert split_by_size(listed, 1, str(tmp_path)) == [listed]
     stats = "Total bytes sent: 1,000\nLiteral data: 10 bytes\n"
     assert summed_stats(stats + "\n" + stats, 2) == "Total bytes sent: 2000\nLiteral data: 20\n"
+
+
+def test_files_the_source_vouches_for_are_not_read_by_inspect_or_commit_and_a_torn_one_is_still_refused(
+        host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine inspects only what the source does not vouch for; the claims reach the commit through
+    vouched.json, so a first pass of many files reads none of them twice. A claim holds only for the size and
+    mtime it names: a file torn on the way (another size) is hashed and refused."""
+    ws = host / "workspace"
+    for name in ("a", "b"):
+        (ws / name).write_bytes(name.encode() * 1000)
+    entries = {e[common.PATH]: e for e in server.scan({"use_cache": False})["entries"]}
+    stage_and_fill(host, 1, None, ["a", "b"])
+    claims = {name: [e[common.SIZE], e[common.MTIME], e[common.DATA]] for name, e in entries.items()
+              if e[common.KIND] == "f"}
+    read: list[bytes] = []
+    real_hash = scan.hash_file
+
+    def counting(path: bytes, before: os.stat_result) -> str | None:
+        read.append(os.path.basename(path))
+        return real_hash(path, before)
+
+    monkeypatch.setattr(scan, "hash_file", counting)
+    assert snapshots.inspect({"epoch": 1, "vouched": claims, "paths": ["."]})["entries"]
+    snapshots.commit({"epoch": 1, "seq": 1, "entries": list(entries.values()), "keep": 2, "record": {}})
+    assert read == [], "neither inspect nor commit read a vouched file"
+    monkeypatch.setattr(scan, "hash_file", real_hash)
+
+    (ws / "a").write_bytes(b"new" * 10)
+    entries = {e[common.PATH]: e for e in server.scan({"use_cache": False})["entries"]}
+    tree = stage_and_fill(host, 1, 1, ["a"])
+    snapshots.inspect({"epoch": 1, "vouched": {"a": [entries["a"][common.SIZE], entries["a"][common.MTIME],
+                                                      entries["a"][common.DATA]]}, "paths": []})
+    (tree / "a").write_bytes(b"torn")
+    with pytest.raises(common.Failure, match="'a' differs in size"):
+        commit(2)
+
+
+def test_the_pair_stream_prefers_aes_gcm_where_the_cpu_has_aes_instructions(tmp_path: Path) -> None:
+    with_aes, without = tmp_path / "aes", tmp_path / "plain"
+    with_aes.write_text("processor\t: 0\nflags\t\t: fpu sse2 aes avx2\n")
+    without.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\n")
+    assert pairing.stream_ciphers(str(with_aes)).startswith("aes128-gcm@openssh.com,")
+    assert pairing.stream_ciphers(str(without)).startswith("chacha20-poly1305@openssh.com,")
+    assert pairing.stream_ciphers(str(tmp_path / "missing")).startswith("chacha20-poly1305@openssh.com,")
+    assert "aes128-gcm@openssh.com" in pairing.stream_ciphers(str(without)), "either end may lack the other"
