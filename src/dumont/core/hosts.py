@@ -16,6 +16,7 @@ from typing import Any
 
 from dumont.core import probes
 from dumont.core.bootstrap import HostReadiness, ready_host
+from dumont.core.lag import LoopLag, discount
 from dumont.core.layout import ControllerLayout
 from dumont.core.model import Health, HostRef, ProbeResult
 from dumont.core.ports import Clock, Sleep
@@ -41,8 +42,9 @@ class SshHosts:
 
     def __init__(self, transport: SshTransport, known_hosts: KnownHosts, layout: ControllerLayout, *,
                  bootstrap_timeout: float, clock: Clock, sleep: Sleep = asyncio.sleep,
-                 fresh_login_every: int = 1) -> None:
+                 fresh_login_every: int = 1, lag: LoopLag | None = None) -> None:
         self.transport = transport
+        self.lag = lag or LoopLag()  # a probe timed out while this process stalled is no verdict (core/lag.py)
         self.fresh_login_every = fresh_login_every
         self._since_fresh: dict[str, int] = {}  # alias -> good probes over the shared connection since a login
         self.known_hosts = known_hosts
@@ -87,6 +89,7 @@ class SshHosts:
         self._agents.clear()
         self._watchers.clear()
         self._replicators.clear()
+        await self.lag.stop()
 
     # ------------------------------------------------------------------ reaching and readying
 
@@ -148,8 +151,11 @@ class SshHosts:
         does not pay a login for every host every tick."""
         since = self._since_fresh.get(ref.alias)
         fresh = since is None or since + 1 >= self.fresh_login_every
+        self.lag.start()
+        started = self.lag.clock()
         results = await probes.probe_ssh(ref, transport=self.transport, timeout=timeout, command=command,
                                          fresh=fresh)
+        results = discount(results, self.lag.worst_since(started), timeout)
         if any(r.health != Health.OK for r in results if r.name in ("tcp", "ssh")):
             self._since_fresh.pop(ref.alias, None)
         else:
