@@ -74,6 +74,9 @@ def scan(args: Json) -> Json:
 
     With ``since`` naming the token of the caller's last scan, and the workspace's watcher able to prove that
     nothing changed since that scan's walk began (see ``tracker``), the answer is ``unchanged`` with no entries.
+    With ``delta`` too, a scan that found changes answers only them against that scan (``delta``: ``base`` token,
+    ``changed`` entries, ``removed`` paths) instead of every entry: at 100,000 files the whole manifest is ~10 MB
+    of JSON to write, send and parse for ten changed files.
     """
     root = args.get("root") or workspace_dir()
     started = time.time()
@@ -81,6 +84,8 @@ def scan(args: Json) -> Json:
         tracker.forget(root)
         return {"epoch": read_epoch(), "entries": [], "skipped": [], "missing": True, **summarize([])}
     watched = tracker.tracker_for(root)
+    held = watched.last if args.get("delta") and watched.last is not None and watched.last.entries is not None \
+        and args.get("since") == watched.last.token else None  # the caller holds this scan's manifest
     last, touched = watched.changes(args.get("since"), started,
                                     float(args.get("full_walk_seconds", FULL_WALK_SECONDS)))
     if last is not None and touched is not None and not touched[0]:
@@ -89,10 +94,17 @@ def scan(args: Json) -> Json:
                 "sparse": last.sparse, "tracking": watched.watcher.mode, "peak_rss_kb": _peak_rss_kb(),
                 **last.summary}
     try:
-        return _look(root, watched, last, touched, started=started, use_cache=bool(args.get("use_cache", True)))
+        result = _look(root, watched, last, touched, started=started, use_cache=bool(args.get("use_cache", True)))
     except BaseException:
         watched.last = None  # the changes heard of went with this scan: the next one must walk
         raise
+    now = watched.last.entries if watched.last is not None else None
+    if held is not None and held.entries is not None and now is not None:
+        changed = [entry for name, entry in now.items() if held.entries.get(name) != entry]
+        removed = [name for name in held.entries if name not in now]
+        result["delta"] = {"base": held.token, "changed": changed, "removed": removed}
+        del result["entries"]
+    return result
 
 
 def _look(root: str, watched: tracker.Tracker, last: tracker.Walk | None,

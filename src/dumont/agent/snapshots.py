@@ -11,6 +11,7 @@ the one atomic step that publishes a pass.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 import time
@@ -330,9 +331,14 @@ def apply_attributes(tree: bytes, entries: list[Entry]) -> None:
 
 
 def commit(args: Json) -> Json:
-    """Check the staged tree against the expected manifest, then rename it into ``snapshots/`` atomically."""
-    epoch, seq, expected = int(args["epoch"]), int(args["seq"]), args["entries"]
+    """Check the staged tree against the expected manifest, then rename it into ``snapshots/`` atomically.
+
+    The manifest comes whole (``entries``) or as ``delta`` against the snapshot the pass was staged on: ``changed``
+    entries and ``removed`` paths, merged here into that snapshot's manifest (kept parsed in this process).
+    """
+    epoch, seq = int(args["epoch"]), int(args["seq"])
     meta = load_stage(epoch)
+    expected = _merged(meta, args["delta"]) if "delta" in args else args["entries"]
     incoming = incoming_dir(epoch)
     tree = os.fsencode(os.path.join(incoming, "tree"))
     apply_attributes(tree, expected)
@@ -365,6 +371,18 @@ def commit(args: Json) -> Json:
     _remember(manifest_file, file_signature(manifest_file), actual)
     append_pass(record)
     return {"seq": seq, "record": record, "pruned": prune(int(args.get("keep", 3)))}
+
+
+def _merged(meta: Json, delta: Json) -> list[Entry]:
+    """The base snapshot's manifest with a commit's ``delta`` put in, in the manifest's order."""
+    if delta.get("base_seq") != meta.get("base_seq"):
+        raise Failure("BaseMoved", f"the commit's manifest is a change of snapshot {delta.get('base_seq')}, but the "
+                                   f"pass was staged on {meta.get('base_seq')}; rescan and retry")
+    changed = {e[PATH]: e for e in delta["changed"]}
+    gone = set(delta["removed"]) | set(changed)
+    kept = [e for e in base_manifest(meta) if e[PATH] not in gone]
+    added = sorted(changed.values(), key=lambda e: os.fsencode(e[PATH]))
+    return list(heapq.merge(kept, added, key=lambda e: os.fsencode(e[PATH])))
 
 
 def record_pass(args: Json) -> Json:

@@ -106,7 +106,8 @@ class Replicator:
     clock: Callable[[], float] = time.time
     # Told (bytes copied so far, bytes this pass copies) while a direct push runs: a restore's progress.
     on_progress: Callable[[int, int], None] | None = None
-    _manifests: dict[tuple[str, int], Manifest] = field(default_factory=dict, init=False, repr=False)
+    # The standby's newest snapshot: its manifest and the digest the standby gave it.
+    _manifests: dict[tuple[str, int], tuple[Manifest, str]] = field(default_factory=dict, init=False, repr=False)
     _workspace: str | None = field(default=None, init=False, repr=False)
     _last_diff: tuple[Manifest | None, Manifest, TreeDiff] | None = field(default=None, init=False, repr=False)
     _to_copy_bytes: int = field(default=0, init=False, repr=False)
@@ -196,9 +197,11 @@ class Replicator:
         files_copied = sum(1 for p in diff.changed if source[p].kind == FILE)
         report = self._report(seq, scan, seq, started, diff, files_copied=files_copied, bytes_sent=bytes_sent,
                               deferred=deferred, copied=True)
-        await self.standby.commit(epoch=epoch, seq=seq, expected=expected, record=report.as_record(),
-                                  keep=self.policy.keep_snapshots, candidate=self.policy.keep_candidate)
-        self._manifests[(self.standby.name, seq)] = expected
+        committed = await self.standby.commit(epoch=epoch, seq=seq, expected=expected, record=report.as_record(),
+                                              keep=self.policy.keep_snapshots, candidate=self.policy.keep_candidate,
+                                              base=(status.latest.seq, base) if status.latest and base else None)
+        # The standby's own digest of what it wrote: the next pass knows its base by it, with no hashing here.
+        self._manifests = {(self.standby.name, seq): (expected, str(committed["record"]["manifest_digest"]))}
         finished = self.clock()
         return _with_finish(report, finished)
 
@@ -290,10 +293,10 @@ class Replicator:
             return None
         key = (self.standby.name, latest.seq)
         cached = self._manifests.get(key)
-        if cached is not None and cached.digest() == latest.manifest_digest:
-            return cached
+        if cached is not None and cached[1] == latest.manifest_digest:
+            return cached[0]
         manifest = await self.standby.manifest(latest.seq)
-        self._manifests = {key: manifest}
+        self._manifests = {key: (manifest, str(latest.manifest_digest))}
         return manifest
 
     def _report(

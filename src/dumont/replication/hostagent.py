@@ -309,7 +309,7 @@ class HostAgent:
         walking the tree or sending a manifest, and that scan's result is returned again, marked ``unchanged``.
         """
         last = self._last_scan
-        args: dict[str, Any] = {"since": last.token if last is not None else None}
+        args: dict[str, Any] = {"since": last.token if last is not None else None, "delta": True}
         if full_walk_seconds is not None:
             args["full_walk_seconds"] = full_walk_seconds
         r = await self.call("scan", args, timeout=timeout)
@@ -319,7 +319,15 @@ class HostAgent:
                                unchanged=True)
             r = await self.call("scan", {**args, "since": None}, timeout=timeout)  # not the scan we hold: walk
         token = r.get("token")
-        result = ScanResult(Manifest.from_wire(r["entries"]), int(r["epoch"]), tuple(r["skipped"]),
+        delta = r.get("delta")
+        if delta is not None and (last is None or delta.get("base") != last.token):  # not against what we hold
+            r = await self.call("scan", {**args, "since": None}, timeout=timeout)
+            token, delta = r.get("token"), None
+        if delta is not None and last is not None:
+            manifest = last.manifest.with_changes([Entry.from_wire(e) for e in delta["changed"]], delta["removed"])
+        else:
+            manifest = Manifest.from_wire(r["entries"])
+        result = ScanResult(manifest, int(r["epoch"]), tuple(r["skipped"]),
                             bool(r["missing"]), float(r.get("scan_seconds", 0.0)), float(r.get("started_at", 0.0)),
                             tuple(r.get("sparse") or ()), token if isinstance(token, str) else None)
         self._last_scan = result if result.token is not None else None
@@ -383,10 +391,20 @@ class HostAgent:
         await self.call("revert", {"epoch": epoch, "paths": paths}, timeout=600.0)
 
     async def commit(self, *, epoch: int, seq: int, expected: Manifest, record: dict[str, Any], keep: int,
-                     candidate: bool = True, timeout: float = 3600.0) -> dict[str, Any]:
-        """Verify the staged tree equals ``expected``, make it snapshot ``seq``, refresh the promotion candidate."""
-        return await self.call("commit", {"epoch": epoch, "seq": seq, "entries": expected.to_wire(),
-                                          "record": record, "keep": keep, "candidate": candidate}, timeout=timeout)
+                     candidate: bool = True, base: tuple[int, Manifest] | None = None,
+                     timeout: float = 3600.0) -> dict[str, Any]:
+        """Verify the staged tree equals ``expected``, make it snapshot ``seq``, refresh the promotion candidate.
+
+        With ``base`` (the seq and manifest of the snapshot the pass was staged on), only how ``expected`` differs
+        from it is sent: the standby holds that manifest, and a pass that changed ten of 100,000 files sends ten.
+        """
+        args: dict[str, Any] = {"epoch": epoch, "seq": seq, "record": record, "keep": keep, "candidate": candidate}
+        if base is None:
+            args["entries"] = expected.to_wire()
+        else:
+            changed, removed = expected.changes_from(base[1])
+            args["delta"] = {"base_seq": base[0], "changed": [e.to_wire() for e in changed], "removed": removed}
+        return await self.call("commit", args, timeout=timeout)
 
     async def promote(self, *, epoch: int, mode: str, timeout: float = 600.0) -> dict[str, Any]:
         """Make the newest snapshot the live workspace (``candidate``: a standby; ``take``: a restored GPU)."""

@@ -9,6 +9,7 @@ the target of a symlink; ``link`` names the first path of the file's hard-link g
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,6 +62,10 @@ def path_key(path: str) -> bytes:
     return os.fsencode(path)
 
 
+def _entry_key(entry: Entry) -> bytes:
+    return os.fsencode(entry.path)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A whole tree: entries sorted by path bytes."""
@@ -76,6 +81,24 @@ class Manifest:
     def of(cls, entries: Iterable[Entry]) -> Manifest:
         """A manifest holding ``entries`` in canonical order."""
         return cls(tuple(sorted(entries, key=lambda e: path_key(e.path))))
+
+    def with_changes(self, changed: Iterable[Entry], removed: Iterable[str]) -> Manifest:
+        """This manifest with ``changed`` entries put in (new or replacing theirs) and ``removed`` paths taken out:
+        a scan's answer of only what changed, merged in one pass over the sorted entries instead of a sort."""
+        new = {e.path: e for e in changed}
+        gone = set(removed) | new.keys()
+        kept = [e for e in self.entries if e.path not in gone]
+        if not new:
+            return Manifest(tuple(kept))
+        added = sorted(new.values(), key=_entry_key)
+        return Manifest(tuple(heapq.merge(kept, added, key=_entry_key)))
+
+    def changes_from(self, other: Manifest) -> tuple[list[Entry], list[str]]:
+        """What :meth:`with_changes` must put into ``other`` to give this manifest: entries new or different,
+        and the paths of ``other`` gone."""
+        before, after = other.index, self.index
+        return ([e for e in self.entries if before.get(e.path) != e],
+                [e.path for e in other.entries if e.path not in after])
 
     def to_wire(self) -> list[list[Any]]:
         """The agent's list-of-lists form."""

@@ -313,3 +313,29 @@ def test_the_pair_stream_prefers_aes_gcm_where_the_cpu_has_aes_instructions(tmp_
     assert pairing.stream_ciphers(str(without)).startswith("chacha20-poly1305@openssh.com,")
     assert pairing.stream_ciphers(str(tmp_path / "missing")).startswith("chacha20-poly1305@openssh.com,")
     assert "aes128-gcm@openssh.com" in pairing.stream_ciphers(str(without)), "either end may lack the other"
+
+
+def test_a_commit_may_send_only_how_its_manifest_differs_from_the_base_snapshot(host: Path) -> None:
+    """HostAgent.commit with a base: the standby merges the change into the base snapshot's manifest and writes
+    the same manifest a whole one gives; a change of another snapshot than the staged base is refused."""
+    ws = host / "workspace"
+    for name in ("a", "b", "c"):
+        (ws / name).write_bytes(name.encode())
+    stage_and_fill(host, 1, None, ["a", "b", "c"])
+    commit(1)
+    (ws / "b").write_bytes(b"changed")
+    (ws / "c").unlink()
+    (ws / "d").write_bytes(b"new")
+    whole = server.scan({"use_cache": False})["entries"]
+    before = {e[common.PATH]: e for e in snapshots.snapshot_manifest(1)}
+    changed = [e for e in whole if before.get(e[common.PATH]) != e]
+    delta = {"base_seq": 1, "changed": changed, "removed": ["c"]}
+    snapshots.stage({"epoch": 1, "base_seq": 1, "replace": ["b", "d"], "delete": ["c"]})
+    tree = Path(common.incoming_dir(1)) / "tree"
+    for name in ("b", "d"):
+        shutil.copy2(ws / name, tree / name)
+    with pytest.raises(common.Failure, match="a change of snapshot 7, but the pass was staged on 1"):
+        snapshots.commit({"epoch": 1, "seq": 2, "delta": {**delta, "base_seq": 7}, "keep": 3, "record": {}})
+    snapshots.commit({"epoch": 1, "seq": 2, "delta": delta, "keep": 3, "record": {}})
+    assert snapshots.snapshot_manifest(2) == sorted(whole, key=lambda e: os.fsencode(e[common.PATH]))
+    assert server.verify({"seq": 2})["ok"]

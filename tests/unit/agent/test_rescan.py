@@ -212,3 +212,26 @@ def test_a_folder_holding_a_hard_link_removed_makes_the_scan_walk(workspace: Pat
     result = scan(token)
     assert result["walked"] is True
     assert_as_walked(result, workspace)
+
+
+def test_a_scan_answers_only_what_changed_against_the_scan_its_caller_holds(workspace: Path) -> None:
+    """``delta``: the entries changed and the paths removed since the caller's scan, which merged into that scan's
+    manifest give the one a full answer gives; a caller holding another scan gets every entry."""
+    from dumont.replication.manifest import Entry, Manifest
+
+    first = server.scan({"delta": True})
+    assert "delta" not in first, "nothing held yet: a whole answer"
+    held = Manifest.from_wire(first["entries"])
+    (workspace / "data" / "a.txt").write_text("changed")
+    (workspace / "new").mkdir()
+    (workspace / "new" / "b").write_text("b")
+    (workspace / "model.pt").unlink()
+    second = server.scan({"since": first["token"], "delta": True})
+    delta = second["delta"]
+    assert delta["base"] == first["token"] and "entries" not in second
+    assert sorted(delta["removed"]) == ["model.pt"]
+    assert {e[0] for e in delta["changed"]} == {".", "data/a.txt", "new", "new/b"}
+    merged = held.with_changes([Entry.from_wire(e) for e in delta["changed"]], delta["removed"])
+    whole = server.scan({"since": None})
+    assert merged == Manifest.from_wire(whole["entries"])
+    assert "delta" not in server.scan({"since": "another-scan", "delta": True})

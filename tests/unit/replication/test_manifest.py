@@ -102,3 +102,25 @@ def test_entries_sort_by_raw_bytes() -> None:
     names = ["b", "a/b", "a", "\udcff", "Z", "a-b"]
     manifest = Manifest.of(f(n) for n in names)
     assert [e.path for e in manifest.entries] == sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape"))
+
+
+def test_a_manifest_with_changes_is_the_manifest_of_the_changed_tree() -> None:
+    """A scan's delta merged in (HostAgent.scan) gives exactly the manifest a full answer would: random trees of
+    odd names, each changed by additions, replacements and removals."""
+    import random
+
+    rng = random.Random(20261208)
+    names = ["a", "a/b", "a b", "a-b", "a/\udcff", "é", "z", "Z", "a.b", "a/b/c", "0", "a\nb"]
+    for _ in range(300):
+        tree = {n: f(n, f"h{rng.randint(0, 3)}") for n in rng.sample(names, rng.randint(0, len(names)))}
+        after = dict(tree)
+        for name in rng.sample(names, rng.randint(0, 5)):
+            if name in after and rng.random() < 0.5:
+                del after[name]
+            else:
+                after[name] = f(name, f"h{rng.randint(4, 9)}")
+        changed = [e for n, e in after.items() if tree.get(n) != e]
+        removed = [n for n in tree if n not in after]
+        merged = Manifest.of(tree.values()).with_changes(changed, removed)
+        assert merged == Manifest.of(after.values())
+        assert merged.digest() == Manifest.of(after.values()).digest()
