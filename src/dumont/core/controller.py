@@ -95,6 +95,8 @@ class Controller:
         self._stop = asyncio.Event()
         self.ticks = 0
         self.last_tick_at: float | None = None
+        self.last_tick_seconds = 0.0
+        self._slowest_observe = (0.0, "")  # this tick's slowest observation of a pair: seconds, pair
         self.tick_listeners: list[Callable[[int], None]] = []  # told after every tick (tests, drills)
         self._listed: dict[str, dict[str, Instance]] = {}  # this tick's instance lists, by market
         # A fleet's endpoints: this controller's own serve the pairs it does not hold too, routed from the store.
@@ -268,19 +270,32 @@ class Controller:
         go on."""
         self.ticks += 1
         self.last_tick_at = self.ctx.clock()
+        phases = _Phases(self.ctx.clock)
         pairs = list(self.pairs.values())  # leases may change hands while the tick awaits
         await asyncio.gather(*(self._refresh_endpoint(rt) for rt in pairs))
+        phases.done("endpoints")
         if self.mirrors is not None:
             try:
                 await self.mirrors.follow(self.pairs)
             except Exception as exc:
                 self.ctx.internal_errors.report("the fleet's mirrored endpoints", exc)
+            phases.done("mirrors")
         network = await self.ctx.network_ok()
+        phases.done("network")
         self._listed = await self._list_providers()
+        phases.done("lists")
         turns, in_flight = self._recovery_turns()
+        self._slowest_observe = (0.0, "")
         # Each pair decides as soon as its own observation is in, and acts beside the others: a dead GPU's failover
         # waits neither for the slowest healthy pair's probe nor for the other pairs' failovers.
         await asyncio.gather(*(self._step(rt, network, rt.name in turns, in_flight) for rt in pairs))
+        phases.done("pairs")
+        self.last_tick_seconds = phases.total()
+        if self.last_tick_seconds > 2 * self.ctx.config.health_check_interval:
+            log.warning("a tick of %d pair(s) took %.2f s, over twice the %g s health-check interval (%s): failures "
+                        "are detected that much later", len(pairs), self.last_tick_seconds,
+                        self.ctx.config.health_check_interval, phases.summary()
+                        + f"; the slowest observation: {self._slowest_observe[1]}, {self._slowest_observe[0]:.2f} s")
         for listener in list(self.tick_listeners):
             try:
                 listener(self.ticks)
@@ -342,7 +357,9 @@ class Controller:
 
     async def _step(self, rt: PairRuntime, network: bool | None, recovery_turn: bool, in_flight: int) -> None:
         """Observe one pair, decide, act."""
+        started = self.ctx.clock()
         observed = await self._observe_safely(rt, network)
+        self._slowest_observe = max(self._slowest_observe, (self.ctx.clock() - started, rt.name))
         if observed is None or not self.acts_on(rt.name):
             return
         observation = dataclasses.replace(observed, recovery_turn=recovery_turn, recoveries_in_flight=in_flight)
@@ -554,3 +571,23 @@ async def watch_the_loop(controller: Controller, *, every: float, stalled_after:
         elif age <= stalled_after and stalled:
             stalled = False
             ctx.event(None, "loop_resumed", "the controller's loop ticks again")
+
+
+class _Phases:
+    """How long each phase of a tick took (for the warning a slow tick gives)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.started = self._last = clock()
+        self.seconds: dict[str, float] = {}
+
+    def done(self, phase: str) -> None:
+        now = self.clock()
+        self.seconds[phase] = now - self._last
+        self._last = now
+
+    def total(self) -> float:
+        return self._last - self.started
+
+    def summary(self) -> str:
+        return ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in self.seconds.items())
