@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from pathlib import Path
 
 import pytest
 
-from dumont.core.hosts import scan_host_certificates
+from dumont.core.hosts import SshHosts, scan_host_certificates
+from dumont.core.layout import ControllerLayout
+from dumont.core.model import Health, HostRef
 from dumont.errors import AuthRefused, CommandTimeout, HostKeyMismatch, HostUnreachable
 from dumont.localcloud import procs
 from dumont.localcloud.hosts import HostState
@@ -189,3 +193,43 @@ async def test_closing_the_transport_ends_its_shared_connections_at_once(cloud: 
     assert len(masters()) == 2
     await cloud.transport.close()
     assert masters() == [], "no master outlives close()"
+
+
+async def test_a_probe_between_fresh_logins_pings_the_agent_and_a_frozen_host_fails_it_at_its_deadline(
+        cloud: Cloud, tmp_path: Path) -> None:
+    """``fresh_login_every`` > 1: once the host's liveness channel is up, the probes between fresh logins ping its
+    agent over it (no ssh client started here, no shell there); a host that froze fails that ping at its
+    deadline, and the next probe logs in afresh."""
+    host = await cloud.host("cpu-1", role="cpu")
+    ref = HostRef("local", "cpu-1", "127.0.0.1", host.port, host.user, "cpu", host.target().alias)
+    hosts = SshHosts(cloud.transport, cloud.known_hosts, ControllerLayout(tmp_path / "state"), bootstrap_timeout=60,
+                     clock=time.time, fresh_login_every=100)
+    try:
+        [tcp, ssh] = await hosts.probe(ref, timeout=5, command=None)  # a fresh login
+        assert (tcp.health, ssh.health) == (Health.OK, Health.OK)
+        await hosts.probe(ref, timeout=5, command=None)  # over the shared connection; opens the channel
+        pinger = hosts._pingers[ref.alias]
+        async def channel_open() -> None:
+            assert pinger.is_open
+
+        await eventually(channel_open, timeout=30, retry_on=(AssertionError,))
+        pings: list[float] = []
+        real = pinger.ping
+
+        async def counted(*, timeout: float) -> None:
+            pings.append(timeout)
+            await real(timeout=timeout)
+
+        pinger.ping = counted  # type: ignore[method-assign]
+        [_, ssh] = await hosts.probe(ref, timeout=5, command=None)
+        assert ssh.health == Health.OK and pings == [5]
+
+        await cloud.pool.partition("cpu-1")
+        started = time.monotonic()
+        [_, ssh] = await hosts.probe(ref, timeout=0.5, command=None)
+        assert ssh.health == Health.FAIL and "did not answer a ping within 0.5 s" in ssh.detail
+        assert time.monotonic() - started < 3.0
+        assert hosts._since_fresh.get(ref.alias) is None, "the next probe is a fresh login"
+        await cloud.pool.heal("cpu-1")
+    finally:
+        await hosts.close()

@@ -222,16 +222,22 @@ def commit(args: Json) -> Json:
     result = snapshots.commit(args)
     if args.get("candidate", True):
         result["candidate"] = promotion.commit_candidate(int(result["seq"]), resent)
-    kept = {e[0] for e in args["entries"]}
-    scrub.clear_suspects(resent + [p for p in suspects() if p not in kept])  # resent, or gone from the workspace
+    suspected = suspects()
+    kept = {e[0] for e in snapshots.snapshot_manifest(int(result["seq"]))} if suspected else set()
+    scrub.clear_suspects(resent + [p for p in suspected if p not in kept])  # resent, or gone from the workspace
     result["dropped_retired"] = promotion.drop_superseded_retirements(int(args["epoch"]))
     return result
 
 
+def ping(args: Json) -> Json:
+    """Answer at once: the controller's liveness probe over a channel of its own (no process is started for it)."""
+    return {"at": time.time()}
+
+
 Operation = Callable[[Json], Json]
 OPERATIONS: dict[str, Operation] = {
-    "info": info, "set_epoch": set_epoch, "scan": scan, "entries": entries, "settled": settled, "status": status,
-    "manifest": manifest, "verify": verify,
+    "ping": ping, "info": info, "set_epoch": set_epoch, "scan": scan, "entries": entries, "settled": settled,
+    "status": status, "manifest": manifest, "verify": verify,
     "stage": snapshots.stage, "inspect": snapshots.inspect, "revert": snapshots.revert,
     "commit": commit, "record_pass": snapshots.record_pass,
     "promote": promotion.promote, "take_over": promotion.take_over, "retire_workspace": promotion.retire_workspace,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dumont.core import probes
@@ -55,6 +55,10 @@ class SshHosts:
         self._readiness: dict[str, HostReadiness] = {}
         self._certified: dict[str, tuple[float, str]] = {}  # alias -> (when its certificate was issued, pair)
         self._watchers: dict[str, HostAgent] = {}  # a second agent channel per host, for blocking watches
+        # A third, for liveness: a ping over it starts no process on either end, where a probe over the shared
+        # connection starts an ssh client here and a shell there (100 hosts a second in a fleet).
+        self._pingers: dict[str, HostAgent] = {}
+        self._opening: dict[str, asyncio.Task[None]] = {}
         # One replicator per pair and direction, kept across passes: it holds the standby's newest manifest and
         # the last diff, so an unchanged pass fetches and compares nothing (a million entries cost seconds).
         self._replicators: dict[tuple[str, str, str], Replicator] = {}
@@ -75,7 +79,7 @@ class SshHosts:
         """Close the agent channel and shared connection of a host (``still_ready`` keeps what readying found)."""
         if not still_ready:
             self._readiness.pop(ref.alias, None)
-        for channels in (self._agents, self._watchers):
+        for channels in (self._agents, self._watchers, self._pingers):
             agent = channels.pop(ref.alias, None)
             if agent is not None:
                 await agent.close()
@@ -84,10 +88,15 @@ class SshHosts:
 
     async def close(self) -> None:
         """Close every agent channel."""
-        for agent in [*self._agents.values(), *self._watchers.values()]:
+        for task in self._opening.values():
+            task.cancel()
+        await asyncio.gather(*self._opening.values(), return_exceptions=True)
+        self._opening.clear()
+        for agent in [*self._agents.values(), *self._watchers.values(), *self._pingers.values()]:
             await agent.close()
         self._agents.clear()
         self._watchers.clear()
+        self._pingers.clear()
         self._replicators.clear()
         await self.lag.stop()
 
@@ -153,14 +162,39 @@ class SshHosts:
         fresh = since is None or since + 1 >= self.fresh_login_every
         self.lag.start()
         started = self.lag.clock()
+        ping = None if fresh else self._ping_of(ref)
         results = await probes.probe_ssh(ref, transport=self.transport, timeout=timeout, command=command,
-                                         fresh=fresh)
+                                         fresh=fresh, ping=ping)
         results = discount(results, self.lag.worst_since(started), timeout)
         if any(r.health != Health.OK for r in results if r.name in ("tcp", "ssh")):
             self._since_fresh.pop(ref.alias, None)
         else:
             self._since_fresh[ref.alias] = 0 if fresh else (since or 0) + 1
         return results
+
+    def _ping_of(self, ref: HostRef) -> Callable[[float], Awaitable[None]] | None:
+        """The host's liveness channel's ping when that channel is up; else None (the probe runs over the shared
+        connection this time) and the channel is opened in the background."""
+        pinger = self._pingers.get(ref.alias)
+        ready = self._readiness.get(ref.alias)
+        python = ready.python if ready is not None else "python3"
+        if pinger is None or pinger.target != target_of(ref) or pinger.python != python:
+            pinger = self._pingers[ref.alias] = HostAgent(self.transport, target_of(ref), python=python)
+        if pinger.is_open:
+            return lambda timeout: pinger.ping(timeout=timeout)
+        opening = self._opening.get(ref.alias)
+        if opening is None or opening.done():
+            self._opening[ref.alias] = asyncio.get_running_loop().create_task(self._open(pinger))
+        return None
+
+    async def _open(self, pinger: HostAgent) -> None:
+        try:
+            await pinger.ping(timeout=pinger.start_timeout)
+        except DumontError as exc:
+            log.debug("%s: the liveness channel did not open (%s); probes go over the shared connection",
+                      pinger.name, exc)
+        except Exception:  # a bug here must not surface as a lost task's traceback: probes go on without it
+            log.exception("%s: opening the liveness channel failed unexpectedly", pinger.name)
 
     # ------------------------------------------------------------------ replication
 

@@ -65,10 +65,14 @@ class LoopLag:
             self._samples.popleft()
 
     def worst_since(self, since: float) -> float:
-        """The longest stall of the loop in a sleep that ended after ``since``, or that is still overdue now."""
-        worst = max((late for _, woke, late in self._samples if woke >= since), default=0.0)
-        if self._asked_at is not None:  # the sample under way: the loop may be running late this very turn
-            worst = max(worst, self.clock() - self._asked_at - self.every)
+        """The longest stretch since ``since`` that the loop ran late: of each sleep, the part past its due time
+        that falls after ``since``, the sleep still under way included (the loop may be late this very turn)."""
+        def overlap(asked: float, woke: float) -> float:
+            return max(0.0, woke - max(asked + self.every, since))
+
+        worst = max((overlap(asked, woke) for asked, woke, late in self._samples if late > 0), default=0.0)
+        if self._asked_at is not None:
+            worst = max(worst, overlap(self._asked_at, self.clock()))
         return worst
 
 

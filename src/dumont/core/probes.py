@@ -44,14 +44,22 @@ async def probe_host(
     return HostHealth(state, detail, tuple(results), moved)
 
 
-async def probe_ssh(ref: HostRef, *, transport: SshTransport, timeout: float,
-                    command: str | None = None, fresh: bool = True) -> tuple[ProbeResult, ...]:
+async def probe_ssh(ref: HostRef, *, transport: SshTransport, timeout: float, command: str | None = None,
+                    fresh: bool = True, ping: Callable[[float], Awaitable[None]] | None = None,
+                    ) -> tuple[ProbeResult, ...]:
     """TCP connect, an SSH round trip and the optional command against the machine, concurrently. The round trip
-    is a fresh login (``fresh``) or a command over the host's open shared connection, which costs no handshake."""
+    is a fresh login (``fresh``), else a ping of the host's agent over a channel kept for it (``ping``), else a
+    command over the host's open shared connection: the last two cost no handshake, the ping no process."""
     target = SshTarget(ref.alias, ref.ssh_host, ref.ssh_port, ref.ssh_user)
+    if fresh:
+        round_trip = ssh_probe(transport, target, timeout)
+    elif ping is not None:
+        round_trip = agent_probe(ping, ref.alias, timeout)
+    else:
+        round_trip = shared_probe(transport, target, timeout)
     probes: list[Awaitable[ProbeResult]] = [
         _timed("tcp", tcp_probe(ref.ssh_host, ref.ssh_port, timeout)),
-        _timed("ssh", ssh_probe(transport, target, timeout) if fresh else shared_probe(transport, target, timeout)),
+        _timed("ssh", round_trip),
     ]
     if command:
         probes.append(_timed("command", command_probe(transport, target, command, timeout)))
@@ -131,6 +139,17 @@ async def _over_shared(transport: SshTransport, target: SshTarget, timeout: floa
         await transport.run(target, ["true"], timeout=timeout)
     except CommandTimeout:
         return Health.FAIL, f"ssh (over the open connection) did not answer within {timeout:g} s"
+    except DumontError as exc:
+        return Health.FAIL, exc.message
+    return Health.OK, ""
+
+
+async def agent_probe(ping: Callable[[float], Awaitable[None]], alias: str, timeout: float) -> tuple[Health, str]:
+    """Does the host's agent answer a ping over its liveness channel in time?"""
+    try:
+        await ping(timeout)
+    except CommandTimeout:
+        return Health.FAIL, f"the agent on {alias} did not answer a ping within {timeout:g} s"
     except DumontError as exc:
         return Health.FAIL, exc.message
     return Health.OK, ""

@@ -27,7 +27,7 @@ from dumont.errors import (
     TransportError,
 )
 from dumont.replication.manifest import Entry, Manifest
-from dumont.transport.ssh import SSH_FAILED, SshTarget, SshTransport, classify_ssh_failure
+from dumont.transport.ssh import SSH_FAILED, SshTarget, SshTransport, classify_ssh_failure, kill_and_reap
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,15 @@ class HostAgent:
         """The host's alias."""
         return self.target.alias
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the channel is up now (a call need not start the agent first)."""
+        return self._proc is not None and self._proc.returncode is None and self._path is not None
+
+    async def ping(self, *, timeout: float) -> None:
+        """A round trip to the agent: the host runs, and its SSH session and the agent process answer."""
+        await self.call("ping", timeout=timeout)
+
     async def call(self, op: str, args: dict[str, Any] | None = None, *, timeout: float = 60.0) -> dict[str, Any]:
         """Send one request and wait for its answer at most ``timeout`` seconds.
 
@@ -273,11 +282,7 @@ class HostAgent:
         proc, self._proc = self._proc, None
         if proc is None or proc.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                await proc.wait()
+        await kill_and_reap(proc)  # a frozen host's session holds the pipes: no deadline waits for them to close
 
     async def close(self) -> None:
         """Close the channel (the agent exits when its stdin closes)."""

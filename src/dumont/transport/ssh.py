@@ -210,7 +210,7 @@ class SshTransport:
                     async with asyncio.timeout(timeout):
                         returncode = await proc.wait()
                 except (TimeoutError, asyncio.CancelledError):
-                    await _kill(proc)
+                    await kill_and_reap(proc)
                     raise
             if returncode != 0:
                 raise classify_ssh_failure(target.alias, log_path.read_text(errors="replace"))
@@ -310,10 +310,10 @@ async def run_local(
         async with asyncio.timeout(timeout):
             stdout, stderr = await proc.communicate(input)
     except TimeoutError:
-        await _kill(proc)
+        await kill_and_reap(proc)
         raise CommandTimeout(f"{what} did not finish within {timeout:g} s", hint="it was stopped; retry") from None
     except asyncio.CancelledError:
-        await _kill(proc)
+        await kill_and_reap(proc)
         raise
     assert proc.returncode is not None
     return CommandResult(proc.returncode, stdout, stderr)
@@ -322,7 +322,7 @@ async def run_local(
 _reaping: set[asyncio.Task[None]] = set()  # killed clients whose pipes are still held open elsewhere
 
 
-async def _kill(proc: asyncio.subprocess.Process) -> None:
+async def kill_and_reap(proc: asyncio.subprocess.Process) -> None:
     """Kill ``proc`` and reap it in the background, so that no deadline waits past the kill. A client of a shared
     connection has handed its pipes to the master process, and asyncio's ``wait`` returns only once they close:
     when the master gives that session up, seconds later on a host that stopped answering (waiting for it here, a

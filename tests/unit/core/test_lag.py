@@ -17,10 +17,11 @@ def test_the_worst_stall_counts_sleeps_that_ended_in_the_window_and_the_one_over
     lag.note(10.0, 10.05)  # on time
     lag.note(20.0, 21.05)  # a 1 s stall
     lag.note(30.0, 30.25)  # 0.2 s
-    assert lag.worst_since(25.0) == 0.2 and round(lag.worst_since(15.0), 6) == 1.0
+    assert round(lag.worst_since(25.0), 6) == 0.2 and round(lag.worst_since(15.0), 6) == 1.0
+    assert round(lag.worst_since(20.55), 6) == 0.5, "only the part of a stall after the probe began"
     assert lag.worst_since(40.0) == 0.0
     lag._asked_at = 99.0  # the sleep under way, asked a second ago, has not ended
-    assert round(lag.worst_since(40.0), 6) == 0.95
+    assert round(lag.worst_since(40.0), 6) == 0.95 and round(lag.worst_since(99.5), 6) == 0.5
 
 
 def test_only_a_failure_that_ran_out_its_timeout_in_a_long_enough_stall_is_discounted() -> None:
