@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,7 +108,30 @@ def run_command(config_path: Path | None) -> None:
         click.echo(f"dumont controller protecting {len(config.pairs)} pair(s); API {api.url}; Ctrl-C stops it",
                    err=True)
 
-    asyncio.run(serve(config, on_ready=ready))
+    async def main() -> None:
+        watch_children_by_pidfd()
+        await serve(config, on_ready=ready)
+
+    asyncio.run(main())
+
+
+def watch_children_by_pidfd() -> None:
+    """Have the running loop learn of its children's exits through pidfds, where Linux and Python allow it.
+
+    Python 3.11's default child watcher starts a thread for every subprocess and waits on the event loop for that
+    thread to start. A fleet's controller starts ssh clients for its probes every tick, and on a 2-core machine
+    running 100 hosts each wait is a trip through a crowded scheduler: py-spy found the loop there at 50 pairs,
+    whose ticks took 7-8 s against their 1 s interval. Python 3.12 picks pidfds by itself.
+    """
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # a kernel older than 5.3, or a sandbox refusing the call
+        return
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
 
 
 @click.command("status")
