@@ -97,7 +97,7 @@ class Manifest:
         """What :meth:`with_changes` must put into ``other`` to give this manifest: entries new or different,
         and the paths of ``other`` gone."""
         before, after = other.index, self.index
-        return ([e for e in self.entries if before.get(e.path) != e],
+        return ([e for e in self.entries if before.get(e.path) is not e and before.get(e.path) != e],
                 [e.path for e in other.entries if e.path not in after])
 
     def to_wire(self) -> list[list[Any]]:
@@ -164,15 +164,16 @@ def diff_trees(base: Manifest | None, source: Manifest) -> TreeDiff:
     changed: list[str] = []
     hot: list[str] = []
     for entry in source.entries:
-        if entry.path == ".":
-            continue
         if entry.is_hot:
-            hot.append(entry.path)
+            if entry.path != ".":
+                hot.append(entry.path)
             continue
         previous = old.get(entry.path)
+        if previous is entry or entry.path == ".":  # a scan merged from a delta shares the unchanged entries
+            continue
         if previous is None or not previous.same_content_and_attributes(entry):
             changed.append(entry.path)
-    new_paths = {e.path for e in source.entries}
+    new_paths = source.index
     deleted = [p for p in old if p not in new_paths and p != "."]
     changed = _with_whole_link_groups(changed, source)
     return TreeDiff(tuple(changed), tuple(sorted(deleted, key=path_key)), tuple(hot))
