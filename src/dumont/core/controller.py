@@ -55,6 +55,7 @@ from dumont.errors import DumontError
 from dumont.providers.base import GpuMarket, Instance, ProviderUnavailable, StandbyCloud
 
 log = logging.getLogger("dumont.controller")
+SLOW_TICK_SAID_EVERY = 60.0  # seconds between two warnings of a slow tick
 
 START_TIMEOUT_SECONDS = 60.0  # asking the cloud to start a VM (the boot itself is observed, not awaited)
 
@@ -97,6 +98,7 @@ class Controller:
         self.last_tick_at: float | None = None
         self.last_tick_seconds = 0.0
         self._slowest_observe = (0.0, "")  # this tick's slowest observation of a pair: seconds, pair
+        self._slow_said_at = -math.inf  # when a slow tick was last logged
         self.tick_listeners: list[Callable[[int], None]] = []  # told after every tick (tests, drills)
         self._listed: dict[str, dict[str, Instance]] = {}  # this tick's instance lists, by market
         # A fleet's endpoints: this controller's own serve the pairs it does not hold too, routed from the store.
@@ -291,7 +293,9 @@ class Controller:
         await asyncio.gather(*(self._step(rt, network, rt.name in turns, in_flight) for rt in pairs))
         phases.done("pairs")
         self.last_tick_seconds = phases.total()
-        if self.last_tick_seconds > 2 * self.ctx.config.health_check_interval:
+        slow = self.last_tick_seconds > 2 * self.ctx.config.health_check_interval
+        if slow and self.ctx.clock() - self._slow_said_at >= SLOW_TICK_SAID_EVERY:  # not every tick of a slow run
+            self._slow_said_at = self.ctx.clock()
             log.warning("a tick of %d pair(s) took %.2f s, over twice the %g s health-check interval (%s): failures "
                         "are detected that much later", len(pairs), self.last_tick_seconds,
                         self.ctx.config.health_check_interval, phases.summary()

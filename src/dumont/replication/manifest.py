@@ -97,7 +97,7 @@ class Manifest:
         """What :meth:`with_changes` must put into ``other`` to give this manifest: entries new or different,
         and the paths of ``other`` gone."""
         before, after = other.index, self.index
-        return ([e for e in self.entries if before.get(e.path) is not e and before.get(e.path) != e],
+        return ([e for e in self.entries if (old := before.get(e.path)) is not e and old != e],
                 [e.path for e in other.entries if e.path not in after])
 
     def to_wire(self) -> list[list[Any]]:

@@ -39,11 +39,8 @@ def test_scan_lists_every_kind_of_entry_with_raw_names(host: Path) -> None:
     assert result["files"] == 3
 
 
-def test_scan_reuses_hashes_only_for_files_older_than_the_racy_window(host: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    ws = host / "workspace"
-    (ws / "old").write_bytes(b"old")
-    (ws / "fresh").write_bytes(b"fresh")
+def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """From now on, the names of the files the agent hashes, in order."""
     calls: list[bytes] = []
     real = scan.hash_file
 
@@ -52,6 +49,15 @@ def test_scan_reuses_hashes_only_for_files_older_than_the_racy_window(host: Path
         return real(path, before)
 
     monkeypatch.setattr(scan, "hash_file", counting)
+    return calls
+
+
+def test_scan_reuses_hashes_only_for_files_older_than_the_racy_window(host: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = host / "workspace"
+    (ws / "old").write_bytes(b"old")
+    (ws / "fresh").write_bytes(b"fresh")
+    calls = count_hashes(monkeypatch)
     monkeypatch.setattr(scan, "CACHE_TRUST_SECONDS", 0.0)
     server.scan({})
     assert sorted(calls) == [b"fresh", b"old"]
@@ -282,18 +288,10 @@ def test_files_the_source_vouches_for_are_not_read_by_inspect_or_commit_and_a_to
     stage_and_fill(host, 1, None, ["a", "b"])
     claims = {name: [e[common.SIZE], e[common.MTIME], e[common.DATA]] for name, e in entries.items()
               if e[common.KIND] == "f"}
-    read: list[bytes] = []
-    real_hash = scan.hash_file
-
-    def counting(path: bytes, before: os.stat_result) -> str | None:
-        read.append(os.path.basename(path))
-        return real_hash(path, before)
-
-    monkeypatch.setattr(scan, "hash_file", counting)
+    read = count_hashes(monkeypatch)
     assert snapshots.inspect({"epoch": 1, "vouched": claims, "paths": ["."]})["entries"]
     snapshots.commit({"epoch": 1, "seq": 1, "entries": list(entries.values()), "keep": 2, "record": {}})
     assert read == [], "neither inspect nor commit read a vouched file"
-    monkeypatch.setattr(scan, "hash_file", real_hash)
 
     (ws / "a").write_bytes(b"new" * 10)
     entries = {e[common.PATH]: e for e in server.scan({"use_cache": False})["entries"]}

@@ -11,7 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from dumont.core.controller import Controller
+from dumont.core.fakes import FakeMachine
 from dumont.core.model import PairState
 from dumont.core.pair import PairRuntime
 from dumont.providers.base import InstanceState, ProviderUnavailable
@@ -439,3 +442,34 @@ async def test_the_loop_ticks_when_a_pass_falls_due_and_when_an_overdue_pass_end
         await rt.sync_task
         await asyncio.sleep(0)
         assert controller._wake.is_set(), "the overdue pass starts as the last one ends, not at the next tick"
+
+
+async def test_a_slow_tick_says_which_phase_and_pair_took_the_time_once_a_minute(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """bench/fleet.py at 50 pairs ran ticks of 5-8 s against 1 s: the warning names the phases and the slowest
+    pair's observation, and a run of slow ticks is said once a minute, not every tick."""
+    from dumont.core.controller import SLOW_TICK_SAID_EVERY
+
+    world = make_world(tmp_path)
+    async for rt in synced_pair(world):
+        controller = controller_of(world, rt)
+        machine = world.machine(rt.primary)
+        with caplog.at_level("WARNING", logger="dumont.controller"):
+            await _slow_tick(world, controller, machine)
+            await _slow_tick(world, controller, machine)
+            [said] = [r.getMessage() for r in caplog.records if "a tick of" in r.getMessage()]
+            assert "pairs 3." in said and "the slowest observation: main, 3.00 s" in said
+            await world.clock.sleep(SLOW_TICK_SAID_EVERY)
+            await _slow_tick(world, controller, machine)
+            assert sum("a tick of" in r.getMessage() for r in caplog.records) == 2
+
+
+async def _slow_tick(world: World, controller: Controller, machine: FakeMachine) -> None:
+    """A tick whose probe of ``machine`` takes three health-check intervals (virtual time)."""
+    held = machine.hold["probe"] = asyncio.Event()
+    ticking = asyncio.create_task(controller.tick())
+    for _ in range(5):
+        await asyncio.sleep(0)  # the tick is in the probe
+    await world.clock.sleep(3 * world.ctx.config.health_check_interval)
+    held.set()
+    await ticking

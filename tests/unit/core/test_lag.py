@@ -43,11 +43,12 @@ async def test_a_healthy_port_times_out_when_the_loop_stalls_and_the_stall_is_se
     lag = LoopLag(every=0.01)
     lag.start()
     try:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one turn: the sampler's first sleep is under way
         started = lag.clock()
         probe = asyncio.ensure_future(probes._timed("tcp", probes.tcp_probe("127.0.0.1", port, 0.2)))
         await asyncio.sleep(0)  # the connect is under way
-        time.sleep(0.4)  # the loop is held up, as a starved controller's is  # noqa: ASYNC251
+        # The fault under test, not a wait: the loop is held up, as a starved controller's is.
+        time.sleep(0.4)  # noqa: ASYNC251
         result = await probe
         assert result.health == Health.FAIL and "timed out" in result.detail
         [judged] = discount((result,), lag.worst_since(started), 0.2)

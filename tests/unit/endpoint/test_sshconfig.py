@@ -103,17 +103,17 @@ def test_a_fleet_s_block_connects_through_the_fall_through_script_to_every_endpo
     proxy = tmp_path / "100% it's" / "fallthrough.py"
     proxy.parent.mkdir()
     proxy.write_text(f"import json, sys\nopen({str(tmp_path / 'argv.json')!r}, 'w').write(json.dumps(sys.argv))\n")
-    text = render_ssh_config("train", "10.0.0.1", 2222, "root", None, tmp_path / "known_hosts",
-                             fall_through=[("10.0.0.1", 2222), ("10.0.0.2", 2222), ("::1", 2222)], proxy=proxy)
+    text = render_ssh_config("train", "127.0.0.2", 2222, "root", None, tmp_path / "known_hosts",
+                             fall_through=[("127.0.0.2", 2222), ("127.0.0.3", 2222), ("::1", 2222)], proxy=proxy)
     config = tmp_path / "config"
     write_ssh_config(config, text)
     subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "dumont-train", "true"], capture_output=True,
                    stdin=subprocess.DEVNULL, timeout=30, check=False)  # fails: the stand-in serves nothing
     argv = json.loads((tmp_path / "argv.json").read_text())
-    assert argv == [str(proxy), "10.0.0.1:2222", "10.0.0.2:2222", "[::1]:2222"]
+    assert argv == [str(proxy), "127.0.0.2:2222", "127.0.0.3:2222", "[::1]:2222"]
     with pytest.raises(UsageError, match="names 2 endpoints but no fall-through script"):
-        render_ssh_config("train", "10.0.0.1", 2222, "root", None, tmp_path / "k",
-                          fall_through=[("10.0.0.1", 2222), ("10.0.0.2", 2222)])
+        render_ssh_config("train", "127.0.0.2", 2222, "root", None, tmp_path / "k",
+                          fall_through=[("127.0.0.2", 2222), ("127.0.0.3", 2222)])
     with pytest.raises(UsageError, match="endpoint host 'a b' cannot be written"):
-        render_ssh_config("train", "10.0.0.1", 2222, "root", None, tmp_path / "k",
-                          fall_through=[("10.0.0.1", 2222), ("a b", 2222)], proxy=proxy)
+        render_ssh_config("train", "127.0.0.2", 2222, "root", None, tmp_path / "k",
+                          fall_through=[("127.0.0.2", 2222), ("a b", 2222)], proxy=proxy)
